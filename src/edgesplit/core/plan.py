@@ -1,0 +1,136 @@
+"""Plans: which device runs which half-open unit range, and what the cost model predicts.
+
+Owns `StagePlacement`, `StagePrediction`, `Predicted`, `PlannerInfo` and `Plan`
+(`kind: edgesplit.plan`, ARCHITECTURE.md §3) with `Plan.validate_against()`. No torch, no ray.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import Field, model_validator
+
+from edgesplit.core.cluster import Cluster
+from edgesplit.core.profile import ModelProfile
+from edgesplit.core.schema import FrozenModel, VersionedFile
+from edgesplit.errors import ConfigError
+
+__all__ = [
+    "Objective",
+    "Plan",
+    "PlannerInfo",
+    "Predicted",
+    "StagePlacement",
+    "StagePrediction",
+]
+
+Objective = Literal["throughput", "latency"]
+
+
+class StagePlacement(FrozenModel):
+    """Units [start, end) run on `device`."""
+
+    device: str
+    start: Annotated[int, Field(ge=0)]
+    end: Annotated[int, Field(ge=1)]
+
+    @model_validator(mode="after")
+    def _ordered(self) -> StagePlacement:
+        if self.end <= self.start:
+            raise ValueError(f"stage on '{self.device}' has end {self.end} <= start {self.start}")
+        return self
+
+    @property
+    def num_units(self) -> int:
+        return self.end - self.start
+
+
+class StagePrediction(FrozenModel):
+    """Cost-model figures for one stage; `transfer_s` is the hop *out* of the stage."""
+
+    device: str
+    compute_s: float
+    transfer_s: float
+    memory_bytes: float
+    memory_capacity_bytes: float
+
+
+class Predicted(FrozenModel):
+    """What the cost model (ARCHITECTURE.md §4) predicts for a plan."""
+
+    period_s: float
+    throughput_per_s: float
+    latency_s: float
+    input_transfer_s: float
+    output_transfer_s: float
+    stages: tuple[StagePrediction, ...]
+    optimal: bool = False
+    lower_bound_s: float | None = None
+    gap: float | None = None
+
+
+class PlannerInfo(FrozenModel):
+    name: str
+    version: str = "1"
+    options: dict[str, str | int | float | bool] = Field(default_factory=dict)
+    elapsed_s: float = 0.0
+
+
+class Plan(VersionedFile):
+    """A pipeline placement of a model's units over a cluster's devices."""
+
+    KIND: ClassVar[str] = "edgesplit.plan"
+    SCHEMA_VERSION: ClassVar[int] = 1
+
+    kind: Literal["edgesplit.plan"] = "edgesplit.plan"
+    schema_version: Literal[1] = 1
+    model: str
+    profile_hash: str
+    cluster_hash: str
+    batch_size: Annotated[int, Field(ge=1)]
+    objective: Objective
+    planner: PlannerInfo
+    stages: Annotated[tuple[StagePlacement, ...], Field(min_length=1)]
+    predicted: Predicted
+
+    @model_validator(mode="after")
+    def _contiguous(self) -> Plan:
+        if self.stages[0].start != 0:
+            raise ValueError(f"first stage must start at unit 0, not {self.stages[0].start}")
+        for prev, nxt in zip(self.stages, self.stages[1:], strict=False):
+            if nxt.start != prev.end:
+                raise ValueError(
+                    f"stages must be contiguous: '{prev.device}' ends at {prev.end} but "
+                    f"'{nxt.device}' starts at {nxt.start}"
+                )
+        devices = [s.device for s in self.stages]
+        repeated = sorted({d for d in devices if devices.count(d) > 1})
+        if repeated:
+            raise ValueError(f"each device may hold at most one stage; repeated: {repeated}")
+        return self
+
+    @property
+    def num_units(self) -> int:
+        return self.stages[-1].end
+
+    @property
+    def devices(self) -> tuple[str, ...]:
+        return tuple(s.device for s in self.stages)
+
+    def validate_against(self, profile: ModelProfile, cluster: Cluster) -> None:
+        """Raise ConfigError when this plan was not made for this profile and cluster."""
+        if self.num_units != profile.num_units:
+            raise ConfigError(
+                f"plan covers {self.num_units} units but profile '{profile.model}' has "
+                f"{profile.num_units}; re-plan with this profile (edgesplit plan)"
+            )
+        if self.model != profile.model:
+            raise ConfigError(
+                f"plan is for model '{self.model}' but the profile is for '{profile.model}'"
+            )
+        missing = [d for d in self.devices if d not in cluster.device_names]
+        if missing:
+            raise ConfigError(
+                f"plan places stages on {missing}, which the cluster does not have "
+                f"(devices: {list(cluster.device_names)}); re-plan for this cluster"
+            )

@@ -1,0 +1,89 @@
+"""Model profiles: the per-unit measurements planners and the simulator work from.
+
+Owns `UnitProfile` and `ModelProfile` (`kind: edgesplit.model_profile`, ARCHITECTURE.md §3).
+No torch, no ray.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import Field, model_validator
+
+from edgesplit.core.schema import FrozenModel, VersionedFile, content_hash
+from edgesplit.errors import ProfileMissingError
+
+__all__ = ["ModelProfile", "UnitProfile"]
+
+NonNegative = Annotated[float, Field(ge=0)]
+
+
+class UnitProfile(FrozenModel):
+    """The smallest piece a planner may cut at: its weights, its output, its time per device kind."""
+
+    name: str
+    param_bytes: NonNegative
+    output_bytes: NonNegative
+    flops: NonNegative = 0.0
+    time_s: dict[str, NonNegative]
+    peak_memory_bytes: NonNegative | None = None
+    cpu_time_s: dict[str, NonNegative] | None = None
+
+
+class ModelProfile(VersionedFile):
+    """Per-unit profile of one model at one micro-batch size."""
+
+    KIND: ClassVar[str] = "edgesplit.model_profile"
+    SCHEMA_VERSION: ClassVar[int] = 1
+
+    kind: Literal["edgesplit.model_profile"] = "edgesplit.model_profile"
+    schema_version: Literal[1] = 1
+    model: str
+    batch_size: Annotated[int, Field(ge=1)]
+    dtype: str = "float32"
+    input_bytes: NonNegative
+    units: Annotated[tuple[UnitProfile, ...], Field(min_length=1)]
+    source: str = ""
+    notes: str = ""
+
+    @model_validator(mode="after")
+    def _check_units(self) -> ModelProfile:
+        names = [u.name for u in self.units]
+        if len(set(names)) != len(names):
+            raise ValueError("unit names must be unique")
+        return self
+
+    @property
+    def num_units(self) -> int:
+        return len(self.units)
+
+    @cached_property
+    def device_kinds(self) -> tuple[str, ...]:
+        """Kinds that have a time for every unit."""
+        common = set(self.units[0].time_s)
+        for unit in self.units[1:]:
+            common &= set(unit.time_s)
+        return tuple(sorted(common))
+
+    def times_for(self, device_kind: str) -> tuple[float, ...]:
+        """Seconds per unit on `device_kind`; a clear error when the kind is missing."""
+        if device_kind not in self.device_kinds:
+            raise ProfileMissingError(
+                f"profile of '{self.model}' has no times for device kind '{device_kind}'; "
+                f"kinds present: {list(self.device_kinds)}. Profile the model on that kind "
+                "(edgesplit profile) or merge a profile that has it"
+            )
+        return tuple(u.time_s[device_kind] for u in self.units)
+
+    def digest(self) -> str:
+        return content_hash(self)
+
+    def with_kind_alias(self, device_kind: str, alias: str) -> ModelProfile:
+        """A new profile in which `alias` has the same times as `device_kind`."""
+        self.times_for(device_kind)
+        units = tuple(
+            u.model_copy(update={"time_s": {**u.time_s, alias: u.time_s[device_kind]}})
+            for u in self.units
+        )
+        return self.model_copy(update={"units": units})
