@@ -105,7 +105,12 @@ class CostModel:
         period_s = max(
             in_s, out_s, *(s.compute_s for s in per_stage), *(s.transfer_s for s in per_stage)
         )
-        latency_s = in_s + out_s + sum(s.compute_s + s.transfer_s for s in per_stage)
+        # Left fold in pipeline order (in, c1, h1, c2, ..., out) so that planners summing the same
+        # way reproduce this value bitwise.
+        latency_s = in_s
+        for stage_prediction in per_stage:
+            latency_s = latency_s + stage_prediction.compute_s + stage_prediction.transfer_s
+        latency_s = latency_s + out_s
         achieved = period_s if objective == "throughput" else latency_s
         gap = None
         if lower_bound_s is not None and lower_bound_s > 0:
