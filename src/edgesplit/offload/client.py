@@ -1,0 +1,317 @@
+"""The weak-device client: sample patches, encode them, send one or two rounds over HTTP.
+
+Owns the httpx client (bearer token, timeouts, retry of transient failures with capped
+exponential backoff and jitter, keeping the request id so retries are idempotent), patch
+sampling (random, grid, server order), the device's bandwidth estimate from its own uploads, the
+two-round flow driven by the SLO policy, and optional application-level link emulation (token
+bucket + one-way delay, real clock). Imports protocol/codec/policy/emulation, never the server.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import httpx
+import numpy as np
+from pydantic import Field
+
+from edgesplit.core.schema import FrozenModel
+from edgesplit.errors import ProtocolVersionError, RetryableError, TransportError
+from edgesplit.offload.codec import CodecName, encode_patches
+from edgesplit.offload.emulation import TokenBucket
+from edgesplit.offload.patches import SamplingName, patchify, sample_indices
+from edgesplit.offload.policy import (
+    BandwidthEstimate,
+    Decision,
+    OffloadOption,
+    PolicyConfig,
+    choose,
+    observe_upload,
+    should_request_round2,
+)
+from edgesplit.offload.protocol import (
+    CONTENT_TYPE,
+    PROTOCOL_VERSION,
+    PatchRequestHeader,
+    PatchResponse,
+    ServerInfo,
+    encode_frame,
+)
+
+__all__ = ["ClassifyResult", "LinkEmulator", "OffloadClient", "RetryConfig", "RoundStats"]
+
+log = logging.getLogger(__name__)
+
+
+class RetryConfig(FrozenModel):
+    max_attempts: int = Field(default=8, ge=1)
+    base_backoff_s: float = Field(default=0.05, gt=0)
+    max_backoff_s: float = Field(default=1.0, gt=0)
+    timeout_s: float = Field(default=10.0, gt=0)  # per HTTP call
+
+
+@dataclass
+class LinkEmulator:
+    """Shapes the device's uplink in real time: token bucket on the trace + one-way delay."""
+
+    bucket: TokenBucket
+    one_way_latency_s: float = 0.01
+    clock: Callable[[], float] = time.monotonic
+    sleep: Callable[[float], None] = time.sleep
+    origin_s: float = field(default_factory=time.monotonic)
+
+    def upload(self, num_bytes: int) -> float:
+        """Block for the shaped upload time of `num_bytes` plus the one-way delay; return it."""
+        start = self.clock() - self.origin_s
+        finish = self.bucket.transmit(num_bytes, start)
+        duration = finish - start + self.one_way_latency_s
+        self.sleep(duration)
+        return duration
+
+    def downlink(self) -> None:
+        self.sleep(self.one_way_latency_s)
+
+
+@dataclass(frozen=True, slots=True)
+class RoundStats:
+    body_bytes: int
+    elapsed_s: float
+    attempts: int
+
+
+@dataclass(frozen=True, slots=True)
+class ClassifyResult:
+    response: PatchResponse
+    rounds: tuple[RoundStats, ...]
+    latency_s: float
+    option_name: str
+    total_bytes: int
+
+
+class OffloadClient:
+    """Talks to one edge server. Not thread-safe; one per device loop.
+
+    Example:
+        client = OffloadClient("http://127.0.0.1:8470")
+        info = client.info()
+        response, _ = client.send_round(image, indices=[0, 5, 9], codec="zlib")
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        token: str | None = None,
+        retry: RetryConfig | None = None,
+        rng: np.random.Generator | None = None,
+        link: LinkEmulator | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+        initial_bandwidth_bytes_per_s: float = 25_000.0,
+        rtt_s: float = 0.02,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.retry = retry or RetryConfig()
+        headers = {"authorization": f"Bearer {token}"} if token else {}
+        self._http = httpx.Client(
+            base_url=base_url, headers=headers, timeout=self.retry.timeout_s, transport=transport
+        )
+        self._rng = rng or np.random.default_rng(0)
+        self.link = link
+        self._clock, self._sleep = clock, sleep
+        self.estimate = BandwidthEstimate(initial_bandwidth_bytes_per_s)
+        self.rtt_s = rtt_s
+        self._info: ServerInfo | None = None
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> OffloadClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- plumbing ---------------------------------------------------------------------------
+    def _call(self, method: str, path: str, **kwargs: object) -> httpx.Response:
+        """One HTTP call with retries of transient failures (connection, 502/503/504)."""
+        delay = self.retry.base_backoff_s
+        last: Exception | None = None
+        for attempt in range(1, self.retry.max_attempts + 1):
+            try:
+                response = self._http.request(method, path, **kwargs)  # type: ignore[arg-type]
+                if response.status_code in (502, 503, 504):
+                    raise RetryableError(f"server answered {response.status_code}")
+                response.extensions["edgesplit_attempts"] = attempt
+                return response
+            except (httpx.TransportError, RetryableError) as e:
+                last = e
+                if attempt == self.retry.max_attempts:
+                    break
+                jittered = delay * (0.5 + self._rng.random())
+                log.debug(
+                    "attempt %d of %s %s failed (%s); retry in %.3f s",
+                    attempt,
+                    method,
+                    path,
+                    e,
+                    jittered,
+                )
+                self._sleep(jittered)
+                delay = min(self.retry.max_backoff_s, delay * 2)
+        raise RetryableError(
+            f"{method} {path} failed {self.retry.max_attempts} times; last error: {last}; "
+            "is the server running and reachable?"
+        ) from last
+
+    def info(self) -> ServerInfo:
+        response = self._call("GET", "/v1/info")
+        _raise_for_status(response)
+        info = ServerInfo.model_validate(response.json())
+        if info.protocol_version != PROTOCOL_VERSION:
+            raise ProtocolVersionError(
+                f"server speaks protocol {info.protocol_version}, client {PROTOCOL_VERSION}"
+            )
+        self._info = info
+        return info
+
+    # -- one round --------------------------------------------------------------------------
+    def send_round(
+        self,
+        image: np.ndarray,
+        indices: list[int] | np.ndarray,
+        *,
+        codec: CodecName = "zlib",
+        quality: int | None = None,
+        patch_size: int = 8,
+        request_id: str | None = None,
+        round_index: int = 1,
+        session_id: str | None = None,
+        extra_k: int = 0,
+    ) -> tuple[PatchResponse, RoundStats]:
+        """Send the patches of `image` (H, W uint8) at `indices` (sent sorted); one round."""
+        sorted_indices = sorted(int(i) for i in indices)
+        patches = patchify(image, patch_size)[sorted_indices]
+        payload = encode_patches(patches, codec, quality)
+        header = PatchRequestHeader(
+            request_id=request_id or uuid.uuid4().hex,
+            round_index=round_index,  # type: ignore[arg-type]
+            session_id=session_id,
+            image_size=image.shape[0],
+            patch_size=patch_size,
+            codec=codec,
+            quality=quality,
+            indices=sorted_indices,
+            payload_bytes=len(payload),
+            extra_k=extra_k,
+        )
+        body = encode_frame(header, payload)
+        start = self._clock()
+        upload_s = self.link.upload(len(body)) if self.link else 0.0
+        response = self._call(
+            "POST", "/v1/infer", content=body, headers={"content-type": CONTENT_TYPE}
+        )
+        if self.link:
+            self.link.downlink()
+        elapsed = self._clock() - start
+        _raise_for_status(response)
+        answer = PatchResponse.model_validate(response.json())
+        if not upload_s:  # no emulator: infer the upload time from the round trip
+            upload_s = elapsed - answer.server_compute_s - self.rtt_s
+        self.estimate = observe_upload(self.estimate, len(body), upload_s)
+        stats = RoundStats(len(body), elapsed, int(response.extensions["edgesplit_attempts"]))
+        return answer, stats
+
+    # -- adaptive, two rounds ---------------------------------------------------------------
+    def classify(
+        self,
+        image: np.ndarray,
+        options: list[OffloadOption],
+        *,
+        slo_s: float,
+        policy: PolicyConfig | None = None,
+    ) -> ClassifyResult:
+        """Classify one image within `slo_s` using the policy over measured `options`."""
+        info = self._info or self.info()
+        start = self._clock()
+        decision: Decision = choose(
+            options,
+            bandwidth_bytes_per_s=self.estimate.bytes_per_s,
+            rtt_s=self.rtt_s,
+            slo_s=slo_s,
+            config=policy,
+        )
+        option = decision.option
+        indices = self._sample(option.sampling, info, option.k1)
+        request_id = uuid.uuid4().hex
+        response, first = self.send_round(
+            image,
+            indices,
+            codec=option.codec,
+            quality=option.quality,
+            patch_size=info.patch_size,
+            request_id=request_id,
+            extra_k=option.k2,
+        )
+        rounds = [first]
+        if option.k2 and should_request_round2(
+            decision,
+            confidence=response.confidence,
+            elapsed_s=self._clock() - start,
+            slo_s=slo_s,
+            bandwidth_bytes_per_s=self.estimate.bytes_per_s,
+            rtt_s=self.rtt_s,
+            config=policy,
+        ):
+            extra = response.requested_indices[: option.k2]
+            try:
+                response, second = self.send_round(
+                    image,
+                    extra,
+                    codec=option.codec,
+                    quality=option.quality,
+                    patch_size=info.patch_size,
+                    request_id=request_id,
+                    round_index=2,
+                    session_id=response.session_id,
+                )
+            except TransportError as e:
+                if "unknown_session" not in str(e):
+                    raise
+                # The server lost round 1 (restart): send everything as a fresh round 1.
+                response, second = self.send_round(
+                    image,
+                    [*indices, *extra],
+                    codec=option.codec,
+                    quality=option.quality,
+                    patch_size=info.patch_size,
+                )
+            rounds.append(second)
+        return ClassifyResult(
+            response=response,
+            rounds=tuple(rounds),
+            latency_s=self._clock() - start,
+            option_name=option.name,
+            total_bytes=sum(r.body_bytes for r in rounds),
+        )
+
+    def _sample(self, sampling: SamplingName, info: ServerInfo, k: int) -> list[int]:
+        order = np.asarray(info.patch_order) if sampling == "server" else None
+        return sample_indices(
+            sampling, info.num_patches, k, rng=self._rng, server_order=order
+        ).tolist()
+
+
+def _raise_for_status(response: httpx.Response) -> None:
+    if response.status_code < 400:
+        return
+    try:
+        body = response.json()
+        detail = f"{body.get('error')}: {body.get('detail')}"
+    except ValueError:
+        detail = response.text[:200]
+    raise TransportError(f"server answered {response.status_code} ({detail})")

@@ -1,0 +1,108 @@
+"""Patch codecs: how the weak device encodes the pixels of the patches it sends.
+
+Owns encoding/decoding k square uint8 patches as raw bytes, zlib, or a mosaic image (the patches
+tiled in a near-square grid, in the order sent) compressed as PNG, JPEG or WebP with Pillow.
+With all patches sent in row-major order the mosaic *is* the full image, so full-image codecs are
+the k = N case of the same code. numpy + Pillow only.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import zlib
+from typing import Literal, get_args
+
+import numpy as np
+from PIL import Image
+
+__all__ = ["CodecName", "decode_patches", "encode_patches", "is_lossy", "mosaic_shape"]
+
+CodecName = Literal["raw", "zlib", "png", "jpeg", "webp"]
+CODEC_NAMES: tuple[str, ...] = get_args(CodecName)
+_PIL_FORMAT = {"png": "PNG", "jpeg": "JPEG", "webp": "WEBP"}
+
+
+def is_lossy(codec: CodecName) -> bool:
+    return codec in ("jpeg", "webp")
+
+
+def mosaic_shape(k: int) -> tuple[int, int]:
+    """(rows, cols) of the tile grid for k patches: cols = ceil(sqrt k), rows = ceil(k / cols)."""
+    cols = max(1, math.ceil(math.sqrt(k)))
+    return math.ceil(k / cols), cols
+
+
+def _to_mosaic(patches: np.ndarray) -> np.ndarray:
+    k, p, _ = patches.shape
+    rows, cols = mosaic_shape(k)
+    tiles = np.zeros((rows * cols, p, p), dtype=np.uint8)
+    tiles[:k] = patches
+    if k < rows * cols:
+        tiles[k:] = patches[-1]  # repeat the last patch: cheaper to code than a hard edge
+    return tiles.reshape(rows, cols, p, p).transpose(0, 2, 1, 3).reshape(rows * p, cols * p)
+
+
+def _from_mosaic(mosaic: np.ndarray, k: int, patch_size: int) -> np.ndarray:
+    rows, cols = mosaic_shape(k)
+    p = patch_size
+    tiles = mosaic.reshape(rows, p, cols, p).transpose(0, 2, 1, 3).reshape(rows * cols, p, p)
+    return np.ascontiguousarray(tiles[:k])
+
+
+def encode_patches(patches: np.ndarray, codec: CodecName, quality: int | None = None) -> bytes:
+    """Encode uint8 patches (k, p, p). `quality` (1-100) is for jpeg/webp only."""
+    if patches.dtype != np.uint8 or patches.ndim != 3:
+        raise ValueError(f"patches must be uint8 (k, p, p), got {patches.dtype} {patches.shape}")
+    if codec == "raw":
+        return patches.tobytes()
+    if codec == "zlib":
+        return zlib.compress(patches.tobytes(), 9)
+    buffer = io.BytesIO()
+    image = Image.fromarray(_to_mosaic(patches), mode="L")
+    if codec == "png":
+        image.save(buffer, format="PNG", optimize=True)
+    elif codec == "jpeg":
+        image.save(buffer, format="JPEG", quality=quality or 75, optimize=True)
+    elif codec == "webp":
+        image.save(buffer, format="WEBP", quality=quality or 75, method=6)
+    else:
+        raise ValueError(f"unknown codec {codec!r}; expected one of {CODEC_NAMES}")
+    return buffer.getvalue()
+
+
+def decode_patches(payload: bytes, codec: CodecName, k: int, patch_size: int) -> np.ndarray:
+    """Inverse of `encode_patches` -> uint8 (k, p, p).
+
+    Raises:
+        ValueError: the payload does not decode to k patches of that size (the message says
+            what was expected and what was found).
+    """
+    expected = k * patch_size * patch_size
+    if codec in ("raw", "zlib"):
+        if codec == "zlib":
+            try:
+                payload = zlib.decompress(payload, bufsize=expected)
+            except zlib.error as e:
+                raise ValueError(f"zlib payload does not decompress: {e}") from e
+        if len(payload) != expected:
+            raise ValueError(
+                f"{codec} payload holds {len(payload)} bytes, expected {expected} "
+                f"({k} patches of {patch_size}x{patch_size})"
+            )
+        return np.frombuffer(payload, dtype=np.uint8).reshape(k, patch_size, patch_size).copy()
+    if codec not in _PIL_FORMAT:
+        raise ValueError(f"unknown codec {codec!r}; expected one of {CODEC_NAMES}")
+    rows, cols = mosaic_shape(k)
+    want = (cols * patch_size, rows * patch_size)
+    try:
+        with Image.open(io.BytesIO(payload), formats=[_PIL_FORMAT[codec]]) as image:
+            if image.size != want:
+                raise ValueError(
+                    f"{codec} mosaic is {image.size[0]}x{image.size[1]} pixels, expected "
+                    f"{want[0]}x{want[1]} for {k} patches of {patch_size}x{patch_size}"
+                )
+            mosaic = np.asarray(image.convert("L"), dtype=np.uint8)
+    except (OSError, SyntaxError) as e:  # Pillow's UnidentifiedImageError is an OSError
+        raise ValueError(f"{codec} payload is not a decodable image: {e}") from e
+    return _from_mosaic(mosaic, k, patch_size)

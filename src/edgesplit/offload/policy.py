@@ -1,0 +1,204 @@
+"""The SLO policy of adaptive offloading: bandwidth estimate + latency SLO -> what to send.
+
+Owns the bandwidth estimator (EWMA and harmonic mean of the device's own upload samples), the
+latency model of one and two rounds, and the choice of k1, codec/quality, tau and k2 that
+maximises expected accuracy (from tables measured offline) subject to the SLO; also the online
+decision whether round 2 still fits. Pure: imports only core, stdlib and numpy; no clock, no I/O
+(time and measurements are arguments), so it is tested with plain numbers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar, Literal
+
+from pydantic import Field
+
+from edgesplit.core.schema import FrozenModel, VersionedFile
+
+__all__ = [
+    "BandwidthEstimate",
+    "Decision",
+    "OffloadOption",
+    "OffloadTables",
+    "PolicyConfig",
+    "choose",
+    "observe_upload",
+    "predicted_round_s",
+    "should_request_round2",
+]
+
+# HTTP request + response framing that travels beside the body (measured: ~200-300 B with
+# httpx/uvicorn for these requests); counted in every transfer-time prediction.
+HTTP_OVERHEAD_BYTES = 300
+
+
+class OffloadOption(FrozenModel):
+    """One setting the device can choose, with its offline-measured figures.
+
+    k2 = 0 means one round. Byte figures are request bodies (frame header + payload).
+    """
+
+    sampling: Literal["random", "grid", "server"]
+    codec: Literal["raw", "zlib", "png", "jpeg", "webp"]
+    quality: int | None = None
+    k1: int = Field(gt=0)
+    k2: int = Field(default=0, ge=0)
+    tau: float = Field(default=0.0, ge=0.0, le=1.01)
+    accuracy: float  # with round 2 taken whenever confidence < tau
+    accuracy_round1: float  # round-1 answers only (round 2 skipped)
+    round2_fraction: float = 0.0  # share of images whose confidence < tau
+    bytes1_mean: float
+    bytes1_p95: float
+    bytes2_mean: float = 0.0
+    bytes2_p95: float = 0.0
+    server1_s: float  # p95 of measured server compute, round 1
+    server2_s: float = 0.0  # p95, round 2 (with reuse)
+
+    @property
+    def name(self) -> str:
+        codec = self.codec if self.quality is None else f"{self.codec}{self.quality}"
+        base = f"{self.sampling}-k{self.k1}-{codec}"
+        return base if self.k2 == 0 else f"{base}+k{self.k2}@{self.tau:g}"
+
+    @property
+    def expected_bytes(self) -> float:
+        return self.bytes1_mean + self.round2_fraction * self.bytes2_mean
+
+
+class OffloadTables(VersionedFile):
+    """kind "edgesplit.offload_tables": all options measured on held-out validation images."""
+
+    KIND: ClassVar[str] = "edgesplit.offload_tables"
+    kind: Literal["edgesplit.offload_tables"] = "edgesplit.offload_tables"
+    schema_version: int = 1
+    num_images: int
+    options: list[OffloadOption]
+
+
+class PolicyConfig(FrozenModel):
+    """Safety knobs of the policy."""
+
+    safety_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)  # keep this share of the SLO spare
+    accuracy_tolerance: float = Field(default=0.002, ge=0.0)  # within this, prefer fewer bytes
+    allow_two_rounds: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class BandwidthEstimate:
+    """Upload-rate estimate from the device's own uploads (bytes/s); immutable, see observe."""
+
+    ewma_bytes_per_s: float
+    recent_bytes_per_s: tuple[float, ...] = ()
+    alpha: float = 0.3
+    window: int = 5
+
+    @property
+    def harmonic_bytes_per_s(self) -> float:
+        if not self.recent_bytes_per_s:
+            return self.ewma_bytes_per_s
+        return len(self.recent_bytes_per_s) / sum(1.0 / r for r in self.recent_bytes_per_s)
+
+    @property
+    def bytes_per_s(self) -> float:
+        """The conservative estimate the policy plans with: min(EWMA, harmonic mean)."""
+        return min(self.ewma_bytes_per_s, self.harmonic_bytes_per_s)
+
+
+def observe_upload(
+    estimate: BandwidthEstimate, num_bytes: float, upload_s: float
+) -> BandwidthEstimate:
+    """Fold one upload (num_bytes took upload_s) into the estimate; returns a new estimate.
+
+    Samples below 1 ms are ignored (too short to time; a burst from a full token bucket).
+    """
+    if upload_s < 1e-3 or num_bytes <= 0:
+        return estimate
+    sample = num_bytes / upload_s
+    recent = (*estimate.recent_bytes_per_s, sample)[-estimate.window :]
+    ewma = (1 - estimate.alpha) * estimate.ewma_bytes_per_s + estimate.alpha * sample
+    return BandwidthEstimate(ewma, recent, estimate.alpha, estimate.window)
+
+
+def predicted_round_s(
+    body_bytes: float, server_s: float, bandwidth_bytes_per_s: float, rtt_s: float
+) -> float:
+    """Latency of one round: round trip + upload of body and HTTP framing + server compute."""
+    return rtt_s + (body_bytes + HTTP_OVERHEAD_BYTES) / bandwidth_bytes_per_s + server_s
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    option: OffloadOption
+    predicted_round1_s: float
+    predicted_round2_s: float
+    feasible: bool  # round 1 predicted within the budget
+    expected_accuracy: float
+
+
+def choose(
+    options: list[OffloadOption],
+    *,
+    bandwidth_bytes_per_s: float,
+    rtt_s: float,
+    slo_s: float,
+    config: PolicyConfig | None = None,
+) -> Decision:
+    """Pick the option with the best expected accuracy whose round 1 fits the SLO budget.
+
+    A two-round option counts with its two-round accuracy only when both rounds are predicted
+    to fit; otherwise with its round-1 accuracy (round 2 will be skipped online). Among options
+    within `accuracy_tolerance` of the best, the one with fewest expected bytes wins. When no
+    round 1 fits, the fastest option is returned with feasible=False (best effort).
+    """
+    config = config or PolicyConfig()
+    if not options:
+        raise ValueError("the policy needs at least one option")
+    budget_s = slo_s * (1.0 - config.safety_fraction)
+    scored: list[tuple[float, float, Decision]] = []
+    for option in options:
+        if option.k2 and not config.allow_two_rounds:
+            continue
+        t1 = predicted_round_s(option.bytes1_p95, option.server1_s, bandwidth_bytes_per_s, rtt_s)
+        t2 = (
+            predicted_round_s(option.bytes2_p95, option.server2_s, bandwidth_bytes_per_s, rtt_s)
+            if option.k2
+            else 0.0
+        )
+        if t1 > budget_s:
+            continue
+        both_fit = option.k2 > 0 and t1 + t2 <= budget_s
+        accuracy = option.accuracy if both_fit else option.accuracy_round1
+        expected_bytes = option.expected_bytes if both_fit else option.bytes1_mean
+        scored.append((accuracy, expected_bytes, Decision(option, t1, t2, True, accuracy)))
+    if not scored:
+        fastest = min(
+            (o for o in options if not o.k2 or config.allow_two_rounds),
+            key=lambda o: predicted_round_s(
+                o.bytes1_p95, o.server1_s, bandwidth_bytes_per_s, rtt_s
+            ),
+        )
+        t1 = predicted_round_s(fastest.bytes1_p95, fastest.server1_s, bandwidth_bytes_per_s, rtt_s)
+        return Decision(fastest, t1, 0.0, False, fastest.accuracy_round1)
+    best = max(s[0] for s in scored)
+    close = [s for s in scored if s[0] >= best - config.accuracy_tolerance]
+    return min(close, key=lambda s: (s[1], -s[0]))[2]
+
+
+def should_request_round2(
+    decision: Decision,
+    *,
+    confidence: float,
+    elapsed_s: float,
+    slo_s: float,
+    bandwidth_bytes_per_s: float,
+    rtt_s: float,
+    config: PolicyConfig | None = None,
+) -> bool:
+    """Online check after round 1: low confidence and round 2 still fits what is left."""
+    config = config or PolicyConfig()
+    option = decision.option
+    if option.k2 == 0 or confidence >= option.tau:
+        return False
+    t2 = predicted_round_s(option.bytes2_p95, option.server2_s, bandwidth_bytes_per_s, rtt_s)
+    return elapsed_s + t2 <= slo_s * (1.0 - config.safety_fraction)
