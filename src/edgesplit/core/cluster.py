@@ -17,7 +17,7 @@ from edgesplit.core.schema import FrozenModel, content_hash, validate_as
 from edgesplit.errors import ConfigError
 from edgesplit.units import mb_to_bytes, mbps_to_bytes_per_s, ms_to_s
 
-__all__ = ["Cluster", "DeviceSpec", "LinkDefaults", "LinkSpec", "load_cluster"]
+__all__ = ["Cluster", "DerivedKind", "DeviceSpec", "LinkDefaults", "LinkSpec", "load_cluster"]
 
 PositiveFloat = Annotated[float, Field(gt=0)]
 
@@ -53,6 +53,18 @@ class LinkSpec(FrozenModel):
     one_way: bool = False
 
 
+class DerivedKind(FrozenModel):
+    """A device kind whose unit times are another kind's times x `slowdown`.
+
+    Lets one host profile stand in for devices that were never profiled (emulation, what-if
+    studies). `relative_to = "host"` means the single kind a host profile was measured on.
+    """
+
+    name: Annotated[str, Field(min_length=1)]
+    relative_to: Annotated[str, Field(min_length=1)]
+    slowdown: PositiveFloat
+
+
 class Cluster(FrozenModel):
     """A set of devices, the source device where requests enter, and the links between them."""
 
@@ -60,6 +72,7 @@ class Cluster(FrozenModel):
     defaults: LinkDefaults = LinkDefaults()
     devices: Annotated[tuple[DeviceSpec, ...], Field(min_length=1)]
     links: tuple[LinkSpec, ...] = ()
+    kinds: tuple[DerivedKind, ...] = ()
 
     @model_validator(mode="after")
     def _check_names(self) -> Cluster:
@@ -129,7 +142,10 @@ class Cluster(FrozenModel):
             raise ConfigError(f"cannot remove the source device '{self.source}'")
         keep = tuple(d for d in self.devices if d.name not in names)
         links = tuple(lk for lk in self.links if lk.a not in names and lk.b not in names)
-        return Cluster(source=self.source, defaults=self.defaults, devices=keep, links=links)
+        # Re-validate (never model_copy: it would carry cached lookups of the old device set).
+        data = self.model_dump()
+        data.update(devices=[d.model_dump() for d in keep], links=[lk.model_dump() for lk in links])
+        return Cluster.model_validate(data)
 
     def digest(self) -> str:
         return content_hash(self)

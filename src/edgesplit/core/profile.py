@@ -20,7 +20,7 @@ NonNegative = Annotated[float, Field(ge=0)]
 
 
 class UnitProfile(FrozenModel):
-    """The smallest piece a planner may cut at: its weights, its output, its time per device kind."""
+    """The smallest piece a planner may cut at: weights, output, time per device kind."""
 
     name: str
     param_bytes: NonNegative
@@ -79,11 +79,21 @@ class ModelProfile(VersionedFile):
     def digest(self) -> str:
         return content_hash(self)
 
-    def with_kind_alias(self, device_kind: str, alias: str) -> ModelProfile:
-        """A new profile in which `alias` has the same times as `device_kind`."""
-        self.times_for(device_kind)
-        units = tuple(
-            u.model_copy(update={"time_s": {**u.time_s, alias: u.time_s[device_kind]}})
-            for u in self.units
-        )
-        return self.model_copy(update={"units": units})
+    def with_derived_kind(self, name: str, relative_to: str, slowdown: float) -> ModelProfile:
+        """A new profile in which kind `name` takes `relative_to`'s times x `slowdown`.
+
+        `relative_to = "host"` names the only kind of a single-kind (host-measured) profile.
+        """
+        if relative_to == "host":
+            if len(self.device_kinds) != 1:
+                raise ProfileMissingError(
+                    f"kind '{name}' is relative to 'host' but profile '{self.model}' has "
+                    f"{len(self.device_kinds)} kinds {list(self.device_kinds)}; name one of them"
+                )
+            relative_to = self.device_kinds[0]
+        self.times_for(relative_to)
+        data = self.model_dump()
+        for unit in data["units"]:
+            unit["time_s"][name] = unit["time_s"][relative_to] * slowdown
+        # Re-validate (never model_copy: it would carry the cached kinds of the old profile).
+        return ModelProfile.model_validate(data)

@@ -131,7 +131,9 @@ def read_json_file(model: type[ModelT], path: Path) -> ModelT:
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise ConfigError(f"{path}: not valid JSON at line {e.lineno} col {e.colno}: {e.msg}") from e
+        raise ConfigError(
+            f"{path}: not valid JSON at line {e.lineno} col {e.colno}: {e.msg}"
+        ) from e
     kind = getattr(model, "KIND", "")
     if kind and isinstance(data, dict):
         if data.get("kind") != kind:

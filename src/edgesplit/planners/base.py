@@ -63,9 +63,7 @@ def get_planner(name: str) -> tuple[PlannerFn, str]:
     try:
         return _REGISTRY[name]
     except KeyError:
-        raise ConfigError(
-            f"unknown planner '{name}'; choose one of {sorted(_REGISTRY)}"
-        ) from None
+        raise ConfigError(f"unknown planner '{name}'; choose one of {sorted(_REGISTRY)}") from None
 
 
 def _load_builtin() -> None:

@@ -10,6 +10,8 @@ Imports core only.
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 from edgesplit.core.cost import CostModel
@@ -23,7 +25,7 @@ def cuts_to_stages(devices: list[str], cuts: list[int]) -> tuple[StagePlacement,
     """Stages from boundaries 0 = cuts[0] < ... < cuts[-1] = L; empty stages are dropped."""
     stages = []
     used = 0
-    for start, end in zip(cuts, cuts[1:], strict=False):
+    for start, end in itertools.pairwise(cuts):
         if end > start:
             stages.append(StagePlacement(device=devices[used], start=start, end=end))
             used += 1

@@ -26,6 +26,7 @@ max(F[(1,0), A, 1], H[A,B,1], S_B(1,3)); answer max(that, out_B).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -95,7 +96,7 @@ def device_classes(cost: CostModel) -> list[DeviceClass]:
     ]
 
 
-def _relabel(keys: dict[str, object]) -> dict[str, int]:
+def _relabel(keys: Mapping[str, object]) -> dict[str, int]:
     order: dict[object, int] = {}
     for key in keys.values():
         order.setdefault(key, len(order))
@@ -129,9 +130,7 @@ class ClassData:
         return np.array([len(c.devices) for c in self.classes], dtype=np.int64)
 
 
-def class_data(
-    cost: CostModel, groups: list[tuple[str, ...]], bound: str = "exact"
-) -> ClassData:
+def class_data(cost: CostModel, groups: list[tuple[str, ...]], bound: str = "exact") -> ClassData:
     """Numbers for a partition of the devices into classes.
 
     bound="exact" requires interchangeable members (see device_classes); "upper" takes the
@@ -188,6 +187,30 @@ class _Problem:
     input_cost: np.ndarray  # (K,) source -> class
     output_cost: np.ndarray  # (K,) class -> source
     remaining_lb: np.ndarray  # (L+1,) fastest-kind compute of units [a, L)
+    slowness: np.ndarray  # (K,) min over units of class time / fastest time (>= 1)
+    group_of: np.ndarray  # (K,) link group of each class
+    group_hop: np.ndarray  # (G, K, L+1): hop from a class of group g to class k'
+    group_output_cost: np.ndarray  # (G,)
+
+
+def _link_groups(hop: np.ndarray, output_cost: np.ndarray) -> np.ndarray:
+    """Classes whose outgoing hops and output transfer are identical share a group.
+
+    [Note: link-groups] The DP state only needs the last class through its outgoing costs, so
+    it keeps one column per group; with uniform links (one default) that is 2 columns (the
+    source's class and everyone else) instead of K.
+    """
+    groups: list[int] = []
+    representatives: list[int] = []
+    for k in range(hop.shape[0]):
+        for g, r in enumerate(representatives):
+            if np.array_equal(hop[k], hop[r]) and output_cost[k] == output_cost[r]:
+                groups.append(g)
+                break
+        else:
+            groups.append(len(representatives))
+            representatives.append(k)
+    return np.array(groups, dtype=np.int64)
 
 
 def _build_problem(
@@ -226,8 +249,15 @@ def _build_problem(
             if data.bandwidth[k, j] > 0:
                 # Same expression as Cluster.transfer_s, so values match the cost model bitwise.
                 hop[k, j, 1:] = data.latency_s[k, j] + outputs / data.bandwidth[k, j]
-    fastest = np.min(np.diff(data.time_prefix, axis=1), axis=0)
+    per_unit = np.diff(data.time_prefix, axis=1)  # (K, L)
+    fastest = np.min(per_unit, axis=0)
     remaining = np.concatenate([np.cumsum(fastest[::-1])[::-1], [0.0]])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(fastest[None, :] > 0, per_unit / fastest[None, :], np.inf)
+    slowness = np.min(ratio, axis=1)
+    slowness = np.where(np.isfinite(slowness), slowness, 1.0)
+    group_of = _link_groups(hop, data.output_cost)
+    first_of_group = [int(np.nonzero(group_of == g)[0][0]) for g in range(group_of.max() + 1)]
     return _Problem(
         counts=data.counts,
         stage_cost=stage_cost,
@@ -235,6 +265,10 @@ def _build_problem(
         input_cost=data.input_cost,
         output_cost=data.output_cost,
         remaining_lb=remaining,
+        slowness=slowness,
+        group_of=group_of,
+        group_hop=hop[first_of_group],
+        group_output_cost=data.output_cost[first_of_group],
     )
 
 
@@ -244,8 +278,38 @@ def _combine(objective: Objective, x: np.ndarray, y: np.ndarray | float) -> np.n
 
 @dataclass(slots=True)
 class _Level:
+    """All states with the same number of stages. Row r holds positions lo[r] + j, j < P."""
+
     ids: np.ndarray  # (N,) sorted mixed-radix ids of count vectors
-    table: np.ndarray  # (N, K, L+1) F values
+    lo: np.ndarray  # (N,) first position held by the row
+    table: np.ndarray  # (N, K, P) F values at positions lo + j
+
+    def value(self, row: int, c: int, position: int) -> float:
+        j = position - int(self.lo[row])
+        if 0 <= j < self.table.shape[2]:
+            return float(self.table[row, c, j])
+        return INF
+
+
+def _trim(ids: np.ndarray, lo: np.ndarray, table: np.ndarray) -> _Level:
+    """Drop rows with nothing finite and shrink every row to its finite window of positions."""
+    finite = np.isfinite(table).any(axis=1)  # (N, P)
+    keep = finite.any(axis=1)
+    ids, lo, table, finite = ids[keep], lo[keep], table[keep], finite[keep]
+    if ids.size == 0:
+        return _Level(ids=ids, lo=lo, table=table[:, :, :0])
+    num_positions = finite.shape[1]
+    first = np.argmax(finite, axis=1)
+    last = num_positions - 1 - np.argmax(finite[:, ::-1], axis=1)
+    span = int((last - first).max()) + 1
+    index = first[:, None] + np.arange(span)  # (N, span)
+    valid = index < num_positions
+    index = np.minimum(index, num_positions - 1)
+    shrunk = np.take_along_axis(
+        table, np.broadcast_to(index[:, None, :], (table.shape[0], table.shape[1], span)), axis=2
+    )
+    shrunk[~np.broadcast_to(valid[:, None, :], shrunk.shape)] = INF
+    return _Level(ids=ids, lo=lo + first, table=shrunk)
 
 
 def solve_classes(
@@ -258,8 +322,47 @@ def solve_classes(
 
     Returns (best value, [(class index, start, end), ...]); value is inf when nothing fits.
     `upper_bound_s` (a value known to be achievable, or inf) only prunes; it never changes the
-    optimum.
+    optimum: a run bounded by T keeps every pipeline whose period is <= T, so it finds the
+    optimum whenever one exists below T, and tight bounds prune almost everything. Without a
+    bound (throughput), thresholds rising geometrically from a lower bound are tried first.
     """
+    if objective == "throughput":
+        threshold = _period_lower_bound(cost, data)
+        for _ in range(40):
+            if not threshold < upper_bound_s:
+                break
+            value, solution = _solve_bounded(cost, data, objective, threshold)
+            if solution:
+                return value, solution
+            threshold *= THRESHOLD_GROWTH
+    return _solve_bounded(cost, data, objective, upper_bound_s)
+
+
+THRESHOLD_GROWTH = 1.12
+"""Factor between successive bounded DP runs (throughput); measured best among 1.04-1.15."""
+
+
+def _period_lower_bound(cost: CostModel, data: ClassData) -> float:
+    """Valid lower bound on the period: capacity of all devices, largest unit, in/out transfer."""
+    per_unit = np.diff(data.time_prefix, axis=1)  # (K, L)
+    fastest = per_unit.min(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(fastest[None, :] > 0, per_unit / fastest[None, :], np.inf)
+    slowness = np.where(np.isfinite(ratio.min(axis=1)), ratio.min(axis=1), 1.0)
+    capacity = float(np.sum(data.counts / slowness))
+    return max(
+        float(fastest.sum()) / capacity,
+        float(fastest.max()),
+        float(data.input_cost.min()),
+        float(data.output_cost.min()),
+        1e-12,
+    )
+
+
+def _solve_bounded(
+    cost: CostModel, data: ClassData, objective: Objective, upper_bound_s: float
+) -> tuple[float, list[tuple[int, int, int]]]:
+    """One DP run keeping every pipeline whose value is <= upper_bound_s."""
     problem = _build_problem(cost, data, objective, upper_bound_s)
     num_units = cost.num_units
     num_classes = len(data.classes)
@@ -268,25 +371,33 @@ def solve_classes(
     width = problem.stage_cost.shape[2] - 1
 
     # Level 1: one stage [0, b) on class c.
-    first = np.full((num_classes, num_classes, num_units + 1), INF)
+    num_groups = problem.group_hop.shape[0]
+    first = np.full((num_classes, num_groups, num_units + 1), INF)
     for c in range(num_classes):
         row = problem.stage_cost[c, 0, :]  # compute of [0, w)
         span = min(width, num_units)
-        first[c, c, 1 : span + 1] = _combine(objective, problem.input_cost[c], row[1 : span + 1])
-    level = _Level(ids=strides.copy(), table=first)
-    order = np.argsort(level.ids)
-    level = _Level(ids=level.ids[order], table=level.table[order])
+        first[c, problem.group_of[c], 1 : span + 1] = _combine(
+            objective, problem.input_cost[c], row[1 : span + 1]
+        )
+    order = np.argsort(strides)
+    level = _trim(strides[order], np.zeros(num_classes, dtype=np.int64), first[order])
 
     best = upper_bound_s if np.isfinite(upper_bound_s) else INF
-    best_at: tuple[int, int, int] | None = None  # (level index, row, class)
+    best_at: tuple[int, int, int] | None = None  # (level index, row, group)
     levels: list[_Level] = []
     while level.ids.size:
         levels.append(level)
-        finals = _combine(objective, level.table[:, :, num_units], problem.output_cost[None, :])
-        row, c = np.unravel_index(int(np.argmin(finals)), finals.shape)
-        if finals[row, c] < best or (best_at is None and finals[row, c] <= best):
-            best = float(finals[row, c])
-            best_at = (len(levels) - 1, int(row), int(c))
+        j = num_units - level.lo
+        done = (j >= 0) & (j < level.table.shape[2])
+        if done.any():
+            rows = np.nonzero(done)[0]
+            at_end = level.table[rows, :, j[rows]]  # (R, G)
+            finals = _combine(objective, at_end, problem.group_output_cost[None, :])
+            r_best, g_best = np.unravel_index(int(np.argmin(finals)), finals.shape)
+            value = finals[r_best, g_best]
+            if value < best or (best_at is None and value <= best):
+                best = float(value)
+                best_at = (len(levels) - 1, int(rows[r_best]), int(g_best))
         level = _next_level(level, problem, objective, strides, width, best, best_at is not None)
 
     if best_at is None:
@@ -305,47 +416,73 @@ def _next_level(
 ) -> _Level:
     counts = problem.counts
     num_classes = counts.size
+    num_groups = problem.group_hop.shape[0]
+    num_units = problem.remaining_lb.size - 1
     num_positions = level.table.shape[2]
+    positions = np.minimum(level.lo[:, None] + np.arange(num_positions), num_units)  # (N, P)
     used = (level.ids[:, None] // strides[None, :]) % (counts[None, :] + 1)  # (N, K)
-    grown_by_class: list[tuple[int, np.ndarray, np.ndarray]] = []  # (c_next, target ids, G)
+    grown_width = num_positions + width
+    parts: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = []  # (c_next, ids, lo, G)
     for c_next in range(num_classes):
         rows = np.nonzero(used[:, c_next] < counts[c_next])[0]
         if rows.size == 0:
             continue
-        # base[s, a] = min_c F[s, c, a] (+) H[c, c_next, a]   (N', L+1)
-        base = _combine(objective, level.table[rows], problem.hop[None, :, c_next, :]).min(axis=1)
+        position = positions[rows]  # (N', P)
+        hop = np.moveaxis(problem.group_hop[:, c_next, :][:, position], 0, 1)  # (N', G, P)
+        # base[s, a] = min_g F[s, g, a] (+) H[g, c_next, a]
+        base = _combine(objective, level.table[rows], hop).min(axis=1)  # (N', P)
         finite = np.isfinite(base).any(axis=1)
-        rows, base = rows[finite], base[finite]
+        rows, base, position = rows[finite], base[finite], position[finite]
         if rows.size == 0:
             continue
-        grown = np.full_like(base, INF)
-        stage = problem.stage_cost[c_next]
-        for w in range(1, min(width, num_positions - 1) + 1):
-            cand = _combine(objective, base[:, : num_positions - w], stage[: num_positions - w, w])
-            np.minimum(grown[:, w:], cand, out=grown[:, w:])
-        grown_by_class.append((c_next, level.ids[rows] + strides[c_next], grown))
-    if not grown_by_class:
-        return _Level(ids=np.zeros(0, dtype=np.int64), table=np.zeros((0, num_classes, 0)))
-    unique_ids = np.unique(np.concatenate([ids for _, ids, _ in grown_by_class]))
-    table = np.full((unique_ids.size, num_classes, num_positions), INF)
-    for c_next, ids, grown in grown_by_class:
-        # A count vector has one predecessor per class, so ids are unique within c_next.
-        table[np.searchsorted(unique_ids, ids), c_next, :] = grown
-    _prune(table, problem, objective, best, have_best)
-    keep = np.isfinite(table).any(axis=(1, 2))
-    return _Level(ids=unique_ids[keep], table=table[keep])
+        grown = np.full((rows.size, grown_width), INF)  # position lo + j
+        stage = problem.stage_cost[c_next]  # (L+1, W+1)
+        for w in range(1, width + 1):
+            cand = _combine(objective, base, stage[position, w])
+            window = grown[:, w : w + num_positions]
+            np.minimum(window, cand, out=window)
+        parts.append((c_next, level.ids[rows] + strides[c_next], level.lo[rows], grown))
+    if not parts:
+        empty = np.zeros(0, dtype=np.int64)
+        return _Level(ids=empty, lo=empty, table=np.zeros((0, num_groups, 0)))
+    all_ids = np.concatenate([ids for _, ids, _, _ in parts])
+    all_lo = np.concatenate([lo for _, _, lo, _ in parts])
+    unique_ids, inverse = np.unique(all_ids, return_inverse=True)
+    offset = np.full(unique_ids.size, np.iinfo(np.int64).max)
+    np.minimum.at(offset, inverse, all_lo)
+    span = int((all_lo - offset[inverse]).max()) + grown_width
+    table = np.full((unique_ids.size, num_groups, span), INF)
+    for c_next, ids, lo, grown in parts:
+        # A count vector has one predecessor per class, so targets are unique within c_next
+        # (but several classes of one link group land in the same column: take the minimum).
+        target = np.searchsorted(unique_ids, ids)
+        columns = (lo - offset[target])[:, None] + np.arange(grown_width)
+        group = problem.group_of[c_next]
+        table[target[:, None], group, columns] = np.minimum(
+            table[target[:, None], group, columns], grown
+        )
+    remaining = problem.remaining_lb[np.minimum(offset[:, None] + np.arange(span), num_units)]
+    _prune(table, remaining, objective, best, have_best)
+    if objective == "throughput" and np.isfinite(best):
+        # Capacity bound: the devices still unused, each busy <= best per micro-batch, must be
+        # able to do the remaining work even at their best speed relative to the fastest class.
+        left = counts[None, :] - (unique_ids[:, None] // strides[None, :]) % (counts[None, :] + 1)
+        capacity = (left * (best / problem.slowness)[None, :]).sum(axis=1)  # (N,)
+        behind = (capacity[:, None] < remaining * (1 - 1e-9)) & (remaining > 0)  # (N, span)
+        table[np.broadcast_to(behind[:, None, :], table.shape)] = INF
+    return _trim(unique_ids, offset, table)
 
 
 def _prune(
-    table: np.ndarray, problem: _Problem, objective: Objective, best: float, have_best: bool
+    table: np.ndarray, remaining: np.ndarray, objective: Objective, best: float, have_best: bool
 ) -> None:
-    """Drop entries that cannot beat `best` (in place).
+    """Drop entries that cannot beat `best` (in place); `remaining` (N, P) bounds latency left.
 
     Ties are kept until a pipeline achieving `best` is in hand (`best` may be an outside bound).
     """
     if not np.isfinite(best):
         return
-    bound = table if objective == "throughput" else table + problem.remaining_lb[None, None, :]
+    bound = table if objective == "throughput" else table + remaining[:, None, :]
     table[(bound >= best) if have_best else (bound > best)] = INF
 
 
@@ -357,45 +494,69 @@ def _backtrack(
     strides: np.ndarray,
     num_units: int,
 ) -> list[tuple[int, int, int]]:
-    """Walk predecessors whose recomputed value equals the stored one (bitwise)."""
-    level_index, row, c = best_at
+    """Walk predecessors whose recomputed value equals the stored one (bitwise).
+
+    The state keeps the last stage's link group, not its class, so each step also recovers the
+    class: one of the group's classes that the count vector uses.
+    """
+    level_index, row, group = best_at
     b = num_units
+    counts = problem.counts
     stages: list[tuple[int, int, int]] = []
     while True:
         level = levels[level_index]
-        value = level.table[row, c, b]
+        value = level.value(row, group, b)
+        used = (int(level.ids[row]) // strides) % (counts + 1)
+        classes = [c for c in np.nonzero(problem.group_of == group)[0] if used[c] > 0]
         if level_index == 0:
-            stages.append((c, 0, b))
+            stages.append((int(classes[0]), 0, b))
             break
         prev = levels[level_index - 1]
-        prev_id = level.ids[row] - strides[c]
-        prev_row = int(np.searchsorted(prev.ids, prev_id))
         found = None
-        for a in range(b - 1, 0, -1):
-            w = b - a
-            if w >= problem.stage_cost.shape[2]:
-                break
-            stage = problem.stage_cost[c, a, w]
-            if not np.isfinite(stage):
+        for c in classes:
+            prev_id = level.ids[row] - strides[c]
+            prev_row = int(np.searchsorted(prev.ids, prev_id))
+            if prev_row >= prev.ids.size or prev.ids[prev_row] != prev_id:
                 continue
-            for c_prev in range(problem.counts.size):
-                f_prev = prev.table[prev_row, c_prev, a]
-                if not np.isfinite(f_prev):
-                    continue
-                hop = problem.hop[c_prev, c, a]
-                if objective == "throughput":
-                    candidate = max(max(f_prev, hop), stage)
-                else:
-                    candidate = (f_prev + hop) + stage
-                if candidate == value:
-                    found = (c_prev, a)
-                    break
-            if found:
+            found = _find_predecessor(prev, prev_row, int(c), b, value, problem, objective)
+            if found is not None:
+                stages.append((int(c), found[1], b))
+                group, b, row = found[0], found[1], prev_row
                 break
         assert found is not None, "DP backtrack found no predecessor"
-        stages.append((c, found[1], b))
-        c, b, row, level_index = found[0], found[1], prev_row, level_index - 1
+        level_index -= 1
     return stages[::-1]
+
+
+def _find_predecessor(
+    prev: _Level,
+    prev_row: int,
+    c: int,
+    b: int,
+    value: float,
+    problem: _Problem,
+    objective: Objective,
+) -> tuple[int, int] | None:
+    """(group, cut) of a previous state that yields `value` for a stage [cut, b) on class c."""
+    for a in range(b - 1, 0, -1):
+        w = b - a
+        if w >= problem.stage_cost.shape[2]:
+            break
+        stage = problem.stage_cost[c, a, w]
+        if not np.isfinite(stage):
+            continue
+        for g_prev in range(problem.group_hop.shape[0]):
+            f_prev = prev.value(prev_row, g_prev, a)
+            if not np.isfinite(f_prev):
+                continue
+            hop = problem.group_hop[g_prev, c, a]
+            if objective == "throughput":
+                candidate = max(max(f_prev, hop), stage)
+            else:
+                candidate = (f_prev + hop) + stage
+            if candidate == value:
+                return (g_prev, a)
+    return None
 
 
 MAX_EXACT_VECTORS = 400_000
@@ -406,9 +567,7 @@ def _num_vectors(groups: list[tuple[str, ...]]) -> int:
     return int(np.prod([len(g) + 1 for g in groups], dtype=np.float64))
 
 
-def _to_stages(
-    data: ClassData, solution: list[tuple[int, int, int]]
-) -> tuple[StagePlacement, ...]:
+def _to_stages(data: ClassData, solution: list[tuple[int, int, int]]) -> tuple[StagePlacement, ...]:
     """Map class-level stages to concrete devices (members taken in cluster order)."""
     taken = [0] * len(data.classes)
     stages = []
@@ -473,20 +632,76 @@ def _infeasible(cost: CostModel) -> PlanInfeasibleError:
     )
 
 
-def quick_upper_bound(cost: CostModel, objective: Objective) -> float:
-    """A cheap achievable value (best single device, or a speed-proportional split), else inf."""
-    from edgesplit.planners.baselines import speed_proportional_stages
+def _greedy_fill(cost: CostModel, order: list[str], bound_s: float) -> list[StagePlacement] | None:
+    """Devices in `order` each take the longest prefix that keeps every cost <= bound_s."""
+    num_units = cost.num_units
+    cluster = cost.cluster
+    if cost.transfer_s(cost.profile.input_bytes, cluster.source, order[0]) > bound_s:
+        return None
+    stages: list[StagePlacement] = []
+    start = 0
+    for index, device in enumerate(order):
+        prefix = cost.time_prefix(cluster.device(device).kind)
+        end = int(np.searchsorted(prefix, prefix[start] + bound_s, side="right")) - 1
+        end = min(end, num_units)
+        following = order[index + 1] if index + 1 < len(order) else None
+        while end > start:
+            fits = cost.memory_bytes(start, end) <= cluster.device(device).memory_bytes
+            if end == num_units:
+                link_ok = cost.transfer_s(float(cost.output_bytes[-1]), device, cluster.source)
+            elif following is None:
+                link_ok = INF
+            else:
+                link_ok = cost.transfer_s(float(cost.output_bytes[end - 1]), device, following)
+            if fits and link_ok <= bound_s:
+                break
+            end -= 1
+        if end == start:
+            return None
+        stages.append(StagePlacement(device=device, start=start, end=end))
+        start = end
+        if start == num_units:
+            return stages
+    return None
 
+
+def quick_upper_bound(cost: CostModel, objective: Objective) -> float:
+    """A cheap achievable value: best single device, or (throughput) greedy fills, else inf.
+
+    For throughput, each of a few device orders is filled greedily under a bound found by
+    bisection; the best is usually within a few percent of the optimum, which keeps the exact
+    DP's tables small.
+    """
     best = INF
     num_units = cost.num_units
     for device in cost.cluster.devices:
         if cost.memory_bytes(0, num_units) <= device.memory_bytes:
             stage = (StagePlacement(device=device.name, start=0, end=num_units),)
             best = min(best, _achieved(cost, stage, objective))
-    if objective == "throughput":
-        stages = speed_proportional_stages(cost)
-        if stages and not cost.overfull_stages(stages):
-            best = min(best, _achieved(cost, stages, objective))
+    if objective != "throughput":
+        return best
+    by_speed = sorted(cost.cluster.devices, key=lambda d: float(cost.time_prefix(d.kind)[-1]))
+    fast_first = [d.name for d in by_speed]
+    orders = [fast_first, fast_first[::-1], list(cost.cluster.device_names)]
+    source = cost.cluster.source
+    orders += [[source, *[d for d in o if d != source]] for o in orders[:2]]
+    orders += [[*[d for d in o if d != source], source] for o in orders[:2]]
+    per_unit = [np.diff(cost.time_prefix(d.kind)) for d in cost.cluster.devices]
+    low = float(np.max(np.min(np.stack(per_unit), axis=0)))
+    for order in orders:
+        high = best if np.isfinite(best) else float(max(p.sum() for p in per_unit)) * 2 + 1e3
+        if _greedy_fill(cost, order, high) is None:
+            continue
+        lo_s, hi_s = low, high
+        for _ in range(30):
+            mid = (lo_s + hi_s) / 2
+            if _greedy_fill(cost, order, mid) is None:
+                lo_s = mid
+            else:
+                hi_s = mid
+        stages = _greedy_fill(cost, order, hi_s)
+        if stages:
+            best = min(best, _achieved(cost, tuple(stages), objective))
     return best
 
 

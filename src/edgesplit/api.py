@@ -1,0 +1,140 @@
+"""The Python façade: profile(), plan(), compare(), simulate(), run() and friends.
+
+Everything the CLI does goes through here, so scripts get the same behaviour. This module wires
+layers together (e.g. it injects a planner into the runtime for re-planning); it holds no logic
+of its own beyond that.
+
+Example:
+    >>> from edgesplit import api
+    >>> profile = api.import_pipeedge_profile("google/vit-large-patch16-224")
+    >>> cluster = api.load_cluster("examples/pipeedge-4+4.toml")
+    >>> plan = api.plan(profile, cluster)
+    >>> round(plan.predicted.period_s, 2)
+    5.04
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from edgesplit.core.cluster import Cluster, load_cluster
+from edgesplit.core.plan import Objective, Plan
+from edgesplit.core.profile import ModelProfile
+from edgesplit.core.schema import read_json_file, write_json_file
+from edgesplit.errors import EdgesplitError
+from edgesplit.planners import available_planners, make_plan
+from edgesplit.sim import SimConfig, SimResult
+from edgesplit.sim import simulate as _simulate
+
+__all__ = [
+    "PlannerOutcome",
+    "available_planners",
+    "compare",
+    "import_pipeedge_profile",
+    "load_cluster",
+    "load_plan",
+    "load_profile",
+    "plan",
+    "prepare_profile",
+    "profile",
+    "save",
+    "simulate",
+]
+
+
+def load_profile(path: Path | str) -> ModelProfile:
+    return read_json_file(ModelProfile, Path(path))
+
+
+def load_plan(path: Path | str) -> Plan:
+    return read_json_file(Plan, Path(path))
+
+
+def save(obj: ModelProfile | Plan | Any, path: Path | str) -> Path:
+    """Write a profile, plan or report as stable JSON."""
+    return write_json_file(obj, Path(path))
+
+
+def import_pipeedge_profile(
+    model: str, batch_size: int = 8, data_dir: Path | None = None
+) -> ModelProfile:
+    """A profile from PipeEdge's published measurements (Minnowboard, RCC-VE boards)."""
+    from edgesplit.profile.pipeedge import DEFAULT_PIPEEDGE_DIR, import_pipeedge
+
+    return import_pipeedge(model, batch_size, data_dir or DEFAULT_PIPEEDGE_DIR)
+
+
+def profile(
+    model: str,
+    batch_size: int = 1,
+    *,
+    repeats: int = 5,
+    warmup: int = 2,
+    num_threads: int = 1,
+    device_kind: str | None = None,
+    progress: Callable[[int, int, str], None] | None = None,
+) -> ModelProfile:
+    """Measure every unit of `model` (a preset name or a checkpoint directory) on this host."""
+    from edgesplit.models import model_spec_from_name
+    from edgesplit.profile.measure import profile_model
+
+    return profile_model(
+        model_spec_from_name(model),
+        batch_size,
+        repeats=repeats,
+        warmup=warmup,
+        num_threads=num_threads,
+        device_kind=device_kind,
+        progress=progress,
+    )
+
+
+def prepare_profile(profile: ModelProfile, cluster: Cluster) -> ModelProfile:
+    """Add the cluster's derived kinds ([[kinds]] in cluster.toml) to the profile."""
+    for kind in cluster.kinds:
+        profile = profile.with_derived_kind(kind.name, kind.relative_to, kind.slowdown)
+    return profile
+
+
+def plan(
+    profile: ModelProfile,
+    cluster: Cluster,
+    objective: Objective = "throughput",
+    planner: str = "optimal",
+) -> Plan:
+    """Partition the profile's units over the cluster (see ARCHITECTURE.md §4)."""
+    return make_plan(prepare_profile(profile, cluster), cluster, objective, planner)
+
+
+class PlannerOutcome:
+    """One row of a comparison: a plan, or the reason a planner could not produce one."""
+
+    def __init__(self, planner: str, plan: Plan | None, error: str | None) -> None:
+        self.planner = planner
+        self.plan = plan
+        self.error = error
+
+
+def compare(
+    profile: ModelProfile,
+    cluster: Cluster,
+    objective: Objective = "throughput",
+    planners: list[str] | None = None,
+) -> list[PlannerOutcome]:
+    """Run several planners on one scenario; infeasible ones report why instead of failing."""
+    outcomes = []
+    for name in planners or available_planners():
+        try:
+            outcomes.append(PlannerOutcome(name, plan(profile, cluster, objective, name), None))
+        except EdgesplitError as e:
+            outcomes.append(PlannerOutcome(name, None, str(e)))
+    return outcomes
+
+
+def simulate(
+    plan: Plan, profile: ModelProfile, cluster: Cluster, config: SimConfig | None = None
+) -> SimResult:
+    """Discrete-event simulation of the plan; steady state agrees with the cost model."""
+    return _simulate(plan, prepare_profile(profile, cluster), cluster, config)

@@ -1,0 +1,57 @@
+"""Shared CLI helpers: rich console and tables for plans. Imports core types and rich only."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from edgesplit.core.plan import Plan
+
+__all__ = ["console", "plan_table"]
+
+console = Console()
+
+
+def plan_table(plan: Plan, title: str | None = None) -> Table:
+    """Stage-by-device table with the cost model's predictions."""
+    predicted = plan.predicted
+    optimality = "optimal" if predicted.optimal else "heuristic"
+    if predicted.gap is not None and not predicted.optimal:
+        optimality += f", gap to lower bound ≤ {predicted.gap:.1%}"
+    table = Table(
+        title=title
+        or (
+            f"{plan.model} (batch {plan.batch_size}) — planner '{plan.planner.name}' "
+            f"({optimality}), objective {plan.objective}"
+        ),
+        caption=(
+            f"period {predicted.period_s:.4f} s · throughput {predicted.throughput_per_s:.3f}/s · "
+            f"latency {predicted.latency_s:.4f} s · in {predicted.input_transfer_s:.4f} s · "
+            f"out {predicted.output_transfer_s:.4f} s · planned in {plan.planner.elapsed_s:.3f} s"
+        ),
+    )
+    for column in (
+        "stage",
+        "device",
+        "units",
+        "#",
+        "compute s",
+        "hop out s",
+        "memory MB",
+        "cap MB",
+    ):
+        table.add_column(column, justify="right" if column not in ("device", "units") else "left")
+    for index, (stage, pred) in enumerate(zip(plan.stages, predicted.stages, strict=True)):
+        bottleneck = max(pred.compute_s, pred.transfer_s) >= predicted.period_s * 0.999
+        table.add_row(
+            str(index),
+            stage.device,
+            f"[{stage.start}, {stage.end})",
+            str(stage.num_units),
+            f"{pred.compute_s:.4f}",
+            f"{pred.transfer_s:.4f}",
+            f"{pred.memory_bytes / 1e6:.1f}",
+            f"{pred.memory_capacity_bytes / 1e6:.0f}",
+            style="bold red" if bottleneck else None,
+        )
+    return table
