@@ -85,6 +85,6 @@ def load_fashion_mnist(split: Literal["train", "test"]) -> tuple[np.ndarray, np.
 
 def upscale(images: np.ndarray, size: int = IMAGE_SIZE) -> np.ndarray:
     """Bilinear upscale of uint8 (n, h, w) images to uint8 (n, size, size)."""
-    x = torch.from_numpy(np.ascontiguousarray(images)).float().unsqueeze(1)  # (n, 1, h, w)
+    x = torch.from_numpy(np.array(images, dtype=np.float32)).unsqueeze(1)  # (n, 1, h, w)
     y = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
     return y.squeeze(1).round().clamp(0, 255).to(torch.uint8).numpy()

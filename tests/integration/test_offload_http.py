@@ -1,0 +1,173 @@
+"""Offload server and client over real HTTP on 127.0.0.1 (server in a subprocess, tiny model).
+
+Malformed, oversized and unauthenticated requests get clear 4xx answers and the server keeps
+serving; a server killed mid-stream and restarted loses no request that the client retries.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from edgesplit.offload.client import OffloadClient, RetryConfig
+from edgesplit.offload.patches import patchify
+from edgesplit.offload.pipeline import tiny_pipeline
+from edgesplit.offload.protocol import CONTENT_TYPE
+
+pytestmark = pytest.mark.integration
+
+TOKEN = "test-token"
+SRC = Path(__file__).resolve().parents[2] / "src"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_until(predicate: Callable[[], bool], timeout_s: float, interval_s: float = 0.05) -> None:
+    pause = threading.Event()
+    deadline = timeout_s / interval_s
+    for _ in range(int(deadline)):
+        if predicate():
+            return
+        pause.wait(interval_s)
+    raise AssertionError(f"condition not met within {timeout_s} s")
+
+
+def _healthy(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/health", timeout=0.5).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _start(port: int) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(SRC)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "edgesplit.offload.server", "--tiny", "--port", str(port),
+         "--token", TOKEN, "--max-body-bytes", "65536"],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    try:
+        wait_until(lambda: _healthy(port) or process.poll() is not None, timeout_s=90)
+    except AssertionError:
+        process.kill()
+        raise
+    assert process.poll() is None, process.stderr.read().decode() if process.stderr else ""
+    return process
+
+
+def _stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+
+
+@pytest.fixture
+def server() -> Iterator[int]:
+    port = _free_port()
+    process = _start(port)
+    yield port
+    _stop(process)
+
+
+def _image(seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (64, 64)).astype(np.uint8)
+
+
+def test_bad_requests_get_4xx_and_server_keeps_serving(server: int) -> None:
+    url = f"http://127.0.0.1:{server}"
+    auth = {"authorization": f"Bearer {TOKEN}", "content-type": CONTENT_TYPE}
+    cases = [
+        (b"\x00\x01garbage", auth, 400),
+        (b"ESPL\x07\x00\x00\x00\x00", auth, 400),  # unknown protocol version
+        (b"E" * 70_000, auth, 413),
+        (b"ESPL", {"content-type": CONTENT_TYPE}, 401),
+        (b"ESPL", {**auth, "authorization": "Bearer nope"}, 401),
+    ]
+    with httpx.Client(base_url=url, timeout=10) as http:
+        for body, headers, status in cases:
+            response = http.post("/v1/infer", content=body, headers=headers)
+            assert response.status_code == status, response.text
+            assert response.json()["detail"]
+        # a streamed oversized body without content-length is cut off too
+        chunks = iter([b"E" * 40_000, b"E" * 40_000])
+        response = http.post("/v1/infer", content=chunks, headers=auth)
+        assert response.status_code == 413
+        assert http.get("/health").status_code == 200
+    with OffloadClient(url, token=TOKEN) as client:
+        info = client.info()
+        answer, stats = client.send_round(_image(0), info.patch_order[:16], codec="jpeg",
+                                          quality=50, extra_k=8)
+        assert answer.num_received == 16
+        assert len(answer.requested_indices) == 8
+        second, _ = client.send_round(
+            _image(0), answer.requested_indices, codec="jpeg", quality=50,
+            request_id=answer.request_id, round_index=2, session_id=answer.session_id,
+        )
+        assert second.num_received == 24
+        assert second.reused_round1
+        assert stats.body_bytes > 0
+        metrics = httpx.get(f"{url}/metrics").text
+        assert 'status="413"' in metrics
+        assert 'status="401"' in metrics
+
+
+@pytest.mark.slow
+def test_restart_mid_stream_loses_no_retried_request() -> None:
+    port = _free_port()
+    process = _start(port)
+    pipeline = tiny_pipeline()  # same seed as the server's: answers are reproducible
+    images = [_image(seed) for seed in range(24)]
+    indices = list(range(0, 64, 3))
+    expected = [
+        int(np.argmax(pipeline.run(patchify(im, 8)[indices][None], np.array([indices]))
+                      .probabilities[0]))
+        for im in images
+    ]
+    answers: dict[int, int] = {}
+    errors: list[BaseException] = []
+
+    def stream() -> None:
+        retry = RetryConfig(max_attempts=200, base_backoff_s=0.05, max_backoff_s=0.3,
+                            timeout_s=20)
+        try:
+            with OffloadClient(f"http://127.0.0.1:{port}", token=TOKEN, retry=retry) as client:
+                for i, image in enumerate(images):
+                    answer, _ = client.send_round(image, indices, codec="raw",
+                                                  request_id=f"frame-{i}")
+                    answers[i] = answer.label
+        except BaseException as e:  # surfaced to the test thread below
+            errors.append(e)
+
+    worker = threading.Thread(target=stream, daemon=True)
+    worker.start()
+    try:
+        wait_until(lambda: len(answers) >= 6 or bool(errors), timeout_s=60)
+        process.send_signal(signal.SIGKILL)  # crash, not a graceful stop
+        process.wait(timeout=10)
+        killed_at = len(answers)
+        process = _start(port)
+        worker.join(timeout=120)
+    finally:
+        _stop(process)
+    assert not errors, errors
+    assert killed_at < len(images)
+    assert sorted(answers) == list(range(len(images)))
+    assert [answers[i] for i in range(len(images))] == expected
