@@ -28,12 +28,13 @@ app = typer.Typer(
 
 def _register() -> None:
     # One line per command module; each module exposes `app` (a group) or `register(app)`.
-    from edgesplit.cli import demo, plan, profile, simulate
+    from edgesplit.cli import demo, env, plan, profile, simulate
 
     profile.register(app)
     plan.register(app)
     simulate.register(app)
     demo.register(app)
+    env.register(app)
 
 
 def main() -> None:

@@ -624,10 +624,15 @@ def _infeasible(cost: CostModel) -> PlanInfeasibleError:
     total_params = float(cost.param_prefix[-1])
     total_memory = sum(d.memory_bytes for d in cluster.devices)
     short = max(0.0, total_params - total_memory)
+    shortfall = (
+        f" ({short / 1e6:.1f} MB short)"
+        if short > 0
+        else " (enough in total, but no contiguous split fits each device's buffers)"
+    )
     return PlanInfeasibleError(
         f"no placement of '{cost.profile.model}' fits: weights need {total_params / 1e6:.1f} MB "
         f"(plus activation buffers) and all {len(cluster.devices)} devices together have "
-        f"{total_memory / 1e6:.1f} MB; add devices or memory, or lower the batch size",
+        f"{total_memory / 1e6:.1f} MB{shortfall}; add devices or memory, or lower the batch size",
         shortfall_bytes=short if short > 0 else None,
     )
 
