@@ -1,0 +1,271 @@
+"""The one place that imports ray: connect or start Ray, match devices to nodes, stage actors.
+
+Owns `RaySession` (embedded `ray.init()` locally, or an existing cluster with RAY_AUTH_MODE=token),
+device-to-node matching by a custom resource named after the device, the `StageWorker` actor
+wrapper (`num_cpus=0`, threaded so that pings work while a stage computes), death signals, kills,
+and the `ray start` command lines of `edgesplit cluster up/down`. Everything else in runtime gets
+ray through this module.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import shutil
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+from ray.exceptions import GetTimeoutError, RayActorError, RayError
+
+from edgesplit.errors import ConfigError, DeviceUnavailableError
+from edgesplit.runtime.config import RuntimeConfig
+from edgesplit.runtime.stage import StageWorker
+
+__all__ = [
+    "ActorDiedError",
+    "RaySession",
+    "StageActor",
+    "cluster_down_command",
+    "cluster_up_command",
+    "health_check_config",
+    "ray_status",
+]
+
+logger = logging.getLogger(__name__)
+# Resource names Ray reserves; a device named like this cannot be matched by resource.
+_RESERVED = {"CPU", "GPU", "memory", "object_store_memory", "TPU"}
+
+
+class ActorDiedError(Exception):
+    """A stage actor (or its node) is gone."""
+
+
+def health_check_config(config: RuntimeConfig) -> dict[str, int]:
+    """Ray system config for node health checks in seconds (defaults: ~14 s crashed, 64 s hung)."""
+    return {
+        "health_check_period_ms": config.health_check_period_ms,
+        "health_check_timeout_ms": config.health_check_timeout_ms,
+        "health_check_failure_threshold": config.health_check_failure_threshold,
+    }
+
+
+class _RayStage(StageWorker):
+    """StageWorker that binds its streams to its own node's IP (multi-machine clusters)."""
+
+    def __init__(self, device: str, host: str | None) -> None:
+        super().__init__(device, host or ray.util.get_node_ip_address())
+
+    def info(self) -> dict[str, Any]:
+        data = super().info()
+        data["node_id"] = ray.get_runtime_context().get_node_id()
+        return data
+
+
+_RemoteStage: Any = ray.remote(_RayStage)
+
+
+@dataclass
+class StageActor:
+    """A live stage actor, the call that fails when it dies, and what it told us about itself."""
+
+    device: str
+    handle: Any
+    serve_ref: Any
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def call(self, method: str, *args: Any) -> Any:
+        """Start `method(*args)` on the actor; returns a reference for `RaySession.get`."""
+        return getattr(self.handle, method).remote(*args)
+
+
+@dataclass
+class RaySession:
+    """Ray for one run: started here (and shut down at the end) or already running."""
+
+    config: RuntimeConfig
+    started_here: bool = False
+    use_resources: bool = False
+
+    @classmethod
+    def open(cls, config: RuntimeConfig, devices: Sequence[str]) -> RaySession:
+        started_here = False
+        if not ray.is_initialized():
+            if config.ray_address:
+                os.environ.setdefault("RAY_AUTH_MODE", "token")
+                ray.init(address=config.ray_address, log_to_driver=False)
+            else:
+                # Embedded cluster: Ray turns token auth on by default for a local ray.init();
+                # give it a per-process token so that it never writes one under $HOME.
+                if "RAY_AUTH_TOKEN" not in os.environ and "RAY_AUTH_TOKEN_PATH" not in os.environ:
+                    os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(16)
+                ray.init(
+                    num_cpus=max(1, min(4, os.cpu_count() or 1)),
+                    include_dashboard=False,
+                    log_to_driver=False,
+                    _node_ip_address=config.host,
+                    _system_config=health_check_config(config),
+                )
+            started_here = True
+        resources = ray.cluster_resources()
+        if config.placement == "local":
+            use_resources = False
+        elif config.placement == "resource" or config.ray_address:
+            use_resources = True
+        else:
+            use_resources = any(d in resources for d in devices)
+        session = cls(config=config, started_here=started_here, use_resources=use_resources)
+        session.check_devices(devices)
+        return session
+
+    def check_devices(self, devices: Sequence[str]) -> None:
+        """Every device must have a live Ray node carrying its resource (resource placement)."""
+        if not self.use_resources:
+            return
+        reserved = sorted(d for d in devices if d in _RESERVED)
+        if reserved:
+            raise ConfigError(f"device names {reserved} clash with Ray's resources; rename them")
+        available = ray.available_resources() | ray.cluster_resources()
+        missing = [d for d in devices if d not in available]
+        if missing:
+            raise DeviceUnavailableError(
+                f"no Ray node carries the resource of device(s) {missing}; start one per device "
+                f"with `edgesplit cluster up --address HEAD:6379 --device NAME` (nodes have "
+                f"{sorted(k for k in available if k not in _RESERVED and ':' not in k)})"
+            )
+
+    def num_nodes(self) -> int:
+        return sum(1 for n in ray.nodes() if n.get("Alive"))
+
+    def start_actor(self, device: str) -> StageActor:
+        # num_cpus=0: a stage never blocks Ray's scheduler; threads are set per stage (torch).
+        options: dict[str, Any] = {"num_cpus": 0, "max_concurrency": 16, "max_restarts": 0}
+        if self.use_resources:
+            options["resources"] = {device: 0.01}
+        host = None if self.use_resources else self.config.host
+        handle = _RemoteStage.options(**options).remote(device, host)
+        return StageActor(device=device, handle=handle, serve_ref=handle.serve.remote())
+
+    def get(self, refs: Any, timeout_s: float) -> Any:
+        """ray.get with a timeout; ActorDiedError when the actor is gone, TimeoutError when slow."""
+        try:
+            return ray.get(refs, timeout=timeout_s)
+        except RayActorError as e:
+            raise ActorDiedError(str(e)) from e
+        except GetTimeoutError as e:
+            raise TimeoutError(str(e)) from e
+
+    def dead_actors(self, actors: Sequence[StageActor], timeout_s: float) -> list[StageActor]:
+        """Actors whose `serve` call has ended (a live stage never returns from it)."""
+        by_ref = {a.serve_ref: a for a in actors}
+        ready, _ = ray.wait(list(by_ref), num_returns=len(by_ref), timeout=timeout_s)
+        return [by_ref[r] for r in ready]
+
+    def poll(self, refs: Sequence[Any], timeout_s: float) -> list[Any]:
+        ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=timeout_s)
+        return list(ready)
+
+    def result(self, ref: Any) -> tuple[bool, Any]:
+        """(ok, value-or-error) of a finished reference."""
+        try:
+            return True, ray.get(ref, timeout=0)
+        except RayError as e:
+            return False, e
+
+    def kill(self, actor: StageActor) -> None:
+        try:
+            ray.kill(actor.handle, no_restart=True)
+        except (RayError, ValueError) as e:
+            logger.debug("kill of %s: %s", actor.device, e)
+
+    def close(self) -> None:
+        if self.started_here:
+            ray.shutdown()
+
+
+def ray_status(address: str | None) -> dict[str, Any]:
+    """Nodes and the device resources they carry, for `edgesplit cluster status`."""
+    started = False
+    if not ray.is_initialized():
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
+        ray.init(address=address or "auto", log_to_driver=False)
+        started = True
+    try:
+        nodes = []
+        for node in ray.nodes():
+            devices = sorted(
+                k
+                for k in node.get("Resources", {})
+                if k not in _RESERVED and not k.startswith("node:") and ":" not in k
+            )
+            nodes.append(
+                {
+                    "node_id": node["NodeID"],
+                    "ip": node["NodeManagerAddress"],
+                    "alive": bool(node["Alive"]),
+                    "devices": devices,
+                }
+            )
+        return {"nodes": nodes}
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _ray_binary() -> str:
+    found = shutil.which("ray")
+    if found:
+        return found
+    raise ConfigError("the `ray` command is not on PATH; activate the edgesplit environment")
+
+
+def cluster_up_command(
+    *,
+    head: bool,
+    address: str | None,
+    devices: Sequence[str],
+    port: int = 6379,
+    node_ip: str | None = None,
+    config: RuntimeConfig | None = None,
+) -> list[str]:
+    """The `ray start` command line for a head or a device node (custom resource per device)."""
+    import json
+
+    if not head and not address:
+        raise ConfigError(
+            "a device node needs --address HEAD_IP:PORT of the head (ray start --head)"
+        )
+    command = [_ray_binary(), "start", "--num-cpus", "1", "--disable-usage-stats"]
+    if devices:
+        command += ["--resources", json.dumps({d: 1 for d in devices})]
+    if node_ip:
+        command += ["--node-ip-address", node_ip]
+    if head:
+        health = health_check_config(config or RuntimeConfig())
+        command += [
+            "--head",
+            "--port",
+            str(port),
+            "--include-dashboard",
+            "false",
+            "--system-config",
+            json.dumps(health),
+        ]
+    else:
+        command += ["--address", str(address)]
+    return command
+
+
+def cluster_down_command() -> list[str]:
+    return [_ray_binary(), "stop"]
+
+
+def run_ray_command(command: list[str]) -> subprocess.CompletedProcess[str]:
+    """Run a `ray start/stop` command with token authentication on."""
+    env = dict(os.environ)
+    env.setdefault("RAY_AUTH_MODE", "token")
+    env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    return subprocess.run(command, env=env, capture_output=True, text=True, check=False)

@@ -1,0 +1,212 @@
+"""The run report (`kind: edgesplit.run_report`, the file contract of issue 3) and its Gantt plot.
+
+Scripts depend on: measured.period_s, measured.throughput_per_s, measured.latency_s.{p50,p95,p99},
+predicted.period_s, requests.{submitted,completed,lost,duplicated} and failures[{device, at_s,
+detected_after_s, recovered_after_s}]. Everything else is additive. Imports core and matplotlib.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar, Literal
+
+import numpy as np
+
+from edgesplit.core.plan import StagePlacement
+from edgesplit.core.schema import FrozenModel, VersionedFile
+
+__all__ = [
+    "FailureRecord",
+    "LatencyStats",
+    "Measured",
+    "PredictedFigures",
+    "RequestCounts",
+    "RunReport",
+    "StageStats",
+    "TimelineEntry",
+    "plot_timeline",
+    "steady_period_s",
+]
+
+
+class LatencyStats(FrozenModel):
+    p50: float
+    p95: float
+    p99: float
+    mean: float
+    max: float
+
+
+class Measured(FrozenModel):
+    """Measured figures in device seconds (wall seconds / time_scale)."""
+
+    period_s: float
+    throughput_per_s: float  # samples per second = batch_size / period_s, as the cost model's
+    requests_per_s: float  # completed micro-batches / makespan
+    latency_s: LatencyStats
+    makespan_s: float
+    warmup_requests: int
+    wall_period_s: float  # period before dividing by time_scale
+
+
+class PredictedFigures(FrozenModel):
+    period_s: float
+    throughput_per_s: float
+    latency_s: float
+
+
+class RequestCounts(FrozenModel):
+    submitted: int
+    completed: int
+    lost: int
+    duplicated: int  # results handed to the caller more than once (must be 0)
+    replayed: int  # micro-batches re-sent after a failure
+    duplicates_suppressed: int  # results that reached the driver twice and were dropped
+
+
+class StageStats(FrozenModel):
+    """Per-stage means over every micro-batch this stage processed (device seconds)."""
+
+    index: int
+    device: str
+    start: int
+    end: int
+    epoch: int
+    items: int
+    compute_s: float
+    queue_s: float  # waiting in the stage's inbox before compute
+    transfer_s: float  # from leaving compute to the downstream receiving it (shaped link)
+    busy_fraction: float
+
+
+class FailureRecord(FrozenModel):
+    """One failure: when it happened, how long detection and recovery took (wall seconds).
+
+    at_s: since the run started; the injection time, or the last time the device was heard from
+    when the failure came from outside. recovered_after_s: from at_s to the first result the
+    re-planned pipeline delivered.
+    """
+
+    device: str
+    at_s: float
+    detected_after_s: float
+    recovered_after_s: float | None
+    cause: Literal["actor_died", "hang", "stall", "unreachable"]
+    action: Literal["standby", "replan", "none"]
+    replayed: int
+    replayed_from_stage_output: int  # of those, resumed at a stage boundary (not from input)
+    new_stages: tuple[StagePlacement, ...] = ()
+
+
+class RunReport(VersionedFile):
+    KIND: ClassVar[str] = "edgesplit.run_report"
+    SCHEMA_VERSION: ClassVar[int] = 1
+
+    kind: Literal["edgesplit.run_report"] = "edgesplit.run_report"
+    schema_version: Literal[1] = 1
+    model: str
+    plan_stages: tuple[StagePlacement, ...]
+    batch_size: int
+    compute: Literal["real", "emulated"]
+    transport: str
+    time_scale: float
+    max_in_flight: int
+    measured: Measured
+    predicted: PredictedFigures
+    requests: RequestCounts
+    stages: tuple[StageStats, ...]
+    failures: tuple[FailureRecord, ...]
+    timeline_plot: str | None = None
+    ray_nodes: int = 1
+    notes: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class TimelineEntry:
+    """One bar of the Gantt chart (wall seconds since the run started)."""
+
+    stage_index: int
+    device: str
+    epoch: int
+    request_id: int
+    kind: Literal["compute", "transfer", "queue"]
+    start_s: float
+    end_s: float
+
+
+def steady_period_s(completion_times_s: Sequence[float], warmup: int) -> float:
+    """Mean interval between completions after the first `warmup` (pipeline fill)."""
+    times = np.sort(np.asarray(completion_times_s, dtype=np.float64))
+    if len(times) < 2:
+        return float("nan")
+    warmup = min(warmup, len(times) - 2)
+    return float((times[-1] - times[warmup]) / (len(times) - 1 - warmup))
+
+
+def latency_stats(latencies_s: Sequence[float]) -> LatencyStats:
+    if not latencies_s:
+        nan = float("nan")
+        return LatencyStats(p50=nan, p95=nan, p99=nan, mean=nan, max=nan)
+    values = np.asarray(latencies_s, dtype=np.float64)
+    p50, p95, p99 = np.percentile(values, [50, 95, 99])
+    return LatencyStats(
+        p50=float(p50),
+        p95=float(p95),
+        p99=float(p99),
+        mean=float(values.mean()),
+        max=float(values.max()),
+    )
+
+
+def plot_timeline(
+    entries: Sequence[TimelineEntry],
+    path: Path,
+    *,
+    title: str,
+    failures: Sequence[FailureRecord] = (),
+    max_bars: int = 4000,
+) -> Path:
+    """Gantt of micro-batches per stage: compute bars coloured by request, transfers hatched."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = sorted({(e.device, e.stage_index) for e in entries}, key=lambda r: (r[1], r[0]))
+    row_of = {row: i for i, row in enumerate(rows)}
+    fig, ax = plt.subplots(figsize=(12, 0.5 * max(len(rows), 2) + 1.8))
+    cmap = plt.get_cmap("tab20")
+    for entry in list(entries)[:max_bars]:
+        y = row_of[(entry.device, entry.stage_index)]
+        width = max(entry.end_s - entry.start_s, 1e-6)
+        if entry.kind == "compute":
+            ax.barh(
+                y,
+                width,
+                left=entry.start_s,
+                height=0.6,
+                color=cmap(entry.request_id % 20),
+                edgecolor="black",
+                linewidth=0.3,
+            )
+        elif entry.kind == "transfer":
+            ax.barh(y + 0.35, width, left=entry.start_s, height=0.12, color="grey", alpha=0.7)
+    for failure in failures:
+        ax.axvline(failure.at_s, color="red", linestyle="--", linewidth=1)
+        ax.text(failure.at_s, len(rows) - 0.4, f" {failure.device} fails", color="red", fontsize=8)
+        ax.axvline(failure.at_s + failure.detected_after_s, color="orange", linewidth=1)
+        if failure.recovered_after_s is not None:
+            ax.axvline(failure.at_s + failure.recovered_after_s, color="green", linewidth=1)
+    ax.set_yticks(range(len(rows)))
+    ax.set_yticklabels([f"{device} (stage {index})" for device, index in rows])
+    ax.invert_yaxis()
+    ax.set_xlabel("wall time since first request (s); colour = micro-batch, grey = link transfer")
+    ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
