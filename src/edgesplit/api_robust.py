@@ -1,0 +1,391 @@
+"""Façade of the robust split (issue 4): measure a model, plan placements, evaluate, fine-tune.
+
+Owns the glue between models (torch: width model, importance, masked evaluation, failout) and
+planners/robust (pure: placements, surrogate scoring, Pareto search): `build_problem`,
+`robust_plan`, `measure_plan` (real masked evaluation of a plan under device failures) and
+`failout_study` (failure-aware fine-tuning vs an equal-steps control). Used by `edgesplit robust`
+and benchmarks/robustness.py; api.py re-exports it (TODO(#4): lead to fold into api.py).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated, Literal
+
+import numpy as np
+import torch
+from pydantic import Field
+
+from edgesplit.core.cluster import Cluster, DeviceSpec
+from edgesplit.core.schema import FrozenModel
+from edgesplit.models.importance import (
+    ablation_importance,
+    finetune,
+    gradient_importance,
+    measure_lost_sets,
+)
+from edgesplit.models.robust_tasks import RobustTask, build_task
+from edgesplit.planners.robust import (
+    DEFAULT_PROBABILITIES,
+    RobustPlan,
+    RobustProblem,
+    RobustUnit,
+    StrategySpec,
+    place,
+    plan_robust,
+)
+from edgesplit.planners.robust_objective import (
+    SurrogateCalibration,
+    expected_from_k,
+    failure_table,
+)
+
+__all__ = [
+    "FailoutReport",
+    "MeasuredPlan",
+    "build_problem",
+    "build_task",
+    "failout_study",
+    "lost_units",
+    "measure_plan",
+    "robust_plan",
+    "synthetic_cluster",
+]
+
+log = logging.getLogger(__name__)
+
+ImportanceMethod = Literal["ablation", "gradient"]
+
+
+def synthetic_cluster(
+    num_devices: int, probability: float = 0.1, memory_mb: float = 1e6, bandwidth_mbps: float = 100
+) -> Cluster:
+    """A coordinator `coord` (the source) plus `num_devices` identical shard devices `dev0..`."""
+    devices = [DeviceSpec(name="coord", kind="edge-server", memory_mb=memory_mb)]
+    devices += [
+        DeviceSpec(
+            name=f"dev{i}", kind="edge-board", memory_mb=memory_mb, failure_probability=probability
+        )
+        for i in range(num_devices)
+    ]
+    return Cluster.model_validate(
+        {
+            "source": "coord",
+            "defaults": {"bandwidth_mbps": bandwidth_mbps, "latency_ms": 2.0},
+            "devices": [d.model_dump() for d in devices],
+        }
+    )
+
+
+def lost_units(replicas: Sequence[Sequence[int]], failed: int) -> list[int]:
+    """Units every holder of which is in the failed-device bitmask."""
+    return [u for u, r in enumerate(replicas) if all((failed >> d) & 1 for d in r)]
+
+
+def _tokens_per_request(task: RobustTask) -> int:
+    inputs, _ = task.evaluation[0]
+    key = "input_ids" if "input_ids" in inputs else "pixel_values"
+    if key == "input_ids":
+        return int(inputs[key].shape[1])
+    with torch.no_grad():
+        hidden, _ = task.model.embed({key: inputs[key][:1]})
+    return int(hidden.shape[1])
+
+
+def build_problem(
+    task: RobustTask,
+    *,
+    seed: int = 0,
+    importance: ImportanceMethod = "ablation",
+    num_random: int = 24,
+    structured_devices: Sequence[int] = (4, 8),
+    num_structured: int = 12,
+) -> RobustProblem:
+    """Measure importance and calibrate the surrogate against real masked evaluations.
+
+    Calibration sets (all on the calibration split): `num_random` random unit subsets with a lost
+    fraction spread over (0, 0.8], plus `num_structured` device-failure lost sets per device
+    count from the split / uniform(2) / tiered / pipeline placements.
+    """
+    rng = np.random.default_rng(seed)
+    start = time.process_time()
+    if importance == "ablation":
+        d_loss, _ = ablation_importance(task)
+    else:
+        d_loss = gradient_importance(task)
+    units = tuple(
+        RobustUnit(
+            name=u.name,
+            layer_index=u.layer_index,
+            kind=u.kind,
+            param_bytes=u.param_bytes,
+            flops_per_token=u.flops_per_token,
+            importance=float(d_loss[u.index]),
+        )
+        for u in task.model.units
+    )
+    n_units = len(units)
+    lost_sets: list[list[int]] = []
+    for q in np.linspace(0.02, 0.8, num_random):
+        size = max(1, round(q * n_units))
+        lost_sets.append(sorted(rng.choice(n_units, size=size, replace=False).tolist()))
+    base = _problem(
+        task,
+        units,
+        SurrogateCalibration(
+            metric_name=task.metric_name,
+            higher_is_better=task.higher_is_better,
+            intact_metric=0.0,
+            chance_metric=task.chance_metric,
+            lost_importance=(),
+            measured_metric=(),
+        ),
+    )
+    specs = [
+        StrategySpec(name="split"),
+        StrategySpec(name="uniform", replication=2),
+        StrategySpec(name="tiered", vital_fraction=0.25),
+        StrategySpec(name="pipeline", standby=0),
+    ]
+    for num_devices in structured_devices:
+        placements = [place(s, base, num_devices, [0.1] * num_devices) for s in specs]
+        for j in range(num_structured):
+            replicas = placements[j % len(placements)]
+            k = int(rng.integers(1, num_devices))
+            failed = int(sum(1 << int(d) for d in rng.choice(num_devices, size=k, replace=False)))
+            lost = lost_units(replicas, failed)
+            if lost:
+                lost_sets.append(lost)
+    measured = measure_lost_sets(task, lost_sets, split="calib")
+    intact = task.evaluate(None, "calib").metric
+    importance_arr = base.effective_importance()  # the surrogate's x-axis
+    calibration = SurrogateCalibration(
+        metric_name=task.metric_name,
+        higher_is_better=task.higher_is_better,
+        intact_metric=intact,
+        chance_metric=task.chance_metric,
+        lost_importance=tuple(float(importance_arr[s].sum()) for s in lost_sets),
+        measured_metric=tuple(m[0] for m in measured),
+    )
+    log.info(
+        "problem for %s: %d units, %.1f CPU-s", task.name, n_units, time.process_time() - start
+    )
+    return _problem(task, units, calibration)
+
+
+def _problem(
+    task: RobustTask, units: tuple[RobustUnit, ...], calibration: SurrogateCalibration
+) -> RobustProblem:
+    tokens = _tokens_per_request(task)
+    return RobustProblem(
+        model=task.name,
+        units=units,
+        shared_bytes=task.model.shared_bytes,
+        hidden_bytes=tokens * task.model.hidden_size * 4,
+        tokens_per_request=tokens,
+        calibration=calibration,
+    )
+
+
+def robust_plan(
+    problem: RobustProblem,
+    cluster: Cluster,
+    *,
+    memory_copies: float = 0.5,
+    probability: float = 0.1,
+    strategies: Sequence[StrategySpec] | None = None,
+) -> tuple[RobustPlan, list[RobustPlan], list[RobustPlan]]:
+    """(chosen, Pareto front, all candidates): see planners.robust.plan_robust."""
+    return plan_robust(
+        problem,
+        cluster,
+        memory_copies=memory_copies,
+        probability=probability,
+        strategies=strategies,
+    )
+
+
+class MeasuredPlan(FrozenModel):
+    """Real masked evaluation of a plan under device failures (k = 0..N, all or sampled sets)."""
+
+    strategy: str
+    num_devices: int
+    memory_copies: float
+    metric_name: str
+    mean_by_k: tuple[float, ...]  # k = 0..N−1
+    worst_by_k: tuple[float, ...]
+    num_sets_by_k: tuple[int, ...]
+    exhaustive: bool
+    expected_metric: dict[str, float]  # from per-k means with binomial weights (i.i.d. p)
+    surrogate_expected_metric: dict[str, float]
+    surrogate_mae: float  # mean |surrogate − real| over the measured sets
+    extra_by_k: dict[str, tuple[float, ...]] = Field(default_factory=dict)
+    eval_s: Annotated[float, Field(ge=0)] = 0.0
+
+
+def measure_plan(
+    task: RobustTask,
+    plan: RobustPlan,
+    problem: RobustProblem,
+    *,
+    probabilities: Sequence[float] = DEFAULT_PROBABILITIES,
+    max_sets_per_k: int | None = None,
+    seed: int = 0,
+    cache: dict[tuple[int, ...], tuple[float, float, dict[str, float]]] | None = None,
+) -> MeasuredPlan:
+    """Evaluate `plan` for real: every failed-device set of each size k (or up to
+    `max_sets_per_k`, always including the surrogate's worst set of that size)."""
+    start = time.process_time()
+    rng = np.random.default_rng(seed)
+    replicas = plan.replica_indices()
+    n = len(plan.devices)
+    surrogate = problem.surrogate()
+    table = failure_table(replicas, n, surrogate) if n <= 12 else None
+    cache = {} if cache is None else cache
+    means, worst, counts, errors = [], [], [], []
+    extras: dict[str, list[float]] = {}
+    exhaustive = True
+    higher = task.higher_is_better
+    for k in range(n + 1):
+        subsets = [sum(1 << d for d in c) for c in itertools.combinations(range(n), k)]
+        if max_sets_per_k is not None and len(subsets) > max_sets_per_k:
+            exhaustive = False
+            chosen: list[int] = []
+            if table is not None:
+                sel = np.flatnonzero(table.num_failed == k)
+                worst_i = sel[
+                    np.argmin(table.metric[sel]) if higher else np.argmax(table.metric[sel])
+                ]
+                chosen.append(int(table.failed[worst_i]))
+            rest = [s for s in subsets if s not in chosen]
+            picks = rng.choice(len(rest), size=max_sets_per_k - len(chosen), replace=False)
+            subsets = chosen + [rest[int(i)] for i in picks]
+        lost = [lost_units(replicas, f) for f in subsets]
+        results = measure_lost_sets(task, lost, cache=cache)
+        values = np.array([r[0] for r in results])
+        if table is not None:
+            predicted = np.array([table.metric[int(f)] for f in subsets])
+            errors.extend(np.abs(predicted - values).tolist())
+        means.append(float(values.mean()))
+        worst.append(float(values.min() if higher else values.max()))
+        counts.append(len(subsets))
+        for key in results[0][2]:
+            extras.setdefault(key, []).append(float(np.mean([r[2][key] for r in results])))
+    expected = {f"{p:g}": expected_from_k(means, n, p) for p in probabilities}
+    surrogate_expected = {}
+    if table is not None:
+        surrogate_expected = {f"{p:g}": table.expected(np.full(n, p)) for p in probabilities}
+    return MeasuredPlan(
+        strategy=plan.strategy.label,
+        num_devices=n,
+        memory_copies=plan.predicted.memory_copies,
+        metric_name=task.metric_name,
+        mean_by_k=tuple(means[:n]),
+        worst_by_k=tuple(worst[:n]),
+        num_sets_by_k=tuple(counts[:n]),
+        exhaustive=exhaustive,
+        expected_metric=expected,
+        surrogate_expected_metric=surrogate_expected,
+        surrogate_mae=float(np.mean(errors)) if errors else math.nan,
+        extra_by_k={k: tuple(v[:n]) for k, v in extras.items()},
+        eval_s=time.process_time() - start,
+    )
+
+
+class FailoutReport(FrozenModel):
+    """Failure-aware fine-tuning vs an unmasked control of equal steps, each re-placed."""
+
+    task: str
+    steps: int
+    rounds: int
+    train_probability: float
+    num_devices: int
+    memory_copies: float
+    before: MeasuredPlan
+    failout: MeasuredPlan
+    control: MeasuredPlan
+    train_s: dict[str, float]
+
+
+def failout_study(
+    task: RobustTask,
+    problem: RobustProblem,
+    cluster: Cluster,
+    *,
+    steps: int = 200,
+    rounds: int = 2,
+    train_probability: float = 0.25,
+    memory_copies: float = 0.5,
+    probability: float = 0.1,
+    seed: int = 0,
+    num_random: int = 16,
+) -> FailoutReport:
+    """Failout vs control. Each of `rounds`: fine-tune steps/rounds (failout: keep-masks from
+    i.i.d. device failures at `train_probability` under the current placement), re-estimate
+    importance, re-plan. Both arms end with their own re-made plan, measured for real."""
+    chosen, _, _ = robust_plan(
+        problem, cluster, memory_copies=memory_copies, probability=probability
+    )
+    before = measure_plan(task, chosen, problem, seed=seed)
+    arms: dict[str, MeasuredPlan] = {}
+    train_s: dict[str, float] = {}
+    for arm in ("failout", "control"):
+        current_task, current_problem, plan = task, problem, chosen
+        total = 0.0
+        for r in range(rounds):
+            sampler = _keep_sampler(plan, task.model.num_units, train_probability)
+            result = finetune(
+                current_task,
+                steps=steps // rounds,
+                seed=seed * 100 + r,
+                keep_sampler=sampler if arm == "failout" else None,
+            )
+            total += result.train_s
+            current_task = result.task
+            current_problem = build_problem(
+                current_task,
+                seed=seed,
+                num_random=num_random,
+                structured_devices=(len(plan.devices),),
+                num_structured=8,
+            )
+            plan, _, _ = robust_plan(
+                current_problem, cluster, memory_copies=memory_copies, probability=probability
+            )
+        arms[arm] = measure_plan(current_task, plan, current_problem, seed=seed)
+        train_s[arm] = total
+    return FailoutReport(
+        task=task.name,
+        steps=steps,
+        rounds=rounds,
+        train_probability=train_probability,
+        num_devices=len(chosen.devices),
+        memory_copies=memory_copies,
+        before=before,
+        failout=arms["failout"],
+        control=arms["control"],
+        train_s=train_s,
+    )
+
+
+def _keep_sampler(plan: RobustPlan, num_units: int, p: float):  # type: ignore[no-untyped-def]
+    replicas = plan.replica_indices()
+    n = len(plan.devices)
+
+    def sample(rng: np.random.Generator) -> np.ndarray:
+        failed = int(sum(1 << d for d in range(n) if rng.random() < p))
+        keep = np.ones(num_units, dtype=np.float32)
+        keep[lost_units(replicas, failed)] = 0.0
+        return keep
+
+    return sample
+
+
+def load_task(name: str, *, seed: int = 0, checkpoint: Path | None = None) -> RobustTask:
+    """A study task by name (see models.robust_tasks.task_names)."""
+    return build_task(name, seed=seed, checkpoint=checkpoint)
