@@ -16,11 +16,14 @@ computes when no live device holds u.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import nn
+from transformers.activations import ACT2FN
 
 __all__ = [
     "Family",
@@ -142,6 +145,7 @@ class WidthLayer(nn.Module):
         heads_per_unit: int,
         scaling: float,
         activation: nn.Module,
+        activation_name: str,
     ) -> None:
         super().__init__()
         self.norm_attn = norm_attn
@@ -160,6 +164,7 @@ class WidthLayer(nn.Module):
         self.heads_per_unit = heads_per_unit
         self.scaling = scaling
         self.activation = activation
+        self.activation_name = activation_name  # key of transformers' ACT2FN
 
     @property
     def num_attn_units(self) -> int:
@@ -360,6 +365,7 @@ class WidthModel(nn.Module):
                 heads_per_unit=1,
                 scaling=att.scaling,
                 activation=mlp.activation_fn,
+                activation_name=cfg.hidden_act,
             )
         if self.family == "bert":
             sa, so = block.attention.self, block.attention.output
@@ -385,6 +391,7 @@ class WidthModel(nn.Module):
                 heads_per_unit=1,
                 scaling=sa.scaling,
                 activation=block.intermediate.intermediate_act_fn,
+                activation_name=cfg.hidden_act,
             )
         if self.family == "gpt2":
             att, mlp = block.attn, block.mlp
@@ -417,6 +424,7 @@ class WidthModel(nn.Module):
                 heads_per_unit=1,
                 scaling=att.scaling,
                 activation=mlp.act,
+                activation_name=cfg.activation_function,
             )
         # llama: GQA, a unit is one KV group with the query heads that share it
         att, mlp = block.self_attn, block.mlp
@@ -443,6 +451,7 @@ class WidthModel(nn.Module):
             heads_per_unit=num_heads // num_kv,
             scaling=att.scaling,
             activation=mlp.act_fn,
+            activation_name=cfg.hidden_act,
         )
 
     # -- coordinator: shared parts ------------------------------------------------------------
@@ -507,34 +516,105 @@ class WidthModel(nn.Module):
             hidden = layer(hidden, ctx, ka, kf)
         return self.head(hidden)
 
-    def shard(self, unit_indices: list[int] | tuple[int, ...]) -> WidthShard:
+    def shard(self, unit_indices: Sequence[int]) -> WidthShard:
         """The weights of `unit_indices` only, as a device would hold them."""
-        return WidthShard(self, unit_indices)
+        return WidthShard.from_model(self, unit_indices)
 
 
 class WidthShard(nn.Module):
     """One device's units: per (layer, kind) the sliced weights; returns partial sums.
 
-    Holds no embeddings, norms or shared biases (those stay on the coordinator).
+    Holds no embeddings, norms or shared biases (those stay on the coordinator). Crosses a
+    process boundary as plain data: `to_arrays()` -> (meta dict, name -> numpy array).
     """
 
-    def __init__(self, model: WidthModel, unit_indices: list[int] | tuple[int, ...]) -> None:
+    def __init__(self, parts: dict[tuple[int, str], tuple[list[int], WidthLayer]]) -> None:
         super().__init__()
-        self.unit_indices = tuple(sorted(set(unit_indices)))
-        wanted = set(self.unit_indices)
         self.slots: dict[tuple[int, str], list[int]] = {}
         self.parts = nn.ModuleDict()
+        for (layer_index, kind), (slots, layer) in sorted(parts.items()):
+            self.slots[(layer_index, kind)] = list(slots)
+            self.parts[f"{layer_index}_{kind}"] = layer
+        self.param_bytes = sum(p.numel() for p in self.parameters()) * BYTES_PER_PARAM
+
+    @classmethod
+    def from_model(cls, model: WidthModel, unit_indices: Sequence[int]) -> WidthShard:
+        wanted = set(unit_indices)
+        parts: dict[tuple[int, str], tuple[list[int], WidthLayer]] = {}
         for layer_index, (layer, (a, f, e)) in enumerate(
             zip(model.layers, model.layer_offsets, strict=True)
         ):
             assert isinstance(layer, WidthLayer)
             for kind, lo, hi in (("attn", a, f), ("ffn", f, e)):
                 slots = [u - lo for u in range(lo, hi) if u in wanted]
-                if not slots:
-                    continue
-                self.slots[(layer_index, kind)] = slots
-                self.parts[f"{layer_index}_{kind}"] = _slice_layer(layer, kind, slots)
-        self.param_bytes = sum(p.numel() for p in self.parameters()) * BYTES_PER_PARAM
+                if slots:
+                    parts[(layer_index, kind)] = (slots, _slice_layer(layer, kind, slots))
+        return cls(parts)
+
+    def to_arrays(self) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+        """(meta, arrays): plain data a shard actor rebuilds itself from (`from_arrays`)."""
+        meta: dict[str, Any] = {"parts": []}
+        arrays: dict[str, np.ndarray] = {}
+        for (layer_index, kind), slots in self.slots.items():
+            part = self.parts[f"{layer_index}_{kind}"]
+            assert isinstance(part, WidthLayer)
+            meta["parts"].append(
+                {
+                    "layer_index": layer_index,
+                    "kind": kind,
+                    "slots": slots,
+                    "head_dim": part.head_dim,
+                    "heads_per_unit": part.heads_per_unit,
+                    "scaling": part.scaling,
+                    "activation": part.activation_name,
+                }
+            )
+            for name in _TENSOR_NAMES:
+                t = getattr(part, name)
+                if t is not None:
+                    arrays[f"{layer_index}_{kind}.{name}"] = t.detach().numpy().copy()
+        return meta, arrays
+
+    @classmethod
+    def from_arrays(cls, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> WidthShard:
+        parts: dict[tuple[int, str], tuple[list[int], WidthLayer]] = {}
+        for info in meta["parts"]:
+            key = f"{info['layer_index']}_{info['kind']}"
+
+            def get(name: str, key: str = key) -> torch.Tensor | None:
+                value = arrays.get(f"{key}.{name}")
+                return None if value is None else torch.from_numpy(np.asarray(value).copy())
+
+            def need(name: str, key: str = key) -> torch.Tensor:
+                value = get(name, key)
+                assert value is not None, f"shard arrays lack {key}.{name}"
+                return value
+
+            layer = WidthLayer(
+                norm_attn=nn.Identity(),
+                norm_ffn=nn.Identity(),
+                post_norm=False,
+                wq=need("wq"),
+                bq=get("bq"),
+                wk=need("wk"),
+                bk=get("bk"),
+                wv=need("wv"),
+                bv=get("bv"),
+                wo=need("wo"),
+                bo=None,
+                w1=need("w1"),
+                b1=get("b1"),
+                wg=get("wg"),
+                w2=need("w2"),
+                b2=None,
+                head_dim=int(info["head_dim"]),
+                heads_per_unit=int(info["heads_per_unit"]),
+                scaling=float(info["scaling"]),
+                activation=ACT2FN[info["activation"]],
+                activation_name=str(info["activation"]),
+            )
+            parts[(int(info["layer_index"]), str(info["kind"]))] = (list(info["slots"]), layer)
+        return cls(parts)
 
     def holds(self, layer_index: int, kind: str) -> list[int]:
         """Slots (within the layer part) this shard holds."""
@@ -547,12 +627,12 @@ class WidthShard(nn.Module):
         kind: UnitKind,
         x: torch.Tensor,
         ctx: WidthContext,
-        slots: list[int] | None = None,
+        slots: Sequence[int] | None = None,
     ) -> torch.Tensor:
         """Σ over `slots` (default: all held) of this layer part's unit terms; x (B, T, C)."""
         held = self.slots.get((layer_index, kind), [])
-        wanted = held if slots is None else slots
-        missing = sorted(set(wanted) - set(held))
+        wanted = set(held if slots is None else slots)
+        missing = sorted(wanted - set(held))
         if missing:
             raise KeyError(f"shard does not hold layer {layer_index} {kind} slots {missing}")
         keep = torch.tensor([1.0 if s in wanted else 0.0 for s in held])
@@ -561,6 +641,9 @@ class WidthShard(nn.Module):
         if kind == "attn":
             return part.attn_contributions(x, ctx, keep)
         return part.ffn_contributions(x, keep)
+
+
+_TENSOR_NAMES = ("wq", "bq", "wk", "bk", "wv", "bv", "wo", "w1", "b1", "wg", "w2")
 
 
 def _slice_layer(layer: WidthLayer, kind: str, slots: list[int]) -> WidthLayer:
@@ -604,4 +687,5 @@ def _slice_layer(layer: WidthLayer, kind: str, slots: list[int]) -> WidthLayer:
         heads_per_unit=layer.heads_per_unit,
         scaling=layer.scaling,
         activation=layer.activation,
+        activation_name=layer.activation_name,
     )
