@@ -298,7 +298,12 @@ def measure_plan(
 
 
 class FailoutReport(FrozenModel):
-    """Failure-aware fine-tuning vs an unmasked control of equal steps, each re-placed."""
+    """Failure-aware fine-tuning vs an unmasked control of equal steps, each re-placed.
+
+    `failout` / `control`: each arm under its own re-made chosen plan; `*_split`: each arm under
+    plain split (no replication, so every failure costs units and the models' own robustness
+    shows directly).
+    """
 
     task: str
     steps: int
@@ -307,8 +312,11 @@ class FailoutReport(FrozenModel):
     num_devices: int
     memory_copies: float
     before: MeasuredPlan
+    before_split: MeasuredPlan
     failout: MeasuredPlan
     control: MeasuredPlan
+    failout_split: MeasuredPlan
+    control_split: MeasuredPlan
     train_s: dict[str, float]
 
 
@@ -331,7 +339,10 @@ def failout_study(
     chosen, _, _ = robust_plan(
         problem, cluster, memory_copies=memory_copies, probability=probability
     )
+    split_only = [StrategySpec(name="split")]
     before = measure_plan(task, chosen, problem, seed=seed)
+    split_plan, _, _ = robust_plan(problem, cluster, memory_copies=1.0, strategies=split_only)
+    before_split = measure_plan(task, split_plan, problem, seed=seed)
     arms: dict[str, MeasuredPlan] = {}
     train_s: dict[str, float] = {}
     for arm in ("failout", "control"):
@@ -358,6 +369,10 @@ def failout_study(
                 current_problem, cluster, memory_copies=memory_copies, probability=probability
             )
         arms[arm] = measure_plan(current_task, plan, current_problem, seed=seed)
+        split_plan, _, _ = robust_plan(
+            current_problem, cluster, memory_copies=1.0, strategies=split_only
+        )
+        arms[arm + "_split"] = measure_plan(current_task, split_plan, current_problem, seed=seed)
         train_s[arm] = total
     return FailoutReport(
         task=task.name,
@@ -367,8 +382,11 @@ def failout_study(
         num_devices=len(chosen.devices),
         memory_copies=memory_copies,
         before=before,
+        before_split=before_split,
         failout=arms["failout"],
         control=arms["control"],
+        failout_split=arms["failout_split"],
+        control_split=arms["control_split"],
         train_s=train_s,
     )
 

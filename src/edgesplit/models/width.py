@@ -29,6 +29,7 @@ __all__ = [
     "Family",
     "UnitKind",
     "WidthContext",
+    "WidthLayer",
     "WidthModel",
     "WidthShard",
     "WidthUnit",
