@@ -28,13 +28,14 @@ app = typer.Typer(
 
 def _register() -> None:
     # One line per command module; each module exposes `app` (a group) or `register(app)`.
-    from edgesplit.cli import demo, env, plan, profile, simulate
+    from edgesplit.cli import demo, env, offload, plan, profile, simulate
 
     profile.register(app)
     plan.register(app)
     simulate.register(app)
     demo.register(app)
     env.register(app)
+    offload.register(app)
 
 
 def main() -> None:

@@ -76,7 +76,9 @@ def round_trip_patches(
     )
     size = len(encode_frame(header, payload))
     received = (
-        decode_patches(payload, codec, len(order), patch_size) if is_lossy(codec) else patches
+        decode_patches(payload, codec, len(order), patch_size, quality)
+        if is_lossy(codec)
+        else patches
     )
     # back in the caller's index order
     position = np.argsort(np.argsort(indices))

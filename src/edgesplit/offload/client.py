@@ -240,7 +240,7 @@ class OffloadClient:
         start = self._clock()
         decision: Decision = choose(
             options,
-            bandwidth_bytes_per_s=self.estimate.bytes_per_s,
+            bandwidth_bytes_per_s=self.estimate.planning_bytes_per_s,
             rtt_s=self.rtt_s,
             slo_s=slo_s,
             config=policy,
@@ -263,7 +263,7 @@ class OffloadClient:
             confidence=response.confidence,
             elapsed_s=self._clock() - start,
             slo_s=slo_s,
-            bandwidth_bytes_per_s=self.estimate.bytes_per_s,
+            bandwidth_bytes_per_s=self.estimate.planning_bytes_per_s,
             rtt_s=self.rtt_s,
             config=policy,
         ):

@@ -9,9 +9,10 @@ decision whether round 2 still fits. Pure: imports only core, stdlib and numpy; 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import ClassVar, Literal
 
+import numpy as np
 from pydantic import Field
 
 from edgesplit.core.schema import FrozenModel, VersionedFile
@@ -40,7 +41,7 @@ class OffloadOption(FrozenModel):
     """
 
     sampling: Literal["random", "grid", "server"]
-    codec: Literal["raw", "zlib", "png", "jpeg", "webp"]
+    codec: Literal["raw", "zlib", "png", "jpeg", "jpeg_shared", "webp"]
     quality: int | None = None
     k1: int = Field(gt=0)
     k2: int = Field(default=0, ge=0)
@@ -86,12 +87,20 @@ class PolicyConfig(FrozenModel):
 
 @dataclass(frozen=True, slots=True)
 class BandwidthEstimate:
-    """Upload-rate estimate from the device's own uploads (bytes/s); immutable, see observe."""
+    """Upload-rate estimate from the device's own uploads (bytes/s); immutable, see observe.
+
+    Besides the rate, it keeps how much slower than predicted recent uploads were
+    (`slowdowns`: measured / predicted upload time) and plans with that ratio's upper quantile,
+    a split-conformal-style margin that widens on jittery links and shrinks on steady ones.
+    """
 
     ewma_bytes_per_s: float
     recent_bytes_per_s: tuple[float, ...] = ()
+    slowdowns: tuple[float, ...] = ()
     alpha: float = 0.3
     window: int = 5
+    error_window: int = 10
+    error_quantile: float = 0.8
 
     @property
     def harmonic_bytes_per_s(self) -> float:
@@ -101,8 +110,20 @@ class BandwidthEstimate:
 
     @property
     def bytes_per_s(self) -> float:
-        """The conservative estimate the policy plans with: min(EWMA, harmonic mean)."""
+        """The point estimate: min(EWMA, harmonic mean) of recent upload rates."""
         return min(self.ewma_bytes_per_s, self.harmonic_bytes_per_s)
+
+    @property
+    def safety_factor(self) -> float:
+        """Upper quantile of recent slowdowns (at least 1; 1.5 until 5 uploads were seen)."""
+        if len(self.slowdowns) < 5:
+            return 1.5
+        return max(1.0, float(np.quantile(np.array(self.slowdowns), self.error_quantile)))
+
+    @property
+    def planning_bytes_per_s(self) -> float:
+        """What the policy plans with: the point estimate divided by the safety factor."""
+        return self.bytes_per_s / self.safety_factor
 
 
 def observe_upload(
@@ -115,9 +136,13 @@ def observe_upload(
     if upload_s < 1e-3 or num_bytes <= 0:
         return estimate
     sample = num_bytes / upload_s
-    recent = (*estimate.recent_bytes_per_s, sample)[-estimate.window :]
-    ewma = (1 - estimate.alpha) * estimate.ewma_bytes_per_s + estimate.alpha * sample
-    return BandwidthEstimate(ewma, recent, estimate.alpha, estimate.window)
+    slowdown = upload_s / (num_bytes / estimate.bytes_per_s)
+    return replace(
+        estimate,
+        ewma_bytes_per_s=(1 - estimate.alpha) * estimate.ewma_bytes_per_s + estimate.alpha * sample,
+        recent_bytes_per_s=(*estimate.recent_bytes_per_s, sample)[-estimate.window :],
+        slowdowns=(*estimate.slowdowns, slowdown)[-estimate.error_window :],
+    )
 
 
 def predicted_round_s(

@@ -203,7 +203,9 @@ def create_app(
                 f"{header.image_size}/{header.patch_size}; see GET /v1/info",
             )
         try:
-            patches = decode_patches(payload, header.codec, len(header.indices), header.patch_size)
+            patches = decode_patches(
+                payload, header.codec, len(header.indices), header.patch_size, header.quality
+            )
         except ValueError as e:
             raise _HttpError(422, "payload", str(e)) from e
         indices = np.asarray(header.indices, dtype=np.int64)

@@ -65,13 +65,13 @@ def test_lossless_codecs_roundtrip(image: np.ndarray, codec: str) -> None:
     assert (decode_patches(payload, codec, 5, 8) == patches).all()  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("codec", ["jpeg", "webp"])
+@pytest.mark.parametrize("codec", ["jpeg", "jpeg_shared", "webp"])
 def test_lossy_codecs_are_close_and_quality_matters(image: np.ndarray, codec: str) -> None:
     patches = patchify(image, 8)[:12]
     low = encode_patches(patches, codec, 10)  # type: ignore[arg-type]
     high = encode_patches(patches, codec, 95)  # type: ignore[arg-type]
     assert len(low) < len(high)
-    decoded = decode_patches(high, codec, 12, 8).astype(int)  # type: ignore[arg-type]
+    decoded = decode_patches(high, codec, 12, 8, 95).astype(int)  # type: ignore[arg-type]
     assert np.abs(decoded - patches.astype(int)).mean() < 6
 
 
@@ -92,3 +92,14 @@ def test_decode_rejects_bad_payloads(image: np.ndarray) -> None:
         decode_patches(b"garbage", "jpeg", 4, 8)
     with pytest.raises(ValueError, match="mosaic is"):
         decode_patches(encode_patches(patches, "png"), "png", 9, 8)
+
+
+def test_shared_table_jpeg_is_smaller_and_decodes_like_jpeg(image: np.ndarray) -> None:
+    patches = patchify(image, 8)[:6]
+    shared = encode_patches(patches, "jpeg_shared", 50)
+    assert len(shared) + 100 < len(encode_patches(patches, "jpeg", 50))
+    assert not shared.startswith(b"\xff\xd8")  # no SOI, no tables
+    decoded = decode_patches(shared, "jpeg_shared", 6, 8, 50).astype(int)
+    assert np.abs(decoded - patches.astype(int)).mean() < 12
+    with pytest.raises(ValueError, match="not a decodable image"):
+        decode_patches(b"\x00" * 20, "jpeg_shared", 6, 8, 50)

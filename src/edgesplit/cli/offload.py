@@ -1,0 +1,269 @@
+"""`edgesplit offload serve|send|bench`: the adaptive-offloading edge server and device client.
+
+Prints with rich; all work happens in edgesplit.offload (TODO(#5): route through
+api.serve_offload once the façade has it).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, cast, get_args
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.table import Table
+
+__all__ = ["register"]
+
+console = Console()
+
+UrlOpt = Annotated[str, typer.Option("--url", help="Edge server base URL.")]
+TokenOpt = Annotated[
+    str | None,
+    typer.Option("--token", envvar="EDGESPLIT_OFFLOAD_TOKEN", help="Bearer token, if required."),
+]
+WeightsOpt = Annotated[
+    Path | None,
+    typer.Option("--weights", help="Checkpoint dir (default: the bundled offload/weights)."),
+]
+
+
+def _choice(value: str, allowed: tuple[str, ...], flag: str) -> str:
+    if value not in allowed:
+        raise typer.BadParameter(f"{flag} must be one of {', '.join(allowed)}, not {value!r}")
+    return value
+
+
+def _load_image(
+    path: Path | None, test_index: int | None, size: int
+) -> tuple[np.ndarray, int | None]:
+    from edgesplit.offload.data import load_fashion_mnist, upscale
+
+    if path is not None:
+        from PIL import Image
+
+        with Image.open(path) as image:
+            gray = image.convert("L").resize((size, size))
+            return np.asarray(gray, dtype=np.uint8), None
+    images, labels = load_fashion_mnist("test")
+    index = test_index or 0
+    return upscale(images[index : index + 1], size)[0], int(labels[index])
+
+
+def register(app: typer.Typer) -> None:
+    group = typer.Typer(
+        help=(
+            "Adaptive offloading (A-MOT): a weak device sends a few image patches, the edge "
+            "server reconstructs them with a masked autoencoder and classifies.\n\n"
+            "  edgesplit offload serve --port 8470 --token s3cret\n"
+            "  edgesplit offload send --test-index 3 --slo-ms 250\n"
+            "  edgesplit offload bench --trace lte --mean-kbps 100 --slo-ms 250"
+        ),
+        no_args_is_help=True,
+    )
+
+    @group.command("serve")
+    def serve_cmd(
+        host: Annotated[str, typer.Option(help="Bind address.")] = "127.0.0.1",
+        port: Annotated[int, typer.Option(help="TCP port.")] = 8470,
+        token: TokenOpt = None,
+        weights: WeightsOpt = None,
+        max_body_bytes: Annotated[int, typer.Option(help="Request body limit.")] = 256 * 1024,
+        reuse: Annotated[
+            str, typer.Option(help="Round-2 reuse: incremental or recompute.")
+        ] = "incremental",
+        tiny: Annotated[bool, typer.Option(help="Random tiny model (smoke tests).")] = False,
+    ) -> None:
+        """Run the edge server (FastAPI + uvicorn): /v1/infer, /v1/info, /health, /metrics, /."""
+        from edgesplit.offload import serve
+        from edgesplit.offload.server import ServerConfig
+
+        config = ServerConfig(
+            host=host,
+            port=port,
+            token=token,
+            max_body_bytes=max_body_bytes,
+            reuse=reuse,  # type: ignore[arg-type]
+        )
+        console.print(
+            f"edgesplit offload server on http://{host}:{port} (auth: "
+            f"{'bearer token' if token else 'none'})"
+        )
+        serve(config, weights, tiny=tiny)
+
+    @group.command("send")
+    def send_cmd(
+        image: Annotated[
+            Path | None,
+            typer.Argument(help="Image file (any Pillow format); default: a test image."),
+        ] = None,
+        test_index: Annotated[
+            int | None, typer.Option(help="Fashion-MNIST test image index instead of a file.")
+        ] = None,
+        url: UrlOpt = "http://127.0.0.1:8470",
+        token: TokenOpt = None,
+        k: Annotated[int, typer.Option(help="Patches in round 1 (fixed mode).")] = 16,
+        codec: Annotated[str, typer.Option(help="raw|zlib|png|jpeg|jpeg_shared|webp")] = "webp",
+        quality: Annotated[int | None, typer.Option(help="jpeg/webp quality.")] = 50,
+        sampling: Annotated[str, typer.Option(help="random|grid|server")] = "server",
+        extra_k: Annotated[int, typer.Option(help="Round-2 patches (fixed mode).")] = 0,
+        slo_ms: Annotated[
+            float | None, typer.Option(help="Latency SLO: choose adaptively from the tables.")
+        ] = None,
+        weights: WeightsOpt = None,
+    ) -> None:
+        """Classify one image through the server (fixed settings, or adaptive with --slo-ms)."""
+        from edgesplit.offload import load_tables
+        from edgesplit.offload.client import OffloadClient
+        from edgesplit.offload.codec import CODEC_NAMES, CodecName
+        from edgesplit.offload.patches import SamplingName, sample_indices
+
+        codec_name = cast(CodecName, _choice(codec, CODEC_NAMES, "--codec"))
+        sampling_name = cast(SamplingName, _choice(sampling, get_args(SamplingName), "--sampling"))
+
+        with OffloadClient(url, token=token) as client:
+            info = client.info()
+            pixels, label = _load_image(image, test_index, info.image_size)
+            table = Table(title="edgesplit offload send")
+            for column in ("round", "patches", "bytes", "latency ms", "class", "confidence"):
+                table.add_column(column)
+            if slo_ms is not None:
+                options = load_tables(weights).options
+                result = client.classify(pixels, options, slo_s=slo_ms / 1000)
+                for i, stats in enumerate(result.rounds, start=1):
+                    table.add_row(
+                        str(i), "", str(stats.body_bytes), f"{1000 * stats.elapsed_s:.1f}", "", ""
+                    )
+                answer = result.response
+                table.add_row(
+                    "answer",
+                    str(answer.num_received),
+                    str(result.total_bytes),
+                    f"{1000 * result.latency_s:.1f}",
+                    answer.class_name,
+                    f"{answer.confidence:.3f}",
+                )
+                console.print(f"policy chose {result.option_name}")
+            else:
+                order = np.asarray(info.patch_order)
+                indices = sample_indices(
+                    sampling_name,
+                    info.num_patches,
+                    k,
+                    rng=np.random.default_rng(0),
+                    server_order=order,
+                )
+                answer, stats = client.send_round(
+                    pixels,
+                    indices,
+                    codec=codec_name,
+                    quality=quality,
+                    patch_size=info.patch_size,
+                    extra_k=extra_k,
+                )
+                table.add_row(
+                    "1",
+                    str(answer.num_received),
+                    str(stats.body_bytes),
+                    f"{1000 * stats.elapsed_s:.1f}",
+                    answer.class_name,
+                    f"{answer.confidence:.3f}",
+                )
+                if extra_k:
+                    answer, stats = client.send_round(
+                        pixels,
+                        answer.requested_indices,
+                        codec=codec_name,
+                        quality=quality,  # type: ignore[arg-type]
+                        patch_size=info.patch_size,
+                        request_id=answer.request_id,
+                        round_index=2,
+                        session_id=answer.session_id,
+                    )
+                    table.add_row(
+                        "2",
+                        str(answer.num_received),
+                        str(stats.body_bytes),
+                        f"{1000 * stats.elapsed_s:.1f}",
+                        answer.class_name,
+                        f"{answer.confidence:.3f}",
+                    )
+            console.print(table)
+            if label is not None:
+                from edgesplit.offload.data import CLASS_NAMES
+
+                console.print(f"true class: {CLASS_NAMES[label]}")
+
+    @group.command("bench")
+    def bench_cmd(
+        url: UrlOpt = "http://127.0.0.1:8470",
+        token: TokenOpt = None,
+        trace: Annotated[str, typer.Option(help="steady|step|random_walk|wifi|lte")] = "lte",
+        mean_kbps: Annotated[float, typer.Option(help="Mean uplink rate, kbit/s.")] = 100.0,
+        one_way_ms: Annotated[float, typer.Option(help="One-way latency, ms.")] = 20.0,
+        slo_ms: Annotated[float, typer.Option(help="Latency SLO per frame, ms.")] = 250.0,
+        frames: Annotated[int, typer.Option(help="Frames to send.")] = 40,
+        period_ms: Annotated[float, typer.Option(help="A frame every this many ms.")] = 500.0,
+        weights: WeightsOpt = None,
+        seed: Annotated[int, typer.Option(help="Trace seed.")] = 0,
+    ) -> None:
+        """Send Fashion-MNIST test frames over an emulated link; report SLO attainment."""
+        import time
+
+        from edgesplit.offload import load_tables
+        from edgesplit.offload.client import LinkEmulator, OffloadClient
+        from edgesplit.offload.data import load_fashion_mnist, upscale
+        from edgesplit.offload.emulation import TokenBucket, make_trace
+
+        options = load_tables(weights).options
+        rate = mean_kbps * 1000 / 8
+        link = LinkEmulator(
+            TokenBucket(make_trace(trace, rate, seed=seed), burst_bytes=300),  # type: ignore[arg-type]
+            one_way_ms / 1000,
+        )
+        images, labels = load_fashion_mnist("test")
+        x, y = upscale(images[:frames]), labels[:frames]
+        latency, correct, nbytes, rounds = [], [], [], []
+        with OffloadClient(
+            url,
+            token=token,
+            link=link,
+            rtt_s=2 * one_way_ms / 1000,
+            initial_bandwidth_bytes_per_s=rate / 2,
+        ) as client:
+            client.info()
+            start = time.monotonic()
+            for f in range(frames):
+                arrival = start + f * period_ms / 1000
+                if arrival > time.monotonic():
+                    time.sleep(arrival - time.monotonic())
+                result = client.classify(x[f], options, slo_s=slo_ms / 1000)
+                latency.append(time.monotonic() - arrival)
+                correct.append(result.response.label == int(y[f]))
+                nbytes.append(result.total_bytes)
+                rounds.append(len(result.rounds))
+        lat = np.array(latency)
+        table = Table(title=f"offload bench: {trace} {mean_kbps:g} kbit/s, SLO {slo_ms:g} ms")
+        for column in (
+            "frames",
+            "SLO met",
+            "accuracy",
+            "p50 ms",
+            "p95 ms",
+            "p99 ms",
+            "bytes/frame",
+            "round 2",
+        ):
+            table.add_column(column)
+        table.add_row(
+            str(frames),
+            f"{100 * (lat <= slo_ms / 1000).mean():.1f} %",
+            f"{100 * np.mean(correct):.1f} %",
+            *(f"{1000 * np.percentile(lat, q):.0f}" for q in (50, 95, 99)),
+            f"{np.mean(nbytes):.0f}",
+            f"{100 * np.mean(np.array(rounds) == 2):.0f} %",
+        )
+        console.print(table)
+
+    app.add_typer(group, name="offload")
