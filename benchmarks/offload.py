@@ -22,7 +22,7 @@ import socket
 import sys
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,12 +39,16 @@ import matplotlib.pyplot as plt
 from common import DOCS, write_result
 from edgesplit.core.schema import write_json_file
 from edgesplit.offload.calibrate import (
+    K1_VALUES,
+    K2_VALUES,
+    REUSE_CODEC,
     Outcome,
     Setting,
     build_tables,
+    measure_all,
     measure_setting,
-    profile_server_s,
-    round_trip_patches,
+    p95_table,
+    server_profile,
 )
 from edgesplit.offload.data import load_fashion_mnist, upscale
 from edgesplit.offload.emulation import BandwidthTrace, TokenBucket, make_trace
@@ -60,24 +64,9 @@ from edgesplit.offload.policy import (
 from edgesplit.offload.server import DEFAULT_WEIGHTS_DIR, load_pipeline
 from edgesplit.offload.training import VALIDATION_SIZE
 
-K1_VALUES = (4, 8, 12, 16, 24, 32, 64)
-K2_VALUES = (8, 16)
-PATCH_CODECS: tuple[tuple[str, int | None], ...] = (
-    ("zlib", None),
-    ("jpeg_shared", 50),
-    ("webp", 50),
-)
-FULL_CODECS: tuple[tuple[str, int | None], ...] = (
-    ("raw", None),
-    ("png", None),
-    *(("jpeg", q) for q in (10, 30, 50, 90)),
-    *(("jpeg_shared", q) for q in (10, 30, 50, 90)),
-    *(("webp", q) for q in (10, 30, 50, 90)),
-)
 # A camera-class device (e.g. a Cortex-A7 board) is taken to run the same network this many
 # times slower than one core of this host. An assumption, stated in the results.
 WEAK_DEVICE_SLOWDOWN = 30.0
-REUSE_CODEC = ("webp", 50)
 TRACES = ("step", "random_walk", "wifi", "lte")
 MEAN_BANDWIDTH_BYTES_PER_S = 12_500.0  # 100 kbit/s: a weak uplink (NB-IoT/LTE-M/poor Wi-Fi)
 ONE_WAY_LATENCY_S = 0.02
@@ -93,44 +82,6 @@ def _free_port() -> int:
 
 
 # -- accuracy vs bytes ----------------------------------------------------------------------------
-def full_image_outcomes(
-    pipeline: OffloadPipeline, images: np.ndarray, labels: np.ndarray
-) -> list[Outcome]:
-    """Whole-image offload with each codec (the k = N mosaic is the image itself)."""
-    outcomes = []
-    all_indices = np.arange(pipeline.num_patches)
-    for codec, quality in FULL_CODECS:
-        received, sizes = [], []
-        for image in images:
-            patches, size = round_trip_patches(image, all_indices, codec, quality, 8)  # type: ignore[arg-type]
-            received.append(patches)
-            sizes.append(size)
-        decoded = np.stack(
-            [p.reshape(8, 8, 8, 8).transpose(0, 2, 1, 3).reshape(64, 64) for p in received]
-        )
-        probs = pipeline.classify_images(decoded)
-        setting = Setting("grid", 64, codec, quality)  # type: ignore[arg-type]
-        outcomes.append(Outcome(setting, probs.argmax(1) == labels, probs.max(1), np.array(sizes)))
-    return outcomes
-
-
-def raw_like(outcome: Outcome, pipeline: OffloadPipeline, image: np.ndarray) -> Outcome:
-    """The raw-codec twin of a lossless (zlib) outcome: same pixels, raw byte counts."""
-    s = outcome.setting
-    _, size1 = round_trip_patches(image, np.arange(s.k1), "raw", None, 8)
-    twin = Outcome(
-        replace(s, codec="raw"),
-        outcome.correct1,
-        outcome.confidence1,
-        np.full_like(outcome.bytes1, size1),
-    )
-    for k2, correct in outcome.correct2.items():
-        _, size2 = round_trip_patches(image, np.arange(k2), "raw", None, 8)
-        twin.correct2[k2] = correct
-        twin.bytes2[k2] = np.full_like(outcome.bytes2[k2], size2)
-    return twin
-
-
 def local_linear(
     train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray
 ) -> tuple[np.ndarray, float]:
@@ -265,7 +216,7 @@ def replay(
         estimate = observe_upload(estimate, body, done - t)
         samples1, samples2 = server_samples[(s.k1, k2 if k2 else 0)]
         t = done + rtt + float(rng.choice(samples1))
-        sent[f], rounds[f], correct[f] = body, 1, outcome.correct1[i]
+        sent[f], rounds[f], correct[f] = body - HTTP_OVERHEAD_BYTES, 1, outcome.correct1[i]
         if (
             decision is not None
             and k2
@@ -283,7 +234,7 @@ def replay(
             done = bucket.transmit(body2, start)
             estimate = observe_upload(estimate, body2, done - start)
             t = done + rtt + float(rng.choice(samples2))
-            sent[f] += body2
+            sent[f] += body2 - HTTP_OVERHEAD_BYTES
             rounds[f] = 2
             correct[f] = outcome.correct2[k2][i]
         latency[f] = t - arrival
@@ -385,7 +336,11 @@ def plot_accuracy_vs_bytes(points: dict[str, list[tuple[float, float, str]]], pa
         ax.plot(
             [p[0] for p in pts],
             [100 * p[1] for p in pts],
-            marker=markers.get(family.split(" (")[0], "o"),
+            marker="D"
+            if family.startswith("adaptive")
+            else markers.get(family.split(" (")[0], "o"),
+            linestyle="none" if family.startswith(("adaptive", "local")) else "-",
+            markersize=7 if family.startswith(("adaptive", "local")) else 4,
             label=family,
             alpha=0.85,
         )
@@ -484,28 +439,9 @@ def main() -> None:
     print(f"[data] val {len(val_x)} (held-out train), test {len(test_x)}", flush=True)
 
     # 1. Settings measured on val (tables) and test (reported).
-    def measure(images: np.ndarray, labels: np.ndarray, recompute: bool) -> list[Outcome]:
-        out = []
-        for codec, quality in PATCH_CODECS:
-            for k1 in K1_VALUES:
-                k2s = tuple(k for k in K2_VALUES if k1 + k <= 64)
-                outcome = measure_setting(
-                    pipeline,
-                    images,
-                    labels,
-                    Setting("server", k1, codec, quality),  # type: ignore[arg-type]
-                    k2_values=k2s,
-                    server_order=order,
-                    recompute_too=recompute and (codec, quality) == REUSE_CODEC,
-                )
-                out.append(outcome)
-                if codec == "zlib":
-                    out.append(raw_like(outcome, pipeline, images[0]))
-        return out + full_image_outcomes(pipeline, images, labels)
-
-    val_outcomes = measure(val_x, val_y, recompute=False)
+    val_outcomes = measure_all(pipeline, val_x, val_y, order)
     print(f"[val] {len(val_outcomes)} settings, {time.monotonic() - started:.0f} s", flush=True)
-    test_outcomes = measure(test_x, test_y, recompute=True)
+    test_outcomes = measure_all(pipeline, test_x, test_y, order, recompute=REUSE_CODEC)
     print(f"[test] {len(test_outcomes)} settings, {time.monotonic() - started:.0f} s", flush=True)
     fixed_ratio = {
         sampling: [
@@ -523,18 +459,8 @@ def main() -> None:
     }
 
     # 2. Server latency profile (batch 1) and round-2 reuse.
-    server_samples: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
-    repeats = 8 if args.quick else 20
-    for k1 in K1_VALUES:
-        for k2 in (0, *K2_VALUES):
-            if k1 + k2 <= 64:
-                server_samples[(k1, k2)] = profile_server_s(
-                    pipeline, test_x[0], k1, k2, repeats=repeats
-                )
-    server_p95 = {
-        key: (float(np.percentile(a, 95)), float(np.percentile(b, 95)) if key[1] else 0.0)
-        for key, (a, b) in server_samples.items()
-    }
+    server_samples = server_profile(pipeline, test_x[0], repeats=8 if args.quick else 20)
+    server_p95 = p95_table(server_samples)
     server_p50 = {k1: float(np.median(server_samples[(k1, 0)][0])) for k1 in K1_VALUES}
     reuse_rows = []
     for k1, k2 in ((8, 8), (8, 16), (16, 16), (24, 16)):
@@ -599,7 +525,7 @@ def main() -> None:
             )
             summary_bytes[o.setting.name] = acc_bytes(o)
     for o in test_outcomes:
-        if o.setting.sampling == "server":
+        if o.setting.sampling == "server" and o.setting.codec in ("webp", "zlib"):
             for k2, correct2 in o.correct2.items():
                 name = f"{o.setting.name}+k{k2}"
                 point = (float(o.bytes1.mean() + o.bytes2[k2].mean()), float(correct2.mean()), name)
@@ -622,7 +548,6 @@ def main() -> None:
         "latency_s": linear_local_s,
     }
     DOCS.mkdir(exist_ok=True)
-    plot_accuracy_vs_bytes(curves, DOCS / "offload_accuracy_vs_bytes.png")
 
     # 5. SLO replay over traces.
     test_by_key = {
@@ -708,6 +633,19 @@ def main() -> None:
                 flush=True,
             )
     plot_slo(slo_rows, DOCS / "offload_slo.png")
+    for label, key in (
+        ("adaptive one-round", "adaptive one-round"),
+        ("adaptive two-round", "adaptive two-round"),
+    ):
+        curves[f"{label} (per trace x SLO)"] = [
+            (
+                row["policies"][key]["mean_bytes"],
+                row["policies"][key]["accuracy"],
+                f"{row['trace']}-{row['slo_s']}",
+            )
+            for row in slo_rows
+        ]
+    plot_accuracy_vs_bytes(curves, DOCS / "offload_accuracy_vs_bytes.png")
 
     # 6. Real HTTP check of one replay.
     check_trace = make_trace("lte", MEAN_BANDWIDTH_BYTES_PER_S, duration_s=120.0, seed=3)

@@ -8,7 +8,7 @@ and folding both into the policy's `OffloadTables`. Used by `make models` and th
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -19,15 +19,39 @@ from edgesplit.offload.policy import OffloadOption, OffloadTables
 from edgesplit.offload.protocol import PatchRequestHeader, encode_frame
 
 __all__ = [
+    "FULL_CODECS",
+    "K1_VALUES",
+    "K2_VALUES",
+    "PATCH_CODECS",
+    "REUSE_CODEC",
     "Outcome",
     "Setting",
     "build_tables",
+    "calibrate_tables",
+    "measure_all",
     "measure_setting",
+    "p95_table",
     "profile_server_s",
     "round_trip_patches",
+    "server_profile",
 ]
 
 TAUS = (0.5, 0.7, 0.8, 0.9, 0.95, 1.01)  # 1.01: always take round 2
+REUSE_CODEC: tuple[CodecName, int | None] = ("webp", 50)
+K1_VALUES = (4, 8, 12, 16, 24, 32, 64)
+K2_VALUES = (8, 16)
+PATCH_CODECS: tuple[tuple[CodecName, int | None], ...] = (
+    ("zlib", None),
+    ("jpeg_shared", 50),
+    ("webp", 50),
+)
+FULL_CODECS: tuple[tuple[CodecName, int | None], ...] = (
+    ("raw", None),
+    ("png", None),
+    *(("jpeg", q) for q in (10, 30, 50, 90)),
+    *(("jpeg_shared", q) for q in (10, 30, 50, 90)),
+    *(("webp", q) for q in (10, 30, 50, 90)),
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -224,3 +248,105 @@ def build_tables(
                 )
     n = len(outcomes[0].correct1) if outcomes else 0
     return OffloadTables(num_images=n, options=options)
+
+
+def full_image_outcomes(
+    pipeline: OffloadPipeline, images: np.ndarray, labels: np.ndarray
+) -> list[Outcome]:
+    """Whole-image offload with each codec (the k = N mosaic is the image itself)."""
+    outcomes = []
+    all_indices = np.arange(pipeline.num_patches)
+    for codec, quality in FULL_CODECS:
+        received, sizes = [], []
+        for image in images:
+            patches, size = round_trip_patches(image, all_indices, codec, quality, 8)
+            received.append(patches)
+            sizes.append(size)
+        decoded = np.stack(
+            [p.reshape(8, 8, 8, 8).transpose(0, 2, 1, 3).reshape(64, 64) for p in received]
+        )
+        probs = pipeline.classify_images(decoded)
+        setting = Setting("grid", 64, codec, quality)
+        outcomes.append(Outcome(setting, probs.argmax(1) == labels, probs.max(1), np.array(sizes)))
+    return outcomes
+
+
+def raw_like(outcome: Outcome, pipeline: OffloadPipeline, image: np.ndarray) -> Outcome:
+    """The raw-codec twin of a lossless (zlib) outcome: same pixels, raw byte counts."""
+    s = outcome.setting
+    _, size1 = round_trip_patches(image, np.arange(s.k1), "raw", None, 8)
+    twin = Outcome(
+        replace(s, codec="raw"),
+        outcome.correct1,
+        outcome.confidence1,
+        np.full_like(outcome.bytes1, size1),
+    )
+    for k2, correct in outcome.correct2.items():
+        _, size2 = round_trip_patches(image, np.arange(k2), "raw", None, 8)
+        twin.correct2[k2] = correct
+        twin.bytes2[k2] = np.full_like(outcome.bytes2[k2], size2)
+    return twin
+
+
+def measure_all(
+    pipeline: OffloadPipeline,
+    images: np.ndarray,
+    labels: np.ndarray,
+    server_order: np.ndarray,
+    *,
+    recompute: tuple[CodecName, int | None] | None = None,
+) -> list[Outcome]:
+    """Every setting the policy may choose: server-order patches x PATCH_CODECS x K1_VALUES
+    (+ round 2 with each of K2_VALUES), the raw twins of the zlib ones, and full images in
+    every FULL_CODECS codec. `recompute`: also measure round 2 from scratch for this codec."""
+    out = []
+    for codec, quality in PATCH_CODECS:
+        for k1 in K1_VALUES:
+            outcome = measure_setting(
+                pipeline,
+                images,
+                labels,
+                Setting("server", k1, codec, quality),
+                k2_values=tuple(k for k in K2_VALUES if k1 + k <= pipeline.num_patches),
+                server_order=server_order,
+                recompute_too=(codec, quality) == recompute,
+            )
+            out.append(outcome)
+            if codec == "zlib":
+                out.append(raw_like(outcome, pipeline, images[0]))
+    return out + full_image_outcomes(pipeline, images, labels)
+
+
+def server_profile(
+    pipeline: OffloadPipeline, image: np.ndarray, repeats: int
+) -> dict[tuple[int, int], tuple[np.ndarray, np.ndarray]]:
+    """Batch-1 server compute samples for every (k1, k2) the tables use (k2 = 0: one round)."""
+    samples = {}
+    for k1 in K1_VALUES:
+        for k2 in (0, *K2_VALUES):
+            if k1 + k2 <= pipeline.num_patches:
+                samples[(k1, k2)] = profile_server_s(pipeline, image, k1, k2, repeats=repeats)
+    return samples
+
+
+def p95_table(
+    samples: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]],
+) -> dict[tuple[int, int], tuple[float, float]]:
+    return {
+        key: (float(np.percentile(a, 95)), float(np.percentile(b, 95)) if key[1] else 0.0)
+        for key, (a, b) in samples.items()
+    }
+
+
+def calibrate_tables(
+    pipeline: OffloadPipeline, server_order: np.ndarray, *, num_images: int = 600
+) -> OffloadTables:
+    """Measure the policy's tables on held-out training images (never the test split)."""
+    from edgesplit.offload.data import load_fashion_mnist, upscale
+    from edgesplit.offload.training import VALIDATION_SIZE
+
+    images, labels = load_fashion_mnist("train")
+    x = upscale(images[-VALIDATION_SIZE:][:num_images])
+    y = labels[-VALIDATION_SIZE:][:num_images]
+    outcomes = measure_all(pipeline, x, y, server_order)
+    return build_tables(outcomes, p95_table(server_profile(pipeline, x[0], repeats=20)))

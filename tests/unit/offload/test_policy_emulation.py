@@ -126,3 +126,16 @@ def test_named_traces_have_the_requested_mean(name: str) -> None:
     trace = make_trace(name, 25_000.0, seed=1)  # type: ignore[arg-type]
     assert trace.mean_rate_bytes_per_s() == pytest.approx(25_000.0)
     assert (trace.rates_bytes_per_s >= 0).all()
+
+
+def test_safety_factor_tracks_recent_slowdowns() -> None:
+    estimate = BandwidthEstimate(1000.0, error_window=10, error_quantile=0.8)
+    assert estimate.safety_factor == 1.5  # too few uploads seen: a fixed cautious margin
+    for _ in range(10):
+        estimate = observe_upload(estimate, 1000, 1.0)  # exactly as predicted
+    assert estimate.safety_factor == pytest.approx(1.0)
+    assert estimate.planning_bytes_per_s == pytest.approx(estimate.bytes_per_s)
+    for _ in range(4):  # a fade: uploads take 3x longer than the estimate says
+        estimate = observe_upload(estimate, 1000, 3.0 * 1000 / estimate.bytes_per_s)
+    assert estimate.safety_factor > 2.0
+    assert estimate.planning_bytes_per_s < estimate.bytes_per_s / 2
