@@ -93,8 +93,12 @@ def profile(
 
 def prepare_profile(profile: ModelProfile, cluster: Cluster) -> ModelProfile:
     """Add the cluster's derived kinds ([[kinds]] in cluster.toml) to the profile."""
+    measured = profile.device_kinds  # "host" means the kind measured here, not a derived one
     for kind in cluster.kinds:
-        profile = profile.with_derived_kind(kind.name, kind.relative_to, kind.slowdown)
+        relative_to = kind.relative_to
+        if relative_to == "host" and len(measured) == 1:
+            relative_to = measured[0]
+        profile = profile.with_derived_kind(kind.name, relative_to, kind.slowdown)
     return profile
 
 

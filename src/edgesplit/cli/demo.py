@@ -11,14 +11,13 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from edgesplit import api
 from edgesplit.cli.common import console, plan_table
 from edgesplit.cli.plan import comparison_table
+from edgesplit.cli.profile import profile_with_progress
 from edgesplit.cli.simulate import sim_table
-from edgesplit.core.profile import ModelProfile
 
 __all__ = ["register"]
 
@@ -33,22 +32,6 @@ def _examples_dir() -> Path:
     if here.is_dir():
         return here
     return Path(__file__).resolve().parents[3] / "examples"
-
-
-def _profile_with_progress(model: str, batch_size: int) -> ModelProfile:
-    with Progress(
-        TextColumn("[bold]profiling[/] {task.description}"),
-        BarColumn(),
-        TextColumn("{task.completed}/{task.total} units"),
-        TimeElapsedColumn(),
-        console=console,
-    ) as progress:
-        task = progress.add_task(model, total=None)
-
-        def report(done: int, total: int, name: str) -> None:
-            progress.update(task, completed=done, total=total, description=f"{model}: {name}")
-
-        return api.profile(model, batch_size, repeats=3, warmup=1, progress=report)
 
 
 def register(app: typer.Typer) -> None:
@@ -70,7 +53,7 @@ def register(app: typer.Typer) -> None:
         started = time.perf_counter()
 
         console.rule("[bold]1. profile (measured on this host, 1 thread)")
-        profile = _profile_with_progress(model, batch_size)
+        profile = profile_with_progress(model, batch_size, repeats=3, warmup=1)
         api.save(profile, output_dir / "profile.json")
         total_s = sum(next(iter(u.time_s.values())) for u in profile.units)
         console.print(

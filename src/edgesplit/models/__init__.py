@@ -1,1 +1,54 @@
-"""edgesplit.models"""
+"""Adapters that cut HF transformers models into units and stages; local checkpoints.
+
+Public surface (see notes/CONTRACTS.md): ModelSpec, model_spec_from_name, build_model,
+unit_names, build_stage, StageModule, example_input, unsplit_output, save_checkpoint.
+Importing this package does not import torch until a function needs it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from edgesplit.models.spec import PRESETS, ModelSpec, model_spec_from_name
+
+if TYPE_CHECKING:
+    from edgesplit.models.build import (
+        StageModule,
+        build_model,
+        build_stage,
+        example_input,
+        save_checkpoint,
+        unit_names,
+        unsplit_output,
+    )
+
+__all__ = [
+    "PRESETS",
+    "ModelSpec",
+    "StageModule",
+    "build_model",
+    "build_stage",
+    "example_input",
+    "model_spec_from_name",
+    "save_checkpoint",
+    "unit_names",
+    "unsplit_output",
+]
+
+_LAZY = {
+    "StageModule",
+    "build_model",
+    "build_stage",
+    "example_input",
+    "save_checkpoint",
+    "unit_names",
+    "unsplit_output",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        from edgesplit.models import build
+
+        return getattr(build, name)
+    raise AttributeError(name)

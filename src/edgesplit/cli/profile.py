@@ -1,0 +1,100 @@
+"""`edgesplit profile`: measure every unit of a model on this host (progress bar, JSON out)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from edgesplit import api
+from edgesplit.cli.common import console
+from edgesplit.core.profile import ModelProfile
+
+__all__ = ["profile_with_progress", "register"]
+
+
+def profile_with_progress(
+    model: str,
+    batch_size: int,
+    *,
+    repeats: int = 5,
+    warmup: int = 2,
+    threads: int = 1,
+    device_kind: str | None = None,
+) -> ModelProfile:
+    with Progress(
+        TextColumn("[bold]profiling[/] {task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total} units"),
+        TimeElapsedColumn(),
+        console=console,
+    ) as progress:
+        task = progress.add_task(model, total=None)
+
+        def report(done: int, total: int, name: str) -> None:
+            progress.update(task, completed=done, total=total, description=f"{model}: {name}")
+
+        return api.profile(
+            model,
+            batch_size,
+            repeats=repeats,
+            warmup=warmup,
+            num_threads=threads,
+            device_kind=device_kind,
+            progress=report,
+        )
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("profile")
+    def profile(
+        model: Annotated[
+            str,
+            typer.Option(
+                "--model",
+                "-m",
+                help="Preset (vit-base, vit-large, vit-huge, deit-small, bert-base, bert-large, "
+                "gpt2, gpt2-medium, smollm2-135m, ...-tiny) or a checkpoint directory.",
+            ),
+        ],
+        output: Annotated[Path, typer.Option("--output", "-o", help="Profile JSON to write.")],
+        batch_size: Annotated[int, typer.Option(min=1, help="Micro-batch size.")] = 1,
+        repeats: Annotated[int, typer.Option(min=1, help="Timed runs per unit (median).")] = 5,
+        warmup: Annotated[int, typer.Option(min=0, help="Untimed runs per unit first.")] = 2,
+        threads: Annotated[int, typer.Option(min=1, help="torch intra-op threads.")] = 1,
+        device_kind: Annotated[
+            str | None, typer.Option(help="Kind to record (default: derived from this CPU).")
+        ] = None,
+    ) -> None:
+        """Measure each unit (embedding, attention/MLP halves, head) on this host.
+
+        Example: edgesplit profile -m vit-base --batch-size 8 -o vit-base.json
+        """
+        result = profile_with_progress(
+            model,
+            batch_size,
+            repeats=repeats,
+            warmup=warmup,
+            threads=threads,
+            device_kind=device_kind,
+        )
+        api.save(result, output)
+        kind = result.device_kinds[0]
+        table = Table(title=f"{result.model} on {kind}, micro-batch {batch_size}")
+        for column in ("unit", "ms", "cpu ms", "weights MB", "out MB", "GFLOP"):
+            table.add_column(column, justify="left" if column == "unit" else "right")
+        for unit in result.units:
+            cpu = (unit.cpu_time_s or {}).get(kind, 0.0)
+            table.add_row(
+                unit.name,
+                f"{unit.time_s[kind] * 1e3:.2f}",
+                f"{cpu * 1e3:.2f}",
+                f"{unit.param_bytes / 1e6:.2f}",
+                f"{unit.output_bytes / 1e6:.3f}",
+                f"{unit.flops / 1e9:.3f}",
+            )
+        console.print(table)
+        console.print(f"profile written to [bold]{output}[/]")

@@ -1,0 +1,188 @@
+"""Which model to build: family, preset config, overrides, seed, or a local checkpoint directory.
+
+Owns `ModelSpec`, the preset table and `model_spec_from_name`. No torch import here (specs travel
+in plans and over Ray as plain data).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+
+from edgesplit.core.schema import FrozenModel
+from edgesplit.errors import ConfigError
+
+__all__ = ["PRESETS", "Family", "ModelSpec", "model_spec_from_name"]
+
+Family = Literal["vit", "deit", "bert", "gpt2", "llama"]
+ConfigValue = int | float | str | bool
+
+# HF config keyword arguments per preset. Tiny presets are for tests (built in milliseconds).
+PRESETS: dict[str, tuple[Family, dict[str, ConfigValue]]] = {
+    "vit-tiny": (
+        "vit",
+        dict(
+            image_size=32,
+            patch_size=8,
+            hidden_size=64,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            intermediate_size=128,
+            num_labels=10,
+        ),
+    ),
+    "vit-base": ("vit", dict(num_labels=1000)),
+    "vit-large": (
+        "vit",
+        dict(
+            hidden_size=1024,
+            num_hidden_layers=24,
+            num_attention_heads=16,
+            intermediate_size=4096,
+            num_labels=1000,
+        ),
+    ),
+    "vit-huge": (
+        "vit",
+        dict(
+            hidden_size=1280,
+            num_hidden_layers=32,
+            num_attention_heads=16,
+            intermediate_size=5120,
+            patch_size=14,
+            num_labels=1000,
+        ),
+    ),
+    "deit-tiny": (
+        "deit",
+        dict(
+            hidden_size=192,
+            num_hidden_layers=12,
+            num_attention_heads=3,
+            intermediate_size=768,
+            num_labels=1000,
+        ),
+    ),
+    "deit-small": (
+        "deit",
+        dict(
+            hidden_size=384,
+            num_hidden_layers=12,
+            num_attention_heads=6,
+            intermediate_size=1536,
+            num_labels=1000,
+        ),
+    ),
+    "deit-base": ("deit", dict(num_labels=1000)),
+    "bert-tiny": (
+        "bert",
+        dict(
+            hidden_size=64,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            intermediate_size=128,
+            vocab_size=1000,
+            max_position_embeddings=128,
+            num_labels=2,
+        ),
+    ),
+    "bert-base": ("bert", dict(num_labels=2)),
+    "bert-large": (
+        "bert",
+        dict(
+            hidden_size=1024,
+            num_hidden_layers=24,
+            num_attention_heads=16,
+            intermediate_size=4096,
+            num_labels=2,
+        ),
+    ),
+    "gpt2-tiny": (
+        "gpt2",
+        dict(
+            n_embd=64,
+            n_layer=4,
+            n_head=4,
+            vocab_size=256,
+            n_positions=256,
+            bos_token_id=0,
+            eos_token_id=0,
+        ),
+    ),
+    "gpt2": ("gpt2", dict()),
+    "gpt2-medium": ("gpt2", dict(n_embd=1024, n_layer=24, n_head=16)),
+    "llama-tiny": (
+        "llama",
+        dict(
+            hidden_size=64,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            intermediate_size=128,
+            vocab_size=256,
+            max_position_embeddings=256,
+            bos_token_id=0,
+            eos_token_id=0,
+            tie_word_embeddings=True,
+        ),
+    ),
+    "smollm2-135m": (
+        "llama",
+        dict(
+            hidden_size=576,
+            num_hidden_layers=30,
+            num_attention_heads=9,
+            num_key_value_heads=3,
+            intermediate_size=1536,
+            vocab_size=49152,
+            max_position_embeddings=2048,
+            rms_norm_eps=1e-5,
+            rope_theta=100000.0,
+            tie_word_embeddings=True,
+            bos_token_id=0,
+            eos_token_id=0,
+        ),
+    ),
+}
+
+
+class ModelSpec(FrozenModel):
+    """A model to build: a preset with seeded weights, or a local checkpoint directory."""
+
+    family: Family
+    preset: str
+    overrides: dict[str, ConfigValue] = Field(default_factory=dict)
+    seed: int = 0
+    checkpoint: str | None = None
+
+    def config_kwargs(self) -> dict[str, Any]:
+        base = dict(PRESETS[self.preset][1]) if self.preset in PRESETS else {}
+        return {**base, **self.overrides}
+
+
+CHECKPOINT_META = "edgesplit.json"
+
+
+def model_spec_from_name(name: str, seed: int = 0) -> ModelSpec:
+    """A preset name ("vit-base") or a checkpoint directory written by `save_checkpoint`."""
+    path = Path(name)
+    if path.is_dir():
+        meta = path / CHECKPOINT_META
+        if not meta.is_file():
+            raise ConfigError(
+                f"{path} is a directory but has no {CHECKPOINT_META}; write checkpoints with "
+                "edgesplit.models.save_checkpoint (or pass a preset name)"
+            )
+        data = json.loads(meta.read_text())
+        return ModelSpec(
+            family=data["family"], preset=data.get("preset", "checkpoint"), checkpoint=str(path)
+        )
+    if name not in PRESETS:
+        raise ConfigError(
+            f"unknown model '{name}'; use a preset ({', '.join(sorted(PRESETS))}) or a local "
+            "checkpoint directory"
+        )
+    return ModelSpec(family=PRESETS[name][0], preset=name, seed=seed)
