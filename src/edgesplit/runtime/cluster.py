@@ -9,6 +9,7 @@ ray through this module.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import secrets
@@ -27,6 +28,7 @@ from edgesplit.runtime.stage import StageWorker
 
 __all__ = [
     "ActorDiedError",
+    "EmulatedCluster",
     "RaySession",
     "StageActor",
     "cluster_down_command",
@@ -136,6 +138,12 @@ class RaySession:
                 f"with `edgesplit cluster up --address HEAD:6379 --device NAME` (nodes have "
                 f"{sorted(k for k in available if k not in _RESERVED and ':' not in k)})"
             )
+
+    def driver_host(self) -> str:
+        """Address stages can reach the driver at: loopback unless Ray spans machines."""
+        if self.config.ray_address and self.config.host.startswith("127."):
+            return str(ray.util.get_node_ip_address())
+        return self.config.host
 
     def num_nodes(self) -> int:
         return sum(1 for n in ray.nodes() if n.get("Alive"))
@@ -269,3 +277,84 @@ def run_ray_command(command: list[str]) -> subprocess.CompletedProcess[str]:
     env.setdefault("RAY_AUTH_MODE", "token")
     env.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     return subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+
+
+class EmulatedCluster:
+    """Per-device Ray nodes (one raylet each) on this machine, for failure tests and benchmarks.
+
+    Ray rewrites a loopback bootstrap address to the host's own IP, so these nodes listen on
+    that IP (this machine only; nothing leaves it).
+
+    Wraps `ray.cluster_utils.Cluster`: a head node (where the driver attaches) plus one node per
+    device carrying that device's custom resource, so that a crashed device is a killed raylet
+    and a hung device is a SIGSTOPped raylet plus its stage process, exactly as on real boards.
+    """
+
+    def __init__(self, config: RuntimeConfig, head_num_cpus: int = 1) -> None:
+        from ray.cluster_utils import Cluster as _RayCluster
+
+        self.config = config
+        if "RAY_AUTH_TOKEN" not in os.environ and "RAY_AUTH_TOKEN_PATH" not in os.environ:
+            os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(16)
+        self._cluster = _RayCluster(
+            initialize_head=True,
+            head_node_args={
+                "num_cpus": head_num_cpus,
+                "include_dashboard": False,
+                "object_store_memory": 100 * 1024 * 1024,
+                "_system_config": health_check_config(config),
+            },
+        )
+        self._nodes: dict[str, Any] = {}
+        ray.init(address=self._cluster.address, log_to_driver=False)
+
+    def add_device(self, device: str, object_store_bytes: int = 100 * 1024 * 1024) -> None:
+        """Start a raylet for `device` (resource named after it); idempotent."""
+        if device in self._nodes:
+            return
+        self._nodes[device] = self._cluster.add_node(
+            num_cpus=0,
+            resources={device: 1},
+            object_store_memory=object_store_bytes,
+        )
+
+    def devices(self) -> list[str]:
+        return sorted(self._nodes)
+
+    def raylet_pid(self, device: str) -> int:
+        node = self._nodes[device]
+        return int(node.all_processes["raylet"][0].process.pid)
+
+    def crash(self, device: str) -> None:
+        """SIGKILL every process of the device's node (raylet, store, its workers)."""
+        import signal as _signal
+
+        node = self._nodes.pop(device)
+        os.kill(int(node.all_processes["raylet"][0].process.pid), _signal.SIGKILL)
+        try:
+            self._cluster.remove_node(node, allow_graceful=False)
+        except (AssertionError, ValueError, OSError) as e:
+            logger.debug("remove_node(%s): %s", device, e)
+
+    def hang(self, device: str, extra_pids: Sequence[int] = ()) -> list[int]:
+        """SIGSTOP the device's raylet and `extra_pids` (its stage process); returns the pids."""
+        import signal as _signal
+
+        pids = [self.raylet_pid(device), *extra_pids]
+        for pid in pids:
+            os.kill(pid, _signal.SIGSTOP)
+        return pids
+
+    def resume_and_remove(self, device: str, pids: Sequence[int]) -> None:
+        """Undo `hang` (SIGCONT) and take the node away, so tests leave nothing stopped."""
+        import signal as _signal
+
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, _signal.SIGCONT)
+        if device in self._nodes:
+            self.crash(device)
+
+    def shutdown(self) -> None:
+        ray.shutdown()
+        self._cluster.shutdown()

@@ -40,6 +40,7 @@ class FailureDetector:
     expected_compute_s: dict[str, float] = field(default_factory=dict)
     _last_heard_s: dict[str, float] = field(default_factory=dict)
     _busy_since_s: dict[str, float | None] = field(default_factory=dict)
+    _unreachable_since_s: dict[str, float] = field(default_factory=dict)
 
     def watch(self, device: str, now_s: float, expected_compute_s: float = 0.0) -> None:
         self._last_heard_s[device] = now_s
@@ -49,6 +50,12 @@ class FailureDetector:
     def forget(self, device: str) -> None:
         self._last_heard_s.pop(device, None)
         self._busy_since_s.pop(device, None)
+        self._unreachable_since_s.pop(device, None)
+
+    def unreachable(self, device: str, since_s: float) -> None:
+        """Its upstream lost the stream to `device` at `since_s` (crash, or a cut link)."""
+        if device in self._last_heard_s:
+            self._unreachable_since_s.setdefault(device, since_s)
 
     def heard(self, device: str, now_s: float, busy_since_s: float | None) -> None:
         if device in self._last_heard_s:
@@ -68,6 +75,7 @@ class FailureDetector:
             silent_s = now_s - heard_s
             busy_since_s = self._busy_since_s.get(device)
             deadline_s = self.expected_compute_s.get(device, 0.0) + self.batch_deadline_s
+            lost_since_s = self._unreachable_since_s.get(device)
             if silent_s > self.hang_timeout_s:
                 found.append(
                     Suspicion(device, "hang", heard_s, f"no heartbeat for {silent_s:.2f} s")
@@ -82,6 +90,9 @@ class FailureDetector:
                         f" s (deadline {deadline_s:.2f} s)",
                     )
                 )
+            elif lost_since_s is not None and now_s - lost_since_s > self.hang_timeout_s:
+                detail = f"its upstream lost the stream {now_s - lost_since_s:.2f} s ago"
+                found.append(Suspicion(device, "unreachable", lost_since_s, detail))
         return found
 
 

@@ -232,7 +232,7 @@ class _Driver:
         self.session: RaySession | None = None
         self.current: _Stages | None = None
         self.all_actors: dict[str, StageActor] = {}
-        self.sink = listen(config.host)
+        self.sink: Any = None
         self.sink_conns: list[Connection] = []
         self.retired_timelines: list[dict[str, Any]] = []
 
@@ -489,6 +489,11 @@ class _Driver:
                 del pings[device]
                 if ok:
                     self.detector.heard(device, time.time(), value["busy_since_s"])
+                    lost_s = value.get("downstream_lost_s")
+                    if lost_s is not None:
+                        nxt = self._downstream_of(device)
+                        if nxt is not None:
+                            self.detector.unreachable(nxt, lost_s)
                     if value.get("error"):
                         raise EdgesplitError(
                             f"stage on '{device}' failed: {value['error']}; run with --debug"
@@ -497,6 +502,12 @@ class _Driver:
             if device not in pings:
                 pings[device] = actor.call("ping")
         return self.detector.check(now_s)
+
+    def _downstream_of(self, device: str) -> str | None:
+        assert self.current is not None
+        names = [s.device for s in self.current.stages]
+        index = names.index(device) if device in names else -1
+        return names[index + 1] if 0 <= index < len(names) - 1 else None
 
     def _inject(self, fault: ScheduledFault) -> None:
         actor = self.all_actors.get(fault.device)
@@ -699,7 +710,8 @@ class _Driver:
             self.link.stop()
         for conn in self.sink_conns:
             conn.close()
-        self.sink.close()
+        if self.sink is not None:
+            self.sink.close()
         if self.session is None:
             return
         for actor in self.all_actors.values():
@@ -873,6 +885,7 @@ def run_plan(
     error: BaseException | None = None
     try:
         driver.session = RaySession.open(config, devices)
+        driver.sink = listen(driver.session.driver_host())
         if config.standby_devices:
             driver.ensure_actors(config.standby_devices)
         driver.run()

@@ -16,6 +16,7 @@ bounds every queue and gives back-pressure all the way to the request source.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -27,6 +28,7 @@ from typing import Any, Literal
 import numpy as np
 
 from edgesplit.core.schema import FrozenModel
+from edgesplit.errors import TransportError
 from edgesplit.runtime.emulation import LinkShaper
 from edgesplit.runtime.transport import Connection, Frame, TcpListener, connect, listen
 
@@ -88,6 +90,7 @@ class _StageRunner:
     last_progress_s: float = field(default_factory=time.time)
     processed: int = 0
     error: str | None = None
+    downstream_lost_s: float | None = None
     emulated_output: np.ndarray | None = None
 
     # -- threads ---------------------------------------------------------------------------
@@ -221,10 +224,17 @@ class _StageRunner:
             if delay_s > 0 and self.stopped.wait(delay_s):
                 return
             frame = Frame("data", item.request_id, item.boundary, self.spec.epoch, item.tensors)
-            self.downstream.send(frame)
+            try:
+                self.downstream.send(frame)
+            except TransportError:
+                # The downstream died or its link broke: not this stage's error. The item stays
+                # held; the driver learns who failed (Ray, heartbeats, `downstream_lost_s`).
+                self.downstream_lost_s = time.time()
+                return
             sent_s = time.time()
             if item.upstream is not None:
-                item.upstream.send(Frame("ack", item.request_id, epoch=self.spec.epoch))
+                with contextlib.suppress(TransportError):
+                    item.upstream.send(Frame("ack", item.request_id, epoch=self.spec.epoch))
             self.processed += 1
             self.last_progress_s = sent_s
             self.timeline.append(
@@ -243,6 +253,8 @@ class _StageRunner:
         while not self.stopped.is_set():
             frame = self.downstream.recv()
             if frame is None:
+                if not self.stopped.is_set():
+                    self.downstream_lost_s = time.time()
                 return
             if frame.type != "ack" or frame.epoch != self.spec.epoch:
                 continue
@@ -322,6 +334,7 @@ class StageWorker:
             "error": runner.error,
             "processed": runner.processed,
             "epoch": runner.spec.epoch,
+            "downstream_lost_s": runner.downstream_lost_s,
         }
 
     def inject(self, items: list[dict[str, Any]]) -> None:
