@@ -29,6 +29,7 @@ app = typer.Typer(
 def _register() -> None:
     # One line per command module; each module exposes `app` (a group) or `register(app)`.
     from edgesplit.cli import demo, env, offload, plan, profile, simulate
+    from edgesplit.cli import robust as robust_cli
 
     profile.register(app)
     plan.register(app)
@@ -36,6 +37,7 @@ def _register() -> None:
     demo.register(app)
     env.register(app)
     offload.register(app)
+    robust_cli.register(app)
 
 
 def main() -> None:
@@ -49,24 +51,16 @@ def main() -> None:
     )
     _register()
     try:
-        app(standalone_mode=False)
+        # Standalone mode: typer/click print usage errors themselves and exit with code 2.
+        app()
     except EdgesplitError as e:
         if debug:
             raise
         typer.secho(f"error: {e}", err=True, fg=typer.colors.RED)
         sys.exit(e.exit_code)
-    except (typer.Abort, KeyboardInterrupt):
-        typer.secho("aborted", err=True)
+    except KeyboardInterrupt:
+        typer.secho("interrupted", err=True)
         sys.exit(130)
-    except Exception as e:
-        import click
-
-        if isinstance(e, click.exceptions.ClickException):
-            e.show()
-            sys.exit(e.exit_code)
-        if isinstance(e, click.exceptions.Exit):
-            sys.exit(e.exit_code)
-        raise
 
 
 if __name__ == "__main__":
