@@ -1,0 +1,185 @@
+"""The co-search workflow as four file-to-file steps: profile, fit, search, refine.
+
+Owns the functions the CLI (and `api.cosearch`) call; each reads and writes the files of the
+previous step, so any step can be re-run alone. Imports every cosearch module (torch included).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from edgesplit.core.schema import read_json_file, write_json_file
+from edgesplit.cosearch.accuracy import AccuracyCache, TrainSettings
+from edgesplit.cosearch.costs import DeviceCostModel, PredictorRecipe, cross_validate_devices
+from edgesplit.cosearch.predictor import PredictorSettings, cross_validate
+from edgesplit.cosearch.profiler import (
+    HostMeasurement,
+    ProfileSettings,
+    load_host_results,
+    profile_configs,
+)
+from edgesplit.cosearch.protran import HOST_DEVICE, load_protran
+from edgesplit.cosearch.refine import RefineResult, RefineSettings, grow_and_prune
+from edgesplit.cosearch.search import Constraints, SearchMethod, SearchResult, Trial, co_search
+from edgesplit.cosearch.space import Modality, SearchSpace
+from edgesplit.cosearch.tasks import load_task
+from edgesplit.errors import ConfigError
+
+__all__ = [
+    "choose_trial",
+    "fit_predictors",
+    "load_cost_model",
+    "profile_host",
+    "refine_model",
+    "run_search",
+]
+
+Choice = Literal["accuracy", "latency", "balanced"]
+
+
+def profile_host(
+    results_path: Path,
+    *,
+    modality: Modality = "text",
+    count: int = 40,
+    seed: int = 0,
+    settings: ProfileSettings | None = None,
+    on_progress: Callable[[int, int, HostMeasurement | None], None] | None = None,
+) -> list[HostMeasurement]:
+    """Profile `count` random configs of the default space here (resumes from `results_path`)."""
+    space = SearchSpace(modality=modality)
+    configs = space.sample_unique(np.random.default_rng(seed), count)
+    return profile_configs(configs, results_path, settings, on_progress=on_progress)
+
+
+def fit_predictors(
+    out_path: Path,
+    *,
+    protran_dir: Path | None,
+    host_results: Path | None,
+    settings: PredictorSettings | None = None,
+    num_folds: int = 5,
+) -> PredictorRecipe:
+    """Cross-validate predictors per device and write the recipe file (`cosearch fit`)."""
+    settings = settings or PredictorSettings()
+    cv = {}
+    devices: list[str] = []
+    if protran_dir is not None:
+        measurements = load_protran(protran_dir)
+        cv = cross_validate_devices(
+            measurements, settings.model_copy(update={"num_members": 1}), num_folds=num_folds
+        )
+        devices += sorted({m.device for m in measurements})
+    if host_results is not None:
+        host = load_host_results(host_results)
+        if len(host) >= 2 * num_folds:
+            y = np.array([m.cpu_s for m in host])
+            cv[HOST_DEVICE] = {
+                "latency_s": cross_validate(
+                    [m.architecture() for m in host],
+                    y,
+                    settings.model_copy(update={"num_members": 1}),
+                    num_folds=num_folds,
+                )
+            }
+        if host:
+            devices.append(HOST_DEVICE)
+    if not devices:
+        raise ConfigError("nothing to fit: give --protran and/or --host-results with measurements")
+    recipe = PredictorRecipe(
+        protran_dir=None if protran_dir is None else str(Path(protran_dir).resolve()),
+        host_results=None if host_results is None else str(Path(host_results).resolve()),
+        settings=settings,
+        devices=tuple(devices),
+        cross_validation=cv,
+    )
+    write_json_file(recipe, out_path)
+    return recipe
+
+
+def load_cost_model(recipe_path: Path) -> DeviceCostModel:
+    """Refit the predictors a recipe describes (seconds; no estimator is ever unpickled)."""
+    recipe = read_json_file(PredictorRecipe, recipe_path)
+    protran = load_protran(Path(recipe.protran_dir)) if recipe.protran_dir else []
+    host = load_host_results(Path(recipe.host_results)) if recipe.host_results else []
+    return DeviceCostModel.fit(protran, host or None, recipe.settings, devices=list(recipe.devices))
+
+
+def run_search(
+    recipe_path: Path,
+    out_path: Path,
+    *,
+    task_name: str = "digits",
+    method: SearchMethod = "tpe",
+    budget: int = 32,
+    seed: int = 0,
+    devices: list[str] | None = None,
+    constraints: Constraints | None = None,
+    train_settings: TrainSettings | None = None,
+    cache_path: Path | None = None,
+    on_trial: Callable[[Trial], None] | None = None,
+) -> SearchResult:
+    """Search config x device and write the result file (`cosearch search`)."""
+    costs = load_cost_model(recipe_path)
+    task = load_task(task_name, seed=seed)
+    cache = AccuracyCache(cache_path, task, train_settings)
+    result = co_search(
+        SearchSpace(modality=task.modality),
+        costs,
+        cache,
+        devices=devices,
+        method=method,
+        budget=budget,
+        seed=seed,
+        constraints=constraints,
+        on_trial=on_trial,
+    )
+    write_json_file(result, out_path)
+    return result
+
+
+def choose_trial(
+    result: SearchResult, *, device: str | None = None, prefer: Choice = "balanced"
+) -> Trial:
+    """Pick one front member: best accuracy, lowest latency, or the best accuracy-per-log-latency
+    knee ("balanced": highest accuracy among front members within 1 point of the best accuracy,
+    then the fastest)."""
+    front = [t for t in result.pareto_trials() if device is None or t.device == device]
+    if not front:
+        raise ConfigError(
+            f"the search has no feasible front member{' on ' + device if device else ''}; "
+            "relax the constraints or raise the budget"
+        )
+    if prefer == "accuracy":
+        return max(front, key=lambda t: (t.accuracy, -t.latency_s))
+    if prefer == "latency":
+        return min(front, key=lambda t: (t.latency_s, -t.accuracy))
+    best = max(t.accuracy for t in front)
+    return min((t for t in front if t.accuracy >= best - 0.01), key=lambda t: t.latency_s)
+
+
+def refine_model(
+    search_path: Path,
+    recipe_path: Path,
+    out_path: Path,
+    *,
+    device: str | None = None,
+    prefer: Choice = "balanced",
+    settings: RefineSettings | None = None,
+    train_settings: TrainSettings | None = None,
+) -> RefineResult:
+    """Grow-and-prune the chosen front member and write the result (`cosearch refine`)."""
+    result = read_json_file(SearchResult, search_path)
+    chosen = choose_trial(result, device=device, prefer=prefer)
+    settings = settings or RefineSettings(device=chosen.device)
+    if settings.device != chosen.device:
+        settings = settings.model_copy(update={"device": chosen.device})
+    costs = load_cost_model(recipe_path)
+    task = load_task(result.task, seed=result.seed)
+    refined = grow_and_prune(chosen.config, task, costs, settings, train_settings)
+    write_json_file(refined, out_path)
+    return refined
