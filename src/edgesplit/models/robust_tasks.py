@@ -62,6 +62,9 @@ class RobustTask:
     evaluation: list[tuple[Inputs, torch.Tensor]]
     train: list[tuple[Inputs, torch.Tensor]] | None = None  # fine-tuning batches
     chance_metric: float = 0.0
+    # embeddings: intact normalised embeddings of a retrieval corpus whose first rows are the
+    # evaluation sentences in order (self-retrieval agreement)
+    corpus: torch.Tensor | None = None
 
     def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if self.metric_name == "accuracy":
@@ -93,9 +96,13 @@ class RobustTask:
                 cos = _cosine(out, target)
                 cos_all.append(cos)
                 emb = _normalize(_mean_pool(out, inputs["attention_mask"]))
-                ref = target[:, 0, :-1]  # intact normalised embeddings stored in the target
+                # intact embeddings of the corpus (eval split first) or of this batch
+                use_corpus = self.corpus is not None and split == "eval"
+                ref = self.corpus if use_corpus else target[:, 0, :-1]
+                assert ref is not None
                 nearest = (emb @ ref.t()).argmax(-1)
-                hits += int((nearest == torch.arange(len(emb))).sum())
+                own = torch.arange(len(emb)) + (total if use_corpus else 0)
+                hits += int((nearest == own).sum())
                 total += len(emb)
             mean_cos = float(torch.cat(cos_all).mean())
             return TaskEvaluation(mean_cos, 1.0 - mean_cos, {"retrieval_agreement": hits / total})
@@ -298,15 +305,20 @@ def _minilm_task(
             out.append((inputs, target))
         return out
 
+    eval_batches = batches(evaluation, 128)
+    train_batches = batches(train, 32) if train else []
+    # retrieval corpus: the evaluation sentences first, then every other unseen sentence
+    corpus = torch.cat([t[:, 0, :-1] for _, t in eval_batches + train_batches])
     return RobustTask(
         "minilm",
         wm,
         "cosine",
         True,
         batches(calib, 64),
-        batches(evaluation, 128),
-        batches(train, 32) if train else None,
+        eval_batches,
+        train_batches or None,
         chance_metric=0.0,
+        corpus=corpus,
     )
 
 

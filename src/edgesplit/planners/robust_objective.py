@@ -105,7 +105,14 @@ class Surrogate:
     def predict(self, lost_importance: np.ndarray) -> np.ndarray:
         s = np.asarray(lost_importance, float)
         out = np.interp(s, self.knots_x, self.knots_y)
-        return np.where(s <= 0.0, self.intact_metric, out)
+        # losing units never predicts better than intact (pooled noise could say so)
+        out = (
+            np.minimum(out, self.intact_metric)
+            if self.higher_is_better
+            else np.maximum(out, self.intact_metric)
+        )
+        result: np.ndarray = np.where(s <= 0.0, self.intact_metric, out)
+        return result
 
     def predict_lost(self, lost: np.ndarray) -> np.ndarray:
         """lost: (F, U) bool -> (F,) predicted metric."""

