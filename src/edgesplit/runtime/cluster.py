@@ -105,6 +105,7 @@ class RaySession:
                 if "RAY_AUTH_TOKEN" not in os.environ and "RAY_AUTH_TOKEN_PATH" not in os.environ:
                     os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(16)
                 ray.init(
+                    address="local",  # never attach to a cluster some other process left behind
                     num_cpus=max(1, min(4, os.cpu_count() or 1)),
                     include_dashboard=False,
                     log_to_driver=False,
