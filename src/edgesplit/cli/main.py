@@ -28,6 +28,7 @@ app = typer.Typer(
 
 def _register() -> None:
     # One line per command module; each module exposes `app` (a group) or `register(app)`.
+    from edgesplit.cli import cosearch as cosearch_cli
     from edgesplit.cli import demo, env, offload, plan, profile, simulate
     from edgesplit.cli import robust as robust_cli
 
@@ -38,6 +39,7 @@ def _register() -> None:
     env.register(app)
     offload.register(app)
     robust_cli.register(app)
+    cosearch_cli.register(app)
 
 
 def main() -> None:

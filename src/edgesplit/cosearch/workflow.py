@@ -143,12 +143,12 @@ def run_search(
 
 
 def choose_trial(
-    result: SearchResult, *, device: str | None = None, prefer: Choice = "balanced"
+    front: list[Trial], *, device: str | None = None, prefer: Choice = "balanced"
 ) -> Trial:
     """Pick one front member: best accuracy, lowest latency, or the best accuracy-per-log-latency
     knee ("balanced": highest accuracy among front members within 1 point of the best accuracy,
     then the fastest)."""
-    front = [t for t in result.pareto_trials() if device is None or t.device == device]
+    front = [t for t in front if device is None or t.device == device]
     if not front:
         raise ConfigError(
             f"the search has no feasible front member{' on ' + device if device else ''}; "
@@ -174,7 +174,7 @@ def refine_model(
 ) -> RefineResult:
     """Grow-and-prune the chosen front member and write the result (`cosearch refine`)."""
     result = read_json_file(SearchResult, search_path)
-    chosen = choose_trial(result, device=device, prefer=prefer)
+    chosen = choose_trial(result.pareto_trials(), device=device, prefer=prefer)
     settings = settings or RefineSettings(device=chosen.device)
     if settings.device != chosen.device:
         settings = settings.model_copy(update={"device": chosen.device})

@@ -1,0 +1,434 @@
+"""Device-aware co-search (issue 6): predictor errors, co-search vs random, final model vs Base.
+
+Stages (each timed, one torch thread):
+1. ProTran predictors: 5-fold latency MAPE / Spearman per device for the naive trial (GBM on raw
+   layer/width/op/FFN counts, raw target), GBM on derived features, the additive model and the
+   blend (default); energy and peak power with the default; a drift diagnostic (GBM + the row's
+   position in ProTran's file, i.e. measurement order) that is NOT a predictor we use.
+2. Host predictors: profile text configs here (seq 128, batch 1; resumable file under out/),
+   fit on 60, held-out MAPE of CPU time on 30 others; active learning (uncertainty vs random).
+3. Co-search vs random: TPE, NSGA-II and random at equal budgets over 3 seeds on digits across the
+   7 ProTran devices + this host; hypervolume of the feasible front on normalised objectives.
+4. Final model: the balanced front member, grow-and-prune on its device, next to the
+   ViT-Base-shaped baseline of the same space (accuracy, params, predicted latency/energy).
+Writes benchmarks/results/cosearch.json and docs/cosearch_*.png.
+
+    .venv/bin/python benchmarks/cosearch.py            # full (~15 min on a shared 2-core box)
+    .venv/bin/python benchmarks/cosearch.py --quick    # smoke (~3 min)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import re
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from sklearn.ensemble import GradientBoostingRegressor
+from sklearn.model_selection import KFold
+
+from common import DOCS, ROOT, write_result
+from edgesplit.cosearch.accuracy import AccuracyCache, TrainSettings
+from edgesplit.cosearch.active import active_learning
+from edgesplit.cosearch.costs import TARGETS, DeviceCostModel
+from edgesplit.cosearch.features import count_params, featurize_many
+from edgesplit.cosearch.pareto import hypervolume, pareto_mask
+from edgesplit.cosearch.plots import plot_hypervolume, plot_pareto_per_device, plot_parity
+from edgesplit.cosearch.predictor import (
+    CostPredictor,
+    PredictorSettings,
+    out_of_fold,
+    summarize,
+)
+from edgesplit.cosearch.profiler import ProfileSettings, profile_configs
+from edgesplit.cosearch.protran import DEVICES, HOST_DEVICE, Measurement, load_protran
+from edgesplit.cosearch.refine import RefineSettings, grow_and_prune
+from edgesplit.cosearch.search import (
+    Trial,
+    co_search,
+    objective_points,
+    reference_point,
+)
+from edgesplit.cosearch.space import SearchSpace
+from edgesplit.cosearch.tasks import load_task
+from edgesplit.cosearch.workflow import choose_trial
+
+PROTRAN = ROOT.parent / "shared" / "data" / "protran"
+WORK = ROOT / "out" / "cosearch_bench"
+log = logging.getLogger("cosearch-bench")
+
+
+def _naive_features(m: Measurement) -> list[float]:
+    a = m.architecture
+    return [
+        len(a.layers),
+        sum(layer.hidden_size for layer in a.layers),
+        sum(len(layer.ops) for layer in a.layers),
+        sum(sum(layer.ffn_sizes) for layer in a.layers),
+    ]
+
+
+def _file_positions() -> dict[tuple[str, str], float]:
+    out = {}
+    for path in PROTRAN.glob("results_*.json"):
+        match = re.search(r"results_(cpu|gpu|npu)_(.+)_b\d+_r\d+\.json$", path.name)
+        assert match is not None
+        device = f"{match.group(2)}-{match.group(1)}"
+        keys = list(json.loads(path.read_text()))  # file order = measurement order
+        out.update({(device, k): i / len(keys) for i, k in enumerate(keys)})
+    return out
+
+
+def _gbm_oof(x: np.ndarray, y: np.ndarray, *, log_target: bool) -> np.ndarray:
+    predicted = np.zeros_like(y)
+    for train, test in KFold(5, shuffle=True, random_state=0).split(x):
+        target = np.log(y[train]) if log_target else y[train]
+        model = GradientBoostingRegressor(
+            n_estimators=300, max_depth=3, learning_rate=0.05, subsample=0.8, random_state=0
+        ).fit(x[train], target)
+        p = model.predict(x[test])
+        predicted[test] = np.exp(p) if log_target else p
+    return predicted
+
+
+def protran_stage(measurements: list[Measurement]) -> dict[str, Any]:
+    by_device: dict[str, list[Measurement]] = defaultdict(list)
+    for m in measurements:
+        by_device[m.device].append(m)
+    positions = _file_positions()
+    devices: dict[str, Any] = {}
+    parity = {}
+    for device in sorted(by_device, key=lambda d: -len(by_device[d])):
+        rows = by_device[device]
+        archs = [m.architecture for m in rows]
+        y = np.array([m.latency_s for m in rows])
+        entry: dict[str, Any] = {"num_samples": len(rows), "latency": {}}
+        naive = _gbm_oof(np.array([_naive_features(m) for m in rows]), y, log_target=False)
+        entry["latency"]["naive_trial"] = summarize(naive, y, 5).model_dump()
+        oof = {
+            method: out_of_fold(archs, y, PredictorSettings(method=method, num_members=1))
+            for method in ("gbm", "additive")
+        }
+        # With one member, the blend is exactly the geometric mean of the two (same folds).
+        oof["blend"] = np.sqrt(oof["gbm"] * oof["additive"])
+        for method, predicted in oof.items():
+            entry["latency"][method] = summarize(predicted, y, 5).model_dump()
+        parity[f"{device} (n={len(rows)})"] = (y, oof["blend"])
+        x = featurize_many(archs)
+        order = np.array([[positions[(device, m.model_hash)]] for m in rows])
+        drift = _gbm_oof(np.hstack([x, order]), y, log_target=True)
+        entry["latency"]["diagnostic_gbm_plus_measurement_order"] = summarize(
+            drift, y, 5
+        ).model_dump()
+        for target in TARGETS[1:]:
+            settings = PredictorSettings(
+                method="gbm" if target == "peak_power_w" else "blend", num_members=1
+            )
+            t = np.array([getattr(m, target) for m in rows])
+            entry[target] = summarize(out_of_fold(archs, t, settings), t, 5).model_dump()
+        devices[device] = entry
+        lat = entry["latency"]
+        log.info(
+            "%s n=%d latency MAPE naive %.1f%% gbm %.1f%% additive %.1f%% blend %.1f%%",
+            device,
+            len(rows),
+            100 * lat["naive_trial"]["mape"],
+            100 * lat["gbm"]["mape"],
+            100 * lat["additive"]["mape"],
+            100 * lat["blend"]["mape"],
+        )
+    plot_parity(
+        parity,
+        DOCS / "cosearch_protran_parity.png",
+        title="ProTran latency: 5-fold out-of-fold (blend)",
+    )
+    return devices
+
+
+def host_stage(quick: bool) -> tuple[dict[str, Any], list[Any]]:
+    space = SearchSpace(modality="text")
+    num_train, num_test = (24, 12) if quick else (60, 30)
+    configs = space.sample_unique(np.random.default_rng(100), num_train + num_test)
+    settings = ProfileSettings()
+    started = time.perf_counter()
+    measured = profile_configs(
+        configs,
+        WORK / "host_profile.jsonl",
+        settings,
+        on_progress=lambda i, n, m: (
+            log.info("profiled %d/%d %s cpu %.3f s", i, n, m.config.describe(), m.cpu_s)
+            if i % 10 == 0
+            else None
+        ),
+    )
+    profile_s = time.perf_counter() - started
+    train, test = measured[:num_train], measured[num_train:]
+    y_test = np.array([m.cpu_s for m in test])
+    held_out = {}
+    for method in ("gbm", "additive", "blend"):
+        predictor = CostPredictor(PredictorSettings(method=method)).fit(
+            [m.architecture() for m in train], np.array([m.cpu_s for m in train])
+        )
+        predicted = predictor.predict([m.architecture() for m in test])[0]
+        held_out[method] = summarize(predicted, y_test, 0).model_dump() | {"num_train": len(train)}
+    wall_vs_cpu = float(np.median([m.wall_s / m.cpu_s for m in measured]))
+    initial, per_round, rounds = (6, 6, 2) if quick else (8, 8, 4)
+    active = {}
+    for strategy in ("uncertainty", "random"):
+        history, _ = active_learning(
+            [m.config for m in train],
+            test,
+            WORK / "host_profile.jsonl",
+            strategy=strategy,
+            initial=initial,
+            per_round=per_round,
+            rounds=rounds,
+            seed=0,
+        )
+        active[strategy] = [r.model_dump() for r in history]
+    log.info(
+        "host held-out CPU-time MAPE: %s",
+        {k: round(100 * v["mape"], 1) for k, v in held_out.items()},
+    )
+    return {
+        "settings": settings.model_dump(),
+        "num_profiled": len(measured),
+        "profile_wall_s": profile_s,
+        "held_out": held_out,
+        "median_wall_over_cpu": wall_vs_cpu,
+        "peak_memory_method": measured[0].peak_memory_method,
+        "energy_model": measured[0].energy_model,
+        "active_learning": active,
+    }, measured
+
+
+def _running_hypervolume(trials: list[Trial], reference: np.ndarray) -> list[float]:
+    out = []
+    for n in range(1, len(trials) + 1):
+        feasible = [t for t in trials[:n] if t.feasible]
+        out.append(hypervolume(objective_points(feasible), reference) if feasible else 0.0)
+    return out
+
+
+def search_stage(
+    costs: DeviceCostModel, quick: bool
+) -> tuple[dict[str, Any], list[Trial], AccuracyCache, SearchSpace]:
+    task = load_task("digits")
+    space = SearchSpace(modality="image")
+    cache = AccuracyCache(WORK / "accuracy_cache.json", task, TrainSettings())
+    devices = costs.device_names
+    reference = reference_point(space, costs, devices)
+    budget, seeds = (8, (0,)) if quick else (16, (0, 1, 2))
+    curves: dict[str, list[list[float]]] = defaultdict(list)
+    per_seed: dict[str, list[float]] = defaultdict(list)
+    all_trials: list[Trial] = []
+    tpe_trials: list[Trial] = []
+    for seed in seeds:
+        for method in ("random", "tpe", "nsga2"):
+            started = time.perf_counter()
+            result = co_search(
+                space,
+                costs,
+                cache,
+                devices=devices,
+                method=method,
+                budget=budget,
+                seed=seed,
+                reference=reference,
+            )
+            curves[method].append(_running_hypervolume(list(result.trials), reference))
+            per_seed[method].append(result.hypervolume)
+            all_trials += result.trials
+            if method == "tpe":
+                tpe_trials += result.trials
+            log.info(
+                "seed %d %s: HV %.3f, front %d, trained %d (cache %d) in %.0f s",
+                seed,
+                method,
+                result.hypervolume,
+                len(result.pareto),
+                result.num_trainings,
+                len(cache),
+                time.perf_counter() - started,
+            )
+    plot_hypervolume(
+        {m: np.array(v) for m, v in curves.items()},
+        DOCS / "cosearch_hypervolume.png",
+        title=f"Hypervolume vs evaluations (digits, {len(devices)} devices, {len(seeds)} seeds)",
+    )
+    random_mean = float(np.mean(per_seed["random"]))
+    summary = {
+        "task": task.name,
+        "budget": budget,
+        "seeds": list(seeds),
+        "devices": devices,
+        "reference": reference.tolist(),
+        "objectives": ["1 - accuracy", "log10 latency_s", "log10 energy_j", "log10 peak_power_w"],
+        "hypervolume": {m: v for m, v in per_seed.items()},
+        "hypervolume_mean": {m: float(np.mean(v)) for m, v in per_seed.items()},
+        "ratio_to_random": {m: float(np.mean(v)) / random_mean for m, v in per_seed.items()},
+        "ratio_to_random_per_seed": {
+            m: [a / b for a, b in zip(v, per_seed["random"], strict=True)]
+            for m, v in per_seed.items()
+        },
+        "trainings": len(cache),
+        "train_settings": cache.settings.model_dump(),
+    }
+    return summary, all_trials, cache, space
+
+
+def final_stage(
+    costs: DeviceCostModel,
+    trials: list[Trial],
+    cache: AccuracyCache,
+    space: SearchSpace,
+    quick: bool,
+) -> dict[str, Any]:
+    feasible = [t for t in trials if t.feasible]
+    points = objective_points(feasible)
+    front = [t for t, keep in zip(feasible, pareto_mask(points), strict=True) if keep]
+    # Pick on an edge device (the Raspberry Pi when it has front members): that is where size matters.
+    device = "rpi-cpu" if any(t.device == "rpi-cpu" for t in front) else front[0].device
+    chosen = choose_trial(front, device=device, prefer="balanced")
+    refine_settings = RefineSettings(device=device, num_steps=2 if quick else 6)
+    started = time.perf_counter()
+    refined = grow_and_prune(chosen.config, cache.task, costs, refine_settings, cache.settings)
+    refine_s = time.perf_counter() - started
+    baseline = space.base_shaped()
+    base_acc = cache.get(baseline).accuracy
+    final = refined.final.config
+
+    def summary(config: Any, accuracy: float) -> dict[str, Any]:
+        arch = costs.architecture(config, "rpi-cpu")
+        per_device = {}
+        for name in costs.device_names:
+            c = costs.predict(config, name)
+            per_device[name] = {
+                "latency_s": c.latency_s,
+                "energy_j": c.energy_j,
+                "peak_power_w": c.peak_power_w,
+            }
+        return {
+            "config": config.describe(),
+            "accuracy": accuracy,
+            "num_params": count_params(arch),
+            "devices": per_device,
+        }
+
+    out = {
+        "chosen_device": device,
+        "search_pick": summary(chosen.config, chosen.accuracy),
+        "final": summary(final, refined.final.accuracy),
+        "baseline_base_shaped": summary(baseline, base_acc),
+        "refine_steps": [
+            s.model_dump(
+                mode="json",
+                include={"index", "action", "accuracy", "latency_s", "accepted", "reason"},
+            )
+            | {"config": s.config.describe()}
+            for s in refined.steps
+        ],
+        "refine_s": refine_s,
+        "accuracy_note": f"proxy training: {cache.settings.model_dump()} (width divisor {cache.settings.width_divisor}); both models trained the same way",
+    }
+    out["size_ratio_baseline_over_final"] = (
+        out["baseline_base_shaped"]["num_params"] / out["final"]["num_params"]
+    )
+    out["latency_ratio_baseline_over_final"] = {
+        name: out["baseline_base_shaped"]["devices"][name]["latency_s"]
+        / out["final"]["devices"][name]["latency_s"]
+        for name in costs.device_names
+    }
+    highlight = {}
+    for name in costs.device_names:
+        highlight[f"final@{name}"] = (
+            out["final"]["devices"][name]["latency_s"],
+            refined.final.accuracy,
+        )
+        highlight[f"ViT-Base shape@{name}"] = (
+            out["baseline_base_shaped"]["devices"][name]["latency_s"],
+            base_acc,
+        )
+    plot_pareto_per_device(
+        trials,
+        DOCS / "cosearch_pareto.png",
+        highlight=highlight,
+        title="Co-search on digits: all trials (3 methods x seeds), front per device",
+    )
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="smoke run: fewer configs, 1 seed")
+    args = parser.parse_args()
+    torch.set_num_threads(1)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
+    logging.getLogger("edgesplit").setLevel(logging.WARNING)
+    WORK.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    measurements = load_protran(PROTRAN)
+    protran = protran_stage(measurements)
+    timings["protran_cv_s"] = time.perf_counter() - started
+
+    t = time.perf_counter()
+    host, host_measured = host_stage(args.quick)
+    timings["host_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    costs = DeviceCostModel.fit(
+        measurements, host_measured, PredictorSettings(num_members=3, n_estimators=200)
+    )
+    timings["fit_cost_model_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    search, trials, cache, space = search_stage(costs, args.quick)
+    timings["search_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    final = final_stage(costs, trials, cache, space, args.quick)
+    timings["final_s"] = time.perf_counter() - t
+    timings["total_s"] = time.perf_counter() - started
+
+    big = [d for d, e in protran.items() if e["num_samples"] >= 80]
+    data = {
+        "method": "5-fold shuffled k-fold (seed 0); MAPE = mean |pred-true|/true; HV on normalised objectives",
+        "quick": args.quick,
+        "protran": protran,
+        "protran_summary": {
+            "devices_with_80_samples": big,
+            "blend_latency_mape": {d: protran[d]["latency"]["blend"]["mape"] for d in protran},
+            "naive_latency_mape": {
+                d: protran[d]["latency"]["naive_trial"]["mape"] for d in protran
+            },
+            "target_met_on": [d for d in big if protran[d]["latency"]["blend"]["mape"] <= 0.10],
+        },
+        "host": host,
+        "search": search,
+        "final": final,
+        "device_catalog": {name: DEVICES[name].model_dump() for name in DEVICES}
+        | {HOST_DEVICE: costs.devices[HOST_DEVICE].model_dump()},
+        "timings": timings,
+        "threads": torch.get_num_threads(),
+    }
+    path = write_result(
+        "cosearch", data, "python benchmarks/cosearch.py" + (" --quick" if args.quick else "")
+    )
+    log.info("wrote %s in %.0f s", path, timings["total_s"])
+
+
+if __name__ == "__main__":
+    main()

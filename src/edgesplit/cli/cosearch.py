@@ -1,0 +1,303 @@
+"""`edgesplit cosearch profile|fit|search|refine`: device-aware co-search (EdgeTran).
+
+Each subcommand reads the previous one's file and writes its own; `search` also draws one Pareto
+panel per device and `refine` writes a markdown report page next to its result.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any, cast
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from edgesplit.cli.common import console
+
+
+class ModalityChoice(StrEnum):
+    text = "text"
+    image = "image"
+
+
+class MethodChoice(StrEnum):
+    tpe = "tpe"
+    nsga2 = "nsga2"
+    random = "random"
+
+
+class PredictorChoice(StrEnum):
+    gbm = "gbm"
+    additive = "additive"
+    blend = "blend"
+
+
+class PreferChoice(StrEnum):
+    accuracy = "accuracy"
+    latency = "latency"
+    balanced = "balanced"
+
+
+__all__ = ["register"]
+
+DEFAULT_DIR = Path("out/cosearch")
+PROTRAN_DEFAULT = Path("../shared/data/protran")
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    )
+
+
+def register(app: typer.Typer) -> None:
+    group = typer.Typer(
+        name="cosearch",
+        help="Device-aware co-search: profile configs, fit per-device predictors, search "
+        "config x device for accuracy/latency/energy/power, grow-and-prune the winner.",
+        no_args_is_help=True,
+    )
+    app.add_typer(group)
+
+    @group.command("profile")
+    def profile(
+        output: Annotated[
+            Path, typer.Option("--output", "-o", help="Results (JSON lines; resumes).")
+        ] = DEFAULT_DIR / "host_profile.jsonl",
+        count: Annotated[int, typer.Option(min=1, help="Random configs to profile.")] = 40,
+        modality: Annotated[
+            ModalityChoice, typer.Option(help="text (BERT-style) or image (ViT-style).")
+        ] = ModalityChoice.text,
+        seq_len: Annotated[int, typer.Option(min=2, help="Tokens per input incl. CLS.")] = 128,
+        repeats: Annotated[int, typer.Option(min=1)] = 3,
+        seed: int = 0,
+    ) -> None:
+        """Measure wall and 1-thread CPU time, peak memory and FLOPs of sampled configs here."""
+        import torch
+
+        from edgesplit.cosearch.profiler import ProfileSettings
+        from edgesplit.cosearch.workflow import profile_host
+
+        torch.set_num_threads(1)
+        settings = ProfileSettings(seq_len=seq_len, repeats=repeats)
+        with _progress() as progress:
+            task = progress.add_task("profiling", total=count)
+            measured = profile_host(
+                output,
+                modality=cast(Any, modality.value),
+                count=count,
+                seed=seed,
+                settings=settings,
+                on_progress=lambda done, total, m: progress.update(
+                    task, completed=done, description=m.config.describe() if m else ""
+                ),
+            )
+        table = Table(title=f"{len(measured)} configs profiled here ({output})")
+        for column in ("config", "params M", "GFLOPs", "wall ms", "CPU ms", "peak MB"):
+            table.add_column(column, justify="left" if column == "config" else "right")
+        for m in sorted(measured, key=lambda m: m.cpu_s)[:: max(1, len(measured) // 12)]:
+            table.add_row(
+                m.config.describe(),
+                f"{m.num_params / 1e6:.1f}",
+                f"{m.flops / 1e9:.2f}",
+                f"{m.wall_s * 1e3:.1f}",
+                f"{m.cpu_s * 1e3:.1f}",
+                f"{m.peak_memory_bytes / 1e6:.0f}",
+            )
+        console.print(table)
+        console.print(f"energy: {measured[0].energy_model}")
+
+    @group.command("fit")
+    def fit(
+        output: Annotated[
+            Path, typer.Option("--output", "-o", help="Predictor recipe JSON.")
+        ] = DEFAULT_DIR / "predictors.json",
+        protran: Annotated[
+            Path | None, typer.Option(help="ProTran results folder.")
+        ] = PROTRAN_DEFAULT,
+        host_results: Annotated[
+            Path | None, typer.Option(help="`cosearch profile` output.")
+        ] = None,
+        method: Annotated[
+            PredictorChoice, typer.Option(help="gbm, additive or blend.")
+        ] = PredictorChoice.blend,
+        folds: Annotated[int, typer.Option(min=2)] = 5,
+    ) -> None:
+        """Cross-validate per-device predictors (MAPE, Spearman) and write the recipe."""
+        from edgesplit.cosearch.predictor import PredictorSettings
+        from edgesplit.cosearch.workflow import fit_predictors
+
+        if host_results is None and (DEFAULT_DIR / "host_profile.jsonl").is_file():
+            host_results = DEFAULT_DIR / "host_profile.jsonl"
+        recipe = fit_predictors(
+            output,
+            protran_dir=protran,
+            host_results=host_results,
+            settings=PredictorSettings(method=cast(Any, method.value)),
+            num_folds=folds,
+        )
+        table = Table(title=f"{folds}-fold cross-validation ({method.value}) -> {output}")
+        for column in ("device", "n", "latency MAPE", "Spearman", "energy MAPE", "peak power MAPE"):
+            table.add_column(column, justify="left" if column == "device" else "right")
+        for device, targets in recipe.cross_validation.items():
+            lat = targets["latency_s"]
+            energy, power = targets.get("energy_j"), targets.get("peak_power_w")
+            table.add_row(
+                device,
+                str(lat.num_samples),
+                f"{lat.mape:.1%}",
+                f"{lat.spearman:.3f}",
+                f"{energy.mape:.1%}" if energy else "-",
+                f"{power.mape:.1%}" if power else "-",
+            )
+        console.print(table)
+
+    @group.command("search")
+    def search(
+        predictors: Annotated[
+            Path, typer.Option("--predictors", "-p", help="`cosearch fit` output.")
+        ] = DEFAULT_DIR / "predictors.json",
+        output: Annotated[
+            Path, typer.Option("--output", "-o", help="Search result JSON.")
+        ] = DEFAULT_DIR / "search.json",
+        task: Annotated[str, typer.Option(help="digits, wordnet-pos or docstrings.")] = "digits",
+        method: Annotated[
+            MethodChoice, typer.Option(help="tpe, nsga2 or random.")
+        ] = MethodChoice.tpe,
+        budget: Annotated[int, typer.Option(min=1, help="Evaluations.")] = 32,
+        device: Annotated[
+            list[str] | None, typer.Option(help="Restrict to these devices (repeat).")
+        ] = None,
+        max_latency_s: Annotated[
+            float | None, typer.Option(help="Latency budget on the device.")
+        ] = None,
+        max_peak_power_w: Annotated[float | None, typer.Option(help="Peak power budget.")] = None,
+        memory_fraction: Annotated[
+            float, typer.Option(help="Share of device memory a model may use.")
+        ] = 0.8,
+        width_divisor: Annotated[
+            int, typer.Option(min=1, help="Train at 1/N width (1 = real width).")
+        ] = 8,
+        epochs: Annotated[int, typer.Option(min=1)] = 3,
+        seed: int = 0,
+    ) -> None:
+        """Search config x device for accuracy, latency, energy, peak power; Pareto plots."""
+        import torch
+
+        from edgesplit.cosearch.accuracy import TrainSettings
+        from edgesplit.cosearch.plots import plot_pareto_per_device
+        from edgesplit.cosearch.search import Constraints
+        from edgesplit.cosearch.workflow import run_search
+
+        torch.set_num_threads(1)
+        with _progress() as progress:
+            bar = progress.add_task(f"{method.value} search", total=budget)
+            result = run_search(
+                predictors,
+                output,
+                task_name=task,
+                method=cast(Any, method.value),
+                budget=budget,
+                seed=seed,
+                devices=device or None,
+                constraints=Constraints(
+                    max_latency_s=max_latency_s,
+                    max_peak_power_w=max_peak_power_w,
+                    memory_fraction=memory_fraction,
+                ),
+                train_settings=TrainSettings(width_divisor=width_divisor, epochs=epochs, seed=seed),
+                cache_path=output.with_name("accuracy_cache.json"),
+                on_trial=lambda t: progress.advance(bar),
+            )
+        plot = plot_pareto_per_device(list(result.trials), output.with_suffix(".png"))
+        table = Table(
+            title=f"Pareto front ({len(result.pareto)} of {len(result.trials)} trials, "
+            f"hypervolume {result.hypervolume:.3f})"
+        )
+        for column in (
+            "device",
+            "config",
+            "accuracy",
+            "latency s",
+            "energy J",
+            "peak W",
+            "memory MB",
+        ):
+            table.add_column(column, justify="left" if column in ("device", "config") else "right")
+        for t in sorted(result.pareto_trials(), key=lambda t: (t.device, t.latency_s)):
+            table.add_row(
+                t.device,
+                t.config.describe(),
+                f"{t.accuracy:.3f}",
+                f"{t.latency_s:.4g}",
+                f"{t.energy_j:.4g}",
+                f"{t.peak_power_w:.3g}",
+                f"{t.memory_bytes / 1e6:.0f}",
+            )
+        console.print(table)
+        console.print(f"wrote {output} and {plot}")
+
+    @group.command("refine")
+    def refine(
+        search_result: Annotated[
+            Path, typer.Option("--search", "-s", help="`cosearch search` output.")
+        ] = DEFAULT_DIR / "search.json",
+        predictors: Annotated[Path, typer.Option("--predictors", "-p")] = DEFAULT_DIR
+        / "predictors.json",
+        output: Annotated[
+            Path, typer.Option("--output", "-o", help="Refine result JSON.")
+        ] = DEFAULT_DIR / "refine.json",
+        device: Annotated[
+            str | None, typer.Option(help="Pick the front member on this device.")
+        ] = None,
+        prefer: Annotated[
+            PreferChoice, typer.Option(help="accuracy, latency or balanced.")
+        ] = PreferChoice.balanced,
+        steps: Annotated[int, typer.Option(min=1)] = 6,
+        max_accuracy_drop: Annotated[float, typer.Option(min=0.0)] = 0.01,
+        width_divisor: Annotated[int, typer.Option(min=1)] = 8,
+    ) -> None:
+        """Grow-and-prune the chosen front member; writes the result and a report page (.md)."""
+        import torch
+
+        from edgesplit.cosearch.accuracy import TrainSettings
+        from edgesplit.cosearch.refine import RefineSettings
+        from edgesplit.cosearch.report import write_report
+        from edgesplit.cosearch.workflow import refine_model
+
+        torch.set_num_threads(1)
+        result = refine_model(
+            search_result,
+            predictors,
+            output,
+            device=device,
+            prefer=cast(Any, prefer.value),
+            settings=RefineSettings(
+                device=device or "", num_steps=steps, max_accuracy_drop=max_accuracy_drop
+            ),
+            train_settings=TrainSettings(width_divisor=width_divisor),
+        )
+        table = Table(title=f"grow-and-prune on {result.settings.device}")
+        for column in ("step", "action", "config", "accuracy", "latency s", "kept", "why"):
+            table.add_column(
+                column, justify="right" if column in ("step", "accuracy", "latency s") else "left"
+            )
+        for s in result.steps:
+            table.add_row(
+                str(s.index),
+                s.action,
+                s.config.describe(),
+                f"{s.accuracy:.3f}",
+                f"{s.latency_s:.4g}",
+                "yes" if s.accepted else "no",
+                s.reason,
+            )
+        console.print(table)
+        report = write_report(search_result, output, output.with_suffix(".md"))
+        console.print(f"wrote {output} and report {report}")
