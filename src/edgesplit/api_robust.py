@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Annotated, Literal
 
 import numpy as np
-import torch
 from pydantic import Field
 
 from edgesplit.core.cluster import Cluster, DeviceSpec
@@ -93,16 +92,6 @@ def synthetic_cluster(
 def lost_units(replicas: Sequence[Sequence[int]], failed: int) -> list[int]:
     """Units every holder of which is in the failed-device bitmask."""
     return [u for u, r in enumerate(replicas) if all((failed >> d) & 1 for d in r)]
-
-
-def _tokens_per_request(task: RobustTask) -> int:
-    inputs, _ = task.evaluation[0]
-    key = "input_ids" if "input_ids" in inputs else "pixel_values"
-    if key == "input_ids":
-        return int(inputs[key].shape[1])
-    with torch.no_grad():
-        hidden, _ = task.model.embed({key: inputs[key][:1]})
-    return int(hidden.shape[1])
 
 
 def build_problem(
@@ -189,7 +178,7 @@ def build_problem(
 def _problem(
     task: RobustTask, units: tuple[RobustUnit, ...], calibration: SurrogateCalibration
 ) -> RobustProblem:
-    tokens = _tokens_per_request(task)
+    tokens = task.tokens_per_request()
     return RobustProblem(
         model=task.name,
         units=units,
@@ -454,18 +443,14 @@ def distributed_check(
         coordinator = RobustCoordinator(
             task.model, plan.devices, replicas, backend, deadline_s=deadline_s
         )
-        with torch.no_grad():
-            intact = task.model(inputs)
         out, _ = coordinator.forward(inputs)
-        diff_intact = _max_diff(task, inputs, out, intact)
+        diff_intact = task.max_abs_diff(inputs, out, task.masked_output(inputs, []))
         for device in kill:
             backend.kill(device)
         out, report = coordinator.forward(inputs)
         failed = {plan.devices.index(d) for d in kill}
         lost = [u for u, r in enumerate(replicas) if set(r) <= failed]
-        with torch.no_grad():
-            masked = task.model(inputs, task.model.keep_from_lost(lost))
-        diff_masked = _max_diff(task, inputs, out, masked)
+        diff_masked = task.max_abs_diff(inputs, out, task.masked_output(inputs, lost))
     finally:
         backend.close()
     return DistributedCheck(
@@ -478,15 +463,6 @@ def distributed_check(
         max_abs_diff_masked=diff_masked,
         wall_s=time.perf_counter() - start,
     )
-
-
-def _max_diff(
-    task: RobustTask, inputs: dict[str, torch.Tensor], a: torch.Tensor, b: torch.Tensor
-) -> float:
-    if "attention_mask" in inputs and a.dim() == 3:  # BERT: padded positions are irrelevant
-        mask = inputs["attention_mask"].bool()
-        return float((a[mask] - b[mask]).abs().max())
-    return float((a - b).abs().max())
 
 
 def load_robust_plan(path: Path | str) -> RobustPlan:

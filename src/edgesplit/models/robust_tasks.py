@@ -11,6 +11,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -65,6 +66,28 @@ class RobustTask:
     # embeddings: intact normalised embeddings of a retrieval corpus whose first rows are the
     # evaluation sentences in order (self-retrieval agreement)
     corpus: torch.Tensor | None = None
+
+    def tokens_per_request(self) -> int:
+        """Sequence length of one request's hidden state (patches + CLS, or tokens)."""
+        inputs, _ = self.evaluation[0]
+        if "input_ids" in inputs:
+            return int(inputs["input_ids"].shape[1])
+        with torch.no_grad():
+            hidden, _ = self.model.embed({"pixel_values": inputs["pixel_values"][:1]})
+        return int(hidden.shape[1])
+
+    @torch.no_grad()
+    def masked_output(self, inputs: Inputs, lost: Sequence[int]) -> torch.Tensor:
+        """The width model's output with the `lost` units zeroed (all kept when empty)."""
+        return self.model(inputs, self.model.keep_from_lost(list(lost)) if lost else None)
+
+    @staticmethod
+    def max_abs_diff(inputs: Inputs, a: torch.Tensor, b: torch.Tensor) -> float:
+        """max |a − b|, ignoring padded positions of BERT outputs (masked out downstream)."""
+        if "attention_mask" in inputs and a.dim() == 3:
+            mask = inputs["attention_mask"].bool()
+            return float((a[mask] - b[mask]).abs().max())
+        return float((a - b).abs().max())
 
     def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if self.metric_name == "accuracy":

@@ -148,7 +148,7 @@ def train_vit(
         opt.step()
         sched.step()
         if step % 500 == 0:
-            log.info("vit-%s step %d loss %.3f", name, step, float(loss))
+            log.info("vit-%s step %d loss %.3f", name, step, float(loss.detach()))
     train_s = time.process_time() - start
     model.eval()
     if use_cache:
