@@ -81,6 +81,9 @@ def plan_command(
         Path | None, typer.Option(help="Reuse a measured problem JSON (skips importance).")
     ] = None,
     save_problem: Annotated[Path | None, typer.Option(help="Write the problem JSON.")] = None,
+    importance: Annotated[
+        str, typer.Option(help="Unit importance: ablation (exact) or gradient (first-order).")
+    ] = "ablation",
     seed: int = 0,
     output: Annotated[Path, typer.Option("--output", "-o", help="Chosen plan JSON.")] = Path(
         "robust_plan.json"
@@ -92,9 +95,13 @@ def plan_command(
     if problem is not None:
         the_problem = api_robust.load_robust_problem(problem)
     else:
-        with console.status(f"measuring unit importance of {model} (single-unit ablation)"):
+        if importance not in ("ablation", "gradient"):
+            raise typer.BadParameter("--importance must be 'ablation' or 'gradient'")
+        with console.status(f"measuring unit importance of {model} ({importance})"):
             the_problem = api_robust.build_problem(
-                api_robust.load_task(model, seed=seed), seed=seed
+                api_robust.load_task(model, seed=seed),
+                seed=seed,
+                importance="ablation" if importance == "ablation" else "gradient",
             )
     if save_problem is not None:
         write_json_file(the_problem, save_problem)
