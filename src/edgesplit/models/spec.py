@@ -77,6 +77,18 @@ PRESETS: dict[str, tuple[Family, dict[str, ConfigValue]]] = {
         ),
     ),
     "deit-base": ("deit", dict(num_labels=1000)),
+    "deit-mini": (  # test preset (deit-tiny is the real DeiT-Ti shape)
+        "deit",
+        dict(
+            image_size=32,
+            patch_size=8,
+            hidden_size=64,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            intermediate_size=128,
+            num_labels=10,
+        ),
+    ),
     "bert-tiny": (
         "bert",
         dict(
@@ -170,19 +182,42 @@ def model_spec_from_name(name: str, seed: int = 0) -> ModelSpec:
     """A preset name ("vit-base") or a checkpoint directory written by `save_checkpoint`."""
     path = Path(name)
     if path.is_dir():
-        meta = path / CHECKPOINT_META
-        if not meta.is_file():
-            raise ConfigError(
-                f"{path} is a directory but has no {CHECKPOINT_META}; write checkpoints with "
-                "edgesplit.models.save_checkpoint (or pass a preset name)"
-            )
-        data = json.loads(meta.read_text())
-        return ModelSpec(
-            family=data["family"], preset=data.get("preset", "checkpoint"), checkpoint=str(path)
-        )
+        return _checkpoint_spec(path)
     if name not in PRESETS:
         raise ConfigError(
             f"unknown model '{name}'; use a preset ({', '.join(sorted(PRESETS))}) or a local "
             "checkpoint directory"
         )
     return ModelSpec(family=PRESETS[name][0], preset=name, seed=seed)
+
+
+_MODEL_TYPES: dict[str, Family] = {
+    "vit": "vit",
+    "deit": "deit",
+    "bert": "bert",
+    "gpt2": "gpt2",
+    "llama": "llama",
+}
+
+
+def _checkpoint_spec(path: Path) -> ModelSpec:
+    """A directory from `save_checkpoint` (edgesplit.json) or a plain HF one (config.json)."""
+    meta = path / CHECKPOINT_META
+    if meta.is_file():
+        data = json.loads(meta.read_text())
+        return ModelSpec(
+            family=data["family"], preset=data.get("preset", "checkpoint"), checkpoint=str(path)
+        )
+    config = path / "config.json"
+    if not config.is_file():
+        raise ConfigError(
+            f"{path} is a directory but has neither {CHECKPOINT_META} nor config.json; write "
+            "checkpoints with edgesplit.models.save_checkpoint (or pass a preset name)"
+        )
+    model_type = str(json.loads(config.read_text()).get("model_type", ""))
+    if model_type not in _MODEL_TYPES:
+        raise ConfigError(
+            f"{config}: model_type '{model_type}' is not supported; supported: "
+            f"{', '.join(sorted(_MODEL_TYPES))}"
+        )
+    return ModelSpec(family=_MODEL_TYPES[model_type], preset=path.name, checkpoint=str(path))
