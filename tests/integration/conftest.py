@@ -35,10 +35,9 @@ def toy_profile(
     num_units: int = 6, time_s: float = 0.02, output_bytes: float = 600_000, kind: str = "k"
 ) -> ModelProfile:
     units = tuple(
-        UnitProfile(name=f"u{i}", param_bytes=1e6, output_bytes=output_bytes,
-                    time_s={kind: time_s})
+        UnitProfile(name=f"u{i}", param_bytes=1e6, output_bytes=output_bytes, time_s={kind: time_s})
         for i in range(num_units)
-    )  # fmt: skip
+    )
     return ModelProfile(model="toy", batch_size=1, input_bytes=output_bytes, units=units)
 
 

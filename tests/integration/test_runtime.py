@@ -49,9 +49,17 @@ def test_emulated_run_is_ordered_and_meets_the_predicted_period(
                 urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
             )
 
-    report = run_plan(plan, cluster, profile, config=LOCAL, requests=40,
-                      on_result=lambda rid, out: order.append(rid), progress=progress,
-                      timeline_path=tmp_path / "gantt.png", metrics_port=port)  # fmt: skip
+    report = run_plan(
+        plan,
+        cluster,
+        profile,
+        config=LOCAL,
+        requests=40,
+        on_result=lambda rid, out: order.append(rid),
+        progress=progress,
+        timeline_path=tmp_path / "gantt.png",
+        metrics_port=port,
+    )
     assert order == list(range(40))
     assert report.requests.completed == 40
     assert (report.requests.lost, report.requests.duplicated) == (0, 0)
@@ -79,8 +87,14 @@ def test_back_pressure_bounds_what_is_accepted(ray_cluster: object) -> None:
             yield {"input": np.zeros(600_000, dtype=np.uint8)}
 
     config = RuntimeConfig(placement="local", max_in_flight=2)
-    run_plan(plan, cluster, profile, config=config, requests=requests(),
-             on_result=lambda rid, out: accepted_when_done.append((rid, pulled[0])))  # fmt: skip
+    run_plan(
+        plan,
+        cluster,
+        profile,
+        config=config,
+        requests=requests(),
+        on_result=lambda rid, out: accepted_when_done.append((rid, pulled[0])),
+    )
     # Per link at most 2 unacked; 2 links + one item being pulled by the source.
     ahead = max(pulled_count - rid for rid, pulled_count in accepted_when_done)
     assert ahead <= 2 * 2 + 3, accepted_when_done
@@ -92,10 +106,16 @@ def test_kill_9_of_a_stage_process_loses_nothing(ray_cluster: object, trial: int
     profile, cluster = toy_profile(time_s=0.02), toy_cluster(DEVICES)
     plan = make_plan(profile, cluster, STAGES)
     order: list[int] = []
-    report = run_plan(plan, cluster, profile, config=LOCAL, requests=60,
-                      replanner=even_replanner(profile),
-                      faults=[ScheduledFault("d1", 0.8 + 0.2 * trial)],
-                      on_result=lambda rid, out: order.append(rid))  # fmt: skip
+    report = run_plan(
+        plan,
+        cluster,
+        profile,
+        config=LOCAL,
+        requests=60,
+        replanner=even_replanner(profile),
+        faults=[ScheduledFault("d1", 0.8 + 0.2 * trial)],
+        on_result=lambda rid, out: order.append(rid),
+    )
     assert order == list(range(60))
     assert (report.requests.lost, report.requests.duplicated) == (0, 0)
     (failure,) = report.failures
@@ -121,9 +141,15 @@ def test_sigstopped_stage_is_detected_killed_and_replaced_by_a_standby(ray_clust
     order: list[int] = []
     config = RuntimeConfig(placement="local", standby_devices=("d3",))
     try:
-        report = run_plan(plan, cluster, profile, config=config, requests=60,
-                          faults=[ScheduledFault("d1", 1.0, hang)],
-                          on_result=lambda rid, out: order.append(rid))  # fmt: skip
+        report = run_plan(
+            plan,
+            cluster,
+            profile,
+            config=config,
+            requests=60,
+            faults=[ScheduledFault("d1", 1.0, hang)],
+            on_result=lambda rid, out: order.append(rid),
+        )
     finally:
         for pid in stopped:
             with contextlib.suppress(ProcessLookupError):
@@ -148,8 +174,9 @@ def test_plan_profile_and_cluster_mismatches_fail_before_anything_starts() -> No
     with pytest.raises(ProfileMissingError, match="other-kind"):
         run_plan(plan, toy_cluster(DEVICES, kind="other-kind"), profile, config=LOCAL, requests=1)
     with pytest.raises(ConfigError, match="runs no stage"):
-        run_plan(plan, cluster, profile, config=LOCAL, requests=1,
-                 faults=[ScheduledFault("d3", 1.0)])  # fmt: skip
+        run_plan(
+            plan, cluster, profile, config=LOCAL, requests=1, faults=[ScheduledFault("d3", 1.0)]
+        )
 
 
 def test_device_without_a_ray_node_is_a_clear_error(ray_cluster: object) -> None:

@@ -29,11 +29,16 @@ def test_crashed_device_node_is_replanned_without_loss(ray_cluster, trial: int) 
     profile, cluster = toy_profile(time_s=0.02), toy_cluster(DEVICES[:3])
     plan = make_plan(profile, cluster, STAGES)
     order: list[int] = []
-    report = run_plan(plan, cluster, profile, config=RuntimeConfig(placement="resource"),
-                      requests=60, replanner=even_replanner(profile),
-                      faults=[ScheduledFault("n1", 1.0 + 0.3 * trial,
-                                             lambda info: cluster_handle.crash("n1"))],
-                      on_result=lambda rid, out: order.append(rid))  # fmt: skip
+    report = run_plan(
+        plan,
+        cluster,
+        profile,
+        config=RuntimeConfig(placement="resource"),
+        requests=60,
+        replanner=even_replanner(profile),
+        faults=[ScheduledFault("n1", 1.0 + 0.3 * trial, lambda info: cluster_handle.crash("n1"))],
+        on_result=lambda rid, out: order.append(rid),
+    )
     assert order == list(range(60))
     assert (report.requests.lost, report.requests.duplicated) == (0, 0)
     (failure,) = report.failures
@@ -55,9 +60,15 @@ def test_hung_device_node_fails_over_to_a_standby(ray_cluster) -> None:  # type:
     order: list[int] = []
     config = RuntimeConfig(placement="resource", standby_devices=("n3",))
     try:
-        report = run_plan(plan, cluster, profile, config=config, requests=60,
-                          faults=[ScheduledFault("n1", 1.0, hang)],
-                          on_result=lambda rid, out: order.append(rid))  # fmt: skip
+        report = run_plan(
+            plan,
+            cluster,
+            profile,
+            config=config,
+            requests=60,
+            faults=[ScheduledFault("n1", 1.0, hang)],
+            on_result=lambda rid, out: order.append(rid),
+        )
     finally:
         cluster_handle.resume_and_remove("n1", stopped)
     assert order == list(range(60))

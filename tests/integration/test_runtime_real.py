@@ -85,6 +85,13 @@ def test_checkpoint_missing_a_units_weights_fails_before_requests(
     plan = make_plan(profile, cluster, _three_stages(len(names)))
     answered: list[int] = []
     with pytest.raises(ConfigError, match="missing tensor"):
-        run_plan(plan, cluster, profile, spec, RuntimeConfig(compute="real", placement="local"),
-                 requests=4, on_result=lambda rid, out: answered.append(rid))  # fmt: skip
+        run_plan(
+            plan,
+            cluster,
+            profile,
+            spec,
+            RuntimeConfig(compute="real", placement="local"),
+            requests=4,
+            on_result=lambda rid, out: answered.append(rid),
+        )
     assert answered == []

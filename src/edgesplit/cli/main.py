@@ -28,9 +28,11 @@ app = typer.Typer(
 
 def _register() -> None:
     # One line per command module; each module exposes `app` (a group) or `register(app)`.
+    from edgesplit.cli import cluster as cluster_cli
     from edgesplit.cli import cosearch as cosearch_cli
     from edgesplit.cli import demo, env, offload, plan, profile, simulate
     from edgesplit.cli import robust as robust_cli
+    from edgesplit.cli import run as run_cli
 
     profile.register(app)
     plan.register(app)
@@ -40,6 +42,8 @@ def _register() -> None:
     offload.register(app)
     robust_cli.register(app)
     cosearch_cli.register(app)
+    run_cli.register(app)
+    cluster_cli.register(app)
 
 
 def main() -> None:

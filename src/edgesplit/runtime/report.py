@@ -137,12 +137,15 @@ class TimelineEntry:
 
 
 def steady_period_s(completion_times_s: Sequence[float], warmup: int) -> float:
-    """Mean interval between completions after the first `warmup` (pipeline fill)."""
+    """Steady-state interval between completions: least-squares slope of completion time vs
+    index after the first `warmup` (pipeline fill), robust to one late or early answer."""
     times = np.sort(np.asarray(completion_times_s, dtype=np.float64))
     if len(times) < 2:
         return float("nan")
-    warmup = min(warmup, len(times) - 2)
-    return float((times[-1] - times[warmup]) / (len(times) - 1 - warmup))
+    times = times[min(warmup, len(times) - 2) :]
+    index = np.arange(len(times), dtype=np.float64)
+    slope = np.polyfit(index, times, 1)[0]
+    return float(slope)
 
 
 def latency_stats(latencies_s: Sequence[float]) -> LatencyStats:
