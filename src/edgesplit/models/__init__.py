@@ -1,7 +1,8 @@
 """Adapters that cut HF transformers models into units and stages; local checkpoints.
 
 Public surface (see notes/CONTRACTS.md): ModelSpec, model_spec_from_name, build_model,
-unit_names, build_stage, StageModule, example_input, unsplit_output, save_checkpoint.
+unit_names, build_stage, StageModule, example_input, unsplit_output, save_checkpoint, crossing,
+default_seq_len. Design and what crosses a cut: docs/models.md.
 Importing this package does not import torch until a function needs it.
 """
 
@@ -9,7 +10,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from edgesplit.models.spec import PRESETS, ModelSpec, model_spec_from_name
+from edgesplit.models.spec import (
+    PRESETS,
+    TEST_PRESETS,
+    ModelSpec,
+    default_seq_len,
+    model_spec_from_name,
+)
 
 if TYPE_CHECKING:
     from edgesplit.models.build import (
@@ -21,13 +28,18 @@ if TYPE_CHECKING:
         unit_names,
         unsplit_output,
     )
+    from edgesplit.models.units import Activation, crossing
 
 __all__ = [
     "PRESETS",
+    "TEST_PRESETS",
+    "Activation",
     "ModelSpec",
     "StageModule",
     "build_model",
     "build_stage",
+    "crossing",
+    "default_seq_len",
     "example_input",
     "model_spec_from_name",
     "save_checkpoint",
@@ -35,6 +47,7 @@ __all__ = [
     "unsplit_output",
 ]
 
+_LAZY_UNITS = {"Activation", "crossing"}
 _LAZY = {
     "StageModule",
     "build_model",
@@ -47,6 +60,10 @@ _LAZY = {
 
 
 def __getattr__(name: str) -> Any:
+    if name in _LAZY_UNITS:
+        from edgesplit.models import units
+
+        return getattr(units, name)
     if name in _LAZY:
         from edgesplit.models import build
 

@@ -27,7 +27,7 @@ from safetensors.torch import save_model
 from torch import nn
 
 from edgesplit.errors import ConfigError
-from edgesplit.models.spec import CHECKPOINT_META, ModelSpec
+from edgesplit.models.spec import CHECKPOINT_META, ModelSpec, default_seq_len
 from edgesplit.models.units import Activation, Unit, crossing, make_units
 
 __all__ = [
@@ -313,9 +313,13 @@ def save_checkpoint(spec: ModelSpec, directory: Path | str, model: Any = None) -
     return directory
 
 
-def example_input(spec: ModelSpec, batch_size: int, seed: int = 0, seq_len: int = 16) -> Activation:
+def example_input(
+    spec: ModelSpec, batch_size: int, seed: int = 0, seq_len: int | None = None
+) -> Activation:
     """A deterministic input activation of the right shape and dtype for the model.
 
+    Text models get `seq_len` tokens (default: `default_seq_len(spec)`, 16 for test presets and
+    128 otherwise).
     ViT/DeiT: {"pixel_values"}; BERT: {"input_ids", "attention_mask"} (the last sequence half
     padded, so masks are exercised); GPT-2/Llama: {"input_ids"}.
     """
@@ -325,6 +329,7 @@ def example_input(spec: ModelSpec, batch_size: int, seed: int = 0, seq_len: int 
         size = config.image_size
         pixels = torch.randn(batch_size, config.num_channels, size, size, generator=generator)
         return {"pixel_values": pixels}
+    seq_len = seq_len or default_seq_len(spec)
     ids = torch.randint(0, config.vocab_size, (batch_size, seq_len), generator=generator)
     if spec.family == "bert":
         mask = torch.ones(batch_size, seq_len, dtype=torch.long)

@@ -15,7 +15,14 @@ from pydantic import Field
 from edgesplit.core.schema import FrozenModel
 from edgesplit.errors import ConfigError
 
-__all__ = ["PRESETS", "Family", "ModelSpec", "model_spec_from_name"]
+__all__ = [
+    "PRESETS",
+    "TEST_PRESETS",
+    "Family",
+    "ModelSpec",
+    "default_seq_len",
+    "model_spec_from_name",
+]
 
 Family = Literal["vit", "deit", "bert", "gpt2", "llama"]
 ConfigValue = int | float | str | bool
@@ -161,6 +168,10 @@ PRESETS: dict[str, tuple[Family, dict[str, ConfigValue]]] = {
 }
 
 
+# Small presets for tests: built in milliseconds, example inputs of 16 tokens.
+TEST_PRESETS = frozenset({"vit-tiny", "deit-mini", "bert-tiny", "gpt2-tiny", "llama-tiny"})
+
+
 class ModelSpec(FrozenModel):
     """A model to build: a preset with seeded weights, or a local checkpoint directory."""
 
@@ -176,6 +187,11 @@ class ModelSpec(FrozenModel):
 
 
 CHECKPOINT_META = "edgesplit.json"
+
+
+def default_seq_len(spec: ModelSpec) -> int:
+    """Tokens per sequence of text models' example inputs (and so of their profiles)."""
+    return 16 if spec.preset in TEST_PRESETS else 128
 
 
 def model_spec_from_name(name: str, seed: int = 0) -> ModelSpec:

@@ -1,9 +1,16 @@
-"""Measure every unit of a model on this host and write a ModelProfile.
+"""Measure every unit of a model on this host and return a ModelProfile.
 
-Per unit: median wall time and single-thread CPU time over `repeats` runs after `warmup`, weight
-bytes, output bytes (what crosses a cut after the unit), FLOPs (torch's FlopCounterMode), and a
-peak-memory estimate (weights + input + output + the largest intermediate tensor seen by forward
-hooks; torch's CPU allocator exposes no true peak). Torch is used here, never in core/planners.
+Each unit runs on the real activation the previous unit produced (one example micro-batch, the
+same the runtime sends). Per unit:
+- `time_s`: median wall time of `repeats` runs after `warmup` untimed runs;
+- `cpu_time_s`: median CPU time of the same runs (`time.thread_time` with one intra-op thread,
+  where the calling thread does all the work; `time.process_time` with more);
+- `param_bytes`: the unit's weights (a tied embedding counts for both embed and head units);
+- `output_bytes`: what crosses a cut after the unit (`models.units.crossing`: hidden state plus
+  any attention mask / position ids that travel);
+- `flops`: torch's FlopCounterMode (matmuls, convolutions and CPU sdpa attention);
+- `peak_memory_bytes`: an estimate, weights + input + output + the largest intermediate tensor
+  seen by forward hooks (torch's CPU allocator exposes no true peak).
 """
 
 from __future__ import annotations
@@ -11,21 +18,23 @@ from __future__ import annotations
 import statistics
 import time
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
 
 from edgesplit.core.profile import ModelProfile, UnitProfile
 from edgesplit.errors import ConfigError
 from edgesplit.models.build import build_model, example_input
-from edgesplit.models.spec import ModelSpec
-from edgesplit.models.units import Activation, make_units
+from edgesplit.models.spec import ModelSpec, default_seq_len
+from edgesplit.models.units import Activation, Unit, crossing, make_units
 from edgesplit.profile.host import host_device_kind
 
-__all__ = ["activation_bytes", "profile_model"]
+__all__ = ["Progress", "activation_bytes", "count_flops", "measure_unit", "profile_model"]
 
 Progress = Callable[[int, int, str], None]
+"""progress(done_units, total_units, current_unit_name)"""
 
 
 def activation_bytes(act: Activation) -> int:
@@ -34,6 +43,21 @@ def activation_bytes(act: Activation) -> int:
 
 def _param_bytes(module: nn.Module) -> int:
     return sum(p.numel() * p.element_size() for p in module.parameters())
+
+
+def _sdpa_cpu_flops(query: Any, key: Any, value: Any, *_: Any, **__: Any) -> int:
+    return int(sdpa_flop_count(query, key, value))
+
+
+# torch counts sdpa's CUDA kernels but not the CPU one; count it the same way.
+_CUSTOM_FLOPS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _sdpa_cpu_flops}
+
+
+def count_flops(unit: nn.Module, act: Activation) -> float:
+    """Floating-point operations of one forward pass (a multiply-add counts as 2)."""
+    with FlopCounterMode(display=False, custom_mapping=_CUSTOM_FLOPS) as counter:
+        unit(act)
+    return float(counter.get_total_flops())
 
 
 def _largest_intermediate(unit: nn.Module, act: Activation) -> int:
@@ -46,7 +70,7 @@ def _largest_intermediate(unit: nn.Module, act: Activation) -> int:
             if isinstance(t, torch.Tensor):
                 largest = max(largest, t.numel() * t.element_size())
 
-    handles = [m.register_forward_hook(hook) for m in unit.modules()]
+    handles = [m.register_forward_hook(hook) for m in unit.modules() if m is not unit]
     try:
         unit(act)
     finally:
@@ -56,6 +80,35 @@ def _largest_intermediate(unit: nn.Module, act: Activation) -> int:
 
 
 @torch.no_grad()
+def measure_unit(
+    unit: Unit, act: Activation, *, repeats: int, warmup: int, device_kind: str, num_threads: int
+) -> tuple[UnitProfile, Activation]:
+    """Profile one unit on `act`; returns its profile and its full output (for the next unit)."""
+    clock = time.thread_time if num_threads == 1 else time.process_time
+    out = act
+    for _ in range(warmup):
+        unit(act)
+    wall, cpu = [], []
+    for _ in range(repeats):
+        started_wall, started_cpu = time.perf_counter(), clock()
+        out = unit(act)
+        cpu.append(clock() - started_cpu)
+        wall.append(time.perf_counter() - started_wall)
+    params = _param_bytes(unit)
+    sent = activation_bytes(crossing(out))
+    peak = params + activation_bytes(act) + activation_bytes(out) + _largest_intermediate(unit, act)
+    profile = UnitProfile(
+        name=unit.unit_name,
+        param_bytes=float(params),
+        output_bytes=float(sent),
+        flops=count_flops(unit, act),
+        time_s={device_kind: statistics.median(wall)},
+        cpu_time_s={device_kind: statistics.median(cpu)},
+        peak_memory_bytes=float(peak),
+    )
+    return profile, out
+
+
 def profile_model(
     spec: ModelSpec,
     batch_size: int,
@@ -65,59 +118,54 @@ def profile_model(
     num_threads: int = 1,
     device_kind: str | None = None,
     progress: Progress | None = None,
+    seq_len: int | None = None,
 ) -> ModelProfile:
-    """Profile `spec` at micro-batch `batch_size`; see the module docstring for what is measured."""
+    """Profile `spec` at micro-batch `batch_size` on this host (see the module docstring).
+
+    `seq_len` (text models) defaults to `models.spec.default_seq_len`, the length the runtime's
+    example requests have.
+    """
     if batch_size < 1 or repeats < 1 or warmup < 0 or num_threads < 1:
         raise ConfigError(
-            f"batch_size, repeats and threads must be >= 1 and warmup >= 0 (got {batch_size}, "
-            f"{repeats}, {num_threads}, {warmup})"
+            "batch_size, repeats and threads must be >= 1 and warmup >= 0 (got batch_size="
+            f"{batch_size}, repeats={repeats}, threads={num_threads}, warmup={warmup})"
         )
+    if seq_len is not None and seq_len < 1:
+        raise ConfigError(f"seq_len must be >= 1 (got {seq_len})")
+    kind = device_kind or host_device_kind()
     previous_threads = torch.get_num_threads()
     torch.set_num_threads(num_threads)
     try:
-        kind = device_kind or host_device_kind()
-        model = build_model(spec)
-        units = make_units(model, spec.family)
-        act = example_input(spec, batch_size)
+        units = make_units(build_model(spec), spec.family)
+        act = example_input(spec, batch_size, seq_len=seq_len)
         input_bytes = activation_bytes(act)
         profiles = []
         for index, unit in enumerate(units):
             if progress:
                 progress(index, len(units), unit.unit_name)
-            for _ in range(warmup):
-                unit(act)
-            wall, cpu = [], []
-            for _ in range(repeats):
-                started_wall, started_cpu = time.perf_counter(), time.thread_time()
-                out = unit(act)
-                cpu.append(time.thread_time() - started_cpu)
-                wall.append(time.perf_counter() - started_wall)
-            with FlopCounterMode(display=False) as counter:
-                out = unit(act)
-            params = _param_bytes(unit)
-            peak = params + activation_bytes(act) + activation_bytes(out)
-            peak += _largest_intermediate(unit, act)
-            profiles.append(
-                UnitProfile(
-                    name=unit.unit_name,
-                    param_bytes=float(params),
-                    output_bytes=float(activation_bytes(out)),
-                    flops=float(counter.get_total_flops()),
-                    time_s={kind: statistics.median(wall)},
-                    cpu_time_s={kind: statistics.median(cpu)},
-                    peak_memory_bytes=float(peak),
-                )
+            profile, act = measure_unit(
+                unit,
+                act,
+                repeats=repeats,
+                warmup=warmup,
+                device_kind=kind,
+                num_threads=num_threads,
             )
-            act = out
+            profiles.append(profile)
         if progress:
             progress(len(units), len(units), "done")
     finally:
         torch.set_num_threads(previous_threads)
+    notes = "" if spec.family in ("vit", "deit") else f"seq_len={seq_len or default_seq_len(spec)}"
     return ModelProfile(
         model=spec.checkpoint or spec.preset,
         batch_size=batch_size,
         dtype="float32",
         input_bytes=float(input_bytes),
         units=tuple(profiles),
-        source=f"edgesplit profile on {kind}, {num_threads} thread(s), median of {repeats}",
+        source=(
+            f"edgesplit profile on {kind}: {num_threads} thread(s), median of {repeats} runs "
+            f"after {warmup} warm-up"
+        ),
+        notes=notes,
     )
