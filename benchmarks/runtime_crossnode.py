@@ -134,9 +134,8 @@ def main() -> None:
         for label, num_bytes in SIZES.items():
             for k in IN_FLIGHT:
                 ray_rate = ray_refs_rate(num_bytes, k, window_s)
-                requests = (
-                    (60 if args.quick else 200) if num_bytes < 1e6 else (30 if args.quick else 100)
-                )
+                # enough micro-batches for a few seconds of steady state per point
+                requests = int((1.0 if args.quick else 4.0) * (900 if num_bytes < 1e6 else 260))
                 ours = tcp_rate(num_bytes, k, requests)
                 print(
                     f"{label} in-flight {k:2d}: ray refs {ray_rate:7.1f}/s  tcp-direct "

@@ -137,8 +137,9 @@ def main() -> None:
                 trials.append(row)
                 if mode == "node-crash":
                     emulated.add_device(victim)
-    finally:
+    except BaseException:
         emulated.shutdown()
+        raise
     summary = {}
     for mode in ("kill9", "node-crash", "node-hang"):
         sub = [t for t in trials if t["mode"] == mode]
@@ -168,6 +169,7 @@ def main() -> None:
         f"python benchmarks/runtime_failures.py --trials {args.trials}",
     )
     print(f"wrote {path}")
+    emulated.shutdown()  # after writing: ray.shutdown() may end the process on this Ray build
 
 
 if __name__ == "__main__":

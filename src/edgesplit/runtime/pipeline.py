@@ -9,6 +9,7 @@ retained boundary). Never imports planners. See [Note: retained activations] in 
 
 from __future__ import annotations
 
+import gc
 import itertools
 import logging
 import os
@@ -898,6 +899,11 @@ def run_plan(
     finally:
         driver.shutdown()
         metrics.close()
+        # Drop every actor handle and object ref before Ray shuts down (a ref collected after
+        # ray.shutdown() can end the process on this Ray build).
+        driver.all_actors.clear()
+        driver.current = None
+        gc.collect()
         if driver.session is not None:
             driver.session.close()
     if error is not None and not driver.t0_s:
