@@ -591,6 +591,7 @@ class _Driver:
             new_plan = self.replanner(survivors_cluster)
             stages = new_plan.stages
             action = "replan"
+            self.session.check_devices([s.device for s in stages])
         logger.warning(
             "[failover] new stages: %s", ", ".join(f"{s.device}[{s.start},{s.end})" for s in stages)
         )
