@@ -214,10 +214,13 @@ class AccuracyCache:
         if self.path is None:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        records = {k: v.model_dump(mode="json") for k, v in self._records.items()}
+        if self.path.is_file():  # merge: another cache object may share the file
+            records = json.loads(self.path.read_text()).get("records", {}) | records
         payload = {
             "kind": "edgesplit.cosearch_accuracy_cache",
             "schema_version": 1,
-            "records": {k: v.model_dump(mode="json") for k, v in self._records.items()},
+            "records": records,
         }
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(stable_json(payload))

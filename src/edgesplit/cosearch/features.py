@@ -87,8 +87,9 @@ def _layer_flops(layer: LayerSpec, seq_len: int) -> float:
 
 def _embedding_params(arch: Architecture) -> int:
     h = arch.layers[0].hidden_size
+    patch_bias = h if arch.patch_pixels else 0
     rows = arch.vocab_size + arch.patch_pixels
-    return rows * h + arch.seq_len * h + 2 * h
+    return rows * h + patch_bias + arch.seq_len * h + 2 * h
 
 
 def count_params(arch: Architecture) -> int:

@@ -151,20 +151,12 @@ def _suggest(
 
 
 def _sampler(method: SearchMethod, seed: int, budget: int) -> optuna.samplers.BaseSampler:
-    def constraints(trial: optuna.trial.FrozenTrial) -> list[float]:
-        return [float(trial.user_attrs.get("violation", 0.0))]
-
     if method == "tpe":
         return optuna.samplers.TPESampler(
-            seed=seed,
-            n_startup_trials=max(4, budget // 4),
-            constraints_func=constraints,
-            multivariate=True,
+            seed=seed, n_startup_trials=max(4, budget // 4), multivariate=True
         )
     if method == "nsga2":
-        return optuna.samplers.NSGAIISampler(
-            seed=seed, population_size=max(4, budget // 4), constraints_func=constraints
-        )
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=max(4, budget // 4))
     return optuna.samplers.RandomSampler(seed=seed)
 
 
@@ -211,7 +203,8 @@ def co_search(
                 f"peak power {cost.peak_power_w:.3g} W > {constraints.max_peak_power_w} W"
             )
             excess.append(cost.peak_power_w / constraints.max_peak_power_w - 1.0)
-        trial.set_user_attr("violation", float(sum(excess)))
+        # optuna >= 5: samplers read constraints set on the trial (<= 0 means feasible).
+        trial.set_constraint("violation", float(sum(excess)))
         record = accuracy.get(config)
         result = Trial(
             number=trial.number,

@@ -1,0 +1,75 @@
+"""Predictors: fitting on a small subset, cross-validation, uncertainty, the real data subset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgesplit.cosearch.costs import DeviceCostModel, cross_validate_devices
+from edgesplit.cosearch.predictor import (
+    CostPredictor,
+    PredictorSettings,
+    cross_validate,
+    mape,
+    select_uncertain,
+)
+from edgesplit.cosearch.protran import Measurement, load_protran
+from edgesplit.cosearch.space import EncoderConfig
+from edgesplit.errors import ConfigError
+
+SHARED = Path(__file__).resolve().parents[4] / "shared" / "data" / "protran"
+FAST = PredictorSettings(num_members=2, n_estimators=60)
+
+
+@pytest.mark.parametrize("method", ["gbm", "additive", "blend"])
+def test_methods_fit_synthetic(synthetic_protran: list[Measurement], method: str) -> None:
+    rows = [m for m in synthetic_protran if m.device == "rpi-cpu"]
+    archs, y = [m.architecture for m in rows], np.array([m.latency_s for m in rows])
+    settings = FAST.model_copy(update={"method": method})
+    cv = cross_validate(archs, y, settings, num_folds=4)
+    # Latency is ~linear in work terms: the additive model is near-exact, trees are coarser.
+    assert cv.mape < (0.08 if method != "gbm" else 0.35)
+    assert cv.spearman > 0.8
+    mean, spread = CostPredictor(settings).fit(archs, y).predict(archs[:3])
+    assert mean.shape == (3,) and np.all(spread >= 0)
+
+
+def test_uncertainty_ranks_out_of_distribution_first(synthetic_protran: list[Measurement]) -> None:
+    rows = [m for m in synthetic_protran if m.device == "rpi-cpu"]
+    small = [m for m in rows if m.architecture.layers[0].hidden_size <= 256]
+    predictor = CostPredictor(PredictorSettings(method="gbm", num_members=4, n_estimators=60))
+    predictor.fit([m.architecture for m in small], np.array([m.latency_s for m in small]))
+    candidates = [m.architecture for m in rows]
+    picked = select_uncertain(predictor, candidates, 5)
+    assert len(set(picked)) == 5
+    assert all(0 <= i < len(candidates) for i in picked)
+
+
+def test_fit_rejects_bad_targets(synthetic_protran: list[Measurement]) -> None:
+    archs = [m.architecture for m in synthetic_protran[:5]]
+    with pytest.raises(ConfigError, match="positive"):
+        CostPredictor(FAST).fit(archs, np.array([1.0, 2.0, 0.0, 1.0, 1.0]))
+
+
+def test_cost_model_predicts_every_device(synthetic_protran: list[Measurement]) -> None:
+    costs = DeviceCostModel.fit(synthetic_protran, None, FAST)
+    assert sorted(costs.device_names) == ["a100-gpu", "rpi-cpu"]
+    config = EncoderConfig(modality="image", num_layers=4, hidden_size=256, num_heads=4, ffn_size=1024)
+    for device in costs.device_names:
+        cost = costs.predict(config, device)
+        assert cost.latency_s > 0 and cost.energy_j > 0 and cost.peak_power_w > 0
+        assert cost.memory_bytes > 4 * 3e6  # at least the weights
+    cv = cross_validate_devices(synthetic_protran, FAST, targets=("latency_s",), num_folds=4)
+    assert set(cv) == {"a100-gpu", "rpi-cpu"}
+
+
+@pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data/protran not present")
+def test_real_subset_beats_mean_predictor() -> None:
+    rows = [m for m in load_protran(SHARED) if m.device == "a100-gpu"][:80]
+    archs, y = [m.architecture for m in rows], np.array([m.latency_s for m in rows])
+    cv = cross_validate(archs, y, FAST, num_folds=4)
+    constant = mape(np.full_like(y, np.median(y)), y)
+    assert cv.mape < 0.7 * constant
+    assert cv.spearman > 0.6
