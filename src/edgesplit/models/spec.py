@@ -52,14 +52,14 @@ PRESETS: dict[str, tuple[Family, dict[str, ConfigValue]]] = {
             num_labels=1000,
         ),
     ),
-    "vit-huge": (
+    "vit-huge": (  # ViT-H at 224 px with 16 px patches (as PipeEdge and EdgePipe use it)
         "vit",
         dict(
             hidden_size=1280,
             num_hidden_layers=32,
             num_attention_heads=16,
             intermediate_size=5120,
-            patch_size=14,
+            patch_size=16,
             num_labels=1000,
         ),
     ),
@@ -157,7 +157,7 @@ PRESETS: dict[str, tuple[Family, dict[str, ConfigValue]]] = {
             num_key_value_heads=3,
             intermediate_size=1536,
             vocab_size=49152,
-            max_position_embeddings=2048,
+            max_position_embeddings=8192,
             rms_norm_eps=1e-5,
             rope_theta=100000.0,
             tie_word_embeddings=True,
