@@ -15,9 +15,9 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edgesplit.core.cluster import Cluster, load_cluster
 from edgesplit.core.plan import Objective, Plan
@@ -25,20 +25,33 @@ from edgesplit.core.profile import ModelProfile
 from edgesplit.core.schema import read_json_file, write_json_file
 from edgesplit.errors import EdgesplitError
 from edgesplit.planners import available_planners, make_plan
+from edgesplit.runtime.config import RuntimeConfig, ScheduledFault, parse_kill
 from edgesplit.sim import SimConfig, SimResult
 from edgesplit.sim import simulate as _simulate
 
+if TYPE_CHECKING:
+    from edgesplit.runtime.report import RunReport
+
 __all__ = [
     "PlannerOutcome",
+    "RunReport",
+    "RuntimeConfig",
+    "ScheduledFault",
     "available_planners",
+    "cluster_down_command",
+    "cluster_status",
+    "cluster_up_command",
     "compare",
     "import_pipeedge_profile",
     "load_cluster",
     "load_plan",
     "load_profile",
+    "parse_kill",
     "plan",
     "prepare_profile",
     "profile",
+    "run",
+    "run_ray_command",
     "save",
     "simulate",
 ]
@@ -142,3 +155,72 @@ def simulate(
 ) -> SimResult:
     """Discrete-event simulation of the plan; steady state agrees with the cost model."""
     return _simulate(plan, prepare_profile(profile, cluster), cluster, config)
+
+
+def run(
+    plan: Plan,
+    cluster: Cluster,
+    profile: ModelProfile,
+    *,
+    config: RuntimeConfig | None = None,
+    requests: int | Iterable[Mapping[str, Any]] = 64,
+    faults: Sequence[ScheduledFault] = (),
+    planner: str = "optimal",
+    on_result: Callable[[int, dict[str, Any]], None] | None = None,
+    progress: Callable[[int, int | None, float], None] | None = None,
+    timeline_path: Path | str | None = None,
+    metrics_port: int | None = None,
+) -> RunReport:
+    """Run a plan on Ray (embedded locally, or the cluster in `config.ray_address`).
+
+    After a device fails and no standby is left, the runtime calls back here to re-plan over
+    the survivors with `planner` (the runtime itself never imports planners).
+    """
+    from edgesplit.runtime import run_plan
+
+    prepared = prepare_profile(profile, cluster)
+    standby = set((config or RuntimeConfig()).standby_devices)
+
+    def replanner(survivors: Cluster) -> Plan:
+        spare = standby & set(survivors.device_names)
+        return make_plan(prepared, survivors.without(spare), plan.objective, planner)
+
+    return run_plan(
+        plan,
+        cluster,
+        prepared,
+        None,
+        config,
+        requests,
+        replanner,
+        faults=faults,
+        on_result=on_result,
+        progress=progress,
+        timeline_path=timeline_path,
+        metrics_port=metrics_port,
+    )
+
+
+def cluster_up_command(*args: Any, **kwargs: Any) -> Any:
+    """The `ray start --head` command line for a multi-machine cluster (see docs/runtime.md)."""
+    from edgesplit.runtime.cluster import cluster_up_command as command
+
+    return command(*args, **kwargs)
+
+
+def cluster_down_command(*args: Any, **kwargs: Any) -> Any:
+    from edgesplit.runtime.cluster import cluster_down_command as command
+
+    return command(*args, **kwargs)
+
+
+def cluster_status(*args: Any, **kwargs: Any) -> Any:
+    from edgesplit.runtime.cluster import ray_status
+
+    return ray_status(*args, **kwargs)
+
+
+def run_ray_command(*args: Any, **kwargs: Any) -> Any:
+    from edgesplit.runtime.cluster import run_ray_command as command
+
+    return command(*args, **kwargs)
