@@ -86,7 +86,7 @@ def register(app: typer.Typer) -> None:
         table = Table(title=f"{result.model} on {kind}, micro-batch {batch_size}")
         for column in ("unit", "ms", "cpu ms", "weights MB", "out MB", "GFLOP"):
             table.add_column(column, justify="left" if column == "unit" else "right")
-        for unit in result.units:
+        for index, unit in enumerate(result.units):
             cpu = (unit.cpu_time_s or {}).get(kind, 0.0)
             table.add_row(
                 unit.name,
@@ -95,6 +95,17 @@ def register(app: typer.Typer) -> None:
                 f"{unit.param_bytes / 1e6:.2f}",
                 f"{unit.output_bytes / 1e6:.3f}",
                 f"{unit.flops / 1e9:.3f}",
+                end_section=index == len(result.units) - 1,
             )
+        cpu_total = sum((u.cpu_time_s or {}).get(kind, 0.0) for u in result.units)
+        table.add_row(
+            "[bold]total[/]",
+            f"{sum(u.time_s[kind] for u in result.units) * 1e3:.2f}",
+            f"{cpu_total * 1e3:.2f}",
+            f"{sum(u.param_bytes for u in result.units) / 1e6:.2f}",
+            "",
+            f"{sum(u.flops for u in result.units) / 1e9:.3f}",
+            end_section=False,
+        )
         console.print(table)
         console.print(f"profile written to [bold]{output}[/]")
