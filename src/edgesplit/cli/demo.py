@@ -18,6 +18,9 @@ from edgesplit.cli.common import console, plan_table
 from edgesplit.cli.plan import comparison_table
 from edgesplit.cli.profile import profile_with_progress
 from edgesplit.cli.simulate import sim_table
+from edgesplit.core.cluster import Cluster
+from edgesplit.core.plan import Plan
+from edgesplit.core.profile import ModelProfile
 
 __all__ = ["register"]
 
@@ -34,6 +37,33 @@ def _examples_dir() -> Path:
     return Path(__file__).resolve().parents[3] / "examples"
 
 
+def _run_with_failure(
+    plan: Plan, cluster: Cluster, profile: ModelProfile, output_dir: Path
+) -> None:
+    """Run the plan on embedded Ray (emulated devices and links), kill a device mid-run."""
+    from edgesplit.cli.run import _summary
+
+    console.rule("[bold]6. run on an embedded Ray cluster (emulated devices), kill one")
+    victim = plan.stages[len(plan.stages) // 2].device
+    # Emulated compute sleeps the profiled time; time_scale shrinks it to ~0.25 s per period.
+    config = api.RuntimeConfig(compute="emulated", time_scale=0.25 / plan.predicted.period_s)
+    console.print(f"killing [bold]{victim}[/] 3 s into a stream of 40 micro-batches ...")
+    report = api.run(
+        plan,
+        cluster,
+        profile,
+        config=config,
+        requests=40,
+        faults=[api.ScheduledFault(device=victim, at_s=3.0)],
+        timeline_path=output_dir / "run_gantt.png",
+    )
+    api.save(report, output_dir / "run.json")
+    console.print(_summary(report))
+    console.print(
+        f"run report: [bold]{output_dir / 'run.json'}[/], timeline: {report.timeline_plot}"
+    )
+
+
 def register(app: typer.Typer) -> None:
     @app.command("demo")
     def demo(
@@ -45,6 +75,9 @@ def register(app: typer.Typer) -> None:
         output_dir: Annotated[Path, typer.Option(help="Where files are written.")] = Path(
             "out/demo"
         ),
+        run: Annotated[
+            bool, typer.Option(help="Also run the plan on an embedded Ray cluster (emulated).")
+        ] = True,
     ) -> None:
         """Profile → plan → compare → simulate → plot, then PipeEdge's scenario."""
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -93,4 +126,6 @@ def register(app: typer.Typer) -> None:
                 f"{best.planner.elapsed_s:.3f}",
             )
         console.print(table)
+        if run:
+            _run_with_failure(plan, the_cluster, profile, output_dir)
         console.print(f"[green]demo finished in {time.perf_counter() - started:.1f} s[/]")
