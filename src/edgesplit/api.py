@@ -88,8 +88,12 @@ def profile(
     num_threads: int = 1,
     device_kind: str | None = None,
     progress: Callable[[int, int, str], None] | None = None,
+    seq_len: int | None = None,
 ) -> ModelProfile:
-    """Measure every unit of `model` (a preset name or a checkpoint directory) on this host."""
+    """Measure every unit of `model` (a preset name or a checkpoint directory) on this host.
+
+    `seq_len` sets the token count of text models' example inputs (default: the preset's).
+    """
     from edgesplit.models import model_spec_from_name
     from edgesplit.profile.measure import profile_model
 
@@ -101,6 +105,7 @@ def profile(
         num_threads=num_threads,
         device_kind=device_kind,
         progress=progress,
+        seq_len=seq_len,
     )
 
 

@@ -24,6 +24,7 @@ def profile_with_progress(
     warmup: int = 2,
     threads: int = 1,
     device_kind: str | None = None,
+    seq_len: int | None = None,
 ) -> ModelProfile:
     with Progress(
         TextColumn("[bold]profiling[/] {task.description}"),
@@ -45,6 +46,7 @@ def profile_with_progress(
             num_threads=threads,
             device_kind=device_kind,
             progress=report,
+            seq_len=seq_len,
         )
 
 
@@ -68,6 +70,9 @@ def register(app: typer.Typer) -> None:
         device_kind: Annotated[
             str | None, typer.Option(help="Kind to record (default: derived from this CPU).")
         ] = None,
+        seq_len: Annotated[
+            int | None, typer.Option(min=1, help="Tokens per sequence (text models).")
+        ] = None,
     ) -> None:
         """Measure each unit (embedding, attention/MLP halves, head) on this host.
 
@@ -80,6 +85,7 @@ def register(app: typer.Typer) -> None:
             warmup=warmup,
             threads=threads,
             device_kind=device_kind,
+            seq_len=seq_len,
         )
         api.save(result, output)
         kind = result.device_kinds[0]
