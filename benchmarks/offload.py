@@ -250,14 +250,17 @@ def feasible_frames(
     server_p50: dict[int, float],
 ) -> np.ndarray:
     """A frame's SLO is feasible if some fixed setting's round 1, sent at arrival over an idle
-    link (empty bucket) with median server time, would meet it (an oracle that knows the link)."""
+    link (full token bucket: an idle link refills its 300 B burst in a few ms) with median
+    server time, would meet it: an oracle that knows the link's future."""
     feasible = np.zeros(num_frames, bool)
     num_images = len(fixed[0].correct1)
     for f in range(num_frames):
         arrival = f * FRAME_PERIOD_S
         i = f % num_images
         best = min(
-            trace.time_to_carry(arrival, float(o.bytes1[i]) + HTTP_OVERHEAD_BYTES)
+            trace.time_to_carry(
+                arrival, max(0.0, float(o.bytes1[i]) + HTTP_OVERHEAD_BYTES - BURST_BYTES)
+            )
             - arrival
             + 2 * ONE_WAY_LATENCY_S
             + server_p50[o.setting.k1]
@@ -577,7 +580,7 @@ def main() -> None:
             trace_name,
             MEAN_BANDWIDTH_BYTES_PER_S,  # type: ignore[arg-type]
             duration_s=num_frames * FRAME_PERIOD_S,
-            seed=trace_index,
+            seed=100 + trace_index,  # the policy margin was piloted on seeds 0-3
         )
         for slo_s in SLOS_S:
             feasible = feasible_frames(trace, slo_s, num_frames, fixed_outcomes, server_p50)
@@ -648,7 +651,7 @@ def main() -> None:
     plot_accuracy_vs_bytes(curves, DOCS / "offload_accuracy_vs_bytes.png")
 
     # 6. Real HTTP check of one replay.
-    check_trace = make_trace("lte", MEAN_BANDWIDTH_BYTES_PER_S, duration_s=120.0, seed=3)
+    check_trace = make_trace("lte", MEAN_BANDWIDTH_BYTES_PER_S, duration_s=120.0, seed=103)
     real = real_http_run(
         pipeline,
         order_list,
@@ -707,7 +710,7 @@ def main() -> None:
                 f"trace, one-way latency {1000 * ONE_WAY_LATENCY_S:.0f} ms, a frame every "
                 f"{FRAME_PERIOD_S} s, {num_frames} frames",
                 "feasible": "a frame's SLO is feasible if some fixed setting's round 1 over an "
-                "idle link (oracle bandwidth) with median server time meets it",
+                "idle link (full token bucket, oracle bandwidth) with median server time meets it",
                 "weak_device_slowdown": WEAK_DEVICE_SLOWDOWN,
                 "mean_bandwidth_bytes_per_s": MEAN_BANDWIDTH_BYTES_PER_S,
                 "scenarios": {

@@ -28,8 +28,8 @@ DEFAULT_OUT = Path(__file__).resolve().parent.parent / "src" / "edgesplit" / "of
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    parser.add_argument("--mae-steps", type=int, default=600)
-    parser.add_argument("--vit-steps", type=int, default=800)
+    parser.add_argument("--mae-steps", type=int, default=1000)
+    parser.add_argument("--vit-steps", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--tables-only", action="store_true", help="skip training")
     parser.add_argument("--calibration-images", type=int, default=600)

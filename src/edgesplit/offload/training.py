@@ -181,8 +181,8 @@ def train_classifier(
 def train_all(
     out_dir: Path,
     *,
-    mae_steps: int = 600,
-    vit_steps: int = 800,
+    mae_steps: int = 1000,
+    vit_steps: int = 2000,
     batch_size: int = 128,
     seed: int = 0,
 ) -> dict[str, float]:
