@@ -51,6 +51,21 @@ def profile_with_progress(
 
 
 def register(app: typer.Typer) -> None:
+    @app.command("profile-merge")
+    def merge(
+        inputs: Annotated[list[Path], typer.Argument(help="Profiles of one model, one per kind.")],
+        output: Annotated[Path, typer.Option("--output", "-o", help="Merged profile JSON.")],
+    ) -> None:
+        """Merge profiles measured on different device kinds into one (all kinds' times).
+
+        Example: edgesplit profile-merge pi4.json jetson.json -o vit-base.json
+        """
+        from edgesplit.core.profile import merge_profiles
+
+        merged = merge_profiles([api.load_profile(path) for path in inputs])
+        api.save(merged, output)
+        console.print(f"{merged.model}: kinds {list(merged.device_kinds)} → [bold]{output}[/]")
+
     @app.command("profile")
     def profile(
         model: Annotated[

@@ -14,7 +14,7 @@ from pydantic import Field, model_validator
 from edgesplit.core.schema import FrozenModel, VersionedFile, content_hash
 from edgesplit.errors import ProfileMissingError
 
-__all__ = ["ModelProfile", "UnitProfile"]
+__all__ = ["ModelProfile", "UnitProfile", "merge_profiles"]
 
 NonNegative = Annotated[float, Field(ge=0)]
 
@@ -97,3 +97,30 @@ class ModelProfile(VersionedFile):
             unit["time_s"][name] = unit["time_s"][relative_to] * slowdown
         # Re-validate (never model_copy: it would carry the cached kinds of the old profile).
         return ModelProfile.model_validate(data)
+
+
+def merge_profiles(profiles: list[ModelProfile]) -> ModelProfile:
+    """One profile with every kind's times, from profiles of one model measured on different
+    device kinds (same units, batch size and input)."""
+    if not profiles:
+        raise ProfileMissingError("merge needs at least one profile")
+    first = profiles[0]
+    data = first.model_dump()
+    for other in profiles[1:]:
+        same = (
+            other.model == first.model
+            and other.batch_size == first.batch_size
+            and [u.name for u in other.units] == [u.name for u in first.units]
+        )
+        if not same:
+            raise ProfileMissingError(
+                f"cannot merge profile of '{other.model}' (batch {other.batch_size}, "
+                f"{other.num_units} units) into '{first.model}' (batch {first.batch_size}, "
+                f"{first.num_units} units): profile the same model, batch size and units"
+            )
+        for merged, unit in zip(data["units"], other.units, strict=True):
+            merged["time_s"].update(unit.time_s)
+            if unit.cpu_time_s:
+                merged["cpu_time_s"] = {**(merged.get("cpu_time_s") or {}), **unit.cpu_time_s}
+    data["source"] = "merged: " + "; ".join(p.source for p in profiles)
+    return ModelProfile.model_validate(data)

@@ -140,3 +140,17 @@ def test_plan_rejects_gaps_and_repeats(tmp_path: Path) -> None:
     data["stages"][1] = StagePlacement(device="b", start=3, end=4).model_dump()
     with pytest.raises(ValidationError, match="contiguous"):
         Plan.model_validate(data)
+
+
+def test_merge_profiles_unions_kinds() -> None:
+    from edgesplit.core.profile import merge_profiles
+
+    first = _profile()
+    data = first.model_dump()
+    for unit in data["units"]:
+        unit["time_s"] = {"c": 0.3}
+    merged = merge_profiles([first, ModelProfile.model_validate(data)])
+    assert merged.device_kinds == ("a", "b", "c")
+    data["units"] = data["units"][:2]
+    with pytest.raises(ProfileMissingError, match="cannot merge"):
+        merge_profiles([first, ModelProfile.model_validate(data)])
