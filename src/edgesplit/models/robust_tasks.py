@@ -215,7 +215,7 @@ def build_task(
     if name == "minilm":
         return _minilm_task(seed, num_ffn_groups, num_calib, num_eval, gen)
     if name in ("gpt2-kjv", "smollm2"):
-        return _lm_task(name, seed, num_ffn_groups, gen, checkpoint)
+        return _lm_task(name, seed, num_ffn_groups, gen, checkpoint, num_calib, num_eval)
     raise ConfigError(f"unknown robustness task '{name}'; choose one of {list(task_names())}")
 
 
@@ -346,53 +346,67 @@ def _minilm_task(
 
 
 def _lm_task(
-    name: str, seed: int, num_groups: int, gen: torch.Generator, checkpoint: Path | None
+    name: str,
+    seed: int,
+    num_groups: int,
+    gen: torch.Generator,
+    checkpoint: Path | None,
+    num_calib: int,
+    num_eval: int,
 ) -> RobustTask:
-    """Causal LM on held-out KJV text; needs the generation helper's checkpoints."""
-    from transformers import AutoModelForCausalLM
+    """Causal LM perplexity on held-out KJV verses (the last 5 % of the text, never trained on).
 
+    `gpt2-kjv`: the byte-level GPT-2 of models/lm_train.py (checkpoint default
+    `$EDGESPLIT_HOME/models/gpt2-kjv`); `smollm2`: SmolLM2-135M converted by models/smollm2.py.
+    `num_calib` / `num_eval` count sequences (128 bytes, or 64 SmolLM2 tokens).
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from edgesplit.models.textdata import encode_bytes, kjv_available, kjv_text, split_text
+
+    if checkpoint is None:
+        if name == "smollm2":
+            from edgesplit.models.smollm2 import find_smollm2_checkpoint
+
+            checkpoint = find_smollm2_checkpoint()
+        else:
+            from edgesplit.models.train_vit import cache_dir
+
+            checkpoint = cache_dir() / "gpt2-kjv"
     if checkpoint is None or not (checkpoint / "config.json").is_file():
         raise ConfigError(
-            f"task '{name}' needs a local checkpoint dir (config.json + safetensors); "
-            f"got {checkpoint}. Convert/train it first (models.smollm2 / models.lm_train)"
+            f"task '{name}' needs its local checkpoint (config.json + model.safetensors); got "
+            f"{checkpoint}. Create it with models.smollm2.convert_smollm2() or "
+            "models.lm_train.train_kjv_gpt2($EDGESPLIT_HOME/models/gpt2-kjv)"
         )
-    hf = AutoModelForCausalLM.from_pretrained(checkpoint)
+    if not kjv_available():
+        raise ConfigError("KJV text not found: install Debian bible-kjv + bible-kjv-text")
+    hf = AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32)
     hf.eval()
     wm = WidthModel(hf, num_ffn_groups=num_groups)
-    ids = _kjv_token_ids(checkpoint)
-    T = 128
+    _, held_out = split_text(kjv_text())
+    if name == "smollm2":
+        tokenizer = AutoTokenizer.from_pretrained(checkpoint)
+        ids, T = list(tokenizer(held_out)["input_ids"]), 64
+    else:
+        ids, T = encode_bytes(held_out), 128
     num = len(ids) // T
     seqs = torch.tensor(ids[: num * T]).reshape(num, T)
     order = torch.randperm(num, generator=gen)
-    # last 20 % of the text is held out for calibration/evaluation (training saw the first 80 %)
-    held = order[order >= int(0.8 * num)]
-    calib, evaluation = seqs[held[:16]], seqs[held[16:48]]
-    train = seqs[order[order < int(0.8 * num)][: 8 * 100]]
+    calib = seqs[order[:num_calib]]
+    evaluation = seqs[order[num_calib : num_calib + num_eval]]
+    size = 8
+
+    def batches(x: torch.Tensor) -> list[tuple[Inputs, torch.Tensor]]:
+        return [({"input_ids": x[i : i + size]}, x[i : i + size]) for i in range(0, len(x), size)]
+
     return RobustTask(
         name,
         wm,
         "perplexity",
         False,
-        [({"input_ids": calib[i : i + 8]}, calib[i : i + 8]) for i in range(0, len(calib), 8)],
-        [
-            ({"input_ids": evaluation[i : i + 8]}, evaluation[i : i + 8])
-            for i in range(0, len(evaluation), 8)
-        ],
-        [({"input_ids": train[i : i + 8]}, train[i : i + 8]) for i in range(0, len(train), 8)],
+        batches(calib),
+        batches(evaluation),
+        None,  # fine-tuning LMs is not part of this study
         chance_metric=float(hf.config.vocab_size),
     )
-
-
-def _kjv_token_ids(checkpoint: Path) -> list[int]:
-    kjv = Path("/usr/share/bible-kjv-text")
-    files = sorted(kjv.rglob("*")) if kjv.exists() else []
-    text = "\n".join(p.read_text(errors="ignore") for p in files if p.is_file())[:400_000]
-    if not text:
-        raise ConfigError("KJV text not found under /usr/share/bible-kjv-text (make data)")
-    try:
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(checkpoint)
-        return list(tokenizer(text)["input_ids"])
-    except (OSError, ValueError):
-        return list(text.encode("utf-8"))  # byte-level models have no tokenizer files
