@@ -1,7 +1,7 @@
 """Build the generation models (issue 7) into checkpoints/: SmolLM2-135M from its GGUF and the
 byte-level GPT-2 trained on the KJV. Idempotent; `make models` runs it.
 
-    .venv/bin/python scripts/build_generation_models.py [--out checkpoints] [--steps 700]
+    .venv/bin/python scripts/build_generation_models.py [--out checkpoints] [--steps 400]
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import torch
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--out", default="checkpoints")
-    parser.add_argument("--steps", type=int, default=700)
+    parser.add_argument("--steps", type=int, default=400)
     parser.add_argument("--force", action="store_true")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")

@@ -31,6 +31,7 @@ def _register() -> None:
     from edgesplit.cli import cluster as cluster_cli
     from edgesplit.cli import cosearch as cosearch_cli
     from edgesplit.cli import demo, env, offload, plan, profile, simulate
+    from edgesplit.cli import generate as generate_cli
     from edgesplit.cli import robust as robust_cli
     from edgesplit.cli import run as run_cli
 
@@ -43,6 +44,7 @@ def _register() -> None:
     robust_cli.register(app)
     cosearch_cli.register(app)
     run_cli.register(app)
+    generate_cli.register(app)
     cluster_cli.register(app)
 
 

@@ -35,7 +35,7 @@ class TrainConfig:
     n_head: int = 4
     context: int = 128
     batch_size: int = 16
-    steps: int = 700
+    steps: int = 400
     learning_rate: float = 3e-3
     seed: int = 0
     eval_batches: int = 8

@@ -1,0 +1,293 @@
+"""Generation façade (issue 7): profile, plan and run KV-cached decoding across devices.
+
+Wires planners/generation.py (pure planning) to runtime/generation*.py (stage processes, replay)
+and models/ (KV stages, tokenizers), the way api.py does for batch inference; the CLI
+(`edgesplit generate`) and the HTTP endpoint go through here. Holds no logic beyond wiring.
+
+Example:
+    >>> from edgesplit import api_generation as gen  # doctest: +SKIP
+    >>> report = gen.generate_unplanned("gpt2-tiny", [("a", 0, 5), ("b", 5, 10)], ["Hi"], 8)
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from edgesplit.core.cluster import Cluster
+from edgesplit.core.plan import Plan
+from edgesplit.core.schema import read_json_file
+from edgesplit.errors import ConfigError
+from edgesplit.planners.generation import (
+    GenerationObjective,
+    GenerationPlan,
+    GenerationProfile,
+    plan_generation,
+)
+
+__all__ = [
+    "GenerationPlan",
+    "GenerationProfile",
+    "Tokenizer",
+    "even_stages",
+    "generate",
+    "load_generation_plan",
+    "measure_generation_profile",
+    "open_service",
+    "plan_generation",
+    "serve",
+    "stages_of",
+    "tokenizer_for",
+]
+
+
+@dataclass(frozen=True)
+class Tokenizer:
+    """Text <-> token ids for a model: its HF tokenizer, or UTF-8 bytes for byte-level models."""
+
+    encode: Callable[[str], list[int]]
+    decode: Callable[[list[int]], str]
+    eos_token_id: int | None
+    vocab_size: int
+
+
+def tokenizer_for(model: str) -> Tokenizer:
+    """The tokenizer of a checkpoint directory (tokenizer.json), else bytes when vocab is 256."""
+    from edgesplit.models import model_spec_from_name
+    from edgesplit.models.build import _config
+    from edgesplit.models.textdata import decode_bytes, encode_bytes
+
+    spec = model_spec_from_name(model)
+    config = _config(spec)
+    vocab = int(config.vocab_size)
+    if spec.checkpoint and (Path(spec.checkpoint) / "tokenizer.json").is_file():
+        from transformers import AutoTokenizer
+
+        hf = AutoTokenizer.from_pretrained(spec.checkpoint)
+        return Tokenizer(
+            encode=lambda text: list(hf(text)["input_ids"]),
+            decode=lambda ids: str(hf.decode(ids, skip_special_tokens=True)),
+            eos_token_id=hf.eos_token_id,
+            vocab_size=vocab,
+        )
+    if vocab < 256:
+        raise ConfigError(f"model '{model}' has {vocab} tokens and no tokenizer; pass token ids")
+    return Tokenizer(encode=encode_bytes, decode=decode_bytes, eos_token_id=None, vocab_size=vocab)
+
+
+def measure_generation_profile(
+    model: str,
+    *,
+    device_kind: str = "host",
+    prompt_length: int = 32,
+    cache_length: int = 128,
+    repeats: int = 5,
+) -> GenerationProfile:
+    """Decode/prefill unit times of `model` on this host, with KV bytes per token per unit."""
+    from edgesplit.models import model_spec_from_name
+    from edgesplit.runtime.generation_profile import measure_generation_units
+
+    spec = model_spec_from_name(model)
+    decode, prefill, kv = measure_generation_units(
+        spec,
+        model,
+        device_kind=device_kind,
+        prompt_length=prompt_length,
+        cache_length=cache_length,
+        repeats=repeats,
+    )
+    return GenerationProfile(
+        model=model,
+        decode=decode,
+        prefill=prefill,
+        prompt_length=prompt_length,
+        cache_length=cache_length,
+        kv_bytes_per_token=tuple(kv),
+    )
+
+
+def load_generation_plan(path: Path | str) -> Plan:
+    """A plan file: `edgesplit.generation_plan` (`plan_generation`) or a plain `edgesplit.plan`."""
+    path = Path(path)
+    try:
+        kind = json.loads(path.read_text()).get("kind")
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"cannot read plan {path}: {e}") from e
+    if kind == GenerationPlan.KIND:
+        return read_json_file(GenerationPlan, path).plan
+    return read_json_file(Plan, path)
+
+
+def stages_of(plan: Plan) -> list[tuple[str, int, int]]:
+    return [(s.device, s.start, s.end) for s in plan.stages]
+
+
+def _link(cluster: Cluster) -> Callable[[str, str], tuple[float, float] | None]:
+    def link(a: str, b: str) -> tuple[float, float] | None:
+        return None if a == b else cluster.link(a, b)
+
+    return link
+
+
+def generate(
+    model: str,
+    stages: Sequence[tuple[str, int, int]],
+    prompts: Sequence[str | list[int]],
+    max_new_tokens: int,
+    *,
+    cluster: Cluster | None = None,
+    temperature: float = 0.0,
+    top_k: int = 0,
+    seed: int = 0,
+    max_concurrent: int = 4,
+    standby_devices: Sequence[str] = (),
+    profile: GenerationProfile | None = None,
+    objective: GenerationObjective = "tokens_per_s",
+    on_token: Callable[[int, int], None] | None = None,
+    faults: Sequence[tuple[str, float]] = (),
+    stop_at_eos: bool = True,
+) -> Any:
+    """Generate continuations of `prompts` on a real-compute pipeline of `stages`.
+
+    Args:
+        model: preset name or checkpoint directory (as in plans).
+        stages: (device, start unit, end unit) in order, e.g. `stages_of(plan)`.
+        prompts: text (tokenized with the model's tokenizer) or token id lists.
+        cluster: links are shaped from it (the driver runs on `cluster.source`); None = unshaped.
+        profile: when given with a cluster, a failed stage's device is re-planned away over the
+            survivors (`plan_generation`); otherwise a standby takes over, or the stage restarts.
+        faults: (device, seconds) SIGKILLs of stage processes (tests, benchmarks).
+
+    Returns:
+        runtime.generation.GenerationReport (token ids; decode them with `tokenizer_for`).
+    """
+    from edgesplit.models import model_spec_from_name, unit_names
+    from edgesplit.runtime.generation import (
+        GenerationConfig,
+        GenerationPipeline,
+        GenerationRequest,
+    )
+
+    spec = model_spec_from_name(model)
+    needs_text = any(isinstance(p, str) for p in prompts)
+    tokenizer = tokenizer_for(model) if needs_text or stop_at_eos else None
+    eos = tokenizer.eos_token_id if (tokenizer is not None and stop_at_eos) else None
+    requests = []
+    for prompt in prompts:
+        ids = tokenizer.encode(prompt) if isinstance(prompt, str) and tokenizer else list(prompt)
+        requests.append(
+            GenerationRequest(
+                prompt_ids=list(ids),
+                max_new_tokens=max_new_tokens,
+                temperature=temperature,
+                top_k=top_k,
+                seed=seed,
+                stop_token_id=eos,
+            )
+        )
+    replanner = None
+    if profile is not None and cluster is not None:
+        whole = cluster
+
+        def replanner(survivors: Sequence[str]) -> list[tuple[str, int, int]]:
+            keep = set(survivors) | {whole.source}
+            reduced = whole.without({d for d in whole.device_names if d not in keep})
+            return stages_of(plan_generation(profile, reduced, objective=objective).plan)
+
+    config = GenerationConfig(
+        compute="real",
+        max_concurrent=max_concurrent,
+        standby_devices=tuple(standby_devices),
+    )
+    with GenerationPipeline(
+        spec,
+        stages,
+        config,
+        num_units=len(unit_names(spec)),
+        source=cluster.source if cluster is not None else None,
+        link=_link(cluster) if cluster is not None else None,
+        replanner=replanner,
+    ) as pipeline:
+        return pipeline.generate(requests, on_token=on_token, faults=faults)
+
+
+def even_stages(model: str, devices: Sequence[str]) -> list[tuple[str, int, int]]:
+    """Units split as evenly as possible over `devices` in order (no profile needed)."""
+    from edgesplit.models import model_spec_from_name, unit_names
+
+    n = len(unit_names(model_spec_from_name(model)))
+    if not 1 <= len(devices) <= n:
+        raise ConfigError(f"need between 1 and {n} devices for '{model}', got {len(devices)}")
+    cuts = [round(i * n / len(devices)) for i in range(len(devices) + 1)]
+    return [(d, cuts[i], cuts[i + 1]) for i, d in enumerate(devices)]
+
+
+def open_service(
+    model: str,
+    stages: Sequence[tuple[str, int, int]],
+    *,
+    cluster: Cluster | None = None,
+    max_tokens_limit: int = 512,
+    standby_devices: Sequence[str] = (),
+) -> Any:
+    """A started pipeline wrapped for the HTTP endpoint (a context manager yielding the service).
+
+    Example:
+        >>> with open_service("gpt2-tiny", even_stages("gpt2-tiny", ["a", "b"])) as service:
+        ...     app = make_app(service)  # doctest: +SKIP
+    """
+    from contextlib import contextmanager
+
+    from edgesplit.models import model_spec_from_name, unit_names
+    from edgesplit.runtime.generation import GenerationConfig, GenerationPipeline
+    from edgesplit.runtime.generation_server import GenerationService
+
+    spec = model_spec_from_name(model)
+    tokenizer = tokenizer_for(model)
+
+    @contextmanager
+    def service() -> Any:
+        pipeline = GenerationPipeline(
+            spec,
+            stages,
+            GenerationConfig(compute="real", standby_devices=tuple(standby_devices)),
+            num_units=len(unit_names(spec)),
+            source=cluster.source if cluster is not None else None,
+            link=_link(cluster) if cluster is not None else None,
+        )
+        pipeline.start()
+        try:
+            yield GenerationService(
+                pipeline=pipeline,
+                model_name=model,
+                encode=tokenizer.encode,
+                decode=tokenizer.decode,
+                eos_token_id=tokenizer.eos_token_id,
+                vocab_size=tokenizer.vocab_size,
+                max_tokens_limit=max_tokens_limit,
+            )
+        finally:
+            pipeline.close()
+
+    return service()
+
+
+def serve(
+    model: str,
+    stages: Sequence[tuple[str, int, int]],
+    *,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    cluster: Cluster | None = None,
+    standby_devices: Sequence[str] = (),
+) -> None:
+    """Run the OpenAI-style endpoint until interrupted (blocking)."""
+    import uvicorn
+
+    from edgesplit.runtime.generation_server import make_app
+
+    with open_service(model, stages, cluster=cluster, standby_devices=standby_devices) as service:
+        uvicorn.run(make_app(service), host=host, port=port, log_level="warning")

@@ -1,0 +1,215 @@
+"""`edgesplit generate` (+ generate-profile, generate-plan, generate-serve): KV-cached decoding
+across devices, tokens streamed to the console; an OpenAI-style HTTP endpoint.
+
+Goes through `api_generation` (the generation façade); imports core types and rich only.
+Heavy modules (torch, transformers) load inside the commands.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from edgesplit import api_generation as gen
+from edgesplit.cli.common import console, plan_table
+from edgesplit.core.cluster import Cluster, load_cluster
+from edgesplit.core.schema import read_json_file, write_json_file
+from edgesplit.errors import ConfigError
+
+__all__ = ["register"]
+
+MODEL_HELP = "Preset (gpt2-tiny, llama-tiny, ...) or a checkpoint directory."
+
+
+def _parse_kill(text: str) -> tuple[str, float]:
+    device, _, seconds = text.rpartition("@")
+    try:
+        return device, float(seconds)
+    except ValueError:
+        raise ConfigError(f"--kill expects DEVICE@SECONDS, got {text!r}") from None
+
+
+def _parse_stages(text: str) -> list[tuple[str, int, int]]:
+    """'a:0-10,b:10-22' -> [("a", 0, 10), ("b", 10, 22)]."""
+    stages = []
+    for part in text.split(","):
+        device, _, span = part.partition(":")
+        start, _, end = span.partition("-")
+        try:
+            stages.append((device.strip(), int(start), int(end)))
+        except ValueError:
+            raise ConfigError(f"--stages expects DEVICE:START-END,..., got {part!r}") from None
+    return stages
+
+
+def _stages_and_model(
+    plan: Path | None, model: str | None, stages: str | None, devices: str | None
+) -> tuple[str, list[tuple[str, int, int]]]:
+    if plan is not None:
+        loaded = gen.load_generation_plan(plan)
+        return model or loaded.model, gen.stages_of(loaded)
+    if model is None:
+        raise ConfigError("give --plan, or --model with --stages or --devices")
+    if stages:
+        return model, _parse_stages(stages)
+    names = [d.strip() for d in (devices or "local").split(",") if d.strip()]
+    return model, gen.even_stages(model, names)
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("generate")
+    def generate(
+        prompt: Annotated[list[str], typer.Option("--prompt", help="Prompt text (repeatable).")],
+        plan: Annotated[Path | None, typer.Option(help="Plan (generate-plan or plan).")] = None,
+        cluster: Annotated[Path | None, typer.Option("--cluster", "-c")] = None,
+        model: Annotated[str | None, typer.Option(help=MODEL_HELP)] = None,
+        stages: Annotated[str | None, typer.Option(help="DEVICE:START-END,... (no plan)")] = None,
+        devices: Annotated[
+            str | None, typer.Option(help="Even split over these (no plan).")
+        ] = None,
+        max_new_tokens: Annotated[int, typer.Option(min=1)] = 32,
+        temperature: Annotated[float, typer.Option(min=0.0)] = 0.0,
+        top_k: Annotated[int, typer.Option(min=0)] = 0,
+        seed: int = 0,
+        max_concurrent: Annotated[int, typer.Option(min=1)] = 4,
+        standby: Annotated[list[str] | None, typer.Option(help="Standby device.")] = None,
+        kill: Annotated[list[str] | None, typer.Option(help="DEVICE@SECONDS (fault).")] = None,
+        report: Annotated[Path | None, typer.Option(help="Write the JSON report.")] = None,
+    ) -> None:
+        """Generate continuations on a KV-cached pipeline; tokens stream as they come."""
+        model_name, placed = _stages_and_model(plan, model, stages, devices)
+        loaded_cluster: Cluster | None = load_cluster(cluster) if cluster else None
+        tokenizer = gen.tokenizer_for(model_name)
+        streamed: dict[int, list[int]] = {}
+        shown: dict[int, str] = {}
+
+        def on_token(sequence_id: int, token: int) -> None:
+            if len(prompt) != 1:
+                return
+            ids = streamed.setdefault(sequence_id, [])
+            ids.append(token)
+            text = tokenizer.decode(ids)
+            console.print(text[len(shown.get(sequence_id, "")) :], end="", soft_wrap=True)
+            shown[sequence_id] = text
+
+        if len(prompt) == 1:
+            console.print(prompt[0], end="", style="bold", soft_wrap=True)
+        result = gen.generate(
+            model_name,
+            placed,
+            list(prompt),
+            max_new_tokens,
+            cluster=loaded_cluster,
+            temperature=temperature,
+            top_k=top_k,
+            seed=seed,
+            max_concurrent=max_concurrent,
+            standby_devices=standby or [],
+            on_token=on_token,
+            faults=[_parse_kill(k) for k in kill or []],
+        )
+        console.print()
+        if len(prompt) != 1:
+            for sequence in result.sequences:
+                console.print(
+                    f"[bold]{prompt[sequence.sequence_id]}[/]" + tokenizer.decode(sequence.new_ids)
+                )
+        table = Table(title=f"{model_name} on {len(placed)} stage(s)")
+        table.add_column("figure")
+        table.add_column("value", justify="right")
+        table.add_row("new tokens", str(result.new_tokens))
+        table.add_row("tokens/s (all sequences)", f"{result.tokens_per_s:.2f}")
+        table.add_row("time per token (per sequence)", f"{result.time_per_token_s * 1e3:.1f} ms")
+        for failure in result.failures:
+            table.add_row(
+                f"failure of {failure.device} ({failure.cause})",
+                f"detected after {failure.detected_after_s:.2f} s, recovered after "
+                f"{failure.recovered_after_s:.2f} s, replayed {failure.replayed_tokens} tokens "
+                f"on {failure.replacement}",
+            )
+        console.print(table)
+        if report is not None:
+            report.write_text(json.dumps(result.model_dump(), indent=2, sort_keys=True))
+
+    @app.command("generate-profile")
+    def generate_profile(
+        model: Annotated[str, typer.Option(help=MODEL_HELP)],
+        output: Annotated[Path, typer.Option("--output", "-o")],
+        device_kind: str = "host",
+        prompt_length: Annotated[int, typer.Option(min=1)] = 32,
+        cache_length: Annotated[int, typer.Option(min=0)] = 128,
+        repeats: Annotated[int, typer.Option(min=1)] = 5,
+    ) -> None:
+        """Measure decode and prefill unit times here (a generation profile)."""
+        profile = gen.measure_generation_profile(
+            model,
+            device_kind=device_kind,
+            prompt_length=prompt_length,
+            cache_length=cache_length,
+            repeats=repeats,
+        )
+        write_json_file(profile, output)
+        total = sum(profile.decode.times_for(device_kind))
+        console.print(f"{model}: decode {total * 1e3:.1f} ms/token here -> {output}")
+
+    @app.command("generate-plan")
+    def generate_plan(
+        profile: Annotated[Path, typer.Option(help="From generate-profile.")],
+        cluster: Annotated[Path, typer.Option("--cluster", "-c")],
+        output: Annotated[Path, typer.Option("--output", "-o")],
+        objective: Annotated[str, typer.Option(help="tokens_per_s | time_per_token")] = (
+            "tokens_per_s"
+        ),
+        num_sequences: Annotated[int, typer.Option(min=1)] = 1,
+        max_context: Annotated[int, typer.Option(min=1)] = 2048,
+        max_devices: Annotated[int | None, typer.Option(min=1)] = None,
+    ) -> None:
+        """Plan a generation pipeline (KV cache counted for max_context x sequences)."""
+        if objective not in ("tokens_per_s", "time_per_token"):
+            raise ConfigError(
+                f"--objective must be tokens_per_s or time_per_token, not {objective}"
+            )
+        loaded = read_json_file(gen.GenerationProfile, profile)
+        result = gen.plan_generation(
+            loaded,
+            load_cluster(cluster),
+            objective=objective,  # type: ignore[arg-type]
+            num_sequences=num_sequences,
+            max_context=max_context,
+            max_devices=max_devices,
+        )
+        write_json_file(result, output)
+        console.print(plan_table(result.plan))
+        g = result.generation
+        console.print(
+            f"time per token {g.time_per_token_s * 1e3:.2f} ms · {g.tokens_per_s:.2f} tokens/s "
+            f"with {g.num_sequences} sequence(s) · bottleneck {g.bottleneck_s * 1e3:.2f} ms · "
+            f"{'optimal' if g.optimal else 'heuristic'} -> {output}"
+        )
+
+    @app.command("generate-serve")
+    def generate_serve(
+        plan: Annotated[Path | None, typer.Option()] = None,
+        cluster: Annotated[Path | None, typer.Option("--cluster", "-c")] = None,
+        model: Annotated[str | None, typer.Option(help=MODEL_HELP)] = None,
+        stages: Annotated[str | None, typer.Option()] = None,
+        devices: Annotated[str | None, typer.Option()] = None,
+        host: str = "127.0.0.1",
+        port: int = 8000,
+        standby: Annotated[list[str] | None, typer.Option()] = None,
+    ) -> None:
+        """Serve POST /v1/completions (OpenAI-style, `stream: true` supported)."""
+        model_name, placed = _stages_and_model(plan, model, stages, devices)
+        console.print(f"serving {model_name} on http://{host}:{port}/v1/completions")
+        gen.serve(
+            model_name,
+            placed,
+            host=host,
+            port=port,
+            cluster=load_cluster(cluster) if cluster else None,
+            standby_devices=standby or [],
+        )
