@@ -130,8 +130,6 @@ class CostPredictor:
                     max_depth=s.max_depth,
                     learning_rate=s.learning_rate,
                     subsample=s.subsample,
-                    loss="huber",  # robust to the outlier runs seen in ProTran's measurements
-                    alpha=0.9,
                     random_state=s.seed + index,
                 ).fit(x[rows], np.log(y[rows]))
             if s.method in ("additive", "blend"):

@@ -22,8 +22,14 @@ from edgesplit.cosearch.space import EncoderConfig
 CONFIGS = [
     EncoderConfig(modality="text", num_layers=2, hidden_size=64, num_heads=4, ffn_size=128),
     EncoderConfig(
-        modality="image", num_layers=3, hidden_size=32, num_heads=2, ffn_size=64,
-        heads_per_layer=(2, 1, 2), ffn_per_layer=(64, 16, 40), attention="eager",
+        modality="image",
+        num_layers=3,
+        hidden_size=32,
+        num_heads=2,
+        ffn_size=64,
+        heads_per_layer=(2, 1, 2),
+        ffn_per_layer=(64, 16, 40),
+        attention="eager",
     ),
 ]
 
@@ -73,8 +79,12 @@ def test_homogeneous_encoder_matches_hf_bert_layer_params() -> None:
     config = EncoderConfig(modality="text", num_layers=2, hidden_size=64, num_heads=4, ffn_size=96)
     bert = BertModel(
         BertConfig(
-            hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=96,
-            vocab_size=50, max_position_embeddings=16,
+            hidden_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            intermediate_size=96,
+            vocab_size=50,
+            max_position_embeddings=16,
         )
     )
     ours = _encoder(config, 9)
@@ -85,8 +95,12 @@ def test_homogeneous_encoder_matches_hf_bert_layer_params() -> None:
 
 def test_feature_vector_and_additive_terms() -> None:
     arch = parse_model_dict(
-        {"l": 2, "o": [["sa_sdp_64", "c_5_64"], ["l_dft_32", "sa_wma_32"]], "h": [128, 64],
-         "f": [[256, 128], [512]]}
+        {
+            "l": 2,
+            "o": [["sa_sdp_64", "c_5_64"], ["l_dft_32", "sa_wma_32"]],
+            "h": [128, 64],
+            "f": [[256, 128], [512]],
+        }
     )
     x = featurize(arch)
     assert x.shape == (len(FEATURE_NAMES),)
@@ -94,7 +108,8 @@ def test_feature_vector_and_additive_terms() -> None:
     named = dict(zip(FEATURE_NAMES, x, strict=True))
     assert named["num_layers"] == 2
     assert named["hidden_changes"] == 1
-    assert named["conv_count"] == 1 and named["sa_wma_count"] == 1
+    assert named["conv_count"] == 1
+    assert named["sa_wma_count"] == 1
     terms = additive_terms([arch])
     assert terms.shape == (1, len(ADDITIVE_NAMES))
     assert np.all(terms >= 0)

@@ -11,9 +11,7 @@ from edgesplit.cosearch.pareto import hypervolume, pareto_mask
 
 
 def _brute_mask(points: np.ndarray) -> np.ndarray:
-    return np.array([
-        not any(np.all(q <= p) and np.any(q < p) for q in points) for p in points
-    ])
+    return np.array([not any(np.all(q <= p) and np.any(q < p) for q in points) for p in points])
 
 
 def _brute_hv(points: np.ndarray, reference: np.ndarray) -> float:

@@ -33,7 +33,8 @@ def test_methods_fit_synthetic(synthetic_protran: list[Measurement], method: str
     assert cv.mape < (0.08 if method != "gbm" else 0.35)
     assert cv.spearman > 0.8
     mean, spread = CostPredictor(settings).fit(archs, y).predict(archs[:3])
-    assert mean.shape == (3,) and np.all(spread >= 0)
+    assert mean.shape == (3,)
+    assert np.all(spread >= 0)
 
 
 def test_uncertainty_ranks_out_of_distribution_first(synthetic_protran: list[Measurement]) -> None:
@@ -56,10 +57,14 @@ def test_fit_rejects_bad_targets(synthetic_protran: list[Measurement]) -> None:
 def test_cost_model_predicts_every_device(synthetic_protran: list[Measurement]) -> None:
     costs = DeviceCostModel.fit(synthetic_protran, None, FAST)
     assert sorted(costs.device_names) == ["a100-gpu", "rpi-cpu"]
-    config = EncoderConfig(modality="image", num_layers=4, hidden_size=256, num_heads=4, ffn_size=1024)
+    config = EncoderConfig(
+        modality="image", num_layers=4, hidden_size=256, num_heads=4, ffn_size=1024
+    )
     for device in costs.device_names:
         cost = costs.predict(config, device)
-        assert cost.latency_s > 0 and cost.energy_j > 0 and cost.peak_power_w > 0
+        assert cost.latency_s > 0
+        assert cost.energy_j > 0
+        assert cost.peak_power_w > 0
         assert cost.memory_bytes > 4 * 3e6  # at least the weights
     cv = cross_validate_devices(synthetic_protran, FAST, targets=("latency_s",), num_folds=4)
     assert set(cv) == {"a100-gpu", "rpi-cpu"}

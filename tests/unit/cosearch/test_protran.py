@@ -47,7 +47,8 @@ def test_load_folder(tmp_path: Path) -> None:
     (tmp_path / "results_gpu_a100_b128_r3.json").write_text(json.dumps({"x": ENTRY, "y": ENTRY}))
     rows = load_protran(tmp_path)
     assert Counter(r.device for r in rows) == {"rpi-cpu": 1, "a100-gpu": 2}
-    assert rows[0].latency_s == 0.5 and rows[0].peak_power_w == 4.1
+    assert rows[0].latency_s == 0.5
+    assert rows[0].peak_power_w == 4.1
     assert set(Counter(r.device for r in rows)) <= set(DEVICES)
     with pytest.raises(ConfigError, match="no ProTran"):
         load_protran(tmp_path / "missing")
@@ -58,5 +59,7 @@ def test_shared_data_counts() -> None:
     rows = load_protran(SHARED)
     counts = Counter(r.device for r in rows)
     assert set(counts) == set(DEVICES)
-    assert counts["a100-gpu"] == 239 and counts["jetson-nano-cpu"] == 223 and counts["ncs-npu"] == 21
+    assert counts["a100-gpu"] == 239
+    assert counts["jetson-nano-cpu"] == 223
+    assert counts["ncs-npu"] == 21
     assert len({r.model_hash for r in rows}) == 686

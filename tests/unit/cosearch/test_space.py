@@ -41,8 +41,13 @@ def test_heterogeneous_sampling_and_normalized_key() -> None:
     for c in configs:
         assert max(c.layer_heads()) <= c.num_heads
     uniform = EncoderConfig(
-        modality="text", num_layers=2, hidden_size=128, num_heads=4, ffn_size=256,
-        heads_per_layer=(4, 4), ffn_per_layer=(256, 256),
+        modality="text",
+        num_layers=2,
+        hidden_size=128,
+        num_heads=4,
+        ffn_size=256,
+        heads_per_layer=(4, 4),
+        ffn_per_layer=(256, 256),
     )
     plain = EncoderConfig(modality="text", num_layers=2, hidden_size=128, num_heads=4, ffn_size=256)
     assert uniform.key() == plain.key()
@@ -53,6 +58,10 @@ def test_invalid_configs_are_rejected() -> None:
         EncoderConfig(modality="text", num_layers=2, hidden_size=128, num_heads=12, ffn_size=256)
     with pytest.raises(ValidationError, match="entries"):
         EncoderConfig(
-            modality="text", num_layers=2, hidden_size=128, num_heads=4, ffn_size=256,
+            modality="text",
+            num_layers=2,
+            hidden_size=128,
+            num_heads=4,
+            ffn_size=256,
             heads_per_layer=(4,),
         )

@@ -17,7 +17,11 @@ TINY = EncoderConfig(modality="image", num_layers=1, hidden_size=128, num_heads=
 
 def test_proxy_config_keeps_depth_and_heads() -> None:
     config = EncoderConfig(
-        modality="text", num_layers=3, hidden_size=768, num_heads=12, ffn_size=3072,
+        modality="text",
+        num_layers=3,
+        hidden_size=768,
+        num_heads=12,
+        ffn_size=3072,
         ffn_per_layer=(3072, 1024, 2048),
     )
     proxy = proxy_config(config, 8)
@@ -26,6 +30,7 @@ def test_proxy_config_keeps_depth_and_heads() -> None:
     assert proxy_config(config, 1) == config
 
 
+@pytest.mark.slow
 def test_accuracy_is_learned_and_cached(tmp_path: Path) -> None:
     task = load_task("digits")
     settings = TrainSettings(epochs=2)
@@ -50,13 +55,17 @@ def test_profile_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     seen: list[int] = []
     first = profile_configs(configs[:1], path, settings, on_progress=lambda i, n, m: seen.append(i))
     assert seen == [1]
-    assert first[0].cpu_s > 0 and first[0].flops > 0 and first[0].peak_memory_bytes > 0
+    assert first[0].cpu_s > 0
+    assert first[0].flops > 0
+    assert first[0].peak_memory_bytes > 0
     assert "modelled" in first[0].energy_model
 
     calls: list[EncoderConfig] = []
     real = profiler_module.profile_config
 
-    def counting(config: EncoderConfig, s: ProfileSettings | None = None) -> profiler_module.HostMeasurement:
+    def counting(
+        config: EncoderConfig, s: ProfileSettings | None = None
+    ) -> profiler_module.HostMeasurement:
         calls.append(config)
         return real(config, s)
 
