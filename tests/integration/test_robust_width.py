@@ -21,6 +21,8 @@ from transformers import (
     ViTForImageClassification,
 )
 
+from edgesplit.models.importance import ablation_importance, finetune, gradient_importance
+from edgesplit.models.robust_tasks import RobustTask
 from edgesplit.models.width import WidthModel, find_block_list
 from edgesplit.planners.robust import (
     RobustProblem,
@@ -279,3 +281,45 @@ def test_shard_holds_only_its_units() -> None:
     worker = ShardWorker("d", *shard.to_arrays())
     with pytest.raises(KeyError, match="does not hold"):
         worker.partial(0, "attn", [1], np.zeros((1, 7, 32), np.float32), {})
+
+
+def tiny_task() -> RobustTask:
+    model, _inputs = tiny_model("vit")
+    wm = WidthModel(model, num_ffn_groups=4)
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(24, 1, 8, 8, generator=gen)
+    y = torch.randint(0, 10, (24,), generator=gen)
+    batches = [({"pixel_values": x[i : i + 8]}, y[i : i + 8]) for i in range(0, 24, 8)]
+    return RobustTask("tiny", wm, "accuracy", True, batches, batches, batches)
+
+
+def test_importance_of_a_silent_unit_is_zero() -> None:
+    task = tiny_task()
+    layer = task.model.layers[0]
+    with torch.no_grad():
+        layer.wo[1].zero_()  # attention unit 1 of layer 0 now contributes nothing
+    d_loss, d_metric = ablation_importance(task)
+    grad = gradient_importance(task)
+    assert d_loss.shape == grad.shape == (task.model.num_units,)
+    assert d_loss[1] == 0.0
+    assert d_metric[1] == 0.0
+    assert grad[1] == 0.0
+    assert np.abs(d_loss).sum() > 0
+
+
+def test_failout_and_control_train_the_same_steps_differently() -> None:
+    task = tiny_task()
+    before = [p.detach().clone() for p in task.model.parameters()]
+    keep = np.ones(task.model.num_units, dtype=np.float32)
+    keep[:4] = 0.0
+    failout = finetune(task, steps=4, keep_sampler=lambda rng: keep, seed=0)
+    control = finetune(task, steps=4, keep_sampler=None, seed=0)
+    # the task's own model is untouched (fine-tuning works on copies)
+    assert all(torch.equal(a, b) for a, b in zip(before, task.model.parameters(), strict=True))
+    a = failout.task.model.layers[0].wo
+    b = control.task.model.layers[0].wo
+    assert not torch.allclose(a, b)
+    # failout never updates the masked units' output rows (their gradient is zero)
+    torch.testing.assert_close(a[:4], task.model.layers[0].wo[:4])
+    assert failout.masked
+    assert not control.masked
