@@ -72,14 +72,14 @@ def test_profile_fit_search_refine(tmp_path: Path) -> None:
         "-o",
         str(work / "host.jsonl"),
         "--count",
-        "12",
+        "8",
         "--seq-len",
         "16",
         "--repeats",
         "1",
         cwd=tmp_path,
     )
-    assert len((work / "host.jsonl").read_text().splitlines()) == 12
+    assert len((work / "host.jsonl").read_text().splitlines()) == 8
     fitted = _cli(
         "fit",
         "-o",
@@ -101,7 +101,7 @@ def test_profile_fit_search_refine(tmp_path: Path) -> None:
         "-o",
         str(work / "search.json"),
         "--budget",
-        "4",
+        "3",
         "--epochs",
         "1",
         "--method",
@@ -114,7 +114,7 @@ def test_profile_fit_search_refine(tmp_path: Path) -> None:
     )
     search = json.loads((work / "search.json").read_text())
     assert search["kind"] == "edgesplit.cosearch_search"
-    assert len(search["trials"]) == 4
+    assert len(search["trials"]) == 3
     assert (work / "search.png").stat().st_size > 0
     _cli(
         "refine",

@@ -118,11 +118,11 @@ _DOC_PACKAGES = (
     "email",
     "asyncio",
     "unittest",
-    "xml.dom",
-    "http",
     "logging",
-    "json",
     "collections",
+    "multiprocessing",
+    "typing",
+    "pathlib",
 )
 
 

@@ -77,3 +77,21 @@ def test_profile_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     with path.open("a") as f:
         f.write('{"config_key": "trunc')
     assert len(load_host_results(path)) == 2
+
+
+def test_text_tasks() -> None:
+    from edgesplit.cosearch.tasks import wordnet_available
+    from edgesplit.errors import ConfigError
+
+    docs = load_task("docstrings")
+    assert docs.modality == "text"
+    assert docs.num_classes == 8
+    assert docs.x_train.shape[1] == docs.seq_len
+    assert docs.x_train.max() < docs.vocab_size
+    with pytest.raises(ConfigError, match="unknown task"):
+        load_task("imagenet")
+    if not wordnet_available():
+        pytest.skip("Debian wordnet-base not installed (scripts/install_data.sh)")
+    wordnet = load_task("wordnet-pos")
+    assert wordnet.num_classes == 4
+    assert len(set(wordnet.y_train.tolist())) == 4
