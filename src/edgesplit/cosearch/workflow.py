@@ -31,6 +31,7 @@ from edgesplit.errors import ConfigError
 
 __all__ = [
     "choose_trial",
+    "cosearch",
     "fit_predictors",
     "load_cost_model",
     "profile_host",
@@ -183,3 +184,52 @@ def refine_model(
     refined = grow_and_prune(chosen.config, task, costs, settings, train_settings)
     write_json_file(refined, out_path)
     return refined
+
+
+def cosearch(
+    output_dir: Path,
+    *,
+    protran_dir: Path | None,
+    host_results: Path | None = None,
+    task_name: str = "digits",
+    method: SearchMethod = "tpe",
+    budget: int = 32,
+    seed: int = 0,
+    devices: list[str] | None = None,
+    constraints: Constraints | None = None,
+    refine_device: str | None = None,
+    train_settings: TrainSettings | None = None,
+) -> tuple[SearchResult, RefineResult]:
+    """All four steps but profiling: fit, search, refine, report, into `output_dir`.
+
+    Writes predictors.json, search.json (+ search.png, one Pareto panel per device),
+    accuracy_cache.json, refine.json and refine.md (the report page).
+    """
+    from edgesplit.cosearch.plots import plot_pareto_per_device
+    from edgesplit.cosearch.report import write_report
+
+    output_dir = Path(output_dir)
+    recipe = output_dir / "predictors.json"
+    fit_predictors(recipe, protran_dir=protran_dir, host_results=host_results)
+    result = run_search(
+        recipe,
+        output_dir / "search.json",
+        task_name=task_name,
+        method=method,
+        budget=budget,
+        seed=seed,
+        devices=devices,
+        constraints=constraints,
+        train_settings=train_settings,
+        cache_path=output_dir / "accuracy_cache.json",
+    )
+    plot_pareto_per_device(list(result.trials), output_dir / "search.png")
+    refined = refine_model(
+        output_dir / "search.json",
+        recipe,
+        output_dir / "refine.json",
+        device=refine_device,
+        train_settings=train_settings,
+    )
+    write_report(output_dir / "search.json", output_dir / "refine.json", output_dir / "refine.md")
+    return result, refined
