@@ -1,4 +1,4 @@
-"""Device-aware co-search (EdgeTran): design space, predictors, multi-objective search, grow-and-prune.
+"""Device-aware co-search (EdgeTran): design space, predictors, search, grow-and-prune.
 
 Modules: `space` (configs, sampling), `features` (params, FLOPs, op counts), `protran` (import of
 ProTran's 7-device measurements), `profiler` (measure configs here), `predictor`/`costs`
