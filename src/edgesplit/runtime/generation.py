@@ -112,7 +112,7 @@ class GenerationConfig(FrozenModel):
     max_concurrent: int = Field(default=4, ge=1, le=1024)  # sequences in flight
     host: str = "127.0.0.1"
     startup_timeout_s: float = Field(default=120.0, gt=0)
-    control_timeout_s: float = Field(default=60.0, gt=0)
+    control_timeout_s: float = Field(default=300.0, gt=0)  # stage builds on loaded hosts
     step_timeout_s: float = Field(default=60.0, gt=0)  # a step silent this long: stall
     standby_devices: tuple[str, ...] = ()
     restart_failed: bool = True  # no standby/re-planner: restart the stage on the same device
@@ -159,6 +159,7 @@ class SubprocessLauncher:
 
     host: str = "127.0.0.1"
     env: dict[str, str] = field(default_factory=dict)
+    preload: bool = True  # import torch/transformers in the worker while it waits
 
     def launch(self, device: str, driver_address: tuple[str, int]) -> WorkerHandle:
         command = [
@@ -171,6 +172,7 @@ class SubprocessLauncher:
             device,
             "--host",
             self.host,
+            *(["--preload"] if self.preload else []),
         ]
         env = {**os.environ, "OMP_NUM_THREADS": "1", **self.env}
         process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL)
@@ -237,7 +239,9 @@ class GenerationPipeline:
         self.emulation = emulation
         self.hidden_size = hidden_size
         self.vocab_size = vocab_size
-        self.launcher: WorkerLauncher = launcher or SubprocessLauncher(config.host)
+        self.launcher: WorkerLauncher = launcher or SubprocessLauncher(
+            config.host, preload=config.compute == "real"
+        )
         self.replanner = replanner
         if config.compute == "emulated" and emulation is None:
             raise ConfigError("compute='emulated' needs an emulation function (profiled times)")
@@ -291,6 +295,19 @@ class GenerationPipeline:
         """SIGKILL the stage process of `device` (fault injection for tests and benchmarks)."""
         self._dead_since_s[device] = time.time()
         os.kill(self._workers[device].pid, signal.SIGKILL)
+
+    def restage(self, stages: Sequence[StageAssignment], *, link: LinkFn | None = None) -> None:
+        """Re-split the model over running (or newly launched) devices; caches start empty.
+
+        Devices left without a stage keep their warm process (standbys for later epochs).
+        """
+        _check_stages(stages, self.num_units)
+        self._stop_epoch()
+        self.stages = list(stages)
+        if link is not None:
+            self.link = link
+        self._launch([d for d, _, _ in self.stages if d not in self._workers])
+        self._configure_epoch()
 
     def _launch(self, devices: Sequence[str]) -> None:
         assert self._control_listener is not None

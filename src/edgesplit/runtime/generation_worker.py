@@ -309,12 +309,28 @@ class GenerationWorker:
                 return  # the downstream died: the driver notices and re-plans
 
 
+def _preload() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+    from edgesplit.models import (
+        build,  # noqa: F401  (transformers + models)
+        kv_stage,  # noqa: F401
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="edgesplit generation stage worker")
     parser.add_argument("--driver", required=True, help="HOST:PORT of the driver's control port")
     parser.add_argument("--device", required=True)
     parser.add_argument("--host", default="127.0.0.1", help="address to bind data streams on")
+    parser.add_argument(
+        "--preload", action="store_true", help="import torch/transformers while idle (standby)"
+    )
     args = parser.parse_args(argv)
+    if args.preload:
+        # A warm standby should cost a stage build on failover, not seconds of imports.
+        threading.Thread(target=_preload, daemon=True, name="preload").start()
     logging.basicConfig(level=os.environ.get("EDGESPLIT_LOG", "WARNING"))
     host, _, port = args.driver.rpartition(":")
     try:

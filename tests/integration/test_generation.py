@@ -1,0 +1,165 @@
+"""Generation across stage processes: split == unsplit, kill -9 mid-generation, HTTP streaming.
+
+One module-scoped pipeline of worker processes (4 stage devices + 3 warm standbys) serves every
+test here; `restage` re-splits the model over the running processes.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+import torch
+
+from edgesplit.models import build_model, model_spec_from_name, unit_names
+from edgesplit.models.kv_stage import Sampling, generate_unsplit
+from edgesplit.runtime.generation import (
+    GenerationConfig,
+    GenerationPipeline,
+    GenerationRequest,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+MODEL = "gpt2-tiny"
+NEW_TOKENS = 64
+REQUESTS = [
+    GenerationRequest(prompt_ids=[5, 6, 7], max_new_tokens=NEW_TOKENS),  # greedy
+    GenerationRequest(prompt_ids=[9, 1], max_new_tokens=NEW_TOKENS, temperature=1.0, seed=11),
+]
+
+
+def _cuts(num_units: int, num_stages: int) -> list[int]:
+    return [round(i * num_units / num_stages) for i in range(num_stages + 1)]
+
+
+@pytest.fixture(scope="module")
+def references() -> list[list[int]]:
+    torch.set_num_threads(1)
+    model = build_model(model_spec_from_name(MODEL))
+    return [
+        generate_unsplit(
+            model, r.prompt_ids, r.max_new_tokens, Sampling(r.temperature, r.top_k, r.seed), i
+        )
+        for i, r in enumerate(REQUESTS)
+    ]
+
+
+@pytest.fixture(scope="module")
+def pipeline() -> Iterator[GenerationPipeline]:
+    spec = model_spec_from_name(MODEL)
+    n = len(unit_names(spec))
+    cuts = _cuts(n, 4)
+    stages = [(f"d{i}", cuts[i], cuts[i + 1]) for i in range(4)]
+    config = GenerationConfig(max_concurrent=2, standby_devices=("s0", "s1", "s2"))
+    with GenerationPipeline(spec, stages, config, num_units=n) as running:
+        yield running
+
+
+@pytest.mark.parametrize("num_stages", [2, 3, 4])
+def test_split_generation_equals_unsplit(
+    pipeline: GenerationPipeline, references: list[list[int]], num_stages: int
+) -> None:
+    cuts = _cuts(pipeline.num_units, num_stages)
+    pipeline.restage([(f"d{i}", cuts[i], cuts[i + 1]) for i in range(num_stages)])
+    report = pipeline.generate(REQUESTS)
+    assert [s.new_ids for s in report.sequences] == references
+    assert report.new_tokens == NEW_TOKENS * len(REQUESTS)
+    assert not report.failures
+
+
+def test_kill_9_mid_generation_replays_and_matches(
+    pipeline: GenerationPipeline, references: list[list[int]]
+) -> None:
+    cuts = _cuts(pipeline.num_units, 3)
+    pipeline.restage([(f"d{i}", cuts[i], cuts[i + 1]) for i in range(3)])
+    events = []
+    for trial in range(3):
+        victim = pipeline.stages[trial][0]  # first, then middle, then last stage
+        killed = threading.Event()
+        seen: list[int] = []
+
+        def on_token(
+            sequence_id: int,
+            _: int,
+            victim: str = victim,
+            killed: threading.Event = killed,
+            seen: list[int] = seen,
+        ) -> None:
+            seen.append(sequence_id)
+            if not killed.is_set() and seen.count(0) == 20:
+                killed.set()
+                pipeline.kill(victim)
+
+        report = pipeline.generate(REQUESTS, on_token=on_token)
+        assert killed.is_set()
+        assert [s.new_ids for s in report.sequences] == references, f"trial {trial}"
+        assert len(seen) == NEW_TOKENS * len(REQUESTS)  # every token delivered exactly once
+        (failure,) = report.failures
+        assert failure.device == victim
+        assert failure.replayed_tokens >= 20 + len(REQUESTS[0].prompt_ids)
+        assert failure.detected_after_s < 2.0
+        events.append(failure)
+    assert [e.device for e in events] == ["d0", "d1", "d2"]
+    assert [e.replacement for e in events] == ["s0", "s1", "s2"]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_http_endpoint_streams_to_httpx(
+    pipeline: GenerationPipeline, references: list[list[int]]
+) -> None:
+    import uvicorn
+
+    from edgesplit.runtime.generation_server import GenerationService, make_app
+
+    service = GenerationService(
+        pipeline=pipeline,
+        model_name=MODEL,
+        encode=lambda text: list(text.encode()),
+        decode=lambda ids: bytes(i % 256 for i in ids).decode("latin-1"),
+        vocab_size=256,
+        max_tokens_limit=NEW_TOKENS,
+    )
+    port = _free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(make_app(service), host="127.0.0.1", port=port, log_level="warning")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    base = f"http://127.0.0.1:{port}"
+    try:
+        with httpx.Client(base_url=base, timeout=60) as client:
+            for _ in range(200):  # wait (bounded) until the server accepts connections
+                try:
+                    client.get("/health")
+                    break
+                except httpx.TransportError:
+                    threading.Event().wait(0.05)
+            body: dict[str, Any] = {"prompt": [5, 6, 7], "max_tokens": NEW_TOKENS, "stream": True}
+            tokens: list[int] = []
+            with client.stream("POST", "/v1/completions", json=body) as reply:
+                assert reply.status_code == 200
+                for line in reply.iter_lines():
+                    if not line.startswith("data: ") or line == "data: [DONE]":
+                        continue
+                    chunk = json.loads(line[6:])
+                    tokens += chunk["choices"][0].get("token_ids", [])
+            assert tokens == references[0]
+            plain = client.post("/v1/completions", json={**body, "stream": False}).json()
+            assert plain["choices"][0]["token_ids"] == references[0]
+            assert client.post("/v1/completions", json={"max_tokens": 3}).status_code == 422
+            too_many = {"prompt": [1], "max_tokens": NEW_TOKENS + 1}
+            assert client.post("/v1/completions", json=too_many).status_code == 400
+    finally:
+        server.should_exit = True
+        thread.join(10)
