@@ -56,6 +56,20 @@ def _progress() -> Progress:
     )
 
 
+def _flow() -> Any:
+    """The co-search entry points (cosearch_profile/fit/search/refine), one thread for torch.
+
+    TODO(#6): becomes `from edgesplit import api` once api.py re-exports them (layering: cli ->
+    api); the names and signatures are already the api ones.
+    """
+    import torch
+
+    from edgesplit.cosearch import workflow
+
+    torch.set_num_threads(1)
+    return workflow
+
+
 def register(app: typer.Typer) -> None:
     group = typer.Typer(
         name="cosearch",
@@ -79,21 +93,16 @@ def register(app: typer.Typer) -> None:
         seed: int = 0,
     ) -> None:
         """Measure wall and 1-thread CPU time, peak memory and FLOPs of sampled configs here."""
-        import torch
-
-        from edgesplit.cosearch.profiler import ProfileSettings
-        from edgesplit.cosearch.workflow import profile_host
-
-        torch.set_num_threads(1)
-        settings = ProfileSettings(seq_len=seq_len, repeats=repeats)
+        flow = _flow()
         with _progress() as progress:
             task = progress.add_task("profiling", total=count)
-            measured = profile_host(
+            measured = flow.cosearch_profile(
                 output,
                 modality=cast(Any, modality.value),
                 count=count,
                 seed=seed,
-                settings=settings,
+                seq_len=seq_len,
+                repeats=repeats,
                 on_progress=lambda done, total, m: progress.update(
                     task, completed=done, description=m.config.describe() if m else ""
                 ),
@@ -130,16 +139,13 @@ def register(app: typer.Typer) -> None:
         folds: Annotated[int, typer.Option(min=2)] = 5,
     ) -> None:
         """Cross-validate per-device predictors (MAPE, Spearman) and write the recipe."""
-        from edgesplit.cosearch.predictor import PredictorSettings
-        from edgesplit.cosearch.workflow import fit_predictors
-
         if host_results is None and (DEFAULT_DIR / "host_profile.jsonl").is_file():
             host_results = DEFAULT_DIR / "host_profile.jsonl"
-        recipe = fit_predictors(
+        recipe = _flow().cosearch_fit(
             output,
             protran_dir=protran,
             host_results=host_results,
-            settings=PredictorSettings(method=cast(Any, method.value)),
+            method=cast(Any, method.value),
             num_folds=folds,
         )
         table = Table(title=f"{folds}-fold cross-validation ({method.value}) -> {output}")
@@ -188,34 +194,24 @@ def register(app: typer.Typer) -> None:
         seed: int = 0,
     ) -> None:
         """Search config x device for accuracy, latency, energy, peak power; Pareto plots."""
-        import torch
-
-        from edgesplit.cosearch.accuracy import TrainSettings
-        from edgesplit.cosearch.plots import plot_pareto_per_device
-        from edgesplit.cosearch.search import Constraints
-        from edgesplit.cosearch.workflow import run_search
-
-        torch.set_num_threads(1)
+        flow = _flow()
         with _progress() as progress:
             bar = progress.add_task(f"{method.value} search", total=budget)
-            result = run_search(
+            result, plot = flow.cosearch_search(
                 predictors,
                 output,
-                task_name=task,
+                task=task,
                 method=cast(Any, method.value),
                 budget=budget,
                 seed=seed,
                 devices=device or None,
-                constraints=Constraints(
-                    max_latency_s=max_latency_s,
-                    max_peak_power_w=max_peak_power_w,
-                    memory_fraction=memory_fraction,
-                ),
-                train_settings=TrainSettings(width_divisor=width_divisor, epochs=epochs, seed=seed),
-                cache_path=output.with_name("accuracy_cache.json"),
+                max_latency_s=max_latency_s,
+                max_peak_power_w=max_peak_power_w,
+                memory_fraction=memory_fraction,
+                width_divisor=width_divisor,
+                epochs=epochs,
                 on_trial=lambda t: progress.advance(bar),
             )
-        plot = plot_pareto_per_device(list(result.trials), output.with_suffix(".png"))
         table = Table(
             title=f"Pareto front ({len(result.pareto)} of {len(result.trials)} trials, "
             f"hypervolume {result.hypervolume:.3f})"
@@ -264,24 +260,15 @@ def register(app: typer.Typer) -> None:
         width_divisor: Annotated[int, typer.Option(min=1)] = 8,
     ) -> None:
         """Grow-and-prune the chosen front member; writes the result and a report page (.md)."""
-        import torch
-
-        from edgesplit.cosearch.accuracy import TrainSettings
-        from edgesplit.cosearch.refine import RefineSettings
-        from edgesplit.cosearch.report import write_report
-        from edgesplit.cosearch.workflow import refine_model
-
-        torch.set_num_threads(1)
-        result = refine_model(
+        result, report = _flow().cosearch_refine(
             search_result,
             predictors,
             output,
             device=device,
             prefer=cast(Any, prefer.value),
-            settings=RefineSettings(
-                device=device or "", num_steps=steps, max_accuracy_drop=max_accuracy_drop
-            ),
-            train_settings=TrainSettings(width_divisor=width_divisor),
+            steps=steps,
+            max_accuracy_drop=max_accuracy_drop,
+            width_divisor=width_divisor,
         )
         table = Table(title=f"grow-and-prune on {result.settings.device}")
         for column in ("step", "action", "config", "accuracy", "latency s", "kept", "why"):
@@ -299,5 +286,4 @@ def register(app: typer.Typer) -> None:
                 s.reason,
             )
         console.print(table)
-        report = write_report(search_result, output, output.with_suffix(".md"))
         console.print(f"wrote {output} and report {report}")

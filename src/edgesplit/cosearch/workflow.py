@@ -15,7 +15,7 @@ import numpy as np
 from edgesplit.core.schema import read_json_file, write_json_file
 from edgesplit.cosearch.accuracy import AccuracyCache, TrainSettings
 from edgesplit.cosearch.costs import DeviceCostModel, PredictorRecipe, cross_validate_devices
-from edgesplit.cosearch.predictor import PredictorSettings, cross_validate
+from edgesplit.cosearch.predictor import Method, PredictorSettings, cross_validate
 from edgesplit.cosearch.profiler import (
     HostMeasurement,
     ProfileSettings,
@@ -32,6 +32,10 @@ from edgesplit.errors import ConfigError
 __all__ = [
     "choose_trial",
     "cosearch",
+    "cosearch_fit",
+    "cosearch_profile",
+    "cosearch_refine",
+    "cosearch_search",
     "fit_predictors",
     "load_cost_model",
     "profile_host",
@@ -233,3 +237,113 @@ def cosearch(
     )
     write_report(output_dir / "search.json", output_dir / "refine.json", output_dir / "refine.md")
     return result, refined
+
+
+# --- plain-argument entry points: what `api` re-exports and the CLI calls ------------------------
+
+
+def cosearch_profile(
+    output: Path,
+    *,
+    modality: Modality = "text",
+    count: int = 40,
+    seed: int = 0,
+    seq_len: int = 128,
+    repeats: int = 3,
+    on_progress: Callable[[int, int, HostMeasurement | None], None] | None = None,
+) -> list[HostMeasurement]:
+    """`cosearch profile`: measure `count` sampled configs here (resumes from `output`)."""
+    settings = ProfileSettings(seq_len=seq_len, repeats=repeats)
+    return profile_host(
+        output,
+        modality=modality,
+        count=count,
+        seed=seed,
+        settings=settings,
+        on_progress=on_progress,
+    )
+
+
+def cosearch_fit(
+    output: Path,
+    *,
+    protran_dir: Path | None,
+    host_results: Path | None = None,
+    method: Method = "blend",
+    num_folds: int = 5,
+) -> PredictorRecipe:
+    """`cosearch fit`: cross-validate per-device predictors, write the recipe."""
+    return fit_predictors(
+        output,
+        protran_dir=protran_dir,
+        host_results=host_results,
+        settings=PredictorSettings(method=method),
+        num_folds=num_folds,
+    )
+
+
+def cosearch_search(
+    predictors: Path,
+    output: Path,
+    *,
+    task: str = "digits",
+    method: SearchMethod = "tpe",
+    budget: int = 32,
+    seed: int = 0,
+    devices: list[str] | None = None,
+    max_latency_s: float | None = None,
+    max_peak_power_w: float | None = None,
+    memory_fraction: float = 0.8,
+    width_divisor: int = 8,
+    epochs: int = 3,
+    on_trial: Callable[[Trial], None] | None = None,
+) -> tuple[SearchResult, Path]:
+    """`cosearch search`: search, write the result and a Pareto plot per device (returned)."""
+    from edgesplit.cosearch.plots import plot_pareto_per_device
+
+    result = run_search(
+        predictors,
+        output,
+        task_name=task,
+        method=method,
+        budget=budget,
+        seed=seed,
+        devices=devices,
+        constraints=Constraints(
+            max_latency_s=max_latency_s,
+            max_peak_power_w=max_peak_power_w,
+            memory_fraction=memory_fraction,
+        ),
+        train_settings=TrainSettings(width_divisor=width_divisor, epochs=epochs, seed=seed),
+        cache_path=Path(output).with_name("accuracy_cache.json"),
+        on_trial=on_trial,
+    )
+    return result, plot_pareto_per_device(list(result.trials), Path(output).with_suffix(".png"))
+
+
+def cosearch_refine(
+    search: Path,
+    predictors: Path,
+    output: Path,
+    *,
+    device: str | None = None,
+    prefer: Choice = "balanced",
+    steps: int = 6,
+    max_accuracy_drop: float = 0.01,
+    width_divisor: int = 8,
+) -> tuple[RefineResult, Path]:
+    """`cosearch refine`: grow-and-prune the chosen member; write the result and report page."""
+    from edgesplit.cosearch.report import write_report
+
+    result = refine_model(
+        search,
+        predictors,
+        output,
+        device=device,
+        prefer=prefer,
+        settings=RefineSettings(
+            device=device or "", num_steps=steps, max_accuracy_drop=max_accuracy_drop
+        ),
+        train_settings=TrainSettings(width_divisor=width_divisor),
+    )
+    return result, write_report(search, output, Path(output).with_suffix(".md"))
