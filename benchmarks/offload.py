@@ -162,6 +162,7 @@ class Policy:
     outcome: Outcome | None = None
     local_s: float = 0.0
     local_correct: np.ndarray | None = None
+    robust: bool = False  # round 1 must also fit the pessimistic bandwidth
 
 
 def replay(
@@ -205,7 +206,11 @@ def replay(
                 val_options if policy.kind == "adaptive2" else [o for o in val_options if o.k2 == 0]
             )
             decision = choose(
-                options, bandwidth_bytes_per_s=estimate.planning_bytes_per_s, rtt_s=rtt, slo_s=slo_s
+                options,
+                bandwidth_bytes_per_s=estimate.planning_bytes_per_s,
+                rtt_s=rtt,
+                slo_s=slo_s,
+                pessimistic_bytes_per_s=estimate.pessimistic_bytes_per_s if policy.robust else None,
             )
             o = decision.option
             outcome = test_outcomes[(o.sampling, o.k1, o.codec, o.quality)]
@@ -561,6 +566,7 @@ def main() -> None:
     policies = [
         Policy("adaptive two-round", "adaptive2"),
         Policy("adaptive one-round", "adaptive1"),
+        Policy("adaptive two-round, robust round 1", "adaptive2", robust=True),
     ]
     policies += [Policy(f"fixed {o.setting.name}", "fixed", outcome=o) for o in fixed_outcomes]
     policies += [
@@ -680,6 +686,7 @@ def main() -> None:
 
     # 7. Keep the JSON small: drop the per-fixed-setting SLO rows except a few references.
     keep = {
+        "adaptive two-round, robust round 1",
         "adaptive two-round",
         "adaptive one-round",
         "best fixed (same attainment)",

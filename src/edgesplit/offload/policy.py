@@ -101,6 +101,8 @@ class BandwidthEstimate:
     window: int = 5
     error_window: int = 10
     error_quantile: float = 0.8
+    long_error_window: int = 100
+    long_error_quantile: float = 0.98
 
     @property
     def harmonic_bytes_per_s(self) -> float:
@@ -118,7 +120,17 @@ class BandwidthEstimate:
         """Upper quantile of recent slowdowns (at least 1; 1.5 until 5 uploads were seen)."""
         if len(self.slowdowns) < 5:
             return 1.5
-        return max(1.0, float(np.quantile(np.array(self.slowdowns), self.error_quantile)))
+        recent = np.array(self.slowdowns[-self.error_window :])
+        return max(1.0, float(np.quantile(recent, self.error_quantile)))
+
+    @property
+    def pessimistic_bytes_per_s(self) -> float:
+        """A near-worst case: the point estimate over the 98th percentile of the last 100
+        slowdowns (a sudden drop like those seen before). Round 1 must fit even at this rate."""
+        if len(self.slowdowns) < 10:
+            return self.bytes_per_s / 2.0
+        long = np.array(self.slowdowns[-self.long_error_window :])
+        return self.bytes_per_s / max(1.0, float(np.quantile(long, self.long_error_quantile)))
 
     @property
     def planning_bytes_per_s(self) -> float:
@@ -141,7 +153,7 @@ def observe_upload(
         estimate,
         ewma_bytes_per_s=(1 - estimate.alpha) * estimate.ewma_bytes_per_s + estimate.alpha * sample,
         recent_bytes_per_s=(*estimate.recent_bytes_per_s, sample)[-estimate.window :],
-        slowdowns=(*estimate.slowdowns, slowdown)[-estimate.error_window :],
+        slowdowns=(*estimate.slowdowns, slowdown)[-estimate.long_error_window :],
     )
 
 
@@ -168,6 +180,7 @@ def choose(
     rtt_s: float,
     slo_s: float,
     config: PolicyConfig | None = None,
+    pessimistic_bytes_per_s: float | None = None,
 ) -> Decision:
     """Pick the option with the best expected accuracy whose round 1 fits the SLO budget.
 
@@ -190,6 +203,11 @@ def choose(
             if option.k2
             else 0.0
         )
+        if pessimistic_bytes_per_s is not None and (
+            predicted_round_s(option.bytes1_p95, option.server1_s, pessimistic_bytes_per_s, rtt_s)
+            > budget_s
+        ):
+            continue  # round 1 would miss the SLO if the link dropped as it has before
         if t1 > budget_s:
             continue
         both_fit = option.k2 > 0 and t1 + t2 <= budget_s
