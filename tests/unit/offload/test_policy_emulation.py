@@ -139,3 +139,17 @@ def test_safety_factor_tracks_recent_slowdowns() -> None:
         estimate = observe_upload(estimate, 1000, 3.0 * 1000 / estimate.bytes_per_s)
     assert estimate.safety_factor > 2.0
     assert estimate.planning_bytes_per_s < estimate.bytes_per_s / 2
+
+
+def test_pessimistic_bandwidth_keeps_round1_small() -> None:
+    # typical 1000 B/s fits 32 patches in 3 s; if the link may drop to 500 B/s only 8 do
+    kwargs = {"bandwidth_bytes_per_s": 1000.0, "rtt_s": 0.02, "slo_s": 3.0}
+    assert choose(OPTIONS, **kwargs).option.k1 == 32
+    robust = choose(OPTIONS, pessimistic_bytes_per_s=500.0, **kwargs)
+    assert robust.option.k1 == 8
+    assert robust.option.k2 == 8  # and the opportunistic round 2 takes back some accuracy
+    estimate = BandwidthEstimate(1000.0)
+    assert estimate.pessimistic_bytes_per_s == pytest.approx(500.0)  # before 10 uploads
+    for _ in range(20):
+        estimate = observe_upload(estimate, 1000, 1.0)
+    assert estimate.pessimistic_bytes_per_s == pytest.approx(estimate.bytes_per_s)
