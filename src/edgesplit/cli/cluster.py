@@ -45,13 +45,13 @@ def register(app: typer.Typer) -> None:
         dry_run: Annotated[bool, typer.Option(help="Print the ray command only.")] = False,
     ) -> None:
         """Start this machine's Ray node (token auth, tuned health checks, device resources)."""
-        command = api.cluster_up_command(  # type: ignore[attr-defined]  # api.run & co: issue 3, lead
+        command = api.cluster_up_command(
             head=head, address=address, devices=device or [], port=port, node_ip=node_ip
         )
         console.print("RAY_AUTH_MODE=token " + shlex.join(command))
         if dry_run:
             return
-        completed = api.run_ray_command(command)  # type: ignore[attr-defined]  # api.run & co: issue 3, lead
+        completed = api.run_ray_command(command)
         console.print(completed.stdout or "")
         if completed.returncode != 0:
             console.print(completed.stderr, style="red")
@@ -60,7 +60,7 @@ def register(app: typer.Typer) -> None:
     @group.command("status")
     def status(address: Annotated[str | None, typer.Option(help="HEAD_IP:PORT")] = None) -> None:
         """Nodes, their IPs and the devices they carry."""
-        info = api.cluster_status(address)  # type: ignore[attr-defined]  # api.run & co: issue 3, lead
+        info = api.cluster_status(address)
         for node in info["nodes"]:
             state = "alive" if node["alive"] else "dead"
             devices = ", ".join(node["devices"]) or "-"
@@ -69,7 +69,7 @@ def register(app: typer.Typer) -> None:
     @group.command("down")
     def down() -> None:
         """Stop the Ray processes on this machine (`ray stop`)."""
-        completed = api.run_ray_command(api.cluster_down_command())  # type: ignore[attr-defined]  # api.run & co: issue 3, lead
+        completed = api.run_ray_command(api.cluster_down_command())
         console.print(completed.stdout or completed.stderr)
 
     app.add_typer(group, name="cluster")

@@ -114,14 +114,14 @@ def register(app: typer.Typer) -> None:
         loaded_plan = api.load_plan(plan)
         loaded_cluster = api.load_cluster(cluster)
         loaded_profile = load_profile_arg(profile, batch_size)
-        config = api.RuntimeConfig(  # type: ignore[attr-defined]  # api.run & co: issue 3, lead
+        config = api.RuntimeConfig(
             compute=compute,
             time_scale=time_scale,
             max_in_flight=in_flight,
             standby_devices=tuple(standby or ()),
             ray_address=ray_address,
         )
-        faults = [api.parse_kill(k) for k in kill or []]  # type: ignore[attr-defined]  # api.run & co: issue 3, lead
+        faults = [api.parse_kill(k) for k in kill or []]
         if timeline is None and report is not None:
             timeline = report.with_suffix(".png")
         with Progress(
@@ -137,7 +137,7 @@ def register(app: typer.Typer) -> None:
             def progress(done: int, total: int | None, rate: float) -> None:
                 bar.update(task, completed=done, rate=f"{rate:.2f} samples/s")
 
-            result = api.run(  # type: ignore[attr-defined]  # api.run & co: issue 3, lead
+            result = api.run(
                 loaded_plan,
                 loaded_cluster,
                 loaded_profile,

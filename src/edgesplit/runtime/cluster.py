@@ -15,8 +15,10 @@ import os
 import secrets
 import shutil
 import subprocess
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -225,6 +227,9 @@ def ray_status(address: str | None) -> dict[str, Any]:
 
 
 def _ray_binary() -> str:
+    beside = Path(sys.executable).parent / "ray"  # the environment's own, even when not on PATH
+    if beside.is_file():
+        return str(beside)
     found = shutil.which("ray")
     if found:
         return found
