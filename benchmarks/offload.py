@@ -337,27 +337,35 @@ def real_http_run(
 
 # -- plots --------------------------------------------------------------------------------------------
 def plot_accuracy_vs_bytes(points: dict[str, list[tuple[float, float, str]]], path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(8, 5))
-    markers = {"full image": "s", "fixed ratio": "o", "two rounds": "^", "local": "*"}
-    for family, pts in points.items():
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    markers = {"full image": "s", "fixed ratio": "o", "two rounds": "^"}
+    colors = plt.get_cmap("tab20").colors
+    for index, (family, pts) in enumerate(points.items()):
         pts = sorted(pts)
+        if family.startswith("local"):
+            for _, accuracy, name in pts:  # 0 bytes: drawn as reference lines
+                ax.axhline(100 * accuracy, color="grey", linestyle=":", linewidth=1)
+                ax.text(205, 100 * accuracy + 0.3, f"{name} on the device (0 B)", fontsize=7)
+            continue
+        adaptive = family.startswith("adaptive")
         ax.plot(
             [p[0] for p in pts],
             [100 * p[1] for p in pts],
-            marker="D"
-            if family.startswith("adaptive")
-            else markers.get(family.split(" (")[0], "o"),
-            linestyle="none" if family.startswith(("adaptive", "local")) else "-",
-            markersize=7 if family.startswith(("adaptive", "local")) else 4,
+            marker="D" if adaptive else markers.get(family.split(" (")[0], "o"),
+            linestyle="none" if adaptive else "-",
+            markersize=7 if adaptive else 4,
+            color=colors[index % len(colors)],
             label=family,
             alpha=0.85,
         )
-    ax.set_xscale("symlog", linthresh=100)
+    ax.set_xscale("log")
+    ax.set_xlim(200, 5000)
+    ax.set_ylim(35, 90)
     ax.set_xlabel("request body bytes per image (frame header + payload; HTTP framing excluded)")
     ax.set_ylabel("top-1 accuracy on Fashion-MNIST test (%)")
     ax.set_title("Accuracy vs bytes per image (64x64 upscaled Fashion-MNIST, 8x8 patches)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="lower right")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=6.5, loc="lower right", ncol=2)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -365,32 +373,38 @@ def plot_accuracy_vs_bytes(points: dict[str, list[tuple[float, float, str]]], pa
 
 def plot_slo(rows: list[dict[str, Any]], path: Path) -> None:
     names = [
-        "adaptive two-round",
-        "adaptive one-round",
-        "best fixed (same attainment)",
-        "full-image jpeg50",
-        "local ViT (weak device)",
+        ("adaptive two-round", "adaptive two-round"),
+        ("adaptive two-round, robust round 1", "adaptive two-round, robust round 1"),
+        ("adaptive one-round", "adaptive one-round"),
+        ("best fixed (same attainment)", "best fixed meeting as many SLOs"),
+        ("fixed grid-k64-webp10", "fixed: full image WebP q10"),
+        ("local ViT (weak device)", "local ViT (weak device)"),
     ]
-    fig, axes = plt.subplots(1, 2, figsize=(13, 4.5))
-    labels = [f"{r['trace']}\n{int(1000 * r['slo_s'])} ms" for r in rows]
+    fig, axes = plt.subplots(2, 1, figsize=(13, 8))
+    labels = [
+        f"{r['trace'].replace('random_walk', 'rand. walk')}\n{int(1000 * r['slo_s'])} ms"
+        for r in rows
+    ]
     x = np.arange(len(rows))
-    width = 0.16
-    for j, name in enumerate(names):
-        att = [r["policies"].get(name, {}).get("slo_attainment_feasible", np.nan) for r in rows]
-        acc = [r["policies"].get(name, {}).get("accuracy", np.nan) for r in rows]
-        axes[0].bar(x + (j - 2) * width, 100 * np.array(att), width, label=name)
-        axes[1].bar(x + (j - 2) * width, 100 * np.array(acc), width, label=name)
+    width = 0.8 / len(names)
+    for j, (key, label) in enumerate(names):
+        att = [(r["policies"].get(key) or {}).get("slo_attainment_feasible", np.nan) for r in rows]
+        good = [(r["policies"].get(key) or {}).get("correct_and_on_time", np.nan) for r in rows]
+        offset = x + (j - (len(names) - 1) / 2) * width
+        axes[0].bar(offset, 100 * np.array(att, dtype=float), width, label=label)
+        axes[1].bar(offset, 100 * np.array(good, dtype=float), width, label=label)
+    axes[0].axhline(99, color="black", linewidth=0.8, linestyle="--")
     axes[0].set_ylabel("SLO met (% of feasible frames)")
-    axes[1].set_ylabel("accuracy (%)")
-    axes[0].set_ylim(0, 105)
-    axes[1].set_ylim(40, 95)
+    axes[0].set_ylim(80, 100.5)
+    axes[1].set_ylabel("correct and on time (% of frames)")
+    axes[1].set_ylim(40, 90)
     for ax in axes:
-        ax.set_xticks(x, labels, fontsize=7)
+        ax.set_xticks(x, labels, fontsize=8)
         ax.grid(alpha=0.3, axis="y")
-    axes[0].legend(fontsize=7, loc="lower left")
-    fig.suptitle("Bandwidth traces (mean 100 kbit/s) x latency SLOs")
+    axes[0].legend(fontsize=7, loc="lower right", ncol=3)
+    fig.suptitle("Bandwidth traces (mean 100 kbit/s, one-way 20 ms) x latency SLOs; dashed: 99 %")
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
@@ -420,6 +434,35 @@ def plot_reconstructions(
     plt.close(fig)
 
 
+def curves_from_results(result: dict[str, Any]) -> dict[str, list[tuple[float, float, str]]]:
+    """Plot series from a results JSON (so `--replot` redraws without re-measuring)."""
+    curves: dict[str, list[tuple[float, float, str]]] = {}
+    for name, v in result["accuracy_vs_bytes"].items():
+        point = (v["bytes_mean"], v["accuracy"], name)
+        if name.startswith("local"):
+            family = "local"
+            point = (0.0, v["accuracy"], name.split(" (")[0])
+        else:
+            base, _, extra = name.partition("+")
+            sampling, k, codec = base.split("-", 2)
+            if extra:
+                if codec not in ("webp50", "zlib"):
+                    continue
+                family = f"two rounds (+{extra[1:]} requested, {codec})"
+            elif sampling == "grid" and k == "k64":
+                family = f"full image ({codec.rstrip('0123456789')})"
+            else:
+                order = "server order" if sampling == "server" else sampling
+                family = f"fixed ratio ({order}, {codec})"
+        curves.setdefault(family, []).append(point)
+    for label in ("adaptive one-round", "adaptive two-round"):
+        curves[f"{label} (per trace x SLO)"] = [
+            (row["policies"][label]["mean_bytes"], row["policies"][label]["accuracy"], "")
+            for row in result["slo"]
+        ]
+    return curves
+
+
 # -- main ---------------------------------------------------------------------------------------------
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
@@ -430,7 +473,17 @@ def main() -> None:
         action="store_true",
         help="also write the policy tables next to the checkpoints",
     )
+    parser.add_argument(
+        "--replot", action="store_true", help="only redraw the plots from the results JSON"
+    )
     args = parser.parse_args()
+    if args.replot:
+        import json
+
+        result = json.loads((Path(__file__).parent / "results" / "offload.json").read_text())
+        plot_accuracy_vs_bytes(curves_from_results(result), DOCS / "offload_accuracy_vs_bytes.png")
+        plot_slo(result["slo"], DOCS / "offload_slo.png")
+        return
     torch.set_num_threads(1)
     started = time.monotonic()
     cpu_started = time.process_time()
