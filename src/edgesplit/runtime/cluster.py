@@ -300,6 +300,8 @@ class EmulatedCluster:
         from ray.cluster_utils import Cluster as _RayCluster
 
         self.config = config
+        if ray.is_initialized():  # a connection some earlier caller left open
+            ray.shutdown()
         if "RAY_AUTH_TOKEN" not in os.environ and "RAY_AUTH_TOKEN_PATH" not in os.environ:
             os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(16)
         self._cluster = _RayCluster(
