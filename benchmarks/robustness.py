@@ -274,6 +274,31 @@ def run_failout(name: str, seeds: list[int], opts: dict[str, Any], steps: int) -
     return {"seeds": seeds, "steps": steps, "k1": k1, "runs": reports}
 
 
+def compact(value: Any, key: str = "") -> Any:
+    """Round floats to 5 significant digits and keep only E[metric] and memory of the surrogate
+    candidates (the full per-k surrogate tables are reproducible from the command)."""
+    if isinstance(value, float):
+        return float(f"{value:.5g}")
+    if isinstance(value, dict):
+        if key == "surrogate":
+            return {
+                label: {
+                    "memory_copies": compact(s["memory_copies"]),
+                    "expected": compact(s["expected"]),
+                    "worst_k1": compact(s["worst_by_k"][1])
+                    if len(s.get("worst_by_k", ())) > 1
+                    else None,
+                }
+                if "mean_by_k" in s
+                else compact(s)
+                for label, s in value.items()
+            }
+        return {k: compact(v, k) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [compact(v) for v in value]
+    return value
+
+
 def plot(results: dict[str, Any]) -> list[str]:
     paths = []
     tasks = results["tasks"]
@@ -412,6 +437,21 @@ def main() -> None:
     command = ("python benchmarks/robustness.py " + " ".join(sys.argv[1:])).strip()
     results["commands"] = [*previous.get("commands", []), command]
     results["commands"] = [c for c in results["commands"] if c]
+    for task in results["tasks"].values():
+        for index, seed_out in enumerate(task["seeds"].values()):
+            for n in ("n4", "n8"):
+                if index > 0:  # the candidates' surrogate scores of the first seed suffice
+                    seed_out[n].pop("surrogate", None)
+                for m in seed_out[n]["measured"].values():
+                    for key in ("eval_s", "metric_name", "num_devices"):
+                        m.pop(key, None)
+    for f in results["failout"].values():
+        for run in f["runs"]:
+            for arm in list(run):
+                if isinstance(run[arm], dict) and "mean_by_k" in run[arm]:
+                    keep = ("strategy", "memory_copies", "mean_by_k", "worst_by_k")
+                    run[arm] = {k: run[arm][k] for k in keep}
+    results = compact(results)
     path = write_result(args.results_name, results, " && ".join(results["commands"]))
     print(f"wrote {path} in {results['wall_s']:.0f} s wall, {results['cpu_s']:.0f} CPU-s")
     for name, task in results["tasks"].items():
