@@ -202,7 +202,13 @@ def ray_status(address: str | None) -> dict[str, Any]:
     started = False
     if not ray.is_initialized():
         os.environ.setdefault("RAY_AUTH_MODE", "token")
-        ray.init(address=address or "auto", log_to_driver=False)
+        try:
+            ray.init(address=address or "auto", log_to_driver=False)
+        except (ConnectionError, RuntimeError, RayError) as e:
+            raise DeviceUnavailableError(
+                f"no Ray cluster at {address or 'auto (this machine)'}: {e}; start one with "
+                "`edgesplit cluster up --head` or pass --address HEAD_IP:PORT"
+            ) from e
         started = True
     try:
         nodes = []

@@ -326,6 +326,13 @@ class _Driver:
         link = _SourceLink(conn, epoch, self.config.max_in_flight, shaper)
         link.start()
         self.link = link
+        self._watch(stages)
+        if self.metrics is not None:
+            self.metrics.stages.set(len(stages))
+        return current
+
+    def _watch(self, stages: Sequence[StagePlacement]) -> None:
+        """(Re)start heartbeat clocks: silence is counted from the moment the stages are live."""
         now = time.time()
         cost = CostModel(self.profile, self.cluster)
         # Real compute may run slower than a profile taken elsewhere: triple its allowance.
@@ -333,9 +340,6 @@ class _Driver:
         for stage in stages:
             expected = cost.compute_s(stage.device, stage.start, stage.end) * self.config.time_scale
             self.detector.watch(stage.device, now, expected * slack)
-        if self.metrics is not None:
-            self.metrics.stages.set(len(stages))
-        return current
 
     # -- the two driver threads ------------------------------------------------------------------
     def _source(self) -> None:
@@ -423,6 +427,7 @@ class _Driver:
         self.t0_s = time.time()
         threading.Thread(target=self._accept_results, daemon=True, name="sink").start()
         threading.Thread(target=self._source, daemon=True, name="source").start()
+        self._watch(self.plan.stages)
         pings: dict[str, Any] = {}
         pending_faults = list(self.faults)
         last_progress_s = 0.0
@@ -634,6 +639,8 @@ class _Driver:
             len(replays) - len(from_input),
             tuple(stages),
         )
+        # Replays may have taken a while on a loaded host: count silence from now on.
+        self._watch(stages)
         self.source_paused.clear()
 
     def _record(
