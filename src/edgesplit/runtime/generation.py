@@ -132,7 +132,9 @@ class WorkerHandle(Protocol):
 
 
 class WorkerLauncher(Protocol):
-    def launch(self, device: str, driver_address: tuple[str, int]) -> WorkerHandle: ...
+    def launch(
+        self, device: str, driver_address: tuple[str, int], standby: bool = False
+    ) -> WorkerHandle: ...
 
 
 @dataclass
@@ -159,9 +161,11 @@ class SubprocessLauncher:
 
     host: str = "127.0.0.1"
     env: dict[str, str] = field(default_factory=dict)
-    preload: bool = True  # import torch/transformers in the worker while it waits
+    preload: bool = True  # standbys import torch/transformers and warm up while they wait
 
-    def launch(self, device: str, driver_address: tuple[str, int]) -> WorkerHandle:
+    def launch(
+        self, device: str, driver_address: tuple[str, int], standby: bool = False
+    ) -> WorkerHandle:
         command = [
             sys.executable,
             "-m",
@@ -172,7 +176,7 @@ class SubprocessLauncher:
             device,
             "--host",
             self.host,
-            *(["--preload"] if self.preload else []),
+            *(["--preload"] if self.preload and standby else []),
         ]
         env = {**os.environ, "OMP_NUM_THREADS": "1", **self.env}
         process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL)
@@ -311,7 +315,8 @@ class GenerationPipeline:
 
     def _launch(self, devices: Sequence[str]) -> None:
         assert self._control_listener is not None
-        handles = {d: self.launcher.launch(d, self._control_listener.address) for d in devices}
+        address = self._control_listener.address
+        handles = {d: self.launcher.launch(d, address, d in self._spare) for d in devices}
         deadline = time.time() + self.config.startup_timeout_s
         pending = set(devices)
         while pending:

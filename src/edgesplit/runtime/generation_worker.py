@@ -310,13 +310,19 @@ class GenerationWorker:
 
 
 def _preload() -> None:
+    """Import torch/transformers and run one tiny GPT-2 and Llama step: a standby's first real
+    stage build then costs its weights, not seconds of lazy imports and kernel warm-up."""
     import torch
 
     torch.set_num_threads(1)
-    from edgesplit.models import (
-        build,  # noqa: F401  (transformers + models)
-        kv_stage,  # noqa: F401
-    )
+    from edgesplit.models import model_spec_from_name
+    from edgesplit.models.kv_stage import KvStage
+
+    for name in ("gpt2-tiny", "llama-tiny"):
+        stage = KvStage.build(model_spec_from_name(name), 0, 3)
+        with torch.inference_mode():
+            stage.step(0, {"input_ids": torch.tensor([[1, 2]])}, 0)
+            stage.step(0, {"input_ids": torch.tensor([[3]])}, 2)
 
 
 def main(argv: list[str] | None = None) -> None:
