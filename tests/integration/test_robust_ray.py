@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 from test_robust_width import reference, synthetic_problem, tiny_model
@@ -15,18 +13,8 @@ from edgesplit.runtime.robust import RobustCoordinator, shard_payloads
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
-@pytest.fixture(scope="module")
-def ray_local() -> Iterator[None]:
-    # A stale /tmp/ray/ray_current_cluster from another process would make ray.init() try to
-    # connect to it; "local" always starts our own embedded cluster.
-    mp = pytest.MonkeyPatch()
-    mp.setenv("RAY_ADDRESS", "local")
-    yield
-    mp.undo()
-
-
 @pytest.mark.parametrize("family", ["llama"])
-def test_killed_actors_reproduce_masked_evaluation(family: str, ray_local: None) -> None:
+def test_killed_actors_reproduce_masked_evaluation(family: str) -> None:
     from edgesplit.runtime.robust_ray import RayShardBackend
 
     model, inputs = tiny_model(family)
