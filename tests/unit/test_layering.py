@@ -29,7 +29,13 @@ ALLOWED: dict[str, set[str]] = {
         "cosearch",
         "plots",
     },
-    "cli": {"api", "core", "sim", "plots", "cli"},
+    "envinfo": set(),
+    "api_robust": {"core", "planners", "models", "runtime"},
+    # [Note: cli-facades] The CLI reaches the pipeline capability through `api`, the robust split
+    # through `api_robust`, and A-MOT / EdgeTran through their packages' public modules
+    # (imported inside commands, so `edgesplit --help` stays fast); never planners, runtime,
+    # models or profile directly.
+    "cli": {"api", "api_robust", "core", "sim", "plots", "cli", "envinfo", "offload", "cosearch"},
 }
 TORCH_AREAS = {"models", "profile", "runtime", "offload", "cosearch", "api", "cli"}
 PURE_MODULES = {"offload/policy.py"}  # core only, no torch, although offload may use torch

@@ -224,8 +224,12 @@ def _build_problem(
     # Widest stage any class can take without exceeding the bound (band of the DP).
     width = 1
     if objective == "throughput" and np.isfinite(stage_bound_s):
+        # The band only limits which widths are tried (stage_cost checks the bound exactly), so
+        # it gets a little slack: prefix[a] + bound may round below prefix[b] even when
+        # prefix[b] - prefix[a] <= bound.
+        slack_bound = stage_bound_s * (1 + 1e-9) + 1e-12
         for prefix in data.time_prefix:
-            reach = np.searchsorted(prefix, prefix[:-1] + stage_bound_s, side="right") - 1
+            reach = np.searchsorted(prefix, prefix[:-1] + slack_bound, side="right") - 1
             width = max(width, int(np.max(np.minimum(reach, num_units) - np.arange(num_units))))
     else:
         width = num_units

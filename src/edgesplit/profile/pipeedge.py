@@ -80,5 +80,7 @@ def import_pipeedge(
         dtype="float32",
         input_bytes=float(spec["parameters_in"]) * FP32_BYTES * batch_size,
         units=units,
-        source=f"PipeEdge scheduler data ({data_dir})",
+        # No absolute path here: the profile hash (recorded in plans) must not depend on where
+        # the data sits.
+        source=f"PipeEdge scheduler data ({Path(data_dir).name})",
     )

@@ -72,6 +72,11 @@ class _RayStage(StageWorker):
 _RemoteStage: Any = ray.remote(_RayStage)
 
 
+def remote_class(cls: type) -> Any:
+    """`ray.remote(cls)` for other runtime modules, which never import ray themselves."""
+    return ray.remote(cls)
+
+
 @dataclass
 class StageActor:
     """A live stage actor, the call that fails when it dies, and what it told us about itself."""

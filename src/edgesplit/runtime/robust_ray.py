@@ -2,9 +2,8 @@
 
 Owns `RayShardBackend` (start shard actors from plain (meta, arrays) payloads, submit partial-sum
 calls, `ray.wait` with a deadline, kill a device's actor). Connection, waiting, results and kills
-go through runtime/cluster.py's `RaySession`; the only ray call made here is `ray.remote` to make
-`ShardWorker` an actor class (runtime/cluster.py has no generic actor constructor yet).
-TODO(#4): move `_RemoteShard` into runtime/cluster.py and drop the ray import here.
+go through runtime/cluster.py's `RaySession`, and its `remote_class` makes `ShardWorker` an
+actor class, so this module never imports ray.
 """
 
 from __future__ import annotations
@@ -14,9 +13,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
-import ray
 
-from edgesplit.runtime.cluster import RaySession, StageActor
+from edgesplit.runtime.cluster import RaySession, StageActor, remote_class
 from edgesplit.runtime.config import RuntimeConfig
 from edgesplit.runtime.robust import ShardWorker
 
@@ -24,7 +22,7 @@ __all__ = ["RayShardBackend"]
 
 log = logging.getLogger(__name__)
 
-_RemoteShard = ray.remote(ShardWorker)
+_RemoteShard = remote_class(ShardWorker)
 
 
 class RayShardBackend:
