@@ -47,8 +47,21 @@ test: $(STAMP) lint typecheck  ## lint, type-check and run every test but GPU on
 test-quick: $(STAMP)  ## the quick loop: no slow or multi-process tests
 	$(BIN)/python -m pytest -m "not slow and not gpu" -q
 
-bench: $(STAMP)  ## run the benchmarks (writes benchmarks/results/*.json and plots)
+models: $(STAMP)  ## build checkpoints that are not committed (SmolLM2 conversion, KJV GPT-2); retrain A-MOT with FORCE=1
+	bash scripts/install_data.sh
+	$(BIN)/python scripts/build_generation_models.py
+	@if [ -n "$(FORCE)" ]; then $(BIN)/python scripts/train_offload_models.py; \
+	 else echo "A-MOT checkpoints are committed (src/edgesplit/offload/weights); FORCE=1 retrains"; fi
+
+bench: $(STAMP)  ## run every benchmark (tens of minutes; writes benchmarks/results/*.json + docs/ plots)
 	$(BIN)/python benchmarks/planner.py
+	$(BIN)/python benchmarks/runtime_efficiency.py
+	$(BIN)/python benchmarks/runtime_crossnode.py
+	$(BIN)/python benchmarks/runtime_failures.py
+	$(BIN)/python benchmarks/robustness.py
+	$(BIN)/python benchmarks/offload.py
+	$(BIN)/python benchmarks/cosearch.py
+	$(BIN)/python benchmarks/generation.py
 
 clean:
 	rm -rf out .pytest_cache .mypy_cache .ruff_cache
