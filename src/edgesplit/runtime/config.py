@@ -43,6 +43,7 @@ class RuntimeConfig(FrozenModel):
     health_check_failure_threshold: Annotated[int, Field(ge=1)] = 3
     heartbeat_period_s: Positive = 0.25
     hang_timeout_s: Positive = 2.0  # an actor silent this long is declared hung and killed
+    stream_loss_grace_s: Positive = 0.5  # a stream closed by its peer this long -> peer failed
     batch_deadline_s: Positive = 3.0  # a micro-batch computing longer than this (plus its
     # profiled time) marks its stage stalled
     startup_timeout_s: Positive = 180.0

@@ -37,6 +37,9 @@ class FailureDetector:
 
     hang_timeout_s: float
     batch_deadline_s: float
+    # A stream its peer closed (EOF/EPIPE) means the peer process is gone (a hung process or a
+    # cut link keeps streams open): declare it after this short grace, before Ray's node checks.
+    stream_loss_grace_s: float = 0.5
     expected_compute_s: dict[str, float] = field(default_factory=dict)
     _last_heard_s: dict[str, float] = field(default_factory=dict)
     _busy_since_s: dict[str, float | None] = field(default_factory=dict)
@@ -53,7 +56,7 @@ class FailureDetector:
         self._unreachable_since_s.pop(device, None)
 
     def unreachable(self, device: str, since_s: float) -> None:
-        """Its upstream lost the stream to `device` at `since_s` (crash, or a cut link)."""
+        """A neighbour's stream to `device` was closed at `since_s` (its process is gone)."""
         if device in self._last_heard_s:
             self._unreachable_since_s.setdefault(device, since_s)
 
@@ -90,8 +93,8 @@ class FailureDetector:
                         f" s (deadline {deadline_s:.2f} s)",
                     )
                 )
-            elif lost_since_s is not None and now_s - lost_since_s > self.hang_timeout_s:
-                detail = f"its upstream lost the stream {now_s - lost_since_s:.2f} s ago"
+            elif lost_since_s is not None and now_s - lost_since_s > self.stream_loss_grace_s:
+                detail = f"its stream was closed {now_s - lost_since_s:.2f} s ago"
                 found.append(Suspicion(device, "unreachable", lost_since_s, detail))
         return found
 

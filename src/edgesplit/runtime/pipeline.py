@@ -81,6 +81,7 @@ class _SourceLink:
     credit: threading.Condition = field(default_factory=threading.Condition)
     unacked: int = 0
     wire: queue.Queue[tuple[float, Frame]] = field(default_factory=queue.Queue)
+    lost_s: float | None = None  # when stage 0 closed the stream (its process died)
 
     def start(self) -> None:
         for target in (self._write, self._read_acks):
@@ -119,6 +120,8 @@ class _SourceLink:
         while not self.stopped.is_set():
             frame = self.conn.recv()
             if frame is None:
+                if not self.stopped.is_set():
+                    self.lost_s = time.time()
                 return
             if frame.type == "ack":
                 with self.credit:
@@ -221,7 +224,9 @@ class _Driver:
         self.ledger = _Ledger(on_result)
         self.failed: set[str] = set()
         self.failures: list[dict[str, Any]] = []
-        self.detector = FailureDetector(config.hang_timeout_s, config.batch_deadline_s)
+        self.detector = FailureDetector(
+            config.hang_timeout_s, config.batch_deadline_s, config.stream_loss_grace_s
+        )
         self.resend: list[int] = []
         self.source_done = threading.Event()
         self.source_paused = threading.Event()
@@ -235,6 +240,7 @@ class _Driver:
         self.all_actors: dict[str, StageActor] = {}
         self.sink: Any = None
         self.sink_conns: list[Connection] = []
+        self.sink_lost: tuple[int, float] | None = None
         self.retired_timelines: list[dict[str, Any]] = []
 
     # -- set-up -------------------------------------------------------------------------------
@@ -398,6 +404,9 @@ class _Driver:
         while True:
             frame = conn.recv()
             if frame is None:
+                current = self.current
+                if current is not None and epoch == current.epoch and not self.aborted.is_set():
+                    self.sink_lost = (epoch, time.time())  # the last stage's process is gone
                 return
             if frame.type == "hello":
                 epoch = frame.epoch
@@ -495,7 +504,7 @@ class _Driver:
             if ref in ready:
                 ok, value = self.session.result(ref)
                 del pings[device]
-                if ok:
+                if ok and value.get("epoch") == self.current.epoch:
                     self.detector.heard(device, time.time(), value["busy_since_s"])
                     lost_s = value.get("downstream_lost_s")
                     if lost_s is not None:
@@ -509,6 +518,11 @@ class _Driver:
         for device, actor in self.current.actors.items():
             if device not in pings:
                 pings[device] = actor.call("ping")
+        stages = self.current.stages
+        if self.link is not None and self.link.lost_s is not None:
+            self.detector.unreachable(stages[0].device, self.link.lost_s)
+        if self.sink_lost is not None and self.sink_lost[0] == self.current.epoch:
+            self.detector.unreachable(stages[-1].device, self.sink_lost[1])
         return self.detector.check(now_s)
 
     def _downstream_of(self, device: str) -> str | None:
