@@ -56,9 +56,21 @@ def _healthy(port: int) -> bool:
 def _start(port: int) -> subprocess.Popen[bytes]:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(SRC)}
     process = subprocess.Popen(
-        [sys.executable, "-m", "edgesplit.offload.server", "--tiny", "--port", str(port),
-         "--token", TOKEN, "--max-body-bytes", "65536"],
-        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+        [
+            sys.executable,
+            "-m",
+            "edgesplit.offload.server",
+            "--tiny",
+            "--port",
+            str(port),
+            "--token",
+            TOKEN,
+            "--max-body-bytes",
+            "65536",
+        ],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
     try:
         wait_until(lambda: _healthy(port) or process.poll() is not None, timeout_s=90)
@@ -113,13 +125,19 @@ def test_bad_requests_get_4xx_and_server_keeps_serving(server: int) -> None:
         assert http.get("/health").status_code == 200
     with OffloadClient(url, token=TOKEN) as client:
         info = client.info()
-        answer, stats = client.send_round(_image(0), info.patch_order[:16], codec="jpeg",
-                                          quality=50, extra_k=8)
+        answer, stats = client.send_round(
+            _image(0), info.patch_order[:16], codec="jpeg", quality=50, extra_k=8
+        )
         assert answer.num_received == 16
         assert len(answer.requested_indices) == 8
         second, _ = client.send_round(
-            _image(0), answer.requested_indices, codec="jpeg", quality=50,
-            request_id=answer.request_id, round_index=2, session_id=answer.session_id,
+            _image(0),
+            answer.requested_indices,
+            codec="jpeg",
+            quality=50,
+            request_id=answer.request_id,
+            round_index=2,
+            session_id=answer.session_id,
         )
         assert second.num_received == 24
         assert second.reused_round1
@@ -137,21 +155,24 @@ def test_restart_mid_stream_loses_no_retried_request() -> None:
     images = [_image(seed) for seed in range(24)]
     indices = list(range(0, 64, 3))
     expected = [
-        int(np.argmax(pipeline.run(patchify(im, 8)[indices][None], np.array([indices]))
-                      .probabilities[0]))
+        int(
+            np.argmax(
+                pipeline.run(patchify(im, 8)[indices][None], np.array([indices])).probabilities[0]
+            )
+        )
         for im in images
     ]
     answers: dict[int, int] = {}
     errors: list[BaseException] = []
 
     def stream() -> None:
-        retry = RetryConfig(max_attempts=200, base_backoff_s=0.05, max_backoff_s=0.3,
-                            timeout_s=20)
+        retry = RetryConfig(max_attempts=200, base_backoff_s=0.05, max_backoff_s=0.3, timeout_s=20)
         try:
             with OffloadClient(f"http://127.0.0.1:{port}", token=TOKEN, retry=retry) as client:
                 for i, image in enumerate(images):
-                    answer, _ = client.send_round(image, indices, codec="raw",
-                                                  request_id=f"frame-{i}")
+                    answer, _ = client.send_round(
+                        image, indices, codec="raw", request_id=f"frame-{i}"
+                    )
                     answers[i] = answer.label
         except BaseException as e:  # surfaced to the test thread below
             errors.append(e)
