@@ -57,10 +57,10 @@ def _progress() -> Progress:
 
 
 def _flow() -> Any:
-    """The co-search entry points (cosearch_profile/fit/search/refine), one thread for torch.
+    """The co-search entry points (cosearch_profile/fit/search/refine), torch on one thread.
 
-    TODO(#6): becomes `from edgesplit import api` once api.py re-exports them (layering: cli ->
-    api); the names and signatures are already the api ones.
+    The CLI may import cosearch directly (tests/unit/test_layering.py allows it); the names and
+    signatures are the ones `api` re-exports.
     """
     import torch
 
