@@ -53,6 +53,7 @@ __all__ = [
     "run",
     "run_ray_command",
     "save",
+    "serve_offload",
     "simulate",
 ]
 
@@ -229,3 +230,16 @@ def run_ray_command(*args: Any, **kwargs: Any) -> Any:
     from edgesplit.runtime.cluster import run_ray_command as command
 
     return command(*args, **kwargs)
+
+
+def serve_offload(
+    config: Any = None, weights_dir: Path | None = None, *, tiny: bool = False
+) -> None:
+    """Run the A-MOT edge server (FastAPI + uvicorn) until interrupted; see docs/offload.md.
+
+    `config` is an `edgesplit.offload.server.ServerConfig` (host, port, token, limits).
+    """
+    from edgesplit.offload import serve
+    from edgesplit.offload.server import ServerConfig
+
+    serve(config or ServerConfig(), weights_dir, tiny=tiny)
