@@ -7,6 +7,7 @@ pip="$here/.venv/bin/pip"
 need_apt=()
 [ -d /usr/share/fashion-mnist ] || dpkg -s dataset-fashion-mnist >/dev/null 2>&1 || need_apt+=(dataset-fashion-mnist)
 [ -e /usr/share/bible-kjv-text ] || dpkg -s bible-kjv-text >/dev/null 2>&1 || need_apt+=(bible-kjv-text)
+dpkg -s wordnet-base >/dev/null 2>&1 || need_apt+=(wordnet-base)
 if [ ${#need_apt[@]} -gt 0 ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
   (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_apt[@]}") >/dev/null 2>&1 \
     || echo "install_data: could not install ${need_apt[*]} (tests needing them will skip)"
