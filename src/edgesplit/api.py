@@ -42,6 +42,7 @@ __all__ = [
     "cluster_status",
     "cluster_up_command",
     "compare",
+    "cosearch",
     "import_pipeedge_profile",
     "load_cluster",
     "load_plan",
@@ -243,3 +244,14 @@ def serve_offload(
     from edgesplit.offload.server import ServerConfig
 
     serve(config or ServerConfig(), weights_dir, tiny=tiny)
+
+
+def cosearch(output_dir: Path | str, **options: Any) -> Any:
+    """EdgeTran co-search end to end (fit predictors, search, grow-and-prune, report).
+
+    Options and outputs are those of `edgesplit.cosearch.workflow.cosearch` (docs/cosearch.md);
+    returns (SearchResult, RefineResult).
+    """
+    from edgesplit.cosearch.workflow import cosearch as run_cosearch
+
+    return run_cosearch(Path(output_dir), **options)
