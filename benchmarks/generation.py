@@ -132,12 +132,23 @@ def correctness() -> dict[str, Any]:
 
 
 # -- failures ------------------------------------------------------------------------------------
-def failures(trials: int = 3) -> dict[str, Any]:
+def failures() -> dict[str, Any]:
     kjv = ROOT / "checkpoints" / "gpt2-kjv"
     name = str(kjv) if (kjv / "model.safetensors").is_file() else "gpt2-tiny"
+    prompt = list(b"And God said, ") if name != "gpt2-tiny" else [5, 6, 7]
+    out = _failures(name, "gpt2-kjv" if name != "gpt2-tiny" else "gpt2-tiny", prompt)
+    smollm2 = find_smollm2_checkpoint([ROOT / "checkpoints" / "smollm2-135m"])
+    if smollm2 is not None:
+        from edgesplit.api_generation import tokenizer_for
+
+        smol_prompt = tokenizer_for(str(smollm2)).encode("The capital of France is")
+        out["smollm2"] = _failures(str(smollm2), "smollm2-135m", smol_prompt)
+    return out
+
+
+def _failures(name: str, label: str, prompt: list[int], trials: int = 3) -> dict[str, Any]:
     spec = model_spec_from_name(name)
     n = len(unit_names(spec))
-    prompt = list(b"And God said, ") if name != "gpt2-tiny" else [5, 6, 7]
     requests = [
         GenerationRequest(prompt_ids=prompt, max_new_tokens=NEW_TOKENS),
         GenerationRequest(prompt_ids=prompt, max_new_tokens=NEW_TOKENS, temperature=0.8, seed=3),
@@ -191,7 +202,7 @@ def failures(trials: int = 3) -> dict[str, Any]:
             print("failure", rows[-1], flush=True)
     recovery = [r["recovered_after_s"] for r in rows]
     return {
-        "model": name if name == "gpt2-tiny" else "gpt2-kjv",
+        "model": label,
         "stages": 3,
         "sequences": len(requests),
         "new_tokens_per_sequence": NEW_TOKENS,
