@@ -75,7 +75,7 @@ def measure_generation_units(
     for _ in range(repeats + 1):
         act = {"input_ids": ids(1), "position_ids": positions(cache_length, 1)}
         decode_runs.append(_timed_pass(units, act, cache))
-        cache.crop(cache_length)
+        cache.crop(-1)  # drop the token just added: every repeat sees cache_length
     kv_one_layer = kv_bytes_per_token(spec)
     decode_units, prefill_units, kv = [], [], []
     for index, (name, unit) in enumerate(zip(names, units, strict=True)):
