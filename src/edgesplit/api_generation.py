@@ -15,7 +15,7 @@ import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from edgesplit.core.cluster import Cluster
 from edgesplit.core.plan import Plan
@@ -28,7 +28,10 @@ from edgesplit.planners.generation import (
     plan_generation,
 )
 
+Engine = Literal["ray", "process"]
+
 __all__ = [
+    "Engine",
     "GenerationPlan",
     "GenerationProfile",
     "Tokenizer",
@@ -125,6 +128,25 @@ def stages_of(plan: Plan) -> list[tuple[str, int, int]]:
     return [(s.device, s.start, s.end) for s in plan.stages]
 
 
+def _launcher(engine: Engine) -> Any:
+    """The stage launcher of `engine`: Ray actors per device (default) or plain OS processes."""
+    if engine == "ray":
+        from edgesplit.runtime.generation_ray import RayLauncher
+
+        return RayLauncher()
+    if engine == "process":
+        from edgesplit.runtime.generation import SubprocessLauncher
+
+        return SubprocessLauncher()
+    raise ConfigError(f"engine must be 'ray' or 'process', not {engine!r}")
+
+
+def _close_launcher(launcher: Any) -> None:
+    close = getattr(launcher, "close", None)
+    if close is not None:
+        close()
+
+
 def _link(cluster: Cluster) -> Callable[[str, str], tuple[float, float] | None]:
     def link(a: str, b: str) -> tuple[float, float] | None:
         return None if a == b else cluster.link(a, b)
@@ -149,6 +171,7 @@ def generate(
     on_token: Callable[[int, int], None] | None = None,
     faults: Sequence[tuple[str, float]] = (),
     stop_at_eos: bool = True,
+    engine: Engine = "ray",
 ) -> Any:
     """Generate continuations of `prompts` on a real-compute pipeline of `stages`.
 
@@ -160,6 +183,8 @@ def generate(
         profile: when given with a cluster, a failed stage's device is re-planned away over the
             survivors (`plan_generation`); otherwise a standby takes over, or the stage restarts.
         faults: (device, seconds) SIGKILLs of stage processes (tests, benchmarks).
+        engine: "ray" (one actor per device on its Ray node; starts or joins Ray) or
+            "process" (plain OS processes on this machine).
 
     Returns:
         runtime.generation.GenerationReport (token ids; decode them with `tokenizer_for`).
@@ -202,16 +227,21 @@ def generate(
         max_concurrent=max_concurrent,
         standby_devices=tuple(standby_devices),
     )
-    with GenerationPipeline(
-        spec,
-        stages,
-        config,
-        num_units=len(unit_names(spec)),
-        source=cluster.source if cluster is not None else None,
-        link=_link(cluster) if cluster is not None else None,
-        replanner=replanner,
-    ) as pipeline:
-        return pipeline.generate(requests, on_token=on_token, faults=faults)
+    launcher = _launcher(engine)
+    try:
+        with GenerationPipeline(
+            spec,
+            stages,
+            config,
+            num_units=len(unit_names(spec)),
+            source=cluster.source if cluster is not None else None,
+            link=_link(cluster) if cluster is not None else None,
+            replanner=replanner,
+            launcher=launcher,
+        ) as pipeline:
+            return pipeline.generate(requests, on_token=on_token, faults=faults)
+    finally:
+        _close_launcher(launcher)
 
 
 def even_stages(model: str, devices: Sequence[str]) -> list[tuple[str, int, int]]:
@@ -232,6 +262,7 @@ def open_service(
     cluster: Cluster | None = None,
     max_tokens_limit: int = 512,
     standby_devices: Sequence[str] = (),
+    engine: Engine = "ray",
 ) -> Any:
     """A started pipeline wrapped for the HTTP endpoint (a context manager yielding the service).
 
@@ -250,6 +281,7 @@ def open_service(
 
     @contextmanager
     def service() -> Any:
+        launcher = _launcher(engine)
         pipeline = GenerationPipeline(
             spec,
             stages,
@@ -257,9 +289,10 @@ def open_service(
             num_units=len(unit_names(spec)),
             source=cluster.source if cluster is not None else None,
             link=_link(cluster) if cluster is not None else None,
+            launcher=launcher,
         )
-        pipeline.start()
         try:
+            pipeline.start()
             yield GenerationService(
                 pipeline=pipeline,
                 model_name=model,
@@ -271,6 +304,7 @@ def open_service(
             )
         finally:
             pipeline.close()
+            _close_launcher(launcher)
 
     return service()
 
@@ -283,11 +317,14 @@ def serve(
     port: int = 8000,
     cluster: Cluster | None = None,
     standby_devices: Sequence[str] = (),
+    engine: Engine = "ray",
 ) -> None:
     """Run the OpenAI-style endpoint until interrupted (blocking)."""
     import uvicorn
 
     from edgesplit.runtime.generation_server import make_app
 
-    with open_service(model, stages, cluster=cluster, standby_devices=standby_devices) as service:
+    with open_service(
+        model, stages, cluster=cluster, standby_devices=standby_devices, engine=engine
+    ) as service:
         uvicorn.run(make_app(service), host=host, port=port, log_level="warning")

@@ -23,6 +23,13 @@ from edgesplit.errors import ConfigError
 __all__ = ["register"]
 
 MODEL_HELP = "Preset (gpt2-tiny, llama-tiny, ...) or a checkpoint directory."
+ENGINE_HELP = "ray: one actor per device on its Ray node (default) | process: local OS processes."
+
+
+def _engine(text: str) -> gen.Engine:
+    if text not in ("ray", "process"):
+        raise ConfigError(f"--engine must be ray or process, not {text!r}")
+    return "ray" if text == "ray" else "process"
 
 
 def _parse_kill(text: str) -> tuple[str, float]:
@@ -79,9 +86,11 @@ def register(app: typer.Typer) -> None:
         standby: Annotated[list[str] | None, typer.Option(help="Standby device.")] = None,
         kill: Annotated[list[str] | None, typer.Option(help="DEVICE@SECONDS (fault).")] = None,
         report: Annotated[Path | None, typer.Option(help="Write the JSON report.")] = None,
+        engine: Annotated[str, typer.Option(help=ENGINE_HELP)] = "ray",
     ) -> None:
         """Generate continuations on a KV-cached pipeline; tokens stream as they come."""
         model_name, placed = _stages_and_model(plan, model, stages, devices)
+        chosen = _engine(engine)
         loaded_cluster: Cluster | None = load_cluster(cluster) if cluster else None
         tokenizer = gen.tokenizer_for(model_name)
         streamed: dict[int, list[int]] = {}
@@ -111,6 +120,7 @@ def register(app: typer.Typer) -> None:
             standby_devices=standby or [],
             on_token=on_token,
             faults=[_parse_kill(k) for k in kill or []],
+            engine=chosen,
         )
         console.print()
         if len(prompt) != 1:
@@ -201,6 +211,7 @@ def register(app: typer.Typer) -> None:
         host: str = "127.0.0.1",
         port: int = 8000,
         standby: Annotated[list[str] | None, typer.Option()] = None,
+        engine: Annotated[str, typer.Option(help=ENGINE_HELP)] = "ray",
     ) -> None:
         """Serve POST /v1/completions (OpenAI-style, `stream: true` supported)."""
         model_name, placed = _stages_and_model(plan, model, stages, devices)
@@ -212,4 +223,5 @@ def register(app: typer.Typer) -> None:
             port=port,
             cluster=load_cluster(cluster) if cluster else None,
             standby_devices=standby or [],
+            engine=_engine(engine),
         )
