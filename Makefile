@@ -42,6 +42,7 @@ typecheck: $(STAMP)
 
 test: $(STAMP) lint typecheck  ## lint, type-check and run every test but GPU ones
 	bash scripts/install_data.sh
+	$(BIN)/python scripts/build_generation_models.py  # SmolLM2 from its GGUF, KJV GPT-2 (~2 min once)
 	$(BIN)/python -m pytest -m "not gpu" -q
 
 test-quick: $(STAMP)  ## the quick loop: no slow or multi-process tests

@@ -47,14 +47,14 @@ def _run_with_failure(
     victim = plan.stages[len(plan.stages) // 2].device
     # Emulated compute sleeps the profiled time; time_scale shrinks it to ~0.25 s per period.
     config = api.RuntimeConfig(compute="emulated", time_scale=0.25 / plan.predicted.period_s)
-    console.print(f"killing [bold]{victim}[/] 3 s into a stream of 40 micro-batches ...")
+    console.print(f"killing [bold]{victim}[/] 6 s into a stream of 60 micro-batches ...")
     report = api.run(
         plan,
         cluster,
         profile,
         config=config,
-        requests=40,
-        faults=[api.ScheduledFault(device=victim, at_s=3.0)],
+        requests=60,
+        faults=[api.ScheduledFault(device=victim, at_s=6.0)],
         timeline_path=output_dir / "run_gantt.png",
     )
     api.save(report, output_dir / "run.json")
