@@ -183,9 +183,7 @@ class _Problem:
 
     counts: np.ndarray  # (K,) devices per class
     stage_cost: np.ndarray  # (K, L+1, W+1): compute of [a, a+w) on class k, inf if it can't
-    hop: np.ndarray  # (K, K, L+1): transfer of output_bytes[a-1] from class k to k'
     input_cost: np.ndarray  # (K,) source -> class
-    output_cost: np.ndarray  # (K,) class -> source
     remaining_lb: np.ndarray  # (L+1,) fastest-kind compute of units [a, L)
     slowness: np.ndarray  # (K,) min over units of class time / fastest time (>= 1)
     group_of: np.ndarray  # (K,) link group of each class
@@ -253,27 +251,30 @@ def _build_problem(
             if data.bandwidth[k, j] > 0:
                 # Same expression as Cluster.transfer_s, so values match the cost model bitwise.
                 hop[k, j, 1:] = data.latency_s[k, j] + outputs / data.bandwidth[k, j]
-    per_unit = np.diff(data.time_prefix, axis=1)  # (K, L)
-    fastest = np.min(per_unit, axis=0)
+    fastest, slowness = _speeds(data)
     remaining = np.concatenate([np.cumsum(fastest[::-1])[::-1], [0.0]])
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.where(fastest[None, :] > 0, per_unit / fastest[None, :], np.inf)
-    slowness = np.min(ratio, axis=1)
-    slowness = np.where(np.isfinite(slowness), slowness, 1.0)
     group_of = _link_groups(hop, data.output_cost)
     first_of_group = [int(np.nonzero(group_of == g)[0][0]) for g in range(group_of.max() + 1)]
     return _Problem(
         counts=data.counts,
         stage_cost=stage_cost,
-        hop=hop,
         input_cost=data.input_cost,
-        output_cost=data.output_cost,
         remaining_lb=remaining,
         slowness=slowness,
         group_of=group_of,
         group_hop=hop[first_of_group],
         group_output_cost=data.output_cost[first_of_group],
     )
+
+
+def _speeds(data: ClassData) -> tuple[np.ndarray, np.ndarray]:
+    """(L,) fastest time of each unit over classes; (K,) each class's least slowdown vs it."""
+    per_unit = np.diff(data.time_prefix, axis=1)  # (K, L)
+    fastest = per_unit.min(axis=0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(fastest[None, :] > 0, per_unit / fastest[None, :], np.inf)
+    slowness = ratio.min(axis=1)
+    return fastest, np.where(np.isfinite(slowness), slowness, 1.0)
 
 
 def _combine(objective: Objective, x: np.ndarray, y: np.ndarray | float) -> np.ndarray:
@@ -348,11 +349,7 @@ THRESHOLD_GROWTH = 1.12
 
 def _period_lower_bound(cost: CostModel, data: ClassData) -> float:
     """Valid lower bound on the period: capacity of all devices, largest unit, in/out transfer."""
-    per_unit = np.diff(data.time_prefix, axis=1)  # (K, L)
-    fastest = per_unit.min(axis=0)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        ratio = np.where(fastest[None, :] > 0, per_unit / fastest[None, :], np.inf)
-    slowness = np.where(np.isfinite(ratio.min(axis=1)), ratio.min(axis=1), 1.0)
+    fastest, slowness = _speeds(data)
     capacity = float(np.sum(data.counts / slowness))
     return max(
         float(fastest.sum()) / capacity,
