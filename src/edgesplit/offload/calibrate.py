@@ -12,7 +12,14 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
-from edgesplit.offload.codec import CodecName, decode_patches, encode_patches, is_lossy
+from edgesplit.offload.codec import (
+    CodecName,
+    decode_patches,
+    decode_segments,
+    encode_patches,
+    encode_segments,
+    is_lossy,
+)
 from edgesplit.offload.patches import SamplingName, patchify, sample_indices
 from edgesplit.offload.pipeline import OffloadPipeline, ReuseMode
 from edgesplit.offload.policy import OffloadOption, OffloadTables
@@ -23,15 +30,20 @@ __all__ = [
     "K1_VALUES",
     "K2_VALUES",
     "PATCH_CODECS",
+    "PROGRESSIVE_CODEC",
+    "PROGRESSIVE_ENDS",
     "REUSE_CODEC",
     "Outcome",
+    "ProgressiveOutcome",
     "Setting",
     "build_tables",
     "calibrate_tables",
     "measure_all",
+    "measure_progressive",
     "measure_setting",
     "p95_table",
     "profile_server_s",
+    "progressive_options",
     "round_trip_patches",
     "server_profile",
 ]
@@ -45,6 +57,10 @@ PATCH_CODECS: tuple[tuple[CodecName, int | None], ...] = (
     ("jpeg_shared", 50),
     ("webp", 50),
 )
+# Progressive round 1: server-order patches in independently decodable WebP segments, cut at the
+# deadline (fewer, larger segments: each WebP file costs ~40 bytes of headers).
+PROGRESSIVE_ENDS = (4, 8, 16, 32, 64)
+PROGRESSIVE_CODEC: tuple[CodecName, int | None] = ("webp", 50)
 FULL_CODECS: tuple[tuple[CodecName, int | None], ...] = (
     ("raw", None),
     ("png", None),
@@ -349,4 +365,165 @@ def calibrate_tables(
     x = upscale(images[-VALIDATION_SIZE:][:num_images])
     y = labels[-VALIDATION_SIZE:][:num_images]
     outcomes = measure_all(pipeline, x, y, server_order)
-    return build_tables(outcomes, p95_table(server_profile(pipeline, x[0], repeats=20)))
+    server_s = p95_table(server_profile(pipeline, x[0], repeats=20))
+    tables = build_tables(outcomes, server_s)
+    progressive = progressive_options(measure_progressive(pipeline, x, y, server_order), server_s)
+    return tables.model_copy(update={"options": [*tables.options, *progressive]})
+
+
+@dataclass(slots=True)
+class ProgressiveOutcome:
+    """Per-image results of a progressive round 1 after each whole segment.
+
+    `header_bytes[c]` is the body overhead (prefix + msgpack header) of a plan capped at
+    ends[c]; `segment_bytes[:, j]` the size of segment j; correct/confidence after segment j;
+    correct2[(j, k2)] is round 2 (k2 requested patches) after prefix j.
+    """
+
+    ends: tuple[int, ...]
+    codec: CodecName
+    quality: int | None
+    header_bytes: np.ndarray  # (n, S)
+    segment_bytes: np.ndarray  # (n, S)
+    correct: np.ndarray  # (n, S) bool
+    confidence: np.ndarray  # (n, S)
+    correct2: dict[tuple[int, int], np.ndarray] = field(default_factory=dict)
+    bytes2: dict[tuple[int, int], np.ndarray] = field(default_factory=dict)
+
+    def body_bytes(self, cap: int, prefix: int) -> np.ndarray:
+        """(n,) request body bytes of a plan capped at segment `cap`, cut after `prefix`."""
+        return self.header_bytes[:, cap] + self.segment_bytes[:, : prefix + 1].sum(axis=1)
+
+
+def _progressive_header_bytes(order: np.ndarray, ends: tuple[int, ...], sizes: list[int]) -> int:
+    header = PatchRequestHeader(
+        request_id="0123456789abcdef0123456789abcdef",
+        image_size=64,
+        patch_size=8,
+        codec=PROGRESSIVE_CODEC[0],
+        quality=PROGRESSIVE_CODEC[1],
+        indices=order[: ends[-1]].tolist(),
+        payload_bytes=sum(sizes),
+        segment_ends=list(ends),
+        segment_bytes=sizes,
+        extra_k=16,
+    )
+    return len(encode_frame(header, b"\0" * sum(sizes))) - sum(sizes)
+
+
+def measure_progressive(
+    pipeline: OffloadPipeline,
+    images: np.ndarray,
+    labels: np.ndarray,
+    server_order: np.ndarray,
+    *,
+    ends: tuple[int, ...] = PROGRESSIVE_ENDS,
+    k2_values: tuple[int, ...] = K2_VALUES,
+    batch_size: int = 250,
+) -> ProgressiveOutcome:
+    """Round 1 after every whole segment of a progressive upload (and round 2 after each)."""
+    codec, quality = PROGRESSIVE_CODEC
+    n, p, s = len(images), pipeline.patch_size, len(ends)
+    out = ProgressiveOutcome(
+        ends,
+        codec,
+        quality,
+        np.zeros((n, s), np.int64),
+        np.zeros((n, s), np.int64),
+        np.zeros((n, s), bool),
+        np.zeros((n, s)),
+    )
+    for j in range(s):
+        for k2 in k2_values:
+            if ends[j] + k2 <= pipeline.num_patches:
+                out.correct2[(j, k2)] = np.zeros(n, bool)
+                out.bytes2[(j, k2)] = np.zeros(n, np.int64)
+    order = np.asarray(server_order)[: ends[-1]]
+    for start in range(0, n, batch_size):
+        rows = range(start, min(n, start + batch_size))
+        received = []
+        for i in rows:
+            patches = patchify(images[i], p)[order]
+            segments = encode_segments(patches, list(ends), codec, quality)
+            sizes = [len(x) for x in segments]
+            out.segment_bytes[i] = sizes
+            for c in range(s):
+                out.header_bytes[i, c] = _progressive_header_bytes(
+                    order, ends[: c + 1], sizes[: c + 1]
+                )
+            received.append(
+                decode_segments(b"".join(segments), sizes, list(ends), codec, p, quality)
+            )
+        got = np.stack(received)
+        sl = slice(rows.start, rows.stop)
+        for j, end in enumerate(ends):
+            idx = np.broadcast_to(order[:end], (len(rows), end))
+            first = pipeline.run(got[:, :end], np.ascontiguousarray(idx))
+            out.correct[sl, j] = first.probabilities.argmax(axis=1) == labels[sl]
+            out.confidence[sl, j] = first.probabilities.max(axis=1)
+            for k2 in k2_values:
+                if (j, k2) not in out.correct2:
+                    continue
+                idx2 = OffloadPipeline.most_uncertain(first, k2)
+                received2 = []
+                for r, i in enumerate(rows):
+                    patches2, size = round_trip_patches(images[i], idx2[r], codec, quality, p)
+                    received2.append(patches2)
+                    out.bytes2[(j, k2)][i] = size
+                second = pipeline.run(np.stack(received2), idx2, first)
+                out.correct2[(j, k2)][sl] = second.probabilities.argmax(axis=1) == labels[sl]
+    return out
+
+
+def progressive_options(
+    outcome: ProgressiveOutcome, server_s: dict[tuple[int, int], tuple[float, float]]
+) -> list[OffloadOption]:
+    """Progressive options for every cap (one round, and round 2 after a whole cap, per tau)."""
+    options: list[OffloadOption] = []
+    ends = outcome.ends
+    for c, cap in enumerate(ends):
+        prefix = {
+            "prefix_ends": ends[: c + 1],
+            "prefix_accuracy": tuple(float(outcome.correct[:, j].mean()) for j in range(c + 1)),
+            "prefix_bytes_mean": tuple(
+                float(outcome.body_bytes(c, j).mean()) for j in range(c + 1)
+            ),
+            "prefix_bytes_p95": tuple(
+                float(np.percentile(outcome.body_bytes(c, j), 95)) for j in range(c + 1)
+            ),
+            "prefix_server_s": tuple(server_s[(ends[j], 0)][0] for j in range(c + 1)),
+        }
+        acc1 = prefix["prefix_accuracy"][-1]
+        common = {
+            "sampling": "server",
+            "codec": outcome.codec,
+            "quality": outcome.quality,
+            "k1": cap,
+            "accuracy_round1": acc1,
+            "bytes1_mean": prefix["prefix_bytes_mean"][-1],
+            "bytes1_p95": prefix["prefix_bytes_p95"][-1],
+            **prefix,
+        }
+        options.append(
+            OffloadOption(accuracy=acc1, server1_s=server_s[(cap, 0)][0], **common)  # type: ignore[arg-type]
+        )
+        for (j, k2), correct2 in outcome.correct2.items():
+            if j != c or (cap, k2) not in server_s:
+                continue
+            for tau in TAUS:
+                second = outcome.confidence[:, c] < tau
+                correct = np.where(second, correct2, outcome.correct[:, c])
+                options.append(
+                    OffloadOption(
+                        k2=k2,
+                        tau=tau,
+                        accuracy=float(correct.mean()),
+                        round2_fraction=float(second.mean()),
+                        bytes2_mean=float(outcome.bytes2[(j, k2)].mean()),
+                        bytes2_p95=float(np.percentile(outcome.bytes2[(j, k2)], 95)),
+                        server1_s=server_s[(cap, k2)][0],
+                        server2_s=server_s[(cap, k2)][1],
+                        **common,  # type: ignore[arg-type]
+                    )
+                )
+    return options

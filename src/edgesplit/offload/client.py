@@ -3,8 +3,9 @@
 Owns the httpx client (bearer token, timeouts, retry of transient failures with capped
 exponential backoff and jitter, keeping the request id so retries are idempotent), patch
 sampling (random, grid, server order), the device's bandwidth estimate from its own uploads, the
-two-round flow driven by the SLO policy, and optional application-level link emulation (token
-bucket + one-way delay, real clock). Imports protocol/codec/policy/emulation, never the server.
+two-round flow driven by the SLO policy, the progressive (deadline-cut) round 1, and optional
+application-level link emulation (token bucket + one-way delay, real clock). Imports
+protocol/codec/policy/emulation, never the server.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 import httpx
@@ -21,16 +22,18 @@ from pydantic import Field
 
 from edgesplit.core.schema import FrozenModel
 from edgesplit.errors import ProtocolVersionError, RetryableError, TransportError
-from edgesplit.offload.codec import CodecName, encode_patches
+from edgesplit.offload.codec import CodecName, encode_patches, encode_segments
 from edgesplit.offload.emulation import TokenBucket
 from edgesplit.offload.patches import SamplingName, patchify, sample_indices
 from edgesplit.offload.policy import (
+    HTTP_OVERHEAD_BYTES,
     BandwidthEstimate,
     Decision,
     OffloadOption,
     PolicyConfig,
     choose,
     observe_upload,
+    segment_fits,
     should_request_round2,
 )
 from edgesplit.offload.protocol import (
@@ -66,11 +69,16 @@ class LinkEmulator:
 
     def upload(self, num_bytes: int) -> float:
         """Block for the shaped upload time of `num_bytes` plus the one-way delay; return it."""
+        duration = self.transmit(num_bytes) + self.one_way_latency_s
+        self.sleep(self.one_way_latency_s)
+        return duration
+
+    def transmit(self, num_bytes: int) -> float:
+        """Block until `num_bytes` have left the device (no propagation delay); return it."""
         start = self.clock() - self.origin_s
         finish = self.bucket.transmit(num_bytes, start)
-        duration = finish - start + self.one_way_latency_s
-        self.sleep(duration)
-        return duration
+        self.sleep(finish - start)
+        return finish - start
 
     def downlink(self) -> None:
         self.sleep(self.one_way_latency_s)
@@ -226,6 +234,102 @@ class OffloadClient:
         stats = RoundStats(len(body), elapsed, int(response.extensions["edgesplit_attempts"]))
         return answer, stats
 
+    # -- progressive round 1 ----------------------------------------------------------------
+    def send_progressive(
+        self,
+        image: np.ndarray,
+        decision: Decision,
+        info: ServerInfo,
+        *,
+        slo_s: float,
+        frame_start_s: float,
+        request_id: str,
+        policy: PolicyConfig | None = None,
+    ) -> tuple[PatchResponse, RoundStats]:
+        """Round 1 as server-order segments, cut at the deadline (see policy.segment_fits).
+
+        The frame header announces every segment up to the option's cap; the body ends after
+        the last segment that was predicted, at the rate this very upload achieves, to arrive
+        in time. With a link emulator the cut is decided segment by segment against the shaped
+        link, then the chosen prefix is posted; on a real link the body streams (chunked) and
+        the same rule runs on the wall clock as the socket takes the bytes.
+        """
+        option = decision.option
+        ends = list(option.prefix_ends)
+        order = np.asarray(info.patch_order)[: ends[-1]]
+        patches = patchify(image, info.patch_size)[order]
+        segments = encode_segments(patches, ends, option.codec, option.quality)
+        header = PatchRequestHeader(
+            request_id=request_id,
+            image_size=image.shape[0],
+            patch_size=info.patch_size,
+            codec=option.codec,
+            quality=option.quality,
+            indices=order.tolist(),
+            payload_bytes=sum(len(x) for x in segments),
+            segment_ends=ends,
+            segment_bytes=[len(x) for x in segments],
+            extra_k=option.k2,
+        )
+        frame = encode_frame(header, b"".join(segments))
+        parts = [frame[: len(frame) - header.payload_bytes], *segments]
+        parts[0:2] = [parts[0] + parts[1]]  # the frame header travels with segment 0
+        rate = self.estimate.planning_bytes_per_s
+        sent: list[bytes] = []
+        start = self._clock()
+        upload_s = 0.0
+        if self.link:
+            for j, part in enumerate(parts):
+                wire = len(part) + (HTTP_OVERHEAD_BYTES if j == 0 else 0)
+                if not segment_fits(
+                    option,
+                    j,
+                    sent_bytes=sum(len(x) for x in sent) + (HTTP_OVERHEAD_BYTES if sent else 0),
+                    upload_s=upload_s,
+                    elapsed_s=self._clock() - frame_start_s,
+                    segment_bytes=wire,
+                    bandwidth_bytes_per_s=rate,
+                    slo_s=slo_s,
+                    rtt_s=self.rtt_s,
+                    config=policy,
+                ):
+                    break
+                upload_s += self.link.transmit(wire)
+                sent.append(part)
+            upload_s += self.link.one_way_latency_s
+            self.link.sleep(self.link.one_way_latency_s)
+            content: bytes | _StreamedBody = b"".join(sent)
+        else:
+            content = _StreamedBody(
+                parts,
+                lambda j, sent_bytes, wire: segment_fits(
+                    option,
+                    j,
+                    sent_bytes=sent_bytes,
+                    upload_s=self._clock() - start,
+                    elapsed_s=self._clock() - frame_start_s,
+                    segment_bytes=wire,
+                    bandwidth_bytes_per_s=rate,
+                    slo_s=slo_s,
+                    rtt_s=self.rtt_s,
+                    config=policy,
+                ),
+            )
+        response = self._call(
+            "POST", "/v1/infer", content=content, headers={"content-type": CONTENT_TYPE}
+        )
+        if self.link:
+            self.link.downlink()
+        elapsed = self._clock() - start
+        _raise_for_status(response)
+        answer = PatchResponse.model_validate(response.json())
+        body_bytes = len(content) if isinstance(content, bytes) else content.sent_bytes
+        if not upload_s:
+            upload_s = elapsed - answer.server_compute_s - self.rtt_s
+        self.estimate = observe_upload(self.estimate, body_bytes, upload_s)
+        stats = RoundStats(body_bytes, elapsed, int(response.extensions["edgesplit_attempts"]))
+        return answer, stats
+
     # -- adaptive, two rounds ---------------------------------------------------------------
     def classify(
         self,
@@ -246,26 +350,43 @@ class OffloadClient:
             config=policy,
         )
         option = decision.option
-        indices = self._sample(option.sampling, info, option.k1)
         request_id = uuid.uuid4().hex
-        response, first = self.send_round(
-            image,
-            indices,
-            codec=option.codec,
-            quality=option.quality,
-            patch_size=info.patch_size,
-            request_id=request_id,
-            extra_k=option.k2,
-        )
+        if option.progressive:
+            response, first = self.send_progressive(
+                image,
+                decision,
+                info,
+                slo_s=slo_s,
+                frame_start_s=start,
+                request_id=request_id,
+                policy=policy,
+            )
+            indices = [int(i) for i in info.patch_order[: response.num_received]]
+        else:
+            indices = self._sample(option.sampling, info, option.k1)
+            response, first = self.send_round(
+                image,
+                indices,
+                codec=option.codec,
+                quality=option.quality,
+                patch_size=info.patch_size,
+                request_id=request_id,
+                extra_k=option.k2,
+            )
         rounds = [first]
-        if option.k2 and should_request_round2(
-            decision,
-            confidence=response.confidence,
-            elapsed_s=self._clock() - start,
-            slo_s=slo_s,
-            bandwidth_bytes_per_s=self.estimate.planning_bytes_per_s,
-            rtt_s=self.rtt_s,
-            config=policy,
+        whole = response.num_received == option.k1  # a progressive round 1 may have been cut
+        if (
+            option.k2
+            and whole
+            and should_request_round2(
+                decision,
+                confidence=response.confidence,
+                elapsed_s=self._clock() - start,
+                slo_s=slo_s,
+                bandwidth_bytes_per_s=self.estimate.planning_bytes_per_s,
+                rtt_s=self.rtt_s,
+                config=policy,
+            )
         ):
             extra = response.requested_indices[: option.k2]
             try:
@@ -304,6 +425,32 @@ class OffloadClient:
         return sample_indices(
             sampling, info.num_patches, k, rng=self._rng, server_order=order
         ).tolist()
+
+
+class _StreamedBody:
+    """A chunked request body that decides, part by part, whether to send the next segment.
+
+    `fits(j, sent_bytes, wire_bytes)` is asked before part j > 0. Iterating again (an httpx
+    retry) replays exactly the parts the first pass sent, so a retried request is identical.
+    """
+
+    def __init__(self, parts: list[bytes], fits: Callable[[int, int, int], bool]) -> None:
+        self._parts, self._fits = parts, fits
+        self._decided: list[bytes] | None = None
+        self.sent_bytes = 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        if self._decided is not None:
+            yield from self._decided
+            return
+        decided: list[bytes] = []
+        for j, part in enumerate(self._parts):
+            if j and not self._fits(j, self.sent_bytes + HTTP_OVERHEAD_BYTES, len(part)):
+                break
+            decided.append(part)
+            self.sent_bytes += len(part)
+            yield part
+        self._decided = decided
 
 
 def _raise_for_status(response: httpx.Response) -> None:

@@ -5,7 +5,9 @@ tiled in a near-square grid, in the order sent) compressed as PNG, JPEG or WebP 
 With all patches sent in row-major order the mosaic *is* the full image, so full-image codecs are
 the k = N case of the same code. "jpeg_shared" sends an abbreviated JPEG stream (no tables):
 both sides build the standard tables for the quality, as JPEG's abbreviated format allows, which
-saves ~300 bytes per request on tiny images. numpy + Pillow only.
+saves ~300 bytes per request on tiny images. Segmented (progressive) payloads encode the patches
+in independently decodable groups, so any prefix of whole segments decodes on its own: what a
+deadline-cut upload delivers is still usable. numpy + Pillow only.
 """
 
 from __future__ import annotations
@@ -18,7 +20,15 @@ from typing import Literal, get_args
 import numpy as np
 from PIL import Image
 
-__all__ = ["CodecName", "decode_patches", "encode_patches", "is_lossy", "mosaic_shape"]
+__all__ = [
+    "CodecName",
+    "decode_patches",
+    "decode_segments",
+    "encode_patches",
+    "encode_segments",
+    "is_lossy",
+    "mosaic_shape",
+]
 
 CodecName = Literal["raw", "zlib", "png", "jpeg", "jpeg_shared", "webp"]
 CODEC_NAMES: tuple[str, ...] = get_args(CodecName)
@@ -122,3 +132,56 @@ def decode_patches(
     except (OSError, SyntaxError) as e:  # Pillow's UnidentifiedImageError is an OSError
         raise ValueError(f"{codec} payload is not a decodable image: {e}") from e
     return _from_mosaic(mosaic, k, patch_size)
+
+
+def encode_segments(
+    patches: np.ndarray, ends: list[int], codec: CodecName, quality: int | None = None
+) -> list[bytes]:
+    """Encode patches (k, p, p) as independently decodable segments.
+
+    Segment j holds patches [ends[j-1], ends[j]) (ends strictly increasing, last == k), each
+    encoded on its own with `encode_patches`, so any prefix of whole segments can be decoded.
+    """
+    if (
+        not ends
+        or ends[-1] != len(patches)
+        or any(b <= a for a, b in zip([0, *ends], ends, strict=False))
+    ):
+        raise ValueError(
+            f"segment ends {ends} must increase strictly from above 0 to the patch count "
+            f"{len(patches)}"
+        )
+    return [
+        encode_patches(patches[a:b], codec, quality)
+        for a, b in zip([0, *ends[:-1]], ends, strict=False)
+    ]
+
+
+def decode_segments(
+    payload: bytes,
+    segment_bytes: list[int],
+    ends: list[int],
+    codec: CodecName,
+    patch_size: int,
+    quality: int | None = None,
+) -> np.ndarray:
+    """Inverse of `encode_segments` for the segments in `payload` -> uint8 (ends[-1], p, p).
+
+    Raises:
+        ValueError: lengths disagree or a segment does not decode (the message says which).
+    """
+    if len(segment_bytes) != len(ends) or sum(segment_bytes) != len(payload):
+        raise ValueError(
+            f"{len(segment_bytes)} segment sizes summing to {sum(segment_bytes)} bytes do not "
+            f"describe {len(ends)} segments in a {len(payload)}-byte payload"
+        )
+    out, offset = [], 0
+    for j, (size, a, b) in enumerate(zip(segment_bytes, [0, *ends[:-1]], ends, strict=False)):
+        try:
+            out.append(
+                decode_patches(payload[offset : offset + size], codec, b - a, patch_size, quality)
+            )
+        except ValueError as e:
+            raise ValueError(f"segment {j} (patches {a}..{b - 1}): {e}") from e
+        offset += size
+    return np.concatenate(out)

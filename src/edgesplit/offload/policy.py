@@ -26,6 +26,7 @@ __all__ = [
     "choose",
     "observe_upload",
     "predicted_round_s",
+    "segment_fits",
     "should_request_round2",
 ]
 
@@ -55,11 +56,25 @@ class OffloadOption(FrozenModel):
     bytes2_p95: float = 0.0
     server1_s: float  # p95 of measured server compute, round 1
     server2_s: float = 0.0  # p95, round 2 (with reuse)
+    # Progressive round 1 (server order, segments cut at the deadline): k1 is the cap, and the
+    # prefix_* lists hold round-1 figures after each whole segment (ends[-1] == k1). Round 2 is
+    # asked for only when the whole cap arrived.
+    prefix_ends: tuple[int, ...] = ()
+    prefix_accuracy: tuple[float, ...] = ()
+    prefix_bytes_mean: tuple[float, ...] = ()
+    prefix_bytes_p95: tuple[float, ...] = ()
+    prefix_server_s: tuple[float, ...] = ()
+
+    @property
+    def progressive(self) -> bool:
+        return bool(self.prefix_ends)
 
     @property
     def name(self) -> str:
         codec = self.codec if self.quality is None else f"{self.codec}{self.quality}"
         base = f"{self.sampling}-k{self.k1}-{codec}"
+        if self.progressive:
+            base = f"progressive-{codec}-" + "/".join(str(e) for e in self.prefix_ends)
         return base if self.k2 == 0 else f"{base}+k{self.k2}@{self.tau:g}"
 
     @property
@@ -203,6 +218,19 @@ def choose(
             if option.k2
             else 0.0
         )
+        if option.progressive:
+            if pessimistic_bytes_per_s is not None and (
+                predicted_round_s(
+                    option.prefix_bytes_p95[0],
+                    option.prefix_server_s[0],
+                    pessimistic_bytes_per_s,
+                    rtt_s,
+                )
+                > budget_s
+            ):
+                continue  # even the first segment would miss after a drop like those seen
+            scored.extend(_score_progressive(option, bandwidth_bytes_per_s, rtt_s, budget_s))
+            continue
         if pessimistic_bytes_per_s is not None and (
             predicted_round_s(option.bytes1_p95, option.server1_s, pessimistic_bytes_per_s, rtt_s)
             > budget_s
@@ -226,6 +254,73 @@ def choose(
     best = max(s[0] for s in scored)
     close = [s for s in scored if s[0] >= best - config.accuracy_tolerance]
     return min(close, key=lambda s: (s[1], -s[0]))[2]
+
+
+def _score_progressive(
+    option: OffloadOption, bandwidth_bytes_per_s: float, rtt_s: float, budget_s: float
+) -> list[tuple[float, float, Decision]]:
+    """A progressive option's expected accuracy: that of the longest prefix predicted to fit
+    (the upload is cut there), or the two-round accuracy when the whole cap and round 2 fit.
+    Feasible when the first segment fits; otherwise not scored (the fallback takes over)."""
+    fits = [
+        j
+        for j in range(len(option.prefix_ends))
+        if predicted_round_s(
+            option.prefix_bytes_p95[j], option.prefix_server_s[j], bandwidth_bytes_per_s, rtt_s
+        )
+        <= budget_s
+    ]
+    if not fits:
+        return []
+    j = fits[-1]
+    t1 = predicted_round_s(
+        option.prefix_bytes_p95[j], option.prefix_server_s[j], bandwidth_bytes_per_s, rtt_s
+    )
+    whole = j == len(option.prefix_ends) - 1
+    t2 = (
+        predicted_round_s(option.bytes2_p95, option.server2_s, bandwidth_bytes_per_s, rtt_s)
+        if option.k2
+        else 0.0
+    )
+    both_fit = whole and option.k2 > 0 and t1 + t2 <= budget_s
+    if option.k2 and not both_fit:
+        return []  # the one-round option with the same cap scores this case
+    accuracy = option.accuracy if both_fit else option.prefix_accuracy[j]
+    expected_bytes = option.expected_bytes if both_fit else option.prefix_bytes_mean[j]
+    return [(accuracy, expected_bytes, Decision(option, t1, t2, True, accuracy))]
+
+
+def segment_fits(
+    option: OffloadOption,
+    segment: int,
+    *,
+    sent_bytes: float,
+    upload_s: float,
+    elapsed_s: float,
+    segment_bytes: float,
+    bandwidth_bytes_per_s: float,
+    slo_s: float,
+    rtt_s: float,
+    config: PolicyConfig | None = None,
+) -> bool:
+    """Online rule of a progressive upload: send segment `segment` (index into prefix_ends)?
+
+    The first segment is always sent (it is the least the server can use). A later one is sent
+    when, at the rate seen so far in this upload (capped by the estimate: a burst from a full
+    token bucket is not a rate), it would still arrive in time for the server to answer within
+    the SLO budget. `elapsed_s` counts from the frame's start (queueing included), `sent_bytes`
+    and `upload_s` from the upload's.
+    """
+    config = config or PolicyConfig()
+    if segment == 0:
+        return True
+    rate = bandwidth_bytes_per_s
+    if upload_s > 0 and sent_bytes > 0:
+        rate = min(rate, sent_bytes / upload_s)
+    finish_s = elapsed_s + segment_bytes / rate
+    return finish_s + rtt_s + option.prefix_server_s[segment] <= slo_s * (
+        1.0 - config.safety_fraction
+    )
 
 
 def should_request_round2(

@@ -5,12 +5,16 @@ Owns the versioned binary request frame and the JSON response model. A request b
     b"ESPL" | version: u8 | header_length: u32 big-endian | header: msgpack map | payload
 
 where the header is a `PatchRequestHeader` and the payload is the encoded patch pixels (see
-codec.py); `payload_bytes` in the header must equal the payload's length. No pickle anywhere.
+codec.py); `payload_bytes` in the header must equal the payload's length. A *progressive* frame
+(header with `segment_ends` and `segment_bytes`) may be cut after any whole segment: the device
+stops uploading at its deadline and the server answers from the patches of the segments that
+arrived (the header it gets back from `decode_frame` describes exactly those). No pickle anywhere.
 pydantic + msgpack + stdlib only.
 """
 
 from __future__ import annotations
 
+import itertools
 import struct
 from typing import Literal
 
@@ -58,9 +62,31 @@ class PatchRequestHeader(FrozenModel):
     indices: list[int] = Field(min_length=1)
     payload_bytes: int = Field(ge=0)
     extra_k: int = Field(default=0, ge=0)  # how many patches round 2 may add (0: none wanted)
+    # Progressive frames: patches [ends[j-1], ends[j]) of `indices` are segment j, encoded on
+    # its own in segment_bytes[j] bytes; the body may end after any whole segment.
+    segment_ends: list[int] | None = None
+    segment_bytes: list[int] | None = None
 
     @model_validator(mode="after")
     def _check(self) -> PatchRequestHeader:
+        if (self.segment_ends is None) != (self.segment_bytes is None):
+            raise ValueError("segment_ends and segment_bytes come together or not at all")
+        if self.segment_ends is not None and self.segment_bytes is not None:
+            ends, sizes = self.segment_ends, self.segment_bytes
+            if len(ends) != len(sizes) or not ends:
+                raise ValueError(f"{len(ends)} segment ends but {len(sizes)} segment sizes")
+            if any(b <= a for a, b in zip([0, *ends], ends, strict=False)) or ends[-1] != len(
+                self.indices
+            ):
+                raise ValueError(
+                    f"segment_ends {ends[:8]} must increase strictly and end at the "
+                    f"{len(self.indices)} indices"
+                )
+            if any(size <= 0 for size in sizes) or sum(sizes) != self.payload_bytes:
+                raise ValueError(
+                    f"segment_bytes must be positive and sum to payload_bytes "
+                    f"{self.payload_bytes}, got a sum of {sum(sizes)}"
+                )
         if self.image_size % self.patch_size:
             raise ValueError(
                 f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}"
@@ -112,7 +138,8 @@ def encode_frame(header: PatchRequestHeader, payload: bytes) -> bytes:
     """Build a request body; header.payload_bytes must match len(payload)."""
     if header.payload_bytes != len(payload):
         raise ValueError(f"header says {header.payload_bytes} payload bytes, got {len(payload)}")
-    packed = msgpack.packb(header.model_dump(mode="json"), use_bin_type=True)
+    # None fields are left out: they are the defaults, and every byte counts on a weak uplink.
+    packed = msgpack.packb(header.model_dump(mode="json", exclude_none=True), use_bin_type=True)
     return _PREFIX.pack(MAGIC, PROTOCOL_VERSION, len(packed)) + packed + payload
 
 
@@ -158,8 +185,36 @@ def decode_frame(body: bytes) -> tuple[PatchRequestHeader, bytes]:
         )
         raise FrameError(f"invalid header: {problems}") from e
     payload = body[_PREFIX.size + header_length :]
+    if header.segment_ends is not None and header.segment_bytes is not None:
+        return _cut_progressive(header, payload)
     if len(payload) != header.payload_bytes:
         raise FrameError(
             f"payload is {len(payload)} bytes but the header says {header.payload_bytes}"
         )
     return header, payload
+
+
+def _cut_progressive(
+    header: PatchRequestHeader, payload: bytes
+) -> tuple[PatchRequestHeader, bytes]:
+    """The header for the whole segments in a (possibly cut) progressive payload."""
+    assert header.segment_ends is not None
+    assert header.segment_bytes is not None
+    boundaries = list(itertools.accumulate(header.segment_bytes))
+    if len(payload) not in boundaries:
+        raise FrameError(
+            f"progressive payload of {len(payload)} bytes does not end at a segment boundary "
+            f"(boundaries {boundaries[:8]}); cut uploads only between segments"
+        )
+    n = boundaries.index(len(payload)) + 1
+    if n == len(boundaries):
+        return header, payload
+    cut = header.model_copy(
+        update={
+            "indices": header.indices[: header.segment_ends[n - 1]],
+            "segment_ends": header.segment_ends[:n],
+            "segment_bytes": header.segment_bytes[:n],
+            "payload_bytes": len(payload),
+        }
+    )
+    return cut, payload

@@ -31,7 +31,7 @@ from starlette.concurrency import run_in_threadpool
 
 from edgesplit.core.schema import FrozenModel
 from edgesplit.errors import ProtocolVersionError
-from edgesplit.offload.codec import CODEC_NAMES, decode_patches
+from edgesplit.offload.codec import CODEC_NAMES, decode_patches, decode_segments
 from edgesplit.offload.data import CLASS_NAMES
 from edgesplit.offload.pipeline import OffloadPipeline, RoundResult, tiny_pipeline
 from edgesplit.offload.protocol import (
@@ -203,9 +203,19 @@ def create_app(
                 f"{header.image_size}/{header.patch_size}; see GET /v1/info",
             )
         try:
-            patches = decode_patches(
-                payload, header.codec, len(header.indices), header.patch_size, header.quality
-            )
+            if header.segment_ends is not None and header.segment_bytes is not None:
+                patches = decode_segments(
+                    payload,
+                    header.segment_bytes,
+                    header.segment_ends,
+                    header.codec,
+                    header.patch_size,
+                    header.quality,
+                )
+            else:
+                patches = decode_patches(
+                    payload, header.codec, len(header.indices), header.patch_size, header.quality
+                )
         except ValueError as e:
             raise _HttpError(422, "payload", str(e)) from e
         indices = np.asarray(header.indices, dtype=np.int64)
