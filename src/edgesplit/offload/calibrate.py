@@ -395,14 +395,14 @@ class ProgressiveOutcome:
         return self.header_bytes[:, cap] + self.segment_bytes[:, : prefix + 1].sum(axis=1)
 
 
-def _progressive_header_bytes(order: np.ndarray, ends: tuple[int, ...], sizes: list[int]) -> int:
+def _progressive_header_bytes(ends: tuple[int, ...], sizes: list[int]) -> int:
     header = PatchRequestHeader(
         request_id="0123456789abcdef0123456789abcdef",
         image_size=64,
         patch_size=8,
         codec=PROGRESSIVE_CODEC[0],
         quality=PROGRESSIVE_CODEC[1],
-        indices=order[: ends[-1]].tolist(),
+        server_order=True,
         payload_bytes=sum(sizes),
         segment_ends=list(ends),
         segment_bytes=sizes,
@@ -448,9 +448,7 @@ def measure_progressive(
             sizes = [len(x) for x in segments]
             out.segment_bytes[i] = sizes
             for c in range(s):
-                out.header_bytes[i, c] = _progressive_header_bytes(
-                    order, ends[: c + 1], sizes[: c + 1]
-                )
+                out.header_bytes[i, c] = _progressive_header_bytes(ends[: c + 1], sizes[: c + 1])
             received.append(
                 decode_segments(b"".join(segments), sizes, list(ends), codec, p, quality)
             )

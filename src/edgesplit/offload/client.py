@@ -245,6 +245,7 @@ class OffloadClient:
         frame_start_s: float,
         request_id: str,
         policy: PolicyConfig | None = None,
+        rate_bytes_per_s: float | None = None,
     ) -> tuple[PatchResponse, RoundStats]:
         """Round 1 as server-order segments, cut at the deadline (see policy.segment_fits).
 
@@ -265,7 +266,7 @@ class OffloadClient:
             patch_size=info.patch_size,
             codec=option.codec,
             quality=option.quality,
-            indices=order.tolist(),
+            server_order=True,
             payload_bytes=sum(len(x) for x in segments),
             segment_ends=ends,
             segment_bytes=[len(x) for x in segments],
@@ -274,7 +275,7 @@ class OffloadClient:
         frame = encode_frame(header, b"".join(segments))
         parts = [frame[: len(frame) - header.payload_bytes], *segments]
         parts[0:2] = [parts[0] + parts[1]]  # the frame header travels with segment 0
-        rate = self.estimate.planning_bytes_per_s
+        rate = rate_bytes_per_s or self.estimate.planning_bytes_per_s
         sent: list[bytes] = []
         start = self._clock()
         upload_s = 0.0
@@ -338,8 +339,13 @@ class OffloadClient:
         *,
         slo_s: float,
         policy: PolicyConfig | None = None,
+        robust: bool = True,
     ) -> ClassifyResult:
-        """Classify one image within `slo_s` using the policy over measured `options`."""
+        """Classify one image within `slo_s` using the policy over measured `options`.
+
+        robust: round 1 must also fit if the link dropped as sharply as the worst recent
+        upload did (see BandwidthEstimate.pessimistic_bytes_per_s).
+        """
         info = self._info or self.info()
         start = self._clock()
         decision: Decision = choose(
@@ -348,9 +354,16 @@ class OffloadClient:
             rtt_s=self.rtt_s,
             slo_s=slo_s,
             config=policy,
+            pessimistic_bytes_per_s=self.estimate.pessimistic_ladder if robust else None,
+            expected_bytes_per_s=self.estimate.bytes_per_s,
         )
         option = decision.option
         request_id = uuid.uuid4().hex
+        # The online decisions (where to cut round 1, whether round 2 fits) use the planning
+        # rate, or, robustly, a rate as low as the worst 2 % of recent uploads.
+        online_rate = self.estimate.planning_bytes_per_s
+        if robust:
+            online_rate = min(online_rate, self.estimate.pessimistic_bytes_per_s)
         if option.progressive:
             response, first = self.send_progressive(
                 image,
@@ -360,6 +373,7 @@ class OffloadClient:
                 frame_start_s=start,
                 request_id=request_id,
                 policy=policy,
+                rate_bytes_per_s=online_rate,
             )
             indices = [int(i) for i in info.patch_order[: response.num_received]]
         else:
@@ -383,7 +397,7 @@ class OffloadClient:
                 confidence=response.confidence,
                 elapsed_s=self._clock() - start,
                 slo_s=slo_s,
-                bandwidth_bytes_per_s=self.estimate.planning_bytes_per_s,
+                bandwidth_bytes_per_s=online_rate,
                 rtt_s=self.rtt_s,
                 config=policy,
             )

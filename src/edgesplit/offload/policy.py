@@ -9,6 +9,7 @@ decision whether round 2 still fits. Pure: imports only core, stdlib and numpy; 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import ClassVar, Literal
 
@@ -98,6 +99,7 @@ class PolicyConfig(FrozenModel):
     safety_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)  # keep this share of the SLO spare
     accuracy_tolerance: float = Field(default=0.002, ge=0.0)  # within this, prefer fewer bytes
     allow_two_rounds: bool = True
+    prefer_progressive: bool = True  # at equal expected accuracy, prefer a cut-able round 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,6 +114,7 @@ class BandwidthEstimate:
     ewma_bytes_per_s: float
     recent_bytes_per_s: tuple[float, ...] = ()
     slowdowns: tuple[float, ...] = ()
+    long_rates: tuple[float, ...] = ()
     alpha: float = 0.3
     window: int = 5
     error_window: int = 10
@@ -140,12 +143,24 @@ class BandwidthEstimate:
 
     @property
     def pessimistic_bytes_per_s(self) -> float:
-        """A near-worst case: the point estimate over the 98th percentile of the last 100
-        slowdowns (a sudden drop like those seen before). Round 1 must fit even at this rate."""
-        if len(self.slowdowns) < 10:
+        """A near-worst case: the 2nd percentile of the last 100 upload rates (a rate as low as
+        the worst seen recently), at most the point estimate. Robust round 1 must fit even at
+        this rate. Until 10 uploads were seen: half the point estimate."""
+        if len(self.long_rates) < 10:
             return self.bytes_per_s / 2.0
-        long = np.array(self.slowdowns[-self.long_error_window :])
-        return self.bytes_per_s / max(1.0, float(np.quantile(long, self.long_error_quantile)))
+        low = float(np.quantile(np.array(self.long_rates), 1.0 - self.long_error_quantile))
+        return min(self.bytes_per_s, low)
+
+    @property
+    def pessimistic_ladder(self) -> tuple[float, ...]:
+        """Rates as low as the worst 2, 5, 10 and 20 % of the last 100 uploads (at most the
+        point estimate), for `choose`. Until 10 uploads were seen: half the point estimate."""
+        if len(self.long_rates) < 10:
+            return (self.bytes_per_s / 2.0,)
+        rates = np.array(self.long_rates)
+        return tuple(
+            min(self.bytes_per_s, float(np.quantile(rates, q))) for q in (0.02, 0.05, 0.1, 0.2)
+        )
 
     @property
     def planning_bytes_per_s(self) -> float:
@@ -169,6 +184,7 @@ def observe_upload(
         ewma_bytes_per_s=(1 - estimate.alpha) * estimate.ewma_bytes_per_s + estimate.alpha * sample,
         recent_bytes_per_s=(*estimate.recent_bytes_per_s, sample)[-estimate.window :],
         slowdowns=(*estimate.slowdowns, slowdown)[-estimate.long_error_window :],
+        long_rates=(*estimate.long_rates, sample)[-estimate.long_error_window :],
     )
 
 
@@ -195,7 +211,8 @@ def choose(
     rtt_s: float,
     slo_s: float,
     config: PolicyConfig | None = None,
-    pessimistic_bytes_per_s: float | None = None,
+    pessimistic_bytes_per_s: float | Sequence[float] | None = None,
+    expected_bytes_per_s: float | None = None,
 ) -> Decision:
     """Pick the option with the best expected accuracy whose round 1 fits the SLO budget.
 
@@ -203,7 +220,57 @@ def choose(
     to fit; otherwise with its round-1 accuracy (round 2 will be skipped online). Among options
     within `accuracy_tolerance` of the best, the one with fewest expected bytes wins. When no
     round 1 fits, the fastest option is returned with feasible=False (best effort).
+
+    Progressive options are scored at `expected_bytes_per_s` (the point estimate; default: the
+    planning rate): their upload is cut at the deadline, so a slower link costs patches, not the
+    SLO, and planning them at a pessimistic rate would throw their upside away.
+
+    With `pessimistic_bytes_per_s`, round 1 (a progressive option's first segment) must also
+    meet the SLO at that rate. When no option could, the drop it stands for would sink every
+    choice, so guarding against it buys nothing: the next, less pessimistic rate of the ladder
+    (e.g. BandwidthEstimate.pessimistic_ladder: 2 %, 5 %, 10 %, 20 % quantiles of recent rates)
+    is tried, and past the last one the choice is made without a guard.
     """
+    ladder = (
+        []
+        if pessimistic_bytes_per_s is None
+        else [pessimistic_bytes_per_s]
+        if isinstance(pessimistic_bytes_per_s, float | int)
+        else list(pessimistic_bytes_per_s)
+    )
+    for rate in ladder:  # from the most pessimistic rate to the least
+        guarded = _choose(
+            options,
+            bandwidth_bytes_per_s=bandwidth_bytes_per_s,
+            rtt_s=rtt_s,
+            slo_s=slo_s,
+            config=config,
+            pessimistic_bytes_per_s=rate,
+            expected_bytes_per_s=expected_bytes_per_s,
+        )
+        if guarded.feasible:
+            return guarded
+    return _choose(
+        options,
+        bandwidth_bytes_per_s=bandwidth_bytes_per_s,
+        rtt_s=rtt_s,
+        slo_s=slo_s,
+        config=config,
+        pessimistic_bytes_per_s=None,
+        expected_bytes_per_s=expected_bytes_per_s,
+    )
+
+
+def _choose(
+    options: list[OffloadOption],
+    *,
+    bandwidth_bytes_per_s: float,
+    rtt_s: float,
+    slo_s: float,
+    config: PolicyConfig | None,
+    pessimistic_bytes_per_s: float | None,
+    expected_bytes_per_s: float | None,
+) -> Decision:
     config = config or PolicyConfig()
     if not options:
         raise ValueError("the policy needs at least one option")
@@ -226,14 +293,18 @@ def choose(
                     pessimistic_bytes_per_s,
                     rtt_s,
                 )
-                > budget_s
+                > slo_s
             ):
                 continue  # even the first segment would miss after a drop like those seen
-            scored.extend(_score_progressive(option, bandwidth_bytes_per_s, rtt_s, budget_s))
+            scored.extend(
+                _score_progressive(
+                    option, expected_bytes_per_s or bandwidth_bytes_per_s, rtt_s, budget_s
+                )
+            )
             continue
         if pessimistic_bytes_per_s is not None and (
             predicted_round_s(option.bytes1_p95, option.server1_s, pessimistic_bytes_per_s, rtt_s)
-            > budget_s
+            > slo_s
         ):
             continue  # round 1 would miss the SLO if the link dropped as it has before
         if t1 > budget_s:
@@ -253,6 +324,10 @@ def choose(
         return Decision(fastest, t1, 0.0, False, fastest.accuracy_round1)
     best = max(s[0] for s in scored)
     close = [s for s in scored if s[0] >= best - config.accuracy_tolerance]
+    if config.prefer_progressive:
+        # A progressive round 1 is cut at the deadline instead of missing it when the link
+        # drops mid-upload: at equal expected accuracy that is worth its extra header bytes.
+        return min(close, key=lambda s: (not s[2].option.progressive, s[1], -s[0]))[2]
     return min(close, key=lambda s: (s[1], -s[0]))[2]
 
 

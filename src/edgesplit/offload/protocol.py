@@ -59,25 +59,33 @@ class PatchRequestHeader(FrozenModel):
     channels: Literal[1] = 1
     codec: CodecName
     quality: int | None = Field(default=None, ge=1, le=100)
-    indices: list[int] = Field(min_length=1)
+    # Patch indices in payload order. Empty with server_order: the first segment_ends[-1]
+    # entries of the server's published patch order (GET /v1/info), saving a byte per patch.
+    indices: list[int] = Field(default_factory=list)
+    server_order: bool = False
     payload_bytes: int = Field(ge=0)
     extra_k: int = Field(default=0, ge=0)  # how many patches round 2 may add (0: none wanted)
-    # Progressive frames: patches [ends[j-1], ends[j]) of `indices` are segment j, encoded on
-    # its own in segment_bytes[j] bytes; the body may end after any whole segment.
+    # Progressive frames: patches [ends[j-1], ends[j]) are segment j, encoded on its own in
+    # segment_bytes[j] bytes; the body may end after any whole segment.
     segment_ends: list[int] | None = None
     segment_bytes: list[int] | None = None
 
     @model_validator(mode="after")
     def _check(self) -> PatchRequestHeader:
+        if self.server_order and (self.indices or self.segment_ends is None):
+            raise ValueError(
+                "server_order frames are progressive (segment_ends set) and leave indices empty"
+            )
+        if not self.server_order and not self.indices:
+            raise ValueError("indices must list at least one patch (or set server_order)")
         if (self.segment_ends is None) != (self.segment_bytes is None):
             raise ValueError("segment_ends and segment_bytes come together or not at all")
         if self.segment_ends is not None and self.segment_bytes is not None:
             ends, sizes = self.segment_ends, self.segment_bytes
             if len(ends) != len(sizes) or not ends:
                 raise ValueError(f"{len(ends)} segment ends but {len(sizes)} segment sizes")
-            if any(b <= a for a, b in zip([0, *ends], ends, strict=False)) or ends[-1] != len(
-                self.indices
-            ):
+            increasing = all(b > a for a, b in zip([0, *ends[:-1]], ends, strict=True))
+            if not increasing or (not self.server_order and ends[-1] != len(self.indices)):
                 raise ValueError(
                     f"segment_ends {ends[:8]} must increase strictly and end at the "
                     f"{len(self.indices)} indices"
@@ -92,6 +100,10 @@ class PatchRequestHeader(FrozenModel):
                 f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}"
             )
         n = (self.image_size // self.patch_size) ** 2
+        if self.server_order and self.segment_ends and self.segment_ends[-1] > n:
+            raise ValueError(
+                f"server_order frame of {self.segment_ends[-1]} patches; image has {n}"
+            )
         bad = [i for i in self.indices if not 0 <= i < n]
         if bad:
             raise ValueError(f"patch indices {bad[:5]} out of range [0, {n})")
@@ -138,8 +150,10 @@ def encode_frame(header: PatchRequestHeader, payload: bytes) -> bytes:
     """Build a request body; header.payload_bytes must match len(payload)."""
     if header.payload_bytes != len(payload):
         raise ValueError(f"header says {header.payload_bytes} payload bytes, got {len(payload)}")
-    # None fields are left out: they are the defaults, and every byte counts on a weak uplink.
-    packed = msgpack.packb(header.model_dump(mode="json", exclude_none=True), use_bin_type=True)
+    # Fields at their defaults are left out (the receiver fills them back in): every byte
+    # counts on a weak uplink.
+    fields = header.model_dump(mode="json", exclude_defaults=True)
+    packed = msgpack.packb(fields, use_bin_type=True)
     return _PREFIX.pack(MAGIC, PROTOCOL_VERSION, len(packed)) + packed + payload
 
 
@@ -211,7 +225,7 @@ def _cut_progressive(
         return header, payload
     cut = header.model_copy(
         update={
-            "indices": header.indices[: header.segment_ends[n - 1]],
+            "indices": header.indices[: header.segment_ends[n - 1]] if header.indices else [],
             "segment_ends": header.segment_ends[:n],
             "segment_bytes": header.segment_bytes[:n],
             "payload_bytes": len(payload),

@@ -218,6 +218,11 @@ def create_app(
                 )
         except ValueError as e:
             raise _HttpError(422, "payload", str(e)) from e
+        if header.server_order:
+            assert header.segment_ends is not None  # validated with the header
+            header = header.model_copy(
+                update={"indices": order[: header.segment_ends[-1]], "server_order": False}
+            )
         indices = np.asarray(header.indices, dtype=np.int64)
         with lock:
             remembered = responses.get((header.request_id, header.round_index))

@@ -142,10 +142,10 @@ def test_safety_factor_tracks_recent_slowdowns() -> None:
 
 
 def test_pessimistic_bandwidth_keeps_round1_small() -> None:
-    # typical 1000 B/s fits 32 patches in 3 s; if the link may drop to 500 B/s only 8 do
+    # typical 1000 B/s fits 32 patches in 3 s; if the link may drop to 450 B/s only 8 do
     kwargs = {"bandwidth_bytes_per_s": 1000.0, "rtt_s": 0.02, "slo_s": 3.0}
     assert choose(OPTIONS, **kwargs).option.k1 == 32
-    robust = choose(OPTIONS, pessimistic_bytes_per_s=500.0, **kwargs)
+    robust = choose(OPTIONS, pessimistic_bytes_per_s=450.0, **kwargs)
     assert robust.option.k1 == 8
     assert robust.option.k2 == 8  # and the opportunistic round 2 takes back some accuracy
     estimate = BandwidthEstimate(1000.0)
@@ -153,3 +153,20 @@ def test_pessimistic_bandwidth_keeps_round1_small() -> None:
     for _ in range(20):
         estimate = observe_upload(estimate, 1000, 1.0)
     assert estimate.pessimistic_bytes_per_s == pytest.approx(estimate.bytes_per_s)
+
+
+def test_pessimistic_ladder_steps_down_to_a_guard_some_option_survives() -> None:
+    kwargs = {"bandwidth_bytes_per_s": 1000.0, "rtt_s": 0.02, "slo_s": 3.0}
+    # At 100 B/s nothing survives (the drop would sink every choice): the 450 B/s rung decides.
+    assert choose(OPTIONS, pessimistic_bytes_per_s=[100.0, 450.0], **kwargs).option.k1 == 8
+    # No rung leaves anything: plan without a guard rather than give up.
+    unguarded = choose(OPTIONS, pessimistic_bytes_per_s=[100.0, 200.0], **kwargs)
+    assert unguarded.option.k1 == 32
+    assert unguarded.feasible
+    estimate = BandwidthEstimate(1000.0)
+    for i in range(100):  # mostly 1000 B/s, a few uploads at 100 B/s
+        estimate = observe_upload(estimate, 1000, 10.0 if i % 25 == 0 else 1.0)
+    ladder = estimate.pessimistic_ladder
+    assert ladder[0] < ladder[-1]
+    assert list(ladder) == sorted(ladder)
+    assert ladder[0] == pytest.approx(100.0, rel=0.5)
