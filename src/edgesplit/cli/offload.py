@@ -74,8 +74,38 @@ def register(app: typer.Typer) -> None:
             str, typer.Option(help="Round-2 reuse: incremental or recompute.")
         ] = "incremental",
         tiny: Annotated[bool, typer.Option(help="Random tiny model (smoke tests).")] = False,
+        ray_replicas: Annotated[
+            int,
+            typer.Option(
+                min=0,
+                help=(
+                    "Serve with Ray Serve, N replicas behind one port (0: one uvicorn "
+                    "process, the default). A uvicorn process runs one inference at a time; "
+                    "use replicas when requests queue on it (p95 well above compute time, see "
+                    "/metrics) and the host has spare cores: about one replica per free core. "
+                    "Starts an embedded local Ray (a few seconds, ~300 MB per replica)."
+                ),
+            ),
+        ] = 0,
+        ray_cpus: Annotated[
+            float, typer.Option(min=0.01, help="Ray CPUs reserved per replica.")
+        ] = 1.0,
+        ray_affinity: Annotated[
+            bool,
+            typer.Option(
+                help=(
+                    "Route by the x-session-id header (consistent hashing) so round 2 reaches "
+                    "the replica holding round 1; clients set it with "
+                    "serve_ray.SessionAffinityTransport. Without it round 2 may get 409 and "
+                    "the client resends everything as one round (correct, no reuse)."
+                )
+            ),
+        ] = True,
     ) -> None:
-        """Run the edge server (FastAPI + uvicorn): /v1/infer, /v1/info, /health, /metrics, /."""
+        """Run the edge server (FastAPI + uvicorn): /v1/infer, /v1/info, /health, /metrics, /.
+
+        --ray-replicas N: the same app as a Ray Serve app of N replicas (docs/offload.md).
+        """
         from edgesplit.offload import serve
         from edgesplit.offload.server import ServerConfig
 
@@ -86,10 +116,21 @@ def register(app: typer.Typer) -> None:
             max_body_bytes=max_body_bytes,
             reuse=reuse,  # type: ignore[arg-type]
         )
-        console.print(
-            f"edgesplit offload server on http://{host}:{port} (auth: "
-            f"{'bearer token' if token else 'none'})"
-        )
+        auth = "bearer token" if token else "none"
+        if ray_replicas > 0:
+            from edgesplit.offload.serve_ray import RayServeConfig, serve_forever
+
+            ray_config = RayServeConfig(
+                replicas=ray_replicas, num_cpus=ray_cpus, affinity=ray_affinity
+            )
+            console.print(
+                f"edgesplit offload server on http://{host}:{port} (Ray Serve, {ray_replicas} "
+                f"replica(s), affinity {'on' if ray_affinity else 'off'}, auth: {auth}); "
+                "starting Ray ..."
+            )
+            serve_forever(ray_config, config, weights, tiny=tiny)
+            return
+        console.print(f"edgesplit offload server on http://{host}:{port} (auth: {auth})")
         serve(config, weights, tiny=tiny)
 
     @group.command("send")

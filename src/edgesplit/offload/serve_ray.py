@@ -25,6 +25,7 @@ import logging
 import math
 import os
 import secrets
+import signal
 import struct
 import threading
 from collections.abc import Iterator
@@ -340,11 +341,22 @@ def serve_forever(
     tiny: bool = False,
     stop: threading.Event | None = None,
 ) -> None:
-    """Run until Ctrl-C (or `stop` is set); the CLI's `offload serve --ray-replicas N`."""
+    """Run until Ctrl-C, SIGTERM or `stop`; the CLI's `offload serve --ray-replicas N`.
+
+    Serve and the embedded Ray are shut down on the way out (no stray Ray processes).
+    """
     stop = stop or threading.Event()
     with (
         contextlib.suppress(KeyboardInterrupt),
         running(config, server_config, weights_dir, tiny=tiny),
     ):
-        while not stop.wait(1.0):
-            pass
+        previous = None
+        if threading.current_thread() is threading.main_thread():
+            # After ray.init, which installs a crash handler that would dump a stack on SIGTERM.
+            previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+        try:
+            while not stop.wait(1.0):
+                pass
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
