@@ -540,14 +540,19 @@ def plot_accuracy_vs_bytes(points: dict[str, list[tuple[float, float, str]]], pa
 
 def plot_slo(rows: list[dict[str, Any]], path: Path) -> None:
     names = [
-        ("adaptive two-round", "adaptive two-round"),
-        ("adaptive two-round, robust round 1", "adaptive two-round, robust round 1"),
+        ("adaptive two-round", "adaptive two-round (robust guard, progressive round 1)"),
         ("adaptive one-round", "adaptive one-round"),
+        ("adaptive two-round, one-shot round 1", "adaptive two-round, one-shot, no guard"),
         ("best fixed (same attainment)", "best fixed meeting as many SLOs"),
         ("fixed grid-k64-webp10", "fixed: full image WebP q10"),
         ("local ViT (weak device)", "local ViT (weak device)"),
     ]
-    fig, axes = plt.subplots(2, 1, figsize=(13, 8))
+    panels = [
+        ("slo_attainment_feasible", "SLO met\n(% of feasible frames)", (80, 100.5)),
+        ("accuracy", "accuracy\n(% of frames)", (50, 90)),
+        ("correct_and_on_time", "correct and on time\n(% of frames)", (40, 90)),
+    ]
+    fig, axes = plt.subplots(len(panels), 1, figsize=(13, 10.5))
     labels = [
         f"{r['trace'].replace('random_walk', 'rand. walk')}\n{int(1000 * r['slo_s'])} ms"
         for r in rows
@@ -555,17 +560,14 @@ def plot_slo(rows: list[dict[str, Any]], path: Path) -> None:
     x = np.arange(len(rows))
     width = 0.8 / len(names)
     for j, (key, label) in enumerate(names):
-        att = [(r["policies"].get(key) or {}).get("slo_attainment_feasible", np.nan) for r in rows]
-        good = [(r["policies"].get(key) or {}).get("correct_and_on_time", np.nan) for r in rows]
         offset = x + (j - (len(names) - 1) / 2) * width
-        axes[0].bar(offset, 100 * np.array(att, dtype=float), width, label=label)
-        axes[1].bar(offset, 100 * np.array(good, dtype=float), width, label=label)
+        for ax, (field, _, _) in zip(axes, panels, strict=True):
+            values = [(r["policies"].get(key) or {}).get(field, np.nan) for r in rows]
+            ax.bar(offset, 100 * np.array(values, dtype=float), width, label=label)
     axes[0].axhline(99, color="black", linewidth=0.8, linestyle="--")
-    axes[0].set_ylabel("SLO met (% of feasible frames)")
-    axes[0].set_ylim(80, 100.5)
-    axes[1].set_ylabel("correct and on time (% of frames)")
-    axes[1].set_ylim(40, 90)
-    for ax in axes:
+    for ax, (_, ylabel, ylim) in zip(axes, panels, strict=True):
+        ax.set_ylabel(ylabel)
+        ax.set_ylim(*ylim)
         ax.set_xticks(x, labels, fontsize=8)
         ax.grid(alpha=0.3, axis="y")
     axes[0].legend(fontsize=7, loc="lower right", ncol=3)
@@ -609,6 +611,8 @@ def curves_from_results(result: dict[str, Any]) -> dict[str, list[tuple[float, f
         if name.startswith("local"):
             family = "local"
             point = (0.0, v["accuracy"], name.split(" (")[0])
+        elif name.startswith("progressive prefix"):
+            family = "progressive prefix (server order, webp50 segments)"
         else:
             base, _, extra = name.partition("+")
             sampling, k, codec = base.split("-", 2)
