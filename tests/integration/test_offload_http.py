@@ -19,9 +19,11 @@ import httpx
 import numpy as np
 import pytest
 
-from edgesplit.offload.client import OffloadClient, RetryConfig
+from edgesplit.offload.client import LinkEmulator, OffloadClient, RetryConfig
+from edgesplit.offload.emulation import BandwidthTrace, TokenBucket
 from edgesplit.offload.patches import patchify
 from edgesplit.offload.pipeline import tiny_pipeline
+from edgesplit.offload.policy import OffloadOption
 from edgesplit.offload.protocol import CONTENT_TYPE
 
 pytestmark = pytest.mark.integration
@@ -192,3 +194,40 @@ def test_restart_mid_stream_loses_no_retried_request() -> None:
     assert killed_at < len(images)
     assert sorted(answers) == list(range(len(images)))
     assert [answers[i] for i in range(len(images))] == expected
+
+
+def _progressive_option(codec_quality: tuple[str, int] = ("webp", 50)) -> OffloadOption:
+    return OffloadOption(
+        sampling="server",
+        codec=codec_quality[0],  # type: ignore[arg-type]
+        quality=codec_quality[1],
+        k1=32,
+        accuracy=0.85,
+        accuracy_round1=0.85,
+        bytes1_mean=1000,
+        bytes1_p95=1000,
+        server1_s=0.01,
+        prefix_ends=(4, 8, 16, 32),
+        prefix_accuracy=(0.6, 0.7, 0.8, 0.85),
+        prefix_bytes_mean=(300, 400, 600, 1000),
+        prefix_bytes_p95=(300, 400, 600, 1000),
+        prefix_server_s=(0.01, 0.01, 0.01, 0.01),
+    )
+
+
+def test_progressive_round1_streams_and_is_cut_over_real_http(server: int) -> None:
+    """A chunked progressive body reaches the server whole on a fast link; on a slow emulated
+    link the device cuts it at the deadline and the server answers from the segments that came."""
+    url = f"http://127.0.0.1:{server}"
+    option = _progressive_option()
+    with OffloadClient(url, token=TOKEN, initial_bandwidth_bytes_per_s=1e6) as client:
+        whole = client.classify(_image(7), [option], slo_s=5.0)
+    assert whole.response.num_received == 32
+    trace = BandwidthTrace("slow", 1.0, np.array([3000.0]))
+    link = LinkEmulator(TokenBucket(trace, burst_bytes=0.0), one_way_latency_s=0.005)
+    with OffloadClient(
+        url, token=TOKEN, link=link, initial_bandwidth_bytes_per_s=3000.0, rtt_s=0.01
+    ) as client:
+        cut = client.classify(_image(7), [option], slo_s=0.45)
+    assert 4 <= cut.response.num_received < 32
+    assert cut.rounds[0].body_bytes < whole.rounds[0].body_bytes
