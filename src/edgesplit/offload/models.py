@@ -28,6 +28,7 @@ __all__ = [
     "MaskedAutoencoder",
     "VitClassifier",
     "VitConfig",
+    "load_mae",
     "load_models",
     "save_model",
     "sincos_2d",
@@ -98,6 +99,9 @@ class MaeConfig:
     decoder_dim: int = 64
     decoder_depth: int = 2
     decoder_num_heads: int = 2
+    # Colour channels per pixel; a patch vector is (p, p, channels) flattened. 1 (grayscale)
+    # is what the Fashion-MNIST checkpoints use (their JSON configs predate this field).
+    channels: int = 1
 
     @property
     def side(self) -> int:
@@ -109,7 +113,7 @@ class MaeConfig:
 
     @property
     def patch_dim(self) -> int:
-        return self.patch_size**2
+        return self.channels * self.patch_size**2
 
 
 @dataclass(frozen=True, slots=True)
@@ -122,7 +126,7 @@ class EncoderState:
 
 
 class MaskedAutoencoder(nn.Module):
-    """MAE over (B, N, p*p) normalised patches; predicts pixels and a log-variance per patch."""
+    """MAE over (B, N, channels*p*p) normalised patches -> pixels + a log-variance per patch."""
 
     pos: torch.Tensor
     decoder_pos: torch.Tensor
@@ -246,6 +250,13 @@ def _load(directory: Path, name: str, model: nn.Module) -> None:
     state = {k: v.float() for k, v in load_file(str(directory / f"{name}.safetensors")).items()}
     model.load_state_dict(state)
     model.eval()
+
+
+def load_mae(directory: Path, name: str = "mae") -> MaskedAutoencoder:
+    """Load one MAE checkpoint (<name>.json + <name>.safetensors) written by `save_model`."""
+    mae = MaskedAutoencoder(MaeConfig(**json.loads((directory / f"{name}.json").read_text())))
+    _load(directory, name, mae)
+    return mae
 
 
 def load_models(directory: Path) -> tuple[MaskedAutoencoder, VitClassifier]:

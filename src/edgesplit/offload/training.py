@@ -28,7 +28,7 @@ from edgesplit.offload.models import (
 )
 from edgesplit.offload.patches import grid_order
 
-__all__ = ["VALIDATION_SIZE", "patch_importance_order", "train_all"]
+__all__ = ["VALIDATION_SIZE", "patch_importance_order", "train_all", "train_photo_mae"]
 
 log = logging.getLogger(__name__)
 
@@ -218,3 +218,56 @@ def train_all(
     }
     (out_dir / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
     return {"mae_cpu_s": t1 - t0, "vit_cpu_s": t2 - t1}
+
+
+def train_photo_mae(
+    config: MaeConfig,
+    *,
+    steps: int,
+    batch_size: int,
+    seed: int,
+    min_visible: int = 4,
+    max_visible: int = 56,
+) -> MaskedAutoencoder:
+    """Train an RGB MAE on random crops of the training photos (offload/photos.py).
+
+    Same objective as `train_mae` (masked-patch MSE + 0.1 x the log-variance head's NLL), with
+    k ~ U[min_visible, max_visible] random visible patches per step. Held-out photos are never
+    sampled.
+    """
+    from edgesplit.offload.photos import patchify_rgb, sample_crops, to_photo_pixels
+
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    mae = MaskedAutoencoder(config)
+    assert mae.pos.abs().sum() > 0
+    assert mae.decoder_pos.abs().sum() > 0
+    optimizer = torch.optim.AdamW(mae.parameters(), lr=2e-3, weight_decay=0.05)
+    start = time.process_time()
+    for step in range(steps):
+        for group in optimizer.param_groups:
+            group["lr"] = cosine_lr(step, steps, 2e-3, warmup=50)
+        crops = sample_crops(rng, batch_size).pixels
+        patches = to_photo_pixels(patchify_rgb(crops, config.patch_size))  # (B, N, D)
+        k = int(rng.integers(min_visible, max_visible + 1))
+        indices = np.argsort(rng.random((batch_size, config.num_patches)), axis=1)[:, :k]
+        predicted, log_variance = mae(
+            _gather(patches, indices), torch.as_tensor(indices, dtype=torch.long)
+        )
+        masked = torch.ones(batch_size, config.num_patches, dtype=torch.bool)
+        masked[np.arange(batch_size)[:, None], indices] = False
+        error = (predicted - patches).pow(2).mean(dim=-1)  # (B, N)
+        nll = 0.5 * (error.detach() * torch.exp(-log_variance) + log_variance)
+        loss = error[masked].mean() + 0.1 * nll[masked].mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        if step % 100 == 0 or step == steps - 1:
+            log.info(
+                "photo mae step %d/%d loss %.4f (cpu %.0f s)",
+                step,
+                steps,
+                loss.item(),
+                time.process_time() - start,
+            )
+    return mae.eval()
