@@ -37,6 +37,7 @@ import msgpack
 from pydantic import Field
 
 from edgesplit.core.schema import FrozenModel
+from edgesplit.errors import ConfigError
 from edgesplit.offload.protocol import MAGIC
 from edgesplit.offload.server import ServerConfig
 
@@ -288,8 +289,21 @@ def deploy(
 
     Several apps (say 1 and 2 replicas, for a side-by-side benchmark) can share the proxy
     under different `route_prefix`es; OffloadClient takes the prefixed URL as its base.
+
+    Raises:
+        ConfigError: Ray has fewer free CPUs than the replicas reserve (Serve would wait
+            forever for a replica it cannot place).
     """
+    import ray
     from ray import serve
+
+    needed = config.replicas * config.num_cpus
+    free = float(ray.available_resources().get("CPU", 0.0))
+    if needed > free + 1e-3:
+        raise ConfigError(
+            f"{config.replicas} replica(s) x {config.num_cpus:g} CPU need {needed:g} Ray CPUs, "
+            f"only {free:g} free; lower --ray-cpus (a logical reservation, not pinning)"
+        )
 
     serve.run(
         build_application(config, server_config, weights_dir, tiny=tiny),
