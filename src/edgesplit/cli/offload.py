@@ -80,10 +80,12 @@ def register(app: typer.Typer) -> None:
                 min=0,
                 help=(
                     "Serve with Ray Serve, N replicas behind one port (0: one uvicorn "
-                    "process, the default). A uvicorn process runs one inference at a time; "
-                    "use replicas when requests queue on it (p95 well above compute time, see "
-                    "/metrics) and the host has spare cores: about one replica per free core. "
-                    "Starts an embedded local Ray (a few seconds, ~300 MB per replica)."
+                    "process, the default). One process runs one inference at a time; use "
+                    "replicas when requests queue on it (p95 well above the compute time in "
+                    "/metrics) AND the host has idle cores, about one replica per core. Serve "
+                    "adds ~13 ms of server CPU per request (measured: benchmarks/"
+                    "offload_serve.py), so it pays only for models slower than that. Starts an "
+                    "embedded local Ray (15-35 s, ~350 MB per replica)."
                 ),
             ),
         ] = 0,
