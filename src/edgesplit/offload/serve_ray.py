@@ -233,18 +233,18 @@ def build_application(
     )
 
 
-def _init_ray(config: RayServeConfig) -> bool:
-    """Connect to or start Ray; True if it was started here (and must be shut down here)."""
+def _init_ray(config: RayServeConfig) -> str:
+    """Start or connect to Ray: "embedded" (started here), "connected" or "existing"."""
     import ray
 
     if ray.is_initialized():
-        return False
+        return "existing"
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # replicas inherit it (one torch thread)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     if config.ray_address:
         os.environ.setdefault("RAY_AUTH_MODE", "token")
         ray.init(address=config.ray_address, log_to_driver=False)
-        return True
+        return "connected"
     # As runtime/cluster.py: a per-process auth token so Ray never writes one under $HOME.
     if "RAY_AUTH_TOKEN" not in os.environ and "RAY_AUTH_TOKEN_PATH" not in os.environ:
         os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(16)
@@ -256,7 +256,7 @@ def _init_ray(config: RayServeConfig) -> bool:
         log_to_driver=False,
         _node_ip_address="127.0.0.1",
     )
-    return True
+    return "embedded"
 
 
 def _wait_healthy(url: str, timeout_s: float) -> None:
@@ -326,12 +326,13 @@ def running(
 ) -> Iterator[str]:
     """Run the app on `server_config.host:port`; yields the base URL; tears everything down.
 
-    Blocks until the replicas are up (each loads torch and the pipeline). Serve and, if it
-    was started here, Ray are shut down on exit, also when the body raises.
+    Blocks until the replicas are up (each loads torch and the pipeline). On exit, also when
+    the body raises: an embedded Ray is shut down with Serve; on a Ray that was already there
+    (`ray_address`, or initialised by the caller) only this app is deleted.
     """
     from ray import serve
 
-    started_ray = _init_ray(config)
+    ray_mode = _init_ray(config)
     try:
         serve.start(
             http_options={"host": server_config.host, "port": server_config.port},
@@ -339,11 +340,14 @@ def running(
         )
         yield deploy(config, server_config, weights_dir, tiny=tiny)
     finally:
-        with contextlib.suppress(Exception):
-            serve.shutdown()
-        if started_ray:
-            import ray
+        import ray
 
+        with contextlib.suppress(Exception):
+            if ray_mode == "embedded":
+                serve.shutdown()  # our own Ray: stop Serve's controller and proxy too
+            else:
+                serve.delete(APP_NAME)  # a shared Ray: remove only our app
+        if ray_mode != "existing":
             ray.shutdown()
 
 
