@@ -57,6 +57,7 @@ def register(app: typer.Typer) -> None:
             "Adaptive offloading (A-MOT): a weak device sends a few image patches, the edge "
             "server reconstructs them with a masked autoencoder and classifies.\n\n"
             "  edgesplit offload serve --port 8470 --token s3cret\n"
+            "  edgesplit offload serve --ray-replicas 2   # Ray Serve, see serve --help\n"
             "  edgesplit offload send --test-index 3 --slo-ms 250\n"
             "  edgesplit offload bench --trace lte --mean-kbps 100 --slo-ms 250"
         ),
