@@ -221,7 +221,7 @@ class OffloadClient:
         start = self._clock()
         upload_s = self.link.upload(len(body)) if self.link else 0.0
         response = self._call(
-            "POST", "/v1/infer", content=body, headers={"content-type": CONTENT_TYPE}
+            "POST", "/v1/infer", content=body, headers=_headers(header.request_id)
         )
         if self.link:
             self.link.downlink()
@@ -316,9 +316,7 @@ class OffloadClient:
                     config=policy,
                 ),
             )
-        response = self._call(
-            "POST", "/v1/infer", content=content, headers={"content-type": CONTENT_TYPE}
-        )
+        response = self._call("POST", "/v1/infer", content=content, headers=_headers(request_id))
         if self.link:
             self.link.downlink()
         elapsed = self._clock() - start
@@ -439,6 +437,13 @@ class OffloadClient:
         return sample_indices(
             sampling, info.num_patches, k, rng=self._rng, server_order=order
         ).tolist()
+
+
+def _headers(request_id: str) -> dict[str, str]:
+    """Request headers of a round. Both rounds of an image share the request id; sending it as
+    `x-session-id` lets a session-affine router (Ray Serve's consistent-hash router, see
+    serve_ray.py) bring round 2 to the replica that holds round 1."""
+    return {"content-type": CONTENT_TYPE, "x-session-id": request_id}
 
 
 class _StreamedBody:
