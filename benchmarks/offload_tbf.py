@@ -362,6 +362,72 @@ def summarise(reqs: list[dict[str, float]], rate: float, burst: int) -> dict[str
     }
 
 
+# -- how far a socket write runs ahead of the link ---------------------------------------------
+def socket_probe(
+    mtu: int, burst: int, rate: float, lowat: bool, total: int = 4000
+) -> dict[str, Any]:
+    """Write `total` bytes in 100 B writes through a tbf at `rate` (idle, full bucket) with a
+    socket timeout (as httpx: Python polls for writability first); return how many bytes the
+    writes had handed over vs the receiver had got, over time. The excess is what a cut decided
+    on write progress cannot see."""
+    shape("both", rate, burst, mtu, 0)
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    received: list[tuple[float, int]] = []
+
+    def receive() -> None:
+        conn, _ = listener.accept()
+        got = 0
+        while got < total:
+            data = conn.recv(65536)
+            if not data:
+                break
+            got += len(data)
+            received.append((time.monotonic(), got))
+        conn.close()
+
+    reader = threading.Thread(target=receive, daemon=True)
+    reader.start()
+    sender = socket.socket()
+    if lowat:
+        sender.setsockopt(socket.IPPROTO_TCP, socket.TCP_NOTSENT_LOWAT, 128)
+    sender.settimeout(10.0)
+    sender.connect(listener.getsockname())
+    time.sleep(0.5)  # let the bucket refill after the handshake
+    t0 = time.monotonic()
+    written: list[tuple[float, int]] = []
+    for i in range(total // 100):
+        sender.sendall(b"x" * 100)
+        written.append((time.monotonic(), 100 * (i + 1)))
+    reader.join(timeout=30)
+    sender.close()
+    listener.close()
+    unshape()
+    times = np.array([t for t, _ in received])
+    counts = np.array([n for _, n in received])
+
+    def delivered(t: float) -> int:
+        i = int(np.searchsorted(times, t, side="right"))
+        return int(counts[i - 1]) if i else 0
+
+    ahead = [n - delivered(t) for t, n in written]
+    first_block = next(
+        (n - 100 for (t, n), (tp, _) in zip(written[1:], written, strict=False) if t - tp > 0.005),
+        total,
+    )
+    return {
+        "mtu": mtu,
+        "burst_bytes": burst,
+        "notsent_lowat": 128 if lowat else None,
+        "accepted_before_first_block_bytes": int(first_block),
+        "max_ahead_of_receiver_bytes": int(max(ahead)),
+        "median_ahead_of_receiver_bytes": float(np.median(ahead[len(ahead) // 2 :])),
+        "write_done_s": round(written[-1][0] - t0, 4),
+        "delivered_s": round(float(times[-1]) - t0, 4),
+    }
+
+
 # -- progressive round 1 under a rate step -------------------------------------------------------
 def progressive(
     url: str,
@@ -487,6 +553,7 @@ def cut_probe(
     url: str,
     port: int,
     images: np.ndarray,
+    app: DelayedApp,
     variant: str,
     num_frames: int,
     rtt_s: float,
@@ -495,14 +562,21 @@ def cut_probe(
     """One progressive option (cap 64, one round) sent with an estimate of 1.6x the rate over a
     link at 0.4x: only the rate measured during the upload itself can save the deadline."""
     from edgesplit.offload import load_tables
-    from edgesplit.offload.client import OffloadClient
+    from edgesplit.offload.client import LinkEmulator, OffloadClient
+    from edgesplit.offload.emulation import TokenBucket, make_trace
     from edgesplit.offload.policy import Decision
 
     option = next(o for o in load_tables().options if o.progressive and o.k2 == 0 and o.k1 == 64)
     mtu, burst = PROGRESSIVE_LINK
-    shape("uplink", STEP_LOW * rate, burst, mtu, port)
+    link = None
+    if variant == "app-emulator":
+        app.delay_s = 0.0
+        bucket = TokenBucket(make_trace("steady", STEP_LOW * rate), burst_bytes=300.0)
+        link = LinkEmulator(bucket, rtt_s / 2)
+    else:
+        shape("uplink", STEP_LOW * rate, burst, mtu, port)
     frames = []
-    with OffloadClient(url, rtt_s=rtt_s, transport=_transport(variant)) as client:
+    with OffloadClient(url, rtt_s=rtt_s, transport=_transport(variant), link=link) as client:
         info = client.info()
         start = time.monotonic() + 0.3
         for f in range(num_frames):
@@ -524,6 +598,7 @@ def cut_probe(
                     "body_bytes": stats.body_bytes,
                 }
             )
+    app.delay_s = rtt_s
     unshape()
     lat = np.array([r["latency_s"] for r in frames])
     summary = {
@@ -599,6 +674,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
         ax.scatter(got, lat, color=f"C{vi + 3}", label=variant, alpha=0.7)
     slo = next(iter(result["cut_probe"].values()))["summary"]["slo_s"]
     ax.axhline(slo, color="red", lw=0.8)
+    ax.set_xlim(0, 68)
     ax.set_xlabel("patches the server received (cap 64)")
     ax.set_ylabel("frame latency (s); SLO in red")
     ax.set_title("(b) cut probe: estimate 160 kbit/s, link 40 kbit/s")
@@ -663,7 +739,12 @@ def run_in_netns(args: argparse.Namespace) -> int:
     server, thread, app = start_server(port, rtt_s)
     url = f"http://127.0.0.1:{port}"
     started = time.monotonic()
-    result: dict[str, Any] = {"one_shot": {}, "cut_probe": {}, "progressive": {}}
+    result: dict[str, Any] = {
+        "one_shot": {},
+        "socket_probe": [],
+        "cut_probe": {},
+        "progressive": {},
+    }
     try:
         links = LINKS[:1] if args.smoke else LINKS
         settings = (("full-raw", "all", "raw", None),) if args.smoke else SETTINGS
@@ -672,9 +753,16 @@ def run_in_netns(args: argparse.Namespace) -> int:
                 url, port, images, link, settings, num_requests, rtt_s, rate
             )
         if not args.smoke:
-            for variant in ("kernel-notsent-lowat", "kernel-default"):
+            result["socket_probe"] = [
+                socket_probe(mtu, burst, STEP_LOW * rate, lowat)
+                for mtu, burst in ((1500, 1600), PROGRESSIVE_LINK)
+                for lowat in (True, False)
+            ]
+            for row in result["socket_probe"]:
+                print(f"[socket probe] {row}", flush=True)
+            for variant in ("kernel-notsent-lowat", "kernel-default", "app-emulator"):
                 result["cut_probe"][variant] = cut_probe(
-                    url, port, images, variant, num_requests, rtt_s, rate
+                    url, port, images, app, variant, num_requests, rtt_s, rate
                 )
             for slo_s in SLOS_S:
                 for variant in ("kernel-notsent-lowat", "kernel-default", "app-emulator"):
@@ -716,7 +804,10 @@ def run_in_netns(args: argparse.Namespace) -> int:
         f"4/8/16/32/64), SLO {CUT_SLO_S} s, rate_bytes_per_s = {STEP_HIGH}x the rate (an estimate "
         f"from before a drop) over an uplink tbf at {STEP_LOW}x (MTU {PROGRESSIVE_LINK[0]}, burst "
         f"{PROGRESSIVE_LINK[1]} B), frames every {FRAME_PERIOD_S} s; with and without "
-        "TCP_NOTSENT_LOWAT",
+        "TCP_NOTSENT_LOWAT, and the app-level LinkEmulator (steady 0.4x, burst 300 B) instead",
+        "socket_probe": "raw TCP: 4000 B in 100 B sendall calls (socket timeout set, as httpx "
+        f"does) through root tbf at {STEP_LOW}x the rate after 0.5 s idle; 'ahead' = bytes the "
+        "writes had handed over minus bytes the receiver had got at that moment",
         "torch_threads": 1,
     }
     result["wall_s"] = round(time.monotonic() - started, 1)
