@@ -712,7 +712,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     grid[1][0].set_title("(c) adaptive classify (progressive round 1 allowed)")
     grid[1][1].set_title("(d) where round 1 ended")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=80)
     plt.close(fig)
 
 
@@ -816,10 +816,32 @@ def run_in_netns(args: argparse.Namespace) -> int:
         return 0
     from common import DOCS, write_result
 
-    write_result(NAME, {"method": method, **result}, command=args.command)
+    write_result(NAME, _compact({"method": method, **result}), command=args.command)
     plot(result, DOCS / "offload_tbf.png")
     print(f"[done] {time.monotonic() - started:.0f} s", flush=True)
     return 0
+
+
+def _compact(result: dict[str, Any]) -> dict[str, Any]:
+    """The committed JSON: summaries, and per frame only what the plot draws."""
+    for link in result["one_shot"].values():
+        for row in link["settings"].values():
+            row.pop("requests", None)
+    plotted = ("t_s", "rate_factor", "latency_s", "received", "option")
+    for run in result["progressive"].values():
+        run["frames"] = [{k: f[k] for k in plotted} for f in run["frames"]]
+    return _rounded(result)
+
+
+def _rounded(value: Any) -> Any:
+    """Floats to 4 significant digits, recursively (keeps the JSON small)."""
+    if isinstance(value, float):
+        return float(f"{value:.4g}")
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_rounded(v) for v in value]
+    return value
 
 
 def main() -> int:

@@ -65,5 +65,6 @@ def test_kernel_shaped_rounds_take_at_least_the_transfer_time(tmp_path: Path) ->
         assert request["measured_s"] >= floor_s, (request, floor_s)
         # ... and the bytes the request's socket sent went through the tbf class
         assert request["up_bytes"] >= request["body_bytes"]
-    # the app-level token bucket fed the same bytes predicts the shaped round within 35 %
-    assert 0.65 <= row["ratio_measured_replay"] <= 1.35, row
+    # the app-level token bucket fed the same bytes predicts the shaped round
+    # (plus unshaped local HTTP work, which a loaded 2-core host can stretch)
+    assert 0.7 <= row["ratio_measured_replay"] <= 1.5, row
