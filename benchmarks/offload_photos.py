@@ -38,7 +38,7 @@ import matplotlib.pyplot as plt
 from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from common import DOCS, RESULTS, write_result
+from common import DOCS, RESULTS, ROOT, write_result
 from edgesplit.offload import DEFAULT_WEIGHTS_DIR
 from edgesplit.offload.codec import mosaic_shape
 from edgesplit.offload.models import load_mae
@@ -150,10 +150,10 @@ def _timed(fill: Fill, crops: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, 
     return out, (time.process_time() - start) / len(crops) * 1000.0
 
 
-def run(num_crops: int, seed: int) -> dict[str, Any]:
+def run(num_crops: int, seed: int, weights: Path) -> dict[str, Any]:
     torch.set_num_threads(1)
-    mae = load_mae(WEIGHTS)
-    meta = json.loads((WEIGHTS / "meta.json").read_text())
+    mae = load_mae(weights)
+    meta = json.loads((weights / "meta.json").read_text())
     crops_info = heldout_crops(num_crops, seed=seed)
     crops = crops_info.pixels
     fills: dict[str, Fill] = {
@@ -264,7 +264,9 @@ def run(num_crops: int, seed: int) -> dict[str, Any]:
             "corners": [list(c) for c in crops_info.corners],
         },
         "model": {
-            "weights": str(WEIGHTS.relative_to(DEFAULT_WEIGHTS_DIR.parents[3])),
+            "weights": str(weights.resolve().relative_to(ROOT))
+            if weights.resolve().is_relative_to(ROOT)
+            else str(weights),
             "meta": meta,
         },
         "method": {
@@ -346,9 +348,9 @@ def plot(data: dict[str, Any], num_examples: int = 4) -> None:
     plt.close(fig)
 
 
-def plot_examples(num_examples: int, seed: int) -> None:
+def plot_examples(num_examples: int, seed: int, weights: Path) -> None:
     """Original / kept patches / MAE / linear for a few held-out crops at 10, 25, 50 % kept."""
-    mae = load_mae(WEIGHTS)
+    mae = load_mae(weights)
     info = heldout_crops(64, seed=seed)
     picks: list[int] = []
     for photo in HELDOUT_PHOTOS + HELDOUT_PHOTOS:  # one per photo first, then a second
@@ -394,13 +396,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--num-crops", type=int, default=120)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--weights", type=Path, default=WEIGHTS, help="photo MAE directory")
     parser.add_argument("--replot", action="store_true", help="redraw plots from the JSON")
     args = parser.parse_args()
     if args.replot:
         data = json.loads((RESULTS / f"{NAME}.json").read_text())
     else:
         start, cpu = time.perf_counter(), time.process_time()
-        data = run(args.num_crops, args.seed)
+        data = run(args.num_crops, args.seed, args.weights)
         data["wall_s"] = round(time.perf_counter() - start, 1)
         data["cpu_s"] = round(time.process_time() - cpu, 1)
         command = "python benchmarks/offload_photos.py"
@@ -408,7 +411,7 @@ def main() -> None:
             command += f" --num-crops {args.num_crops} --seed {args.seed}"
         print(f"wrote {write_result(NAME, data, command)}")
     plot(data)
-    plot_examples(4, args.seed)
+    plot_examples(4, args.seed, args.weights)
 
 
 if __name__ == "__main__":

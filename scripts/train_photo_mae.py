@@ -25,6 +25,7 @@ import torch
 from edgesplit.offload.models import MaeConfig, save_model
 from edgesplit.offload.photos import (
     CROP_SIZE,
+    DEFAULT_PIXEL_NORM,
     HELDOUT_PHOTOS,
     MIN_CROP_STD,
     PATCH_SIZE,
@@ -66,12 +67,17 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1500)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--pixel-norm", choices=["global", "visible"], default=DEFAULT_PIXEL_NORM)
     args = parser.parse_args()
     torch.set_num_threads(1)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     wall, cpu = time.perf_counter(), time.process_time()
     mae = train_photo_mae(
-        PHOTO_MAE_CONFIG, steps=args.steps, batch_size=args.batch_size, seed=args.seed
+        PHOTO_MAE_CONFIG,
+        steps=args.steps,
+        batch_size=args.batch_size,
+        seed=args.seed,
+        pixel_norm=args.pixel_norm,
     )
     cpu_s, wall_s = time.process_time() - cpu, time.perf_counter() - wall
     save_model(mae, args.out, "mae")
@@ -81,7 +87,9 @@ def main() -> None:
     check = {
         "kept_fraction": 0.5,
         "num_crops": len(crops),
-        "psnr_db_mae": round(_psnr(mae_reconstruct(mae, crops, indices), crops), 2),
+        "psnr_db_mae": round(
+            _psnr(mae_reconstruct(mae, crops, indices, pixel_norm=args.pixel_norm), crops), 2
+        ),
         "psnr_db_linear": round(_psnr(fill_linear(crops, indices), crops), 2),
     }
     meta = {
@@ -93,6 +101,7 @@ def main() -> None:
         "crop_size": CROP_SIZE,
         "scales": list(SCALES),
         "min_crop_std": MIN_CROP_STD,
+        "pixel_norm": args.pixel_norm,
         "pixel_mean": PHOTO_MEAN,
         "pixel_std": PHOTO_STD,
         "visible_patches": "k ~ U[4, 56] of 64, uniformly random per crop",

@@ -11,6 +11,7 @@ import json
 import logging
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -27,6 +28,9 @@ from edgesplit.offload.models import (
     to_model_pixels,
 )
 from edgesplit.offload.patches import grid_order
+
+if TYPE_CHECKING:
+    from edgesplit.offload.photos import PixelNorm
 
 __all__ = ["VALIDATION_SIZE", "patch_importance_order", "train_all", "train_photo_mae"]
 
@@ -228,14 +232,15 @@ def train_photo_mae(
     seed: int,
     min_visible: int = 4,
     max_visible: int = 56,
+    pixel_norm: PixelNorm = "global",
 ) -> MaskedAutoencoder:
     """Train an RGB MAE on random crops of the training photos (offload/photos.py).
 
     Same objective as `train_mae` (masked-patch MSE + 0.1 x the log-variance head's NLL), with
     k ~ U[min_visible, max_visible] random visible patches per step. Held-out photos are never
-    sampled.
+    sampled. `pixel_norm` is photos.patch_norm's mode (statistics of the visible patches).
     """
-    from edgesplit.offload.photos import patchify_rgb, sample_crops, to_photo_pixels
+    from edgesplit.offload.photos import patch_norm, patchify_rgb, sample_crops, to_photo_pixels
 
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -248,9 +253,13 @@ def train_photo_mae(
         for group in optimizer.param_groups:
             group["lr"] = cosine_lr(step, steps, 2e-3, warmup=50)
         crops = sample_crops(rng, batch_size).pixels
-        patches = to_photo_pixels(patchify_rgb(crops, config.patch_size))  # (B, N, D)
+        raw = patchify_rgb(crops, config.patch_size)  # (B, N, D) uint8
         k = int(rng.integers(min_visible, max_visible + 1))
         indices = np.argsort(rng.random((batch_size, config.num_patches)), axis=1)[:, :k]
+        norm = patch_norm(
+            np.take_along_axis(raw, indices[..., None], axis=1), pixel_norm, config.channels
+        )
+        patches = to_photo_pixels(raw, norm)  # (B, N, D), normalised by the visible patches
         predicted, log_variance = mae(
             _gather(patches, indices), torch.as_tensor(indices, dtype=torch.long)
         )
