@@ -29,8 +29,13 @@ class MethodChoice(StrEnum):
 
 
 class PredictorChoice(StrEnum):
+    auto = "auto"
     gbm = "gbm"
     additive = "additive"
+    additive_l1 = "additive_l1"
+    stack = "stack"
+    trees = "trees"
+    ensemble = "ensemble"
     blend = "blend"
 
 
@@ -134,8 +139,9 @@ def register(app: typer.Typer) -> None:
             Path | None, typer.Option(help="`cosearch profile` output.")
         ] = None,
         method: Annotated[
-            PredictorChoice, typer.Option(help="gbm, additive or blend.")
-        ] = PredictorChoice.blend,
+            PredictorChoice,
+            typer.Option(help="auto (nested choice per device, default) or a fixed method."),
+        ] = PredictorChoice.auto,
         folds: Annotated[int, typer.Option(min=2)] = 5,
     ) -> None:
         """Cross-validate per-device predictors (MAPE, Spearman) and write the recipe."""

@@ -14,6 +14,7 @@ the full-width config. `width_divisor=1` trains the real model when compute allo
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -50,6 +51,17 @@ class TrainSettings(FrozenModel):
     weight_decay: float = 0.01
     width_divisor: int = 8
     seed: int = 0
+    # Pre-LN layers (+ final norm). The search keeps BERT's post-LN; the final-model comparison
+    # trains both the final model and the Base-shaped baseline pre-LN (stable at depth 12).
+    norm_first: bool = False
+
+    def cache_hash(self) -> str:
+        """Cache-key hash; fields added later are left out at their defaults (old keys hold)."""
+        if self.norm_first:
+            return content_hash(self)
+        payload = self.model_dump(mode="json", exclude={"norm_first"})
+        canonical = json.dumps(payload, sort_keys=True, separators=(",", ":"))  # as content_hash
+        return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
 class AccuracyRecord(FrozenModel):
@@ -82,7 +94,9 @@ def proxy_config(config: EncoderConfig, width_divisor: int) -> EncoderConfig:
     )
 
 
-def build_encoder(config: EncoderConfig, task: Task, seed: int) -> Encoder:
+def build_encoder(
+    config: EncoderConfig, task: Task, seed: int, *, norm_first: bool = False
+) -> Encoder:
     torch.manual_seed(seed)
     return Encoder(
         config,
@@ -90,6 +104,7 @@ def build_encoder(config: EncoderConfig, task: Task, seed: int) -> Encoder:
         seq_len=task.seq_len,
         vocab_size=task.vocab_size,
         patch_pixels=task.patch_pixels,
+        norm_first=norm_first,
     )
 
 
@@ -168,7 +183,7 @@ class AccuracyCache:
     def _key(self, config: EncoderConfig) -> str:
         # eager and sdpa attention compute the same function: one training serves both.
         same_maths = config.model_copy(update={"attention": "sdpa"})
-        return f"{same_maths.key()}:{self.task.name}:{content_hash(self.settings)}"
+        return f"{same_maths.key()}:{self.task.name}:{self.settings.cache_hash()}"
 
     def __len__(self) -> int:
         return len(self._records)
@@ -187,7 +202,9 @@ class AccuracyCache:
         trained = proxy_config(config, self.settings.width_divisor).model_copy(
             update={"attention": "sdpa"}
         )
-        model = build_encoder(trained, self.task, self.settings.seed)
+        model = build_encoder(
+            trained, self.task, self.settings.seed, norm_first=self.settings.norm_first
+        )
         start = time.thread_time()
         accuracy = train_encoder(model, self.task, self.settings)
         record = AccuracyRecord(

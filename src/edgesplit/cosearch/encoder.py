@@ -1,6 +1,7 @@
 """The encoder that co-search builds, trains, profiles, prunes and grows (torch).
 
-Owns `Encoder` (BERT-style post-LN layers with per-layer head and FFN counts, over token ids or
+Owns `Encoder` (BERT-style post-LN layers, or pre-LN with `norm_first=True`, with per-layer
+head and FFN counts, over token ids or
 image patches, a classifier on the CLS token), gate hooks for importance scores, and the
 structural edits grow-and-prune applies (`prune_heads`, `prune_ffn`, `grow_heads`, `grow_ffn`).
 Imports torch and space; never ray or planners.
@@ -26,7 +27,12 @@ __all__ = ["Encoder", "EncoderLayer"]
 
 
 class EncoderLayer(nn.Module):
-    """Self-attention (heads x head_dim) then FFN, each with residual and post-LayerNorm."""
+    """Self-attention (heads x head_dim) then FFN, each with residual and a LayerNorm.
+
+    Post-LN (BERT, default) normalises after each residual add; pre-LN (`norm_first`, as in ViT
+    and GPT-2) normalises each sub-layer's input and leaves the residual stream untouched, which
+    trains stably at depth without a tuned warm-up. Same parameters, same FLOPs.
+    """
 
     num_heads: int
     head_dim: int
@@ -39,10 +45,17 @@ class EncoderLayer(nn.Module):
     fc2: nn.Linear
 
     def __init__(
-        self, hidden_size: int, num_heads: int, head_dim: int, ffn_size: int, attention: str
+        self,
+        hidden_size: int,
+        num_heads: int,
+        head_dim: int,
+        ffn_size: int,
+        attention: str,
+        norm_first: bool = False,
     ) -> None:
         super().__init__()
         self.num_heads, self.head_dim, self.attention = num_heads, head_dim, attention
+        self.norm_first = norm_first
         self.query = nn.Linear(hidden_size, num_heads * head_dim)
         self.key = nn.Linear(hidden_size, num_heads * head_dim)
         self.value = nn.Linear(hidden_size, num_heads * head_dim)
@@ -64,6 +77,9 @@ class EncoderLayer(nn.Module):
     ) -> torch.Tensor:
         B, T, _ = x.shape
         H, D = self.num_heads, self.head_dim
+        residual = x
+        if self.norm_first:
+            x = self.norm1(x)
         q = self.query(x).view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
         k = self.key(x).view(B, T, H, D).transpose(1, 2)
         v = self.value(x).view(B, T, H, D).transpose(1, 2)
@@ -74,11 +90,16 @@ class EncoderLayer(nn.Module):
             context = scores.softmax(dim=-1) @ v
         if head_gate is not None:
             context = context * head_gate.view(1, H, 1, 1)
-        x = self.norm1(x + self.out(context.transpose(1, 2).reshape(B, T, H * D)))
-        hidden = F.gelu(self.fc1(x))  # (B, T, F)
+        attended = self.out(context.transpose(1, 2).reshape(B, T, H * D))
+        if self.norm_first:
+            x = residual + attended
+            hidden = F.gelu(self.fc1(self.norm2(x)))  # (B, T, F)
+        else:
+            x = self.norm1(residual + attended)
+            hidden = F.gelu(self.fc1(x))
         if ffn_gate is not None:
             hidden = hidden * ffn_gate
-        return self.norm2(x + self.fc2(hidden))
+        return x + self.fc2(hidden) if self.norm_first else self.norm2(x + self.fc2(hidden))
 
 
 class Encoder(nn.Module):
@@ -90,6 +111,7 @@ class Encoder(nn.Module):
         seq_len: tokens per input excluding CLS (text length, or number of patches).
         vocab_size: text only, token embedding rows.
         patch_pixels: image only, values per patch.
+        norm_first: pre-LN layers plus a final LayerNorm before the classifier (default post-LN).
     """
 
     def __init__(
@@ -100,6 +122,7 @@ class Encoder(nn.Module):
         seq_len: int,
         vocab_size: int = 0,
         patch_pixels: int = 0,
+        norm_first: bool = False,
     ) -> None:
         super().__init__()
         hidden = config.hidden_size
@@ -116,9 +139,11 @@ class Encoder(nn.Module):
         self.position = nn.Parameter(torch.randn(1, seq_len + 1, hidden) * 0.02)
         self.embed_norm = nn.LayerNorm(hidden)
         self.layers = nn.ModuleList(
-            EncoderLayer(hidden, heads, config.head_dim, ffn, config.attention)
+            EncoderLayer(hidden, heads, config.head_dim, ffn, config.attention, norm_first)
             for heads, ffn in zip(config.layer_heads(), config.layer_ffn(), strict=True)
         )
+        # Pre-LN leaves the residual stream unnormalised: one LayerNorm before the head.
+        self.final_norm: nn.Module = nn.LayerNorm(hidden) if norm_first else nn.Identity()
         self.classifier = nn.Linear(hidden, num_classes)
 
     def blocks(self) -> list[EncoderLayer]:
@@ -158,7 +183,7 @@ class Encoder(nn.Module):
                 None if head_gates is None else head_gates[index],
                 None if ffn_gates is None else ffn_gates[index],
             )
-        return self.classifier(x[:, 0])  # (B, classes)
+        return self.classifier(self.final_norm(x[:, 0]))  # (B, classes)
 
     # --- structural edits (grow-and-prune); each keeps the listed units' weights exactly ----------
 

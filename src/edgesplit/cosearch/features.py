@@ -201,6 +201,8 @@ def _additive_dict(arch: Architecture) -> dict[str, float]:
         for op in layer.ops:
             d = op.dim
             v[f"{op.kind}_proj"] += T * h * d
+            # GPUs run big matrix products at higher efficiency: time grows sublinearly in MACs.
+            v[f"{op.kind}_proj_sublinear"] += (T * h * d) ** 0.75
             v[f"{op.kind}_count"] += 1
             v[f"{op.kind}_elements"] += T * d
             if op.kind in ("sa_sdp", "sa_wma", "l_dct"):
@@ -213,6 +215,7 @@ def _additive_dict(arch: Architecture) -> dict[str, float]:
                 v["conv_mix"] += T * d * op.kernel_size
         dims = _ffn_dims(layer)
         v["ffn_macs"] += sum(T * a * b for a, b in itertools.pairwise(dims))
+        v["ffn_sublinear"] += sum((T * a * b) ** 0.75 for a, b in itertools.pairwise(dims))
         v["ffn_linears"] += len(dims) - 1
         v["ffn_elements"] += T * sum(layer.ffn_sizes)
         v["out_proj_macs"] += T * sum(op.dim for op in layer.ops) * h
@@ -222,13 +225,23 @@ def _additive_dict(arch: Architecture) -> dict[str, float]:
         if prev.hidden_size != nxt.hidden_size:
             v["between_macs"] += T * prev.hidden_size * nxt.hidden_size
             v["between_count"] += 1
+    # Weight memory: bytes read per forward (∝ params, embeddings included) and a quadratic
+    # memory-pressure term (devices with 4 GB shared RAM slow down superlinearly with size).
+    params = float(count_params(arch))
+    v["params"] = params
+    v["params_squared"] = params * params
     v["constant"] = 1.0
     return v
 
 
 ADDITIVE_NAMES: tuple[str, ...] = (
-    *(f"{kind}_{part}" for kind in OP_KINDS for part in ("proj", "count", "elements", "mix")),
+    *(
+        f"{kind}_{part}"
+        for kind in OP_KINDS
+        for part in ("proj", "proj_sublinear", "count", "elements", "mix")
+    ),
     "ffn_macs",
+    "ffn_sublinear",
     "ffn_linears",
     "ffn_elements",
     "out_proj_macs",
@@ -236,6 +249,8 @@ ADDITIVE_NAMES: tuple[str, ...] = (
     "hidden_elements",
     "between_macs",
     "between_count",
+    "params",
+    "params_squared",
     "constant",
 )
 

@@ -7,11 +7,16 @@ on most). sklearn, scipy and numpy only; never torch.
 
 [Note: predictor design] Targets are learned in log space (errors are relative, costs span 20x).
 `gbm`: sklearn GradientBoostingRegressor on `featurize` + log work terms. `additive`: latency as a
-non-negative sum of work terms (per-operator projections, token mixing, FFN MACs, counts), fitted
-by NNLS on relative error — it extrapolates along FLOPs where trees saturate. `blend`: the
-geometric mean of both (the default; measured best or near-best on every ProTran device, see
-docs/cosearch.md). Each of `num_members` members is fitted on a bootstrap resample; the member
-spread (std of log predictions) is the uncertainty that active learning ranks by.
+non-negative sum of work terms (per-operator projections, token mixing, FFN MACs, counts, weight
+bytes and a memory-pressure term), fitted by NNLS on squared relative error; `additive_l1` fits
+the same sum on absolute relative error (MAPE itself, a linear program) — both extrapolate along
+FLOPs where trees saturate. `stack`: `additive_l1` times a shallow L1 booster on its log ratio.
+`trees`: extra-trees on the features plus the log of `additive_l1`. `ensemble`: the geometric
+mean of `additive_l1`, `stack` and `trees`; `blend`: of `gbm` and `additive`. `auto` (the
+default) picks one of `AUTO_CANDIDATES` per fit by inner 3-fold MAPE on the training rows only,
+so cross-validating `auto` is nested CV: no choice ever sees the outer test fold. Each of
+`num_members` members is fitted on a bootstrap resample; the member spread (std of log
+predictions) is the uncertainty that active learning ranks by.
 """
 
 from __future__ import annotations
@@ -20,9 +25,9 @@ from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
-from scipy.optimize import nnls
+from scipy.optimize import linprog, nnls
 from scipy.stats import spearmanr
-from sklearn.ensemble import GradientBoostingRegressor
+from sklearn.ensemble import ExtraTreesRegressor, GradientBoostingRegressor
 from sklearn.model_selection import KFold
 
 from edgesplit.core.schema import FrozenModel
@@ -31,10 +36,13 @@ from edgesplit.cosearch.space import Architecture
 from edgesplit.errors import ConfigError
 
 __all__ = [
+    "AUTO_CANDIDATES",
+    "METHODS",
     "CostPredictor",
     "CrossValidation",
     "Method",
     "PredictorSettings",
+    "compare_methods",
     "cross_validate",
     "mape",
     "out_of_fold",
@@ -42,19 +50,44 @@ __all__ = [
     "summarize",
 ]
 
-Method = Literal["gbm", "additive", "blend"]
+Method = Literal["gbm", "additive", "additive_l1", "stack", "trees", "ensemble", "blend", "auto"]
+METHODS: tuple[Method, ...] = (
+    "gbm",
+    "additive",
+    "additive_l1",
+    "stack",
+    "trees",
+    "ensemble",
+    "blend",
+    "auto",
+)
+# What `auto` chooses among, by inner k-fold MAPE on the training rows only (nested CV).
+AUTO_CANDIDATES: tuple[Method, ...] = ("additive", "additive_l1", "stack", "trees", "ensemble")
+
+# Which fitted parts each method averages (geometric mean of their predictions).
+_PARTS: dict[str, tuple[str, ...]] = {
+    "gbm": ("gbm",),
+    "additive": ("additive",),
+    "additive_l1": ("additive_l1",),
+    "stack": ("stack",),
+    "trees": ("trees",),
+    "ensemble": ("additive_l1", "stack", "trees"),
+    "blend": ("gbm", "additive"),
+}
 
 
 class PredictorSettings(FrozenModel):
     """How a predictor is fitted (defaults are the ones the benchmark reports)."""
 
-    method: Method = "blend"
+    method: Method = "auto"
     num_members: int = 5
     n_estimators: int = 300
     max_depth: int = 3
     learning_rate: float = 0.05
     subsample: float = 0.8
     seed: int = 0
+    candidates: tuple[Method, ...] = AUTO_CANDIDATES  # for method="auto"
+    inner_folds: int = 3  # for method="auto"
 
 
 class CrossValidation(FrozenModel):
@@ -79,24 +112,169 @@ def _fit_additive(terms: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndar
     return coef, scale
 
 
+def _fit_additive_l1(terms: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Minimise Σ|(A c)_i / y_i − 1| over c ≥ 0 — MAPE itself — as a linear program (HiGHS)."""
+    scale = terms.max(axis=0) + 1e-12
+    a = terms / scale / y[:, None]
+    n, k = a.shape
+    # Variables [c (k), u (n)]: minimise Σu subject to ±(A c − 1) ≤ u.
+    eye = np.eye(n)
+    result = linprog(
+        np.concatenate([np.zeros(k), np.ones(n)]),
+        A_ub=np.block([[a, -eye], [-a, -eye]]),
+        b_ub=np.concatenate([np.ones(n), -np.ones(n)]),
+        bounds=[(0, None)] * (k + n),
+        method="highs",
+    )
+    if not result.success:  # fall back to the least-squares fit (never seen on real data)
+        return _fit_additive(terms, y)
+    return result.x[:k], scale
+
+
+def _linear(coef: np.ndarray, scale: np.ndarray, terms: np.ndarray) -> np.ndarray:
+    return np.log(np.maximum((terms / scale) @ coef, 1e-12))
+
+
 @dataclass(frozen=True, slots=True)
 class _Member:
-    gbm: GradientBoostingRegressor | None
-    coef: np.ndarray | None
-    scale: np.ndarray | None
+    """One fitted model: the parts its method averages (log space)."""
+
+    parts: tuple[str, ...]
+    gbm: GradientBoostingRegressor | None = None
+    coef: np.ndarray | None = None  # least-squares additive
+    scale: np.ndarray | None = None
+    coef_l1: np.ndarray | None = None  # L1 additive (also the base of stack and trees)
+    scale_l1: np.ndarray | None = None
+    residual: GradientBoostingRegressor | None = None  # stack: log(y / additive_l1)
+    trees: ExtraTreesRegressor | None = None  # log y from features + log additive_l1
+
+    def predict_parts(self, x: np.ndarray, terms: np.ndarray) -> dict[str, np.ndarray]:
+        """Log predictions of every fitted part."""
+        out: dict[str, np.ndarray] = {}
+        if self.gbm is not None:
+            out["gbm"] = self.gbm.predict(x)
+        if self.coef is not None and self.scale is not None:
+            out["additive"] = _linear(self.coef, self.scale, terms)
+        if self.coef_l1 is not None and self.scale_l1 is not None:
+            base = _linear(self.coef_l1, self.scale_l1, terms)
+            out["additive_l1"] = base
+            xs = np.hstack([x, base[:, None]])
+            if self.residual is not None:
+                out["stack"] = base + self.residual.predict(xs)
+            if self.trees is not None:
+                out["trees"] = self.trees.predict(xs)
+        return out
 
     def predict_log(self, x: np.ndarray, terms: np.ndarray) -> np.ndarray:
-        parts = []
-        if self.gbm is not None:
-            parts.append(self.gbm.predict(x))
-        if self.coef is not None and self.scale is not None:
-            linear = (terms / self.scale) @ self.coef
-            parts.append(np.log(np.maximum(linear, 1e-12)))
-        return np.mean(parts, axis=0)
+        parts = self.predict_parts(x, terms)
+        return np.mean([parts[p] for p in self.parts], axis=0)
+
+
+def _fit_member(
+    method: Method | tuple[Method, ...],
+    x: np.ndarray,
+    terms: np.ndarray,
+    y: np.ndarray,
+    settings: PredictorSettings,
+    seed: int,
+) -> _Member:
+    """Fit one method's parts (or several methods' at once, sharing common parts)."""
+    methods = (method,) if isinstance(method, str) else method
+    parts = tuple(dict.fromkeys(p for m in methods for p in _PARTS[m]))
+    fields: dict[str, object] = {}
+    if "gbm" in parts:
+        fields["gbm"] = GradientBoostingRegressor(
+            n_estimators=settings.n_estimators,
+            max_depth=settings.max_depth,
+            learning_rate=settings.learning_rate,
+            subsample=settings.subsample,
+            random_state=seed,
+        ).fit(x, np.log(y))
+    if "additive" in parts:
+        fields["coef"], fields["scale"] = _fit_additive(terms, y)
+    if {"additive_l1", "stack", "trees"} & set(parts):
+        coef, scale = _fit_additive_l1(terms, y)
+        fields["coef_l1"], fields["scale_l1"] = coef, scale
+        base = _linear(coef, scale, terms)
+        xs = np.hstack([x, base[:, None]])
+        if "stack" in parts:
+            # A shallow, slow, L1 booster on the additive model's log ratio: corrections for
+            # what the sum of work terms misses, robust to the noisy rows MAPE would punish.
+            fields["residual"] = GradientBoostingRegressor(
+                loss="absolute_error",
+                n_estimators=max(1, 2 * settings.n_estimators // 3),
+                max_depth=2,
+                learning_rate=0.03,
+                subsample=settings.subsample,
+                random_state=seed,
+            ).fit(xs, np.log(y) - base)
+        if "trees" in parts:
+            fields["trees"] = ExtraTreesRegressor(
+                n_estimators=settings.n_estimators,
+                min_samples_leaf=2,
+                max_features=0.5,
+                random_state=seed,
+                n_jobs=1,
+            ).fit(xs, np.log(y))
+    return _Member(parts=parts, **fields)  # type: ignore[arg-type]  # fields match _Member
+
+
+def _method_logs(
+    methods: tuple[Method, ...],
+    x: np.ndarray,
+    terms: np.ndarray,
+    y: np.ndarray,
+    x_test: np.ndarray,
+    terms_test: np.ndarray,
+    settings: PredictorSettings,
+) -> dict[str, np.ndarray]:
+    """Log predictions of several fixed methods, each part fitted once (same as separate fits)."""
+    member = _fit_member(methods, x, terms, y, settings, settings.seed)
+    parts = member.predict_parts(x_test, terms_test)
+    return {m: np.mean([parts[p] for p in _PARTS[m]], axis=0) for m in methods}
+
+
+def compare_methods(
+    train: list[Architecture],
+    y: np.ndarray,
+    test: list[Architecture],
+    methods: tuple[Method, ...],
+    settings: PredictorSettings | None = None,
+) -> dict[str, np.ndarray]:
+    """Predictions on `test` of each fixed method (one member, fitted on all of `train`)."""
+    if "auto" in methods:
+        raise ConfigError("compare_methods takes fixed methods, not auto")
+    settings = settings or PredictorSettings()
+    x, terms = _design(train)
+    x_test, terms_test = _design(test)
+    y = np.asarray(y, dtype=np.float64)
+    logs = _method_logs(methods, x, terms, y, x_test, terms_test, settings)
+    return {m: np.exp(v) for m, v in logs.items()}
+
+
+def _choose(
+    x: np.ndarray, terms: np.ndarray, y: np.ndarray, settings: PredictorSettings
+) -> tuple[Method, dict[str, float]]:
+    """Inner k-fold MAPE of every candidate on these rows only; the best (ties: first listed)."""
+    folds = min(settings.inner_folds, len(y) // 2)
+    errors: dict[str, list[float]] = {m: [] for m in settings.candidates}
+    splitter = KFold(folds, shuffle=True, random_state=settings.seed + 1)
+    for train, test in splitter.split(y):
+        predicted = _method_logs(
+            settings.candidates, x[train], terms[train], y[train], x[test], terms[test], settings
+        )
+        for method in settings.candidates:
+            errors[method].append(mape(np.exp(predicted[method]), y[test]))
+    means = {m: float(np.mean(v)) for m, v in errors.items()}
+    best = min(settings.candidates, key=lambda m: means[m])
+    return best, means
 
 
 class CostPredictor:
     """A bootstrap ensemble predicting one positive cost (e.g. latency in s) of architectures.
+
+    With `method="auto"` the model family is chosen per fit by inner k-fold MAPE on the
+    training rows (`chosen`, `inner_mape`), so an outer cross-validation of `auto` is nested.
 
     Example:
         >>> p = CostPredictor(PredictorSettings(num_members=2)).fit(archs, latency_s)
@@ -106,6 +284,8 @@ class CostPredictor:
     def __init__(self, settings: PredictorSettings | None = None) -> None:
         self.settings = settings or PredictorSettings()
         self._members: list[_Member] = []
+        self.chosen: Method | None = None
+        self.inner_mape: dict[str, float] = {}
 
     def fit(self, archs: list[Architecture], y: np.ndarray) -> CostPredictor:
         """Fit every member on a bootstrap resample (member 0 on all rows). Returns self."""
@@ -119,22 +299,17 @@ class CostPredictor:
             )
         s = self.settings
         x, terms = _design(archs)
+        method: Method = s.method
+        if method == "auto":
+            if not s.candidates or "auto" in s.candidates:
+                raise ConfigError("method auto needs candidates, and not auto itself")
+            method, self.inner_mape = _choose(x, terms, y, s)
+        self.chosen = method
         rng = np.random.default_rng(s.seed)
         members = []
         for index in range(s.num_members):
             rows = np.arange(len(y)) if index == 0 else rng.integers(0, len(y), len(y))
-            gbm = coef = scale = None
-            if s.method in ("gbm", "blend"):
-                gbm = GradientBoostingRegressor(
-                    n_estimators=s.n_estimators,
-                    max_depth=s.max_depth,
-                    learning_rate=s.learning_rate,
-                    subsample=s.subsample,
-                    random_state=s.seed + index,
-                ).fit(x[rows], np.log(y[rows]))
-            if s.method in ("additive", "blend"):
-                coef, scale = _fit_additive(terms[rows], y[rows])
-            members.append(_Member(gbm=gbm, coef=coef, scale=scale))
+            members.append(_fit_member(method, x[rows], terms[rows], y[rows], s, s.seed + index))
         self._members = members
         return self
 

@@ -165,7 +165,12 @@ def grow_and_prune(
     divisor = train_settings.width_divisor
     finetune = train_settings.model_copy(update={"learning_rate": train_settings.learning_rate / 3})
     generator = torch.Generator().manual_seed(settings.seed)
-    model = build_encoder(proxy_config(config, divisor), task, train_settings.seed)
+    model = build_encoder(
+        proxy_config(config, divisor),
+        task,
+        train_settings.seed,
+        norm_first=train_settings.norm_first,
+    )
     accuracy = train_encoder(model, task, train_settings)
 
     def step(

@@ -269,7 +269,7 @@ def cosearch_fit(
     *,
     protran_dir: Path | None,
     host_results: Path | None = None,
-    method: Method = "blend",
+    method: Method = "auto",
     num_folds: int = 5,
 ) -> PredictorRecipe:
     """`cosearch fit`: cross-validate per-device predictors, write the recipe."""

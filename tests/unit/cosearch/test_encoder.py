@@ -9,11 +9,13 @@ from edgesplit.cosearch.encoder import Encoder
 from edgesplit.cosearch.space import EncoderConfig
 
 
-@pytest.fixture
-def model() -> Encoder:
+@pytest.fixture(params=[False, True], ids=["post-ln", "pre-ln"])
+def model(request: pytest.FixtureRequest) -> Encoder:
     torch.manual_seed(0)
     config = EncoderConfig(modality="image", num_layers=2, hidden_size=16, num_heads=4, ffn_size=12)
-    return Encoder(config, num_classes=3, seq_len=5, patch_pixels=6).eval()
+    return Encoder(
+        config, num_classes=3, seq_len=5, patch_pixels=6, norm_first=request.param
+    ).eval()
 
 
 @pytest.fixture
@@ -58,3 +60,16 @@ def test_eager_and_sdpa_agree(model: Encoder, inputs: torch.Tensor) -> None:
     for layer in model.blocks():
         layer.attention = "eager"
     torch.testing.assert_close(model(inputs), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_pre_ln_differs_only_by_a_final_norm() -> None:
+    config = EncoderConfig(modality="image", num_layers=2, hidden_size=16, num_heads=4, ffn_size=12)
+    torch.manual_seed(0)
+    post = Encoder(config, num_classes=3, seq_len=5, patch_pixels=6).eval()
+    torch.manual_seed(0)
+    pre = Encoder(config, num_classes=3, seq_len=5, patch_pixels=6, norm_first=True).eval()
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert count(pre) == count(post) + 2 * 16
+    x = torch.randn(2, 5, 6, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        assert not torch.allclose(pre(x), post(x))  # the norm placement changes the function
