@@ -326,9 +326,9 @@ def one_shot(
                 f"{rows[setting]['replay_s']:.3f} s",
                 flush=True,
             )
-    stats = tbf_stats()
+    counted = tbf_stats()
     unshape()
-    return {"mtu": mtu, "burst_bytes": burst, "mode": mode, "tbf": stats, "settings": rows}
+    return {"mtu": mtu, "burst_bytes": burst, "mode": mode, "tbf": counted, "settings": rows}
 
 
 def summarise(reqs: list[dict[str, float]], rate: float, burst: int) -> dict[str, Any]:
@@ -687,10 +687,10 @@ def plot(result: dict[str, Any], path: Path) -> None:
         (grid[1][1], "received", "patches the server received"),
     ):
         for vi, (variant, data) in enumerate(prog.items()):
-            t = [r["t_s"] for r in data["frames"]]
+            times = [r["t_s"] for r in data["frames"]]
             style = "-" if data["slo_s"] == max(SLOS_S) else "--"
             ax.plot(
-                t,
+                times,
                 [r[key] for r in data["frames"]],
                 style,
                 marker=".",
@@ -830,7 +830,8 @@ def _compact(result: dict[str, Any]) -> dict[str, Any]:
     plotted = ("t_s", "rate_factor", "latency_s", "received", "option")
     for run in result["progressive"].values():
         run["frames"] = [{k: f[k] for k in plotted} for f in run["frames"]]
-    return _rounded(result)
+    compacted: dict[str, Any] = _rounded(result)
+    return compacted
 
 
 def _rounded(value: Any) -> Any:
