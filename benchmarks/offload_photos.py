@@ -388,7 +388,7 @@ def plot_examples(num_examples: int, seed: int, weights: Path) -> None:
         ax.set_xticks([])
         ax.set_yticks([])
     fig.tight_layout()
-    fig.savefig(DOCS / "offload_photo_reconstructions.png", dpi=110)
+    fig.savefig(DOCS / "offload_photo_reconstructions.png", dpi=80)
     plt.close(fig)
 
 
