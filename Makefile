@@ -51,7 +51,8 @@ test-quick: $(STAMP)  ## the quick loop: no slow or multi-process tests
 models: $(STAMP)  ## build checkpoints that are not committed (SmolLM2 conversion, KJV GPT-2); retrain A-MOT with FORCE=1
 	bash scripts/install_data.sh
 	$(BIN)/python scripts/build_generation_models.py
-	@if [ -n "$(FORCE)" ]; then $(BIN)/python scripts/train_offload_models.py; \
+	@if [ -n "$(FORCE)" ]; then $(BIN)/python scripts/train_offload_models.py && \
+	 $(BIN)/python scripts/train_photo_mae.py; \
 	 else echo "A-MOT checkpoints are committed (src/edgesplit/offload/weights); FORCE=1 retrains"; fi
 
 bench: $(STAMP)  ## run every benchmark (tens of minutes; writes benchmarks/results/*.json + docs/ plots)
@@ -61,6 +62,9 @@ bench: $(STAMP)  ## run every benchmark (tens of minutes; writes benchmarks/resu
 	$(BIN)/python benchmarks/runtime_failures.py
 	$(BIN)/python benchmarks/robustness.py
 	$(BIN)/python benchmarks/offload.py
+	$(BIN)/python benchmarks/offload_photos.py
+	$(BIN)/python benchmarks/offload_serve.py
+	-$(BIN)/python benchmarks/offload_tbf.py  # needs root or user namespaces; skips otherwise
 	$(BIN)/python benchmarks/cosearch.py
 	$(BIN)/python benchmarks/generation.py
 
