@@ -8,8 +8,9 @@ Stages (each timed, one torch thread):
    row's position in ProTran's file, i.e. measurement order) that is NOT a predictor we use.
 2. Host predictors: profile text configs here (seq 128, batch 1; resumable file under out/),
    fit on 60, held-out MAPE of CPU time on 30 others; active learning (uncertainty vs random).
-3. Co-search vs random: TPE, NSGA-II and random at equal budgets over 3 seeds on digits across the
-   7 ProTran devices + this host; hypervolume of the feasible front on normalised objectives.
+3. Co-search vs random: TPE, NSGA-II and random at an equal budget (32 evaluations) over 5 seeds
+   on digits across the 7 ProTran devices + this host; hypervolume of the feasible front on
+   normalised objectives.
 4. Final model: the balanced front member, grow-and-prune on its device; the final config and
    the ViT-Base-shaped baseline of the same space both trained from scratch with one shared
    pre-LN recipe on 3 seeds (accuracy, params, predicted latency/energy per device).
@@ -269,7 +270,7 @@ def search_stage(
     cache = AccuracyCache(WORK / "accuracy_cache.json", task, TrainSettings())
     devices = costs.device_names
     reference = reference_point(space, costs, devices)
-    budget, seeds = (8, (0,)) if quick else (24, (0, 1, 2))
+    budget, seeds = (8, (0,)) if quick else (32, (0, 1, 2, 3, 4))
     curves: dict[str, list[list[float]]] = defaultdict(list)
     per_seed: dict[str, list[float]] = defaultdict(list)
     all_trials: list[Trial] = []
