@@ -59,11 +59,14 @@ RETRY = RetryConfig(max_attempts=5, base_backoff_s=0.05, max_backoff_s=0.5, time
 class Recorder(httpx.BaseTransport):
     """Passes requests on and records (path, status, answering replica) of each."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, strip_session: bool = False) -> None:
         self._inner = httpx.HTTPTransport()
         self.calls: list[tuple[str, int, str]] = []
+        self._strip_session = strip_session  # act like a client that sends no x-session-id
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
+        if self._strip_session and "x-session-id" in request.headers:
+            del request.headers["x-session-id"]
         response = self._inner.handle_request(request)
         replica = response.headers.get(REPLICA_HEADER, "")
         self.calls.append((request.url.path, response.status_code, replica))
@@ -150,7 +153,7 @@ def test_round2_reaches_round1_replica_with_affinity(url: str) -> None:
 
 
 def test_round2_without_affinity_falls_back_to_one_full_round(url: str) -> None:
-    recorder = Recorder()
+    recorder = Recorder(strip_session=True)
     fallbacks = 0
     with OffloadClient(url, token=TOKEN, retry=RETRY, transport=recorder) as client:
         for seed in range(200, 216):
