@@ -85,7 +85,9 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def url() -> Iterator[str]:
     server = ServerConfig(port=_free_port(), token=TOKEN, max_body_bytes=65536)
-    with running(RayServeConfig(replicas=2, startup_timeout_s=180), server, tiny=True) as base:
+    with running(
+        RayServeConfig(replicas=2, num_cpus=0.25, startup_timeout_s=180), server, tiny=True
+    ) as base:
         yield base
 
 
