@@ -120,7 +120,6 @@ class BandwidthEstimate:
     error_window: int = 10
     error_quantile: float = 0.8
     long_error_window: int = 100
-    long_error_quantile: float = 0.98
 
     @property
     def harmonic_bytes_per_s(self) -> float:
@@ -143,13 +142,9 @@ class BandwidthEstimate:
 
     @property
     def pessimistic_bytes_per_s(self) -> float:
-        """A near-worst case: the 2nd percentile of the last 100 upload rates (a rate as low as
-        the worst seen recently), at most the point estimate. Robust round 1 must fit even at
-        this rate. Until 10 uploads were seen: half the point estimate."""
-        if len(self.long_rates) < 10:
-            return self.bytes_per_s / 2.0
-        low = float(np.quantile(np.array(self.long_rates), 1.0 - self.long_error_quantile))
-        return min(self.bytes_per_s, low)
+        """A near-worst case: a rate as low as the worst 2 % of the last 100 uploads (at most the
+        point estimate); the first rung of `pessimistic_ladder`."""
+        return self.pessimistic_ladder[0]
 
     @property
     def pessimistic_ladder(self) -> tuple[float, ...]:
@@ -218,8 +213,9 @@ def choose(
 
     A two-round option counts with its two-round accuracy only when both rounds are predicted
     to fit; otherwise with its round-1 accuracy (round 2 will be skipped online). Among options
-    within `accuracy_tolerance` of the best, the one with fewest expected bytes wins. When no
-    round 1 fits, the fastest option is returned with feasible=False (best effort).
+    within `accuracy_tolerance` of the best, a progressive one wins (config.prefer_progressive),
+    then the one with fewest expected bytes. When no round 1 fits, the fastest option is
+    returned with feasible=False (best effort).
 
     Progressive options are scored at `expected_bytes_per_s` (the point estimate; default: the
     planning rate): their upload is cut at the deadline, so a slower link costs patches, not the
