@@ -8,6 +8,7 @@ and folding both into the policy's `OffloadTables`. Used by `make models` and th
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -220,6 +221,37 @@ def profile_server_s(
     return np.array(round1), np.array(round2)
 
 
+def _two_round_options(
+    common: Mapping[str, object],
+    k2: int,
+    correct1: np.ndarray,
+    confidence1: np.ndarray,
+    correct2: np.ndarray,
+    bytes2: np.ndarray,
+    server_s: tuple[float, float],
+) -> list[OffloadOption]:
+    """The two-round options of one round-1 setting and k2, one per tau in TAUS: round 2 is
+    taken for the images whose round-1 confidence is below tau."""
+    options = []
+    for tau in TAUS:
+        second = confidence1 < tau
+        correct = np.where(second, correct2, correct1)
+        options.append(
+            OffloadOption(
+                k2=k2,
+                tau=tau,
+                accuracy=float(correct.mean()),
+                round2_fraction=float(second.mean()),
+                bytes2_mean=float(bytes2.mean()),
+                bytes2_p95=float(np.percentile(bytes2, 95)),
+                server1_s=server_s[0],
+                server2_s=server_s[1],
+                **common,  # type: ignore[arg-type]
+            )
+        )
+    return options
+
+
 def build_tables(
     outcomes: list[Outcome], server_s: dict[tuple[int, int], tuple[float, float]]
 ) -> OffloadTables:
@@ -246,22 +278,15 @@ def build_tables(
         for k2, correct2 in outcome.correct2.items():
             if s.k1 + k2 > 64 or (s.k1, k2) not in server_s:
                 continue
-            for tau in TAUS:
-                second = outcome.confidence1 < tau
-                correct = np.where(second, correct2, outcome.correct1)
-                options.append(
-                    OffloadOption(
-                        k2=k2,
-                        tau=tau,
-                        accuracy=float(correct.mean()),
-                        round2_fraction=float(second.mean()),
-                        bytes2_mean=float(outcome.bytes2[k2].mean()),
-                        bytes2_p95=float(np.percentile(outcome.bytes2[k2], 95)),
-                        server1_s=server_s[(s.k1, k2)][0],
-                        server2_s=server_s[(s.k1, k2)][1],
-                        **common,  # type: ignore[arg-type]
-                    )
-                )
+            options += _two_round_options(
+                common,
+                k2,
+                outcome.correct1,
+                outcome.confidence1,
+                correct2,
+                outcome.bytes2[k2],
+                server_s[(s.k1, k2)],
+            )
     n = len(outcomes[0].correct1) if outcomes else 0
     return OffloadTables(num_images=n, options=options)
 
@@ -508,20 +533,13 @@ def progressive_options(
         for (j, k2), correct2 in outcome.correct2.items():
             if j != c or (cap, k2) not in server_s:
                 continue
-            for tau in TAUS:
-                second = outcome.confidence[:, c] < tau
-                correct = np.where(second, correct2, outcome.correct[:, c])
-                options.append(
-                    OffloadOption(
-                        k2=k2,
-                        tau=tau,
-                        accuracy=float(correct.mean()),
-                        round2_fraction=float(second.mean()),
-                        bytes2_mean=float(outcome.bytes2[(j, k2)].mean()),
-                        bytes2_p95=float(np.percentile(outcome.bytes2[(j, k2)], 95)),
-                        server1_s=server_s[(cap, k2)][0],
-                        server2_s=server_s[(cap, k2)][1],
-                        **common,  # type: ignore[arg-type]
-                    )
-                )
+            options += _two_round_options(
+                common,
+                k2,
+                outcome.correct[:, c],
+                outcome.confidence[:, c],
+                correct2,
+                outcome.bytes2[(j, k2)],
+                server_s[(cap, k2)],
+            )
     return options

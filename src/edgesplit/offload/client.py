@@ -220,18 +220,27 @@ class OffloadClient:
         body = encode_frame(header, payload)
         start = self._clock()
         upload_s = self.link.upload(len(body)) if self.link else 0.0
-        response = self._call(
-            "POST", "/v1/infer", content=body, headers=_headers(header.request_id)
-        )
+        return self._post_round(body, header.request_id, start, upload_s)
+
+    def _post_round(
+        self, content: bytes | _StreamedBody, request_id: str, start: float, upload_s: float
+    ) -> tuple[PatchResponse, RoundStats]:
+        """POST one round's body, fold its upload into the bandwidth estimate, parse the answer.
+
+        `upload_s` is the emulated upload time, or 0 without an emulator: it is then inferred
+        from the round trip. A streamed body counts the bytes it actually sent.
+        """
+        response = self._call("POST", "/v1/infer", content=content, headers=_headers(request_id))
         if self.link:
             self.link.downlink()
         elapsed = self._clock() - start
         _raise_for_status(response)
         answer = PatchResponse.model_validate(response.json())
+        body_bytes = len(content) if isinstance(content, bytes) else content.sent_bytes
         if not upload_s:  # no emulator: infer the upload time from the round trip
             upload_s = elapsed - answer.server_compute_s - self.rtt_s
-        self.estimate = observe_upload(self.estimate, len(body), upload_s)
-        stats = RoundStats(len(body), elapsed, int(response.extensions["edgesplit_attempts"]))
+        self.estimate = observe_upload(self.estimate, body_bytes, upload_s)
+        stats = RoundStats(body_bytes, elapsed, int(response.extensions["edgesplit_attempts"]))
         return answer, stats
 
     # -- progressive round 1 ----------------------------------------------------------------
@@ -316,18 +325,7 @@ class OffloadClient:
                     config=policy,
                 ),
             )
-        response = self._call("POST", "/v1/infer", content=content, headers=_headers(request_id))
-        if self.link:
-            self.link.downlink()
-        elapsed = self._clock() - start
-        _raise_for_status(response)
-        answer = PatchResponse.model_validate(response.json())
-        body_bytes = len(content) if isinstance(content, bytes) else content.sent_bytes
-        if not upload_s:
-            upload_s = elapsed - answer.server_compute_s - self.rtt_s
-        self.estimate = observe_upload(self.estimate, body_bytes, upload_s)
-        stats = RoundStats(body_bytes, elapsed, int(response.extensions["edgesplit_attempts"]))
-        return answer, stats
+        return self._post_round(content, request_id, start, upload_s)
 
     # -- adaptive, two rounds ---------------------------------------------------------------
     def classify(
