@@ -90,6 +90,31 @@ def _reconstruct(
     return predicted.reshape(b, s, s, p, p).permute(0, 1, 3, 2, 4).reshape(b, 1, s * p, s * p)
 
 
+def _mae_step(
+    mae: MaskedAutoencoder,
+    optimizer: torch.optim.Optimizer,
+    patches: torch.Tensor,
+    indices: np.ndarray,
+) -> torch.Tensor:
+    """One optimiser step of the MAE objective on (B, N, D) patches with (B, k) visible ones:
+    masked-patch MSE + 0.1 x the log-variance head's Gaussian NLL. Returns the loss."""
+    batch_size, num_patches = patches.shape[:2]
+    predicted, log_variance = mae(
+        _gather(patches, indices), torch.as_tensor(indices, dtype=torch.long)
+    )
+    masked = torch.ones(batch_size, num_patches, dtype=torch.bool)
+    masked[np.arange(batch_size)[:, None], indices] = False
+    error = (predicted - patches).pow(2).mean(dim=-1)  # (B, N)
+    # Heteroscedastic head: Gaussian NLL of the (detached) error, so it learns where the
+    # reconstruction is uncertain without changing the pixel loss.
+    nll = 0.5 * (error.detach() * torch.exp(-log_variance) + log_variance)
+    loss = error[masked].mean() + 0.1 * nll[masked].mean()
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss
+
+
 def train_mae(
     images: np.ndarray,
     orders: list[np.ndarray],
@@ -115,19 +140,7 @@ def train_mae(
         patches = _patches(x, config.patch_size)
         k = int(rng.integers(4, 49))
         indices = _visible_indices(rng, batch_size, config.num_patches, k, orders)
-        predicted, log_variance = mae(
-            _gather(patches, indices), torch.as_tensor(indices, dtype=torch.long)
-        )
-        masked = torch.ones(batch_size, config.num_patches, dtype=torch.bool)
-        masked[np.arange(batch_size)[:, None], indices] = False
-        error = (predicted - patches).pow(2).mean(dim=-1)  # (B, N)
-        # Heteroscedastic head: Gaussian NLL of the (detached) error, so it learns where the
-        # reconstruction is uncertain without changing the pixel loss.
-        nll = 0.5 * (error.detach() * torch.exp(-log_variance) + log_variance)
-        loss = error[masked].mean() + 0.1 * nll[masked].mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        loss = _mae_step(mae, optimizer, patches, indices)
         if step % 100 == 0 or step == steps - 1:
             log.info(
                 "mae step %d/%d loss %.4f (cpu %.0f s)",
@@ -260,17 +273,7 @@ def train_photo_mae(
             np.take_along_axis(raw, indices[..., None], axis=1), pixel_norm, config.channels
         )
         patches = to_photo_pixels(raw, norm)  # (B, N, D), normalised by the visible patches
-        predicted, log_variance = mae(
-            _gather(patches, indices), torch.as_tensor(indices, dtype=torch.long)
-        )
-        masked = torch.ones(batch_size, config.num_patches, dtype=torch.bool)
-        masked[np.arange(batch_size)[:, None], indices] = False
-        error = (predicted - patches).pow(2).mean(dim=-1)  # (B, N)
-        nll = 0.5 * (error.detach() * torch.exp(-log_variance) + log_variance)
-        loss = error[masked].mean() + 0.1 * nll[masked].mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        loss = _mae_step(mae, optimizer, patches, indices)
         if step % 100 == 0 or step == steps - 1:
             log.info(
                 "photo mae step %d/%d loss %.4f (cpu %.0f s)",
