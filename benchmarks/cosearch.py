@@ -114,8 +114,8 @@ def _auto_oof(
     chosen, inner = [], []
     for train, test in KFold(5, shuffle=True, random_state=0).split(y):
         model = CostPredictor(settings).fit([archs[i] for i in train], y[train])
-        predicted[test] = model.predict([archs[i] for i in test])[0]
-        chosen.append(str(model.chosen))
+        predicted[test] = model.predict([archs[i] for i in test], as_measured=True)[0]
+        chosen.append(model.choice)
         inner.append(model.inner_mape)
     return predicted, chosen, inner
 
@@ -218,10 +218,10 @@ def host_stage(quick: bool) -> tuple[dict[str, Any], list[Any]]:
         predictor = CostPredictor(PredictorSettings(method=method)).fit(
             [m.architecture() for m in train], np.array([m.cpu_s for m in train])
         )
-        predicted = predictor.predict([m.architecture() for m in test])[0]
+        predicted = predictor.predict([m.architecture() for m in test], as_measured=True)[0]
         held_out[method] = summarize(predicted, y_test, 0).model_dump() | {
             "num_train": len(train),
-            "chosen": predictor.chosen,
+            "chosen": predictor.choice,
         }
     wall_vs_cpu = float(np.median([m.wall_s / m.cpu_s for m in measured]))
     initial, per_round, rounds = (6, 6, 2) if quick else (8, 8, 4)

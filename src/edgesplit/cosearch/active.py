@@ -74,7 +74,7 @@ def active_learning(
             ActiveRound(
                 strategy=strategy,
                 num_profiled=len(measured),
-                held_out_mape=mape(predictor.predict(held_archs)[0], held_y),
+                held_out_mape=mape(predictor.predict(held_archs, as_measured=True)[0], held_y),
             )
         )
         if round_index == rounds or not remaining:

@@ -16,7 +16,11 @@ mean of `additive_l1`, `stack` and `trees`; `blend`: of `gbm` and `additive`. `a
 default) picks one of `AUTO_CANDIDATES` per fit by inner 3-fold MAPE on the training rows only,
 so cross-validating `auto` is nested CV: no choice ever sees the outer test fold. Each of
 `num_members` members is fitted on a bootstrap resample; the member spread (std of log
-predictions) is the uncertainty that active learning ranks by.
+predictions) is the uncertainty that active learning ranks by. When the training targets sit on a
+timer grid (cosearch/quantum.py) and `snap="auto"`, the same inner folds also decide whether
+snapping the prediction onto the grid helps (choice `"<method>+grid"`); `predict(...,
+as_measured=True)` then snaps (cross-validation against the measurements does), while the default
+prediction stays continuous for search and refinement. Without a grid nothing changes.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from sklearn.model_selection import KFold
 
 from edgesplit.core.schema import FrozenModel
 from edgesplit.cosearch.features import additive_terms, featurize_many
+from edgesplit.cosearch.quantum import TimingGrid, detect_grid
 from edgesplit.cosearch.space import Architecture
 from edgesplit.errors import ConfigError
 
@@ -87,7 +92,10 @@ class PredictorSettings(FrozenModel):
     subsample: float = 0.8
     seed: int = 0
     candidates: tuple[Method, ...] = AUTO_CANDIDATES  # for method="auto"
-    inner_folds: int = 3  # for method="auto"
+    inner_folds: int = 3  # for method="auto" and for the snap decision
+    # "auto": if the training targets sit on a timer grid, inner CV decides whether to snap
+    # predictions onto it; "never": continuous predictions always.
+    snap: Literal["auto", "never"] = "auto"
 
 
 class CrossValidation(FrozenModel):
@@ -253,21 +261,40 @@ def compare_methods(
 
 
 def _choose(
-    x: np.ndarray, terms: np.ndarray, y: np.ndarray, settings: PredictorSettings
-) -> tuple[Method, dict[str, float]]:
-    """Inner k-fold MAPE of every candidate on these rows only; the best (ties: first listed)."""
+    x: np.ndarray,
+    terms: np.ndarray,
+    y: np.ndarray,
+    settings: PredictorSettings,
+    candidates: tuple[Method, ...],
+    snap: bool,
+) -> tuple[Method, bool, dict[str, float]]:
+    """Inner k-fold MAPE of every candidate (and, with `snap`, of it snapped onto the grid
+    detected on each inner training part) on these rows only; the best candidate (ties: first
+    listed), and whether snapping it lowers its inner MAPE."""
     folds = min(settings.inner_folds, len(y) // 2)
-    errors: dict[str, list[float]] = {m: [] for m in settings.candidates}
+    errors: dict[tuple[Method, bool], list[float]] = {}
     splitter = KFold(folds, shuffle=True, random_state=settings.seed + 1)
     for train, test in splitter.split(y):
         predicted = _method_logs(
-            settings.candidates, x[train], terms[train], y[train], x[test], terms[test], settings
+            candidates, x[train], terms[train], y[train], x[test], terms[test], settings
         )
-        for method in settings.candidates:
-            errors[method].append(mape(np.exp(predicted[method]), y[test]))
-    means = {m: float(np.mean(v)) for m, v in errors.items()}
-    best = min(settings.candidates, key=lambda m: means[m])
-    return best, means
+        grid = detect_grid(y[train]) if snap else None
+        for method in candidates:
+            values = np.exp(predicted[method])
+            errors.setdefault((method, False), []).append(mape(values, y[test]))
+            if snap:
+                snapped = grid.snap(values) if grid is not None else values
+                errors.setdefault((method, True), []).append(mape(snapped, y[test]))
+    means = {key: float(np.mean(v)) for key, v in errors.items()}
+    # Two stages, so that the grid adds one decision, not a second copy of every candidate:
+    # the family as without a grid, then snap it if that lowers its inner MAPE.
+    method = min(candidates, key=lambda m: means[(m, False)])
+    snapped = snap and means[(method, True)] < means[(method, False)]
+    return method, snapped, {_label(m, g): v for (m, g), v in means.items()}
+
+
+def _label(method: Method, snapped: bool) -> str:
+    return f"{method}+grid" if snapped else method
 
 
 class CostPredictor:
@@ -285,6 +312,7 @@ class CostPredictor:
         self.settings = settings or PredictorSettings()
         self._members: list[_Member] = []
         self.chosen: Method | None = None
+        self.grid: TimingGrid | None = None  # set when predictions are snapped onto it
         self.inner_mape: dict[str, float] = {}
 
     def fit(self, archs: list[Architecture], y: np.ndarray) -> CostPredictor:
@@ -300,11 +328,17 @@ class CostPredictor:
         s = self.settings
         x, terms = _design(archs)
         method: Method = s.method
-        if method == "auto":
-            if not s.candidates or "auto" in s.candidates:
-                raise ConfigError("method auto needs candidates, and not auto itself")
-            method, self.inner_mape = _choose(x, terms, y, s)
+        if method == "auto" and (not s.candidates or "auto" in s.candidates):
+            raise ConfigError("method auto needs candidates, and not auto itself")
+        grid = detect_grid(y) if s.snap == "auto" else None
+        snapped = False
+        if method == "auto" or grid is not None:
+            candidates = s.candidates if method == "auto" else (method,)
+            method, snapped, self.inner_mape = _choose(
+                x, terms, y, s, candidates, snap=grid is not None
+            )
         self.chosen = method
+        self.grid = grid if snapped else None
         rng = np.random.default_rng(s.seed)
         members = []
         for index in range(s.num_members):
@@ -313,15 +347,33 @@ class CostPredictor:
         self._members = members
         return self
 
-    def predict(self, archs: list[Architecture]) -> tuple[np.ndarray, np.ndarray]:
-        """(mean, std_log): geometric-mean prediction over members and the spread of log values."""
+    def predict(
+        self, archs: list[Architecture], *, as_measured: bool = False
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(mean, std_log): geometric-mean prediction over members and the spread of log values.
+
+        as_measured: snap the mean onto the timer grid the training targets were read on (when
+        inner CV chose to), to compare with measurements from the same harness. The default is
+        the continuous cost, which is what search and grow-and-prune need: on a grid, a smaller
+        model often "costs" the same tick and every pruning step would look useless.
+        """
         if not self._members:
             raise ConfigError(
                 "predictor is not fitted; call fit() or `edgesplit cosearch fit` first"
             )
         x, terms = _design(archs)
         logs = np.stack([m.predict_log(x, terms) for m in self._members])  # (M, N)
-        return np.exp(logs.mean(axis=0)), logs.std(axis=0)
+        mean = np.exp(logs.mean(axis=0))
+        if as_measured and self.grid is not None:
+            mean = self.grid.snap(mean)
+        return mean, logs.std(axis=0)
+
+    @property
+    def choice(self) -> str:
+        """What was fitted: the method, with "+grid" when predictions are snapped."""
+        if self.chosen is None:
+            return "unfitted"
+        return _label(self.chosen, self.grid is not None)
 
 
 def mape(predicted: np.ndarray, truth: np.ndarray) -> float:
@@ -344,7 +396,7 @@ def out_of_fold(
     predicted = np.zeros_like(y)
     for train, test in KFold(num_folds, shuffle=True, random_state=seed).split(y):
         model = CostPredictor(settings).fit([archs[i] for i in train], y[train])
-        predicted[test] = model.predict([archs[i] for i in test])[0]
+        predicted[test] = model.predict([archs[i] for i in test], as_measured=True)[0]
     return predicted
 
 

@@ -105,3 +105,29 @@ def test_real_subset_beats_mean_predictor() -> None:
     constant = mape(np.full_like(y, np.median(y)), y)
     assert cv.mape < 0.7 * constant
     assert cv.spearman > 0.6
+
+
+def test_snaps_onto_a_timer_grid_only_when_inner_folds_say_so(
+    synthetic_protran: list[Measurement],
+) -> None:
+    rows = [m for m in synthetic_protran if m.device == "rpi-cpu"]
+    archs, y = [m.architecture for m in rows], np.array([m.latency_s for m in rows])
+    settings = FAST.model_copy(update={"candidates": ("additive_l1",)})
+    smooth = CostPredictor(settings).fit(archs, y)
+    assert smooth.grid is None
+    assert smooth.choice == "additive_l1"
+    # The same latencies read off a coarse clock (ticks of a third of the smallest latency).
+    step = float(y.min()) / 3
+    ticked = step * np.maximum(np.rint(y / step), 1)
+    snapped = CostPredictor(settings).fit(archs, ticked)
+    assert snapped.grid is not None
+    assert snapped.grid.step == pytest.approx(step, rel=1e-3)
+    assert snapped.choice == "additive_l1+grid"
+    assert snapped.inner_mape["additive_l1+grid"] < snapped.inner_mape["additive_l1"]
+    measured, _ = snapped.predict(archs, as_measured=True)
+    np.testing.assert_allclose(measured, snapped.grid.snap(measured))  # on the grid
+    continuous, _ = snapped.predict(archs)  # what search and refinement rank by
+    assert not np.allclose(continuous, snapped.grid.snap(continuous))
+    never = CostPredictor(settings.model_copy(update={"snap": "never"})).fit(archs, ticked)
+    assert never.grid is None
+    assert never.choice == "additive_l1"
