@@ -9,6 +9,7 @@ decision whether round 2 still fits. Pure: imports only core, stdlib and numpy; 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import ClassVar, Literal
@@ -98,6 +99,23 @@ class PolicyConfig(FrozenModel):
 
     safety_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)  # keep this share of the SLO spare
     accuracy_tolerance: float = Field(default=0.002, ge=0.0)  # within this, prefer fewer bytes
+    # Images the tables' accuracies were measured on (OffloadTables.num_images). When set, the
+    # tolerance grows to one standard error of the best option's accuracy, sqrt(p(1-p)/n):
+    # options closer than that are not told apart by the tables (the one-standard-error rule).
+    table_images: int | None = Field(default=None, ge=1)
+
+    @classmethod
+    def for_tables(cls, tables: OffloadTables, **settings: object) -> PolicyConfig:
+        """The config for options measured in `tables` (one-standard-error tolerance)."""
+        return cls(table_images=tables.num_images, **settings)  # type: ignore[arg-type]
+
+    def tolerance(self, best_accuracy: float) -> float:
+        """How far below `best_accuracy` an option still counts as equally accurate."""
+        if self.table_images is None:
+            return self.accuracy_tolerance
+        p = min(max(best_accuracy, 0.0), 1.0)
+        return max(self.accuracy_tolerance, math.sqrt(p * (1.0 - p) / self.table_images))
+
     allow_two_rounds: bool = True
     prefer_progressive: bool = True  # at equal expected accuracy, prefer a cut-able round 1
 
@@ -213,9 +231,9 @@ def choose(
 
     A two-round option counts with its two-round accuracy only when both rounds are predicted
     to fit; otherwise with its round-1 accuracy (round 2 will be skipped online). Among options
-    within `accuracy_tolerance` of the best, a progressive one wins (config.prefer_progressive),
-    then the one with fewest expected bytes. When no round 1 fits, the fastest option is
-    returned with feasible=False (best effort).
+    within `config.tolerance(best)` of the best (one standard error with `table_images`), a
+    progressive one wins (config.prefer_progressive), then the one with fewest expected bytes.
+    When no round 1 fits, the fastest option is returned with feasible=False (best effort).
 
     Progressive options are scored at `expected_bytes_per_s` (the point estimate; default: the
     planning rate): their upload is cut at the deadline, so a slower link costs patches, not the
@@ -319,7 +337,7 @@ def _choose(
         t1 = predicted_round_s(fastest.bytes1_p95, fastest.server1_s, bandwidth_bytes_per_s, rtt_s)
         return Decision(fastest, t1, 0.0, False, fastest.accuracy_round1)
     best = max(s[0] for s in scored)
-    close = [s for s in scored if s[0] >= best - config.accuracy_tolerance]
+    close = [s for s in scored if s[0] >= best - config.tolerance(best)]
     if config.prefer_progressive:
         # A progressive round 1 is cut at the deadline instead of missing it when the link
         # drops mid-upload: at equal expected accuracy that is worth its extra header bytes.

@@ -81,6 +81,21 @@ def test_two_rounds_win_when_both_fit_and_beat_one_round() -> None:
     assert no_two.option.k2 == 0
 
 
+def test_one_standard_error_rule_prefers_fewer_bytes_among_indistinguishable() -> None:
+    # 0.85 vs 0.84 differ by less than one standard error on 600 images (sqrt(.85*.15/600) =
+    # 1.5 points): the tables cannot tell them apart, so the cheaper option wins; on 100 000
+    # images (SE 0.1 points) the more accurate one does.
+    options = [_option(32, 0.85, 2100), _option(24, 0.84, 1500), _option(16, 0.80, 1100)]
+    kwargs = {"bandwidth_bytes_per_s": 1000.0, "rtt_s": 0.02, "slo_s": 3.0}
+    assert choose(options, **kwargs).option.k1 == 32  # default: within 0.2 points only
+    few = PolicyConfig(table_images=600)
+    assert few.tolerance(0.85) == pytest.approx((0.85 * 0.15 / 600) ** 0.5)
+    assert choose(options, config=few, **kwargs).option.k1 == 24
+    many = PolicyConfig(table_images=100_000)
+    assert choose(options, config=many, **kwargs).option.k1 == 32
+    assert many.tolerance(0.85) == pytest.approx(0.002)  # the floor
+
+
 def test_infeasible_returns_fastest_best_effort() -> None:
     decision = choose(OPTIONS, bandwidth_bytes_per_s=100.0, rtt_s=0.02, slo_s=0.5)
     assert not decision.feasible
