@@ -22,6 +22,7 @@ import socket
 import sys
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -672,7 +673,7 @@ def slo_verdicts(rows: list[dict[str, Any]]) -> dict[str, Any]:
         else:
             verdict = "less accurate"
         per_run[f"{row['trace']} {row['slo_s']}"] = verdict
-    counts = {v: list(per_run.values()).count(v) for v in dict.fromkeys(per_run.values())}
+    counts = dict(Counter(per_run.values()))
     return {"per_run": per_run, "counts": counts}
 
 

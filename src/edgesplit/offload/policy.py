@@ -103,11 +103,13 @@ class PolicyConfig(FrozenModel):
     # tolerance grows to one standard error of the best option's accuracy, sqrt(p(1-p)/n):
     # options closer than that are not told apart by the tables (the one-standard-error rule).
     table_images: int | None = Field(default=None, ge=1)
+    allow_two_rounds: bool = True
+    prefer_progressive: bool = True  # at equal expected accuracy, prefer a cut-able round 1
 
     @classmethod
-    def for_tables(cls, tables: OffloadTables, **settings: object) -> PolicyConfig:
+    def for_tables(cls, tables: OffloadTables) -> PolicyConfig:
         """The config for options measured in `tables` (one-standard-error tolerance)."""
-        return cls(table_images=tables.num_images, **settings)  # type: ignore[arg-type]
+        return cls(table_images=tables.num_images)
 
     def tolerance(self, best_accuracy: float) -> float:
         """How far below `best_accuracy` an option still counts as equally accurate."""
@@ -115,9 +117,6 @@ class PolicyConfig(FrozenModel):
             return self.accuracy_tolerance
         p = min(max(best_accuracy, 0.0), 1.0)
         return max(self.accuracy_tolerance, math.sqrt(p * (1.0 - p) / self.table_images))
-
-    allow_two_rounds: bool = True
-    prefer_progressive: bool = True  # at equal expected accuracy, prefer a cut-able round 1
 
 
 @dataclass(frozen=True, slots=True)
