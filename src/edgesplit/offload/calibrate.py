@@ -255,7 +255,8 @@ def _two_round_options(
 def build_tables(
     outcomes: list[Outcome], server_s: dict[tuple[int, int], tuple[float, float]]
 ) -> OffloadTables:
-    """One-round and two-round options (every tau in TAUS) from measured outcomes.
+    """One-round and two-round options (every tau in TAUS) from measured outcomes; each option
+    carries the number of images its accuracies were measured on (`num_images`).
 
     `server_s[(k1, k2)]` = (round-1 p95, round-2 p95) seconds, k2 = 0 for one round.
     """
@@ -271,6 +272,7 @@ def build_tables(
             "accuracy_round1": acc1,
             "bytes1_mean": float(outcome.bytes1.mean()),
             "bytes1_p95": float(np.percentile(outcome.bytes1, 95)),
+            "num_images": len(outcome.correct1),
         }
         options.append(
             OffloadOption(accuracy=acc1, server1_s=server_s[(s.k1, 0)][0], **common)  # type: ignore[arg-type]
@@ -525,6 +527,7 @@ def progressive_options(
             "accuracy_round1": acc1,
             "bytes1_mean": prefix["prefix_bytes_mean"][-1],
             "bytes1_p95": prefix["prefix_bytes_p95"][-1],
+            "num_images": len(outcome.correct),
             **prefix,
         }
         options.append(

@@ -12,10 +12,10 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from edgesplit.core.schema import FrozenModel, VersionedFile
 
@@ -66,6 +66,10 @@ class OffloadOption(FrozenModel):
     prefix_bytes_mean: tuple[float, ...] = ()
     prefix_bytes_p95: tuple[float, ...] = ()
     prefix_server_s: tuple[float, ...] = ()
+    # Images the accuracies above were measured on (None: unknown, e.g. a hand-made option).
+    # `choose` uses it for the one-standard-error rule without the caller's help; tables files
+    # written before it existed get it from OffloadTables.num_images when loaded.
+    num_images: int | None = Field(default=None, ge=1)
 
     @property
     def progressive(self) -> bool:
@@ -93,30 +97,55 @@ class OffloadTables(VersionedFile):
     num_images: int
     options: list[OffloadOption]
 
+    @model_validator(mode="before")
+    @classmethod
+    def _options_know_their_sample_size(cls, data: Any) -> Any:
+        """Options without `num_images` (files written before the field existed, or options
+        built without it) were measured on the tables' `num_images` images."""
+        if not isinstance(data, dict) or not isinstance(data.get("num_images"), int):
+            return data
+        n = data["num_images"]
+        if n < 1:
+            return data
+        options = []
+        for option in data.get("options", []):
+            if isinstance(option, dict) and option.get("num_images") is None:
+                option = {**option, "num_images": n}
+            elif isinstance(option, OffloadOption) and option.num_images is None:
+                option = option.model_copy(update={"num_images": n})
+            options.append(option)
+        return {**data, "options": options}
+
 
 class PolicyConfig(FrozenModel):
     """Safety knobs of the policy."""
 
     safety_fraction: float = Field(default=0.1, ge=0.0, lt=1.0)  # keep this share of the SLO spare
     accuracy_tolerance: float = Field(default=0.002, ge=0.0)  # within this, prefer fewer bytes
-    # Images the tables' accuracies were measured on (OffloadTables.num_images). When set, the
-    # tolerance grows to one standard error of the best option's accuracy, sqrt(p(1-p)/n):
-    # options closer than that are not told apart by the tables (the one-standard-error rule).
+    # The one-standard-error rule: options closer to the best than one standard error of its
+    # accuracy, sqrt(p(1-p)/n), are not told apart by the tables and count as equally accurate.
+    # n is the best option's `num_images` (filled by calibrate and when tables are loaded);
+    # `table_images` overrides it. Without either, or with the rule off, the tolerance is
+    # `accuracy_tolerance`.
+    one_standard_error: bool = True
     table_images: int | None = Field(default=None, ge=1)
     allow_two_rounds: bool = True
     prefer_progressive: bool = True  # at equal expected accuracy, prefer a cut-able round 1
 
     @classmethod
     def for_tables(cls, tables: OffloadTables) -> PolicyConfig:
-        """The config for options measured in `tables` (one-standard-error tolerance)."""
+        """The config for options measured in `tables` (one-standard-error tolerance over
+        `tables.num_images`; the options carry that number themselves, so this is optional)."""
         return cls(table_images=tables.num_images)
 
-    def tolerance(self, best_accuracy: float) -> float:
-        """How far below `best_accuracy` an option still counts as equally accurate."""
-        if self.table_images is None:
+    def tolerance(self, best_accuracy: float, num_images: int | None = None) -> float:
+        """How far below `best_accuracy` (measured on `num_images` images) an option still
+        counts as equally accurate."""
+        n = self.table_images or num_images
+        if not self.one_standard_error or n is None:
             return self.accuracy_tolerance
         p = min(max(best_accuracy, 0.0), 1.0)
-        return max(self.accuracy_tolerance, math.sqrt(p * (1.0 - p) / self.table_images))
+        return max(self.accuracy_tolerance, math.sqrt(p * (1.0 - p) / n))
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,8 +259,9 @@ def choose(
 
     A two-round option counts with its two-round accuracy only when both rounds are predicted
     to fit; otherwise with its round-1 accuracy (round 2 will be skipped online). Among options
-    within `config.tolerance(best)` of the best (one standard error with `table_images`), a
-    progressive one wins (config.prefer_progressive), then the one with fewest expected bytes.
+    within `config.tolerance(best, n)` of the best (one standard error of the best option's
+    accuracy over the n = `num_images` images it was measured on), a progressive one wins
+    (config.prefer_progressive), then the one with fewest expected bytes.
     When no round 1 fits, the fastest option is returned with feasible=False (best effort).
 
     Progressive options are scored at `expected_bytes_per_s` (the point estimate; default: the
@@ -335,8 +365,8 @@ def _choose(
         )
         t1 = predicted_round_s(fastest.bytes1_p95, fastest.server1_s, bandwidth_bytes_per_s, rtt_s)
         return Decision(fastest, t1, 0.0, False, fastest.accuracy_round1)
-    best = max(s[0] for s in scored)
-    close = [s for s in scored if s[0] >= best - config.tolerance(best)]
+    best, _, top = max(scored, key=lambda s: s[0])
+    close = [s for s in scored if s[0] >= best - config.tolerance(best, top.option.num_images)]
     if config.prefer_progressive:
         # A progressive round 1 is cut at the deadline instead of missing it when the link
         # drops mid-upload: at equal expected accuracy that is worth its extra header bytes.

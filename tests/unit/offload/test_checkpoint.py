@@ -37,3 +37,4 @@ def test_policy_tables_load() -> None:
     assert tables.options
     assert any(o.k2 for o in tables.options)
     assert all(0.0 <= o.accuracy <= 1.0 for o in tables.options)
+    assert all(o.num_images == tables.num_images for o in tables.options)

@@ -10,6 +10,7 @@ from edgesplit.offload.policy import (
     HTTP_OVERHEAD_BYTES,
     BandwidthEstimate,
     OffloadOption,
+    OffloadTables,
     PolicyConfig,
     choose,
     observe_upload,
@@ -94,6 +95,75 @@ def test_one_standard_error_rule_prefers_fewer_bytes_among_indistinguishable() -
     many = PolicyConfig(table_images=100_000)
     assert choose(options, config=many, **kwargs).option.k1 == 32
     assert many.tolerance(0.85) == pytest.approx(0.002)  # the floor
+
+
+def test_options_carry_their_sample_size_so_choose_needs_no_config() -> None:
+    # The same options measured on 600 images: with no config at all (as OffloadClient.classify
+    # without a policy) choose applies the one-standard-error rule from the options' num_images.
+    options = [
+        _option(32, 0.85, 2100).model_copy(update={"num_images": 600}),
+        _option(24, 0.84, 1500).model_copy(update={"num_images": 600}),
+        _option(16, 0.80, 1100).model_copy(update={"num_images": 600}),
+    ]
+    kwargs = {"bandwidth_bytes_per_s": 1000.0, "rtt_s": 0.02, "slo_s": 3.0}
+    assert choose(options, **kwargs).option.k1 == 24
+    # the ablation switch and the override still work
+    off = PolicyConfig(one_standard_error=False)
+    assert choose(options, config=off, **kwargs).option.k1 == 32
+    assert choose(options, config=PolicyConfig(table_images=100_000), **kwargs).option.k1 == 32
+
+
+def test_tables_fill_each_options_sample_size_and_old_files_load() -> None:
+    old_style = {  # a tables file written before options carried num_images
+        "kind": "edgesplit.offload_tables",
+        "schema_version": 1,
+        "num_images": 600,
+        "options": [_option(16, 0.8, 1100).model_dump(exclude={"num_images"})],
+    }
+    tables = OffloadTables.model_validate(old_style)
+    assert [o.num_images for o in tables.options] == [600]
+    built = OffloadTables(num_images=250, options=[_option(8, 0.7, 600)])
+    assert built.options[0].num_images == 250
+    measured = _option(8, 0.7, 600).model_copy(update={"num_images": 99})
+    assert OffloadTables(num_images=250, options=[measured]).options[0].num_images == 99
+
+
+def test_calibrated_options_carry_num_images() -> None:
+    from edgesplit.offload.calibrate import (
+        Outcome,
+        ProgressiveOutcome,
+        Setting,
+        build_tables,
+        progressive_options,
+    )
+
+    n = 7
+    rng = np.random.default_rng(0)
+    outcome = Outcome(
+        Setting("server", 8, "zlib"),
+        rng.random(n) < 0.7,
+        rng.random(n),
+        np.full(n, 300),
+        correct2={8: rng.random(n) < 0.8},
+        bytes2={8: np.full(n, 200)},
+    )
+    server_s = {(8, 0): (0.01, 0.0), (8, 8): (0.01, 0.01), (4, 0): (0.01, 0.0)}
+    tables = build_tables([outcome], server_s)
+    assert tables.num_images == n
+    assert tables.options
+    assert all(o.num_images == n for o in tables.options)
+    progressive = ProgressiveOutcome(
+        (4, 8),
+        "webp",
+        50,
+        np.full((n, 2), 150),
+        np.full((n, 2), 100),
+        rng.random((n, 2)) < 0.7,
+        rng.random((n, 2)),
+    )
+    prog_options = progressive_options(progressive, server_s)
+    assert prog_options
+    assert all(o.num_images == n for o in prog_options)
 
 
 def test_infeasible_returns_fastest_best_effort() -> None:
