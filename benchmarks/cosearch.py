@@ -5,7 +5,8 @@ Stages (each timed, one torch thread):
    (nested: each outer training fold picks its model by inner 3-fold MAPE), the fixed methods on
    the same folds (alternatives, not a choice) and the naive trial (GBM on raw layer/width/op/FFN
    counts, raw target); energy with `auto`, peak power with GBM; a drift diagnostic (GBM + the
-   row's position in ProTran's file, i.e. measurement order) that is NOT a predictor we use.
+   row's position in ProTran's file, i.e. measurement order) that is NOT a predictor we use,
+   and residual diagnostics (auto's residuals against measurement order and average power).
 2. Host predictors: profile text configs here (seq 128, batch 1; resumable file under out/),
    fit on 60, held-out MAPE of CPU time on 30 others; active learning (uncertainty vs random).
 3. Co-search vs random: TPE, NSGA-II and random at an equal budget (32 evaluations) over 5 seeds
@@ -38,6 +39,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from scipy.stats import spearmanr
 from sklearn.ensemble import GradientBoostingRegressor
 from sklearn.model_selection import KFold
 
@@ -120,6 +122,50 @@ def _auto_oof(
     return predicted, chosen, inner
 
 
+def _residual_diagnostics(
+    rows: list[Measurement], y: np.ndarray, predicted: np.ndarray, order: np.ndarray
+) -> dict[str, Any]:
+    """Is what `auto` misses architecture or measurement? (diagnostics, not predictors)
+
+    - order: Spearman of the out-of-fold log residual with the row's measurement order;
+    - average power (energy / latency): slower-than-predicted runs at lower power are the
+      signature of a lower clock (DVFS, thermal) during that run;
+    - neighbours: how well a row's residual is told by the residual of the row measured just
+      before and after it, versus by its nearest neighbour in standardised feature space. An
+      architecture effect the features miss would show in the feature neighbour; a drift of the
+      device or harness during the campaign shows in the order neighbour.
+    - order gap: median |order difference| to the feature neighbour next to that of all pairs
+      (near equal: similar architectures were not measured together).
+    """
+    residual = np.log(y / predicted)
+    power = np.array([m.energy_j / m.latency_s for m in rows])
+    x = featurize_many([m.architecture for m in rows])
+    z = (x - x.mean(axis=0)) / (x.std(axis=0) + 1e-12)
+    distance = ((z[:, None, :] - z[None, :, :]) ** 2).sum(axis=-1)
+    np.fill_diagonal(distance, np.inf)
+    neighbour = distance.argmin(axis=1)
+    rank = np.argsort(np.argsort(order))
+    by_rank = np.argsort(order)
+    adjacent = np.array(
+        [residual[by_rank[[j for j in (r - 1, r + 1) if 0 <= j < len(rank)]]].mean() for r in rank]
+    )
+    pairs = np.abs(order[:, None] - order[None, :])[np.triu_indices(len(order), k=1)]
+    by_order = spearmanr(order, residual)
+    by_power = spearmanr(power, residual)
+    return {
+        "residual_vs_order_spearman": float(by_order.statistic),
+        "residual_vs_order_p": float(by_order.pvalue),
+        "residual_vs_avg_power_spearman": float(by_power.statistic),
+        "residual_vs_avg_power_p": float(by_power.pvalue),
+        "residual_vs_order_neighbours_spearman": float(spearmanr(residual, adjacent).statistic),
+        "residual_vs_feature_neighbour_spearman": float(
+            spearmanr(residual, residual[neighbour]).statistic
+        ),
+        "feature_neighbour_order_gap": float(np.median(np.abs(order - order[neighbour]))),
+        "all_pairs_order_gap": float(np.median(pairs)),
+    }
+
+
 FIXED_METHODS = ("gbm", "additive", "additive_l1", "stack", "trees", "ensemble")
 
 
@@ -163,6 +209,9 @@ def protran_stage(measurements: list[Measurement]) -> dict[str, Any]:
         entry["latency"]["diagnostic_gbm_plus_measurement_order"] = summarize(
             drift, y, 5
         ).model_dump()
+        entry["latency"]["diagnostic_residuals"] = _residual_diagnostics(
+            rows, y, predicted, order[:, 0]
+        )
         for target in TARGETS[1:]:
             t = np.array([getattr(m, target) for m in rows])
             if target == "peak_power_w":
@@ -176,6 +225,21 @@ def protran_stage(measurements: list[Measurement]) -> dict[str, Any]:
                 }
         devices[device] = entry
         lat = entry["latency"]
+        diag = lat["diagnostic_residuals"]
+        log.info(
+            "%s residual vs measurement order rho %.2f (p %.1g), vs average power rho %.2f "
+            "(p %.1g), vs order neighbours rho %.2f, vs feature neighbour rho %.2f; order gap "
+            "of feature neighbours %.2f vs all pairs %.2f",
+            device,
+            diag["residual_vs_order_spearman"],
+            diag["residual_vs_order_p"],
+            diag["residual_vs_avg_power_spearman"],
+            diag["residual_vs_avg_power_p"],
+            diag["residual_vs_order_neighbours_spearman"],
+            diag["residual_vs_feature_neighbour_spearman"],
+            diag["feature_neighbour_order_gap"],
+            diag["all_pairs_order_gap"],
+        )
         log.info(
             "%s n=%d latency MAPE auto %.1f%% (%s) | naive %.1f%% gbm %.1f%% additive %.1f%% "
             "additive_l1 %.1f%% stack %.1f%% trees %.1f%% ensemble %.1f%%",
@@ -508,6 +572,7 @@ def main() -> None:
                 d: protran[d]["latency"]["naive_trial"]["mape"] for d in protran
             },
             "target_met_on": [d for d in big if protran[d]["latency"]["auto"]["mape"] <= 0.10],
+            "residual_diagnostics": {d: protran[d]["latency"]["diagnostic_residuals"] for d in big},
         },
         "host": host,
         "search": search,
