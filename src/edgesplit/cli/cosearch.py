@@ -94,13 +94,24 @@ def register(app: typer.Typer) -> None:
             ModalityChoice, typer.Option(help="text (BERT-style) or image (ViT-style).")
         ] = ModalityChoice.text,
         seq_len: Annotated[int, typer.Option(min=2, help="Tokens per input incl. CLS.")] = 128,
-        repeats: Annotated[int, typer.Option(min=1)] = 3,
+        repeats: Annotated[
+            int, typer.Option(min=1, help="Timed forwards per config and round (median).")
+        ] = 3,
+        rounds: Annotated[
+            int,
+            typer.Option(
+                min=1,
+                help="Measure every config this many times, each round in a new random order, "
+                "and keep the median: a device that drifts (clock, heat) during the run then "
+                "biases no config in particular. Prints each round's slowdown.",
+            ),
+        ] = 1,
         seed: int = 0,
     ) -> None:
         """Measure wall and 1-thread CPU time, peak memory and FLOPs of sampled configs here."""
         flow = _flow()
         with _progress() as progress:
-            task = progress.add_task("profiling", total=count)
+            task = progress.add_task("profiling", total=count * rounds)
             measured = flow.cosearch_profile(
                 output,
                 modality=cast(Any, modality.value),
@@ -108,8 +119,12 @@ def register(app: typer.Typer) -> None:
                 seed=seed,
                 seq_len=seq_len,
                 repeats=repeats,
+                rounds=rounds,
                 on_progress=lambda done, total, m: progress.update(
-                    task, completed=done, description=m.config.describe() if m else ""
+                    task,
+                    completed=done,
+                    total=total,
+                    description=m.config.describe() if m else "",
                 ),
             )
         table = Table(title=f"{len(measured)} configs profiled here ({output})")
@@ -126,6 +141,14 @@ def register(app: typer.Typer) -> None:
             )
         console.print(table)
         console.print(f"energy: {measured[0].energy_model}")
+        if rounds > 1:
+            drift = flow.round_drift(output, measured)
+            spread = sorted(m.round_spread for m in measured)[len(measured) // 2]
+            console.print(
+                "CPU time per round / the configs' medians: "
+                + ", ".join(f"round {i}: {r:.3f}" for i, r in enumerate(drift))
+                + f"; median spread between rounds {100 * spread:.1f} %"
+            )
 
     @group.command("fit")
     def fit(

@@ -1,8 +1,19 @@
 """Profile co-search configurations on this host; results go to a resumable JSON-lines file.
 
 Owns `ProfileSettings`, `HostMeasurement` (wall and single-thread CPU time, peak memory, FLOPs,
-params, a *modelled* energy) and `profile_configs` (skips configs already in the file, appends one
-line per finished config, reports progress through a callback). Imports torch; never ray.
+params, a *modelled* energy), `profile_configs` (skips configs already in the file, appends one
+line per finished config and round, reports progress through a callback), `load_host_results`
+(one measurement per config, the median over its rounds) and `drift_by_round`. Imports torch;
+never ray.
+
+[Note: rounds] A device that changes speed during a profiling run (clock scaling, heat, a
+neighbour's load) biases whichever configs are measured at the slow time, and a predictor then
+learns the drift as if it were architecture: ProTran's single-run Jetson CPU, A100 and M1 GPU
+files show it (docs/cosearch.md, "What the residuals follow"). With `rounds` > 1 every config is
+measured once per round, each round in a fresh seeded random order, so the drift is spread over
+all configs and the median over rounds cancels most of it; `drift_by_round` reports how much
+slower each round was than the configs' medians, and `round_spread` on each measurement how far
+its rounds disagreed.
 
 [Note: host energy] This host has no energy counter we can read (no RAPL in the container), so
 `energy_j_modelled` is `cpu_s x ProfileSettings.core_power_w`: an assumption, labelled as such in
@@ -25,7 +36,9 @@ import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
+import numpy as np
 import torch
+from pydantic import Field
 
 from edgesplit.core.schema import FrozenModel
 from edgesplit.cosearch.encoder import Encoder
@@ -36,8 +49,10 @@ from edgesplit.cosearch.space import Architecture, EncoderConfig
 __all__ = [
     "HostMeasurement",
     "ProfileSettings",
+    "drift_by_round",
     "host_architecture",
     "load_host_results",
+    "load_host_rounds",
     "profile_config",
     "profile_configs",
 ]
@@ -52,6 +67,8 @@ class ProfileSettings(FrozenModel):
     batch_size: int = 1
     repeats: int = 3
     warmup: int = 1
+    # Measure every config once per round, each round in a fresh random order (see the note).
+    rounds: int = Field(default=1, ge=1)
     core_power_w: float = 15.0  # modelled energy: assumed active power of one x86 core
 
 
@@ -69,6 +86,9 @@ class HostMeasurement(FrozenModel):
     num_params: int
     energy_j_modelled: float
     energy_model: str
+    round: int = 0  # which round this line is; aggregated measurements: 0
+    rounds: int = 1  # how many round lines this measurement is the median of
+    round_spread: float = 0.0  # (max - min) / median CPU time over those rounds
 
     def architecture(self) -> Architecture:
         return host_architecture(self.config, self.settings)
@@ -170,8 +190,8 @@ def profile_config(
     )
 
 
-def load_host_results(path: Path) -> list[HostMeasurement]:
-    """Every measurement in a results file (JSON lines); a missing file is empty."""
+def load_host_rounds(path: Path) -> list[HostMeasurement]:
+    """Every line of a results file (JSON lines), one per config and round; missing file: []."""
     path = Path(path)
     if not path.is_file():
         return []
@@ -187,6 +207,55 @@ def load_host_results(path: Path) -> list[HostMeasurement]:
     return out
 
 
+def _aggregate(lines: list[HostMeasurement]) -> HostMeasurement:
+    """One config's round lines -> one measurement: medians of the times, max of the memory."""
+    if len(lines) == 1:
+        return lines[0]
+    cpu = [m.cpu_s for m in lines]
+    cpu_s = statistics.median(cpu)
+    first = lines[0]
+    return first.model_copy(
+        update={
+            "wall_s": statistics.median(m.wall_s for m in lines),
+            "cpu_s": cpu_s,
+            "peak_memory_bytes": max(m.peak_memory_bytes for m in lines),
+            "energy_j_modelled": cpu_s * first.settings.core_power_w,
+            "round": 0,
+            "rounds": len(lines),
+            "round_spread": (max(cpu) - min(cpu)) / cpu_s if cpu_s > 0 else 0.0,
+        }
+    )
+
+
+def _group(
+    lines: list[HostMeasurement],
+) -> dict[tuple[str, ProfileSettings], list[HostMeasurement]]:
+    groups: dict[tuple[str, ProfileSettings], dict[int, HostMeasurement]] = {}
+    for m in lines:  # a round measured twice (two runs racing on one file): the last line wins
+        groups.setdefault((m.config_key, m.settings), {})[m.round] = m
+    return {key: [rounds[r] for r in sorted(rounds)] for key, rounds in groups.items()}
+
+
+def load_host_results(path: Path) -> list[HostMeasurement]:
+    """One measurement per config and settings (the median over its rounds), in file order."""
+    return [_aggregate(lines) for lines in _group(load_host_rounds(path)).values()]
+
+
+def drift_by_round(lines: list[HostMeasurement]) -> list[float]:
+    """Per round, the median over configs of CPU time / that config's median over rounds.
+
+    1.0 everywhere: no drift; 1.08 for round 2: the device was ~8 % slower while round 2 ran.
+    Only configs measured in every round count; [] when no config was measured more than once.
+    """
+    groups = [g for g in _group(lines).values() if len(g) > 1]
+    if not groups:
+        return []
+    num_rounds = max(len(g) for g in groups)
+    complete = [g for g in groups if len(g) == num_rounds]
+    ratios = [[m.cpu_s / _aggregate(g).cpu_s for m in g] for g in complete]
+    return [statistics.median(r[i] for r in ratios) for i in range(num_rounds)]
+
+
 def profile_configs(
     configs: Iterable[EncoderConfig],
     path: Path,
@@ -196,23 +265,40 @@ def profile_configs(
 ) -> list[HostMeasurement]:
     """Profile every config not already in `path` (same settings), appending as it goes.
 
-    Returns the measurements for `configs` in their order (loaded ones included), so a killed run
-    restarted with the same arguments continues where it stopped.
+    With `settings.rounds` > 1 each config is measured once per round, each round in its own
+    seeded random order (round r: `numpy.random.default_rng(r)`), one line per config and round.
+    Returns one measurement per config in the order of `configs` (the median over its rounds;
+    loaded ones included), so a killed run restarted with the same arguments continues where it
+    stopped. `on_progress(done, total, m)` counts config-rounds.
     """
     settings = settings or ProfileSettings()
     path = Path(path)
-    done = {(m.config_key, m.settings): m for m in load_host_results(path)}
+    done = {(m.config_key, m.settings, m.round): m for m in load_host_rounds(path)}
     configs = [c.normalized() for c in configs]
-    out: list[HostMeasurement] = []
     path.parent.mkdir(parents=True, exist_ok=True)
-    for index, config in enumerate(configs):
-        measurement = done.get((config.key(), settings))
-        if measurement is None:
-            measurement = profile_config(config, settings)
-            with path.open("a") as f:
-                f.write(json.dumps(measurement.model_dump(mode="json"), sort_keys=True) + "\n")
-            done[(config.key(), settings)] = measurement
-        out.append(measurement)
-        if on_progress is not None:
-            on_progress(index + 1, len(configs), measurement)
-    return out
+    total = len(configs) * settings.rounds
+    step = 0
+    for round_index in range(settings.rounds):
+        order = (
+            range(len(configs))
+            if settings.rounds == 1
+            else np.random.default_rng(round_index).permutation(len(configs))
+        )
+        for index in order:
+            config = configs[int(index)]
+            key = (config.key(), settings, round_index)
+            measurement = done.get(key)
+            if measurement is None:
+                measurement = profile_config(config, settings).model_copy(
+                    update={"round": round_index}
+                )
+                with path.open("a") as f:
+                    line = json.dumps(measurement.model_dump(mode="json"), sort_keys=True)
+                    f.write(line + "\n")
+                done[key] = measurement
+            step += 1
+            if on_progress is not None:
+                on_progress(step, total, measurement)
+    return [
+        _aggregate([done[(c.key(), settings, r)] for r in range(settings.rounds)]) for c in configs
+    ]

@@ -19,7 +19,9 @@ from edgesplit.cosearch.predictor import Method, PredictorSettings, cross_valida
 from edgesplit.cosearch.profiler import (
     HostMeasurement,
     ProfileSettings,
+    drift_by_round,
     load_host_results,
+    load_host_rounds,
     profile_configs,
 )
 from edgesplit.cosearch.protran import HOST_DEVICE, load_protran
@@ -40,6 +42,7 @@ __all__ = [
     "load_cost_model",
     "profile_host",
     "refine_model",
+    "round_drift",
     "run_search",
 ]
 
@@ -250,10 +253,11 @@ def cosearch_profile(
     seed: int = 0,
     seq_len: int = 128,
     repeats: int = 3,
+    rounds: int = 1,
     on_progress: Callable[[int, int, HostMeasurement | None], None] | None = None,
 ) -> list[HostMeasurement]:
     """`cosearch profile`: measure `count` sampled configs here (resumes from `output`)."""
-    settings = ProfileSettings(seq_len=seq_len, repeats=repeats)
+    settings = ProfileSettings(seq_len=seq_len, repeats=repeats, rounds=rounds)
     return profile_host(
         output,
         modality=modality,
@@ -261,6 +265,14 @@ def cosearch_profile(
         seed=seed,
         settings=settings,
         on_progress=on_progress,
+    )
+
+
+def round_drift(output: Path, measured: list[HostMeasurement]) -> list[float]:
+    """How much slower each round of `measured` ran than the configs' medians (see profiler)."""
+    wanted = {(m.config_key, m.settings) for m in measured}
+    return drift_by_round(
+        [m for m in load_host_rounds(output) if (m.config_key, m.settings) in wanted]
     )
 
 
