@@ -162,7 +162,6 @@ def register(app: typer.Typer) -> None:
         from edgesplit.offload.client import OffloadClient
         from edgesplit.offload.codec import CODEC_NAMES, CodecName
         from edgesplit.offload.patches import SamplingName, sample_indices
-        from edgesplit.offload.policy import PolicyConfig
 
         codec_name = cast(CodecName, _choice(codec, CODEC_NAMES, "--codec"))
         sampling_name = cast(SamplingName, _choice(sampling, get_args(SamplingName), "--sampling"))
@@ -174,13 +173,8 @@ def register(app: typer.Typer) -> None:
             for column in ("round", "patches", "bytes", "latency ms", "class", "confidence"):
                 table.add_column(column)
             if slo_ms is not None:
-                tables = load_tables(weights)
-                result = client.classify(
-                    pixels,
-                    tables.options,
-                    slo_s=slo_ms / 1000,
-                    policy=PolicyConfig.for_tables(tables),
-                )
+                options = load_tables(weights).options
+                result = client.classify(pixels, options, slo_s=slo_ms / 1000)
                 for i, stats in enumerate(result.rounds, start=1):
                     table.add_row(
                         str(i), "", str(stats.body_bytes), f"{1000 * stats.elapsed_s:.1f}", "", ""
@@ -265,10 +259,8 @@ def register(app: typer.Typer) -> None:
         from edgesplit.offload.client import LinkEmulator, OffloadClient
         from edgesplit.offload.data import load_fashion_mnist, upscale
         from edgesplit.offload.emulation import TokenBucket, make_trace
-        from edgesplit.offload.policy import PolicyConfig
 
-        tables = load_tables(weights)
-        options, policy = tables.options, PolicyConfig.for_tables(tables)
+        options = load_tables(weights).options
         rate = mean_kbps * 1000 / 8
         link = LinkEmulator(
             TokenBucket(make_trace(trace, rate, seed=seed), burst_bytes=300),  # type: ignore[arg-type]
@@ -290,7 +282,7 @@ def register(app: typer.Typer) -> None:
                 arrival = start + f * period_ms / 1000
                 if arrival > time.monotonic():
                     time.sleep(arrival - time.monotonic())
-                result = client.classify(x[f], options, slo_s=slo_ms / 1000, policy=policy)
+                result = client.classify(x[f], options, slo_s=slo_ms / 1000)
                 latency.append(time.monotonic() - arrival)
                 correct.append(result.response.label == int(y[f]))
                 nbytes.append(result.total_bytes)

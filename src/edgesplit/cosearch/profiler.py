@@ -252,7 +252,10 @@ def drift_by_round(lines: list[HostMeasurement]) -> list[float]:
         return []
     num_rounds = max(len(g) for g in groups)
     complete = [g for g in groups if len(g) == num_rounds]
-    ratios = [[m.cpu_s / _aggregate(g).cpu_s for m in g] for g in complete]
+    ratios = []
+    for g in complete:
+        median = statistics.median(m.cpu_s for m in g)
+        ratios.append([m.cpu_s / median for m in g])
     return [statistics.median(r[i] for r in ratios) for i in range(num_rounds)]
 
 

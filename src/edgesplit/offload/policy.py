@@ -132,12 +132,6 @@ class PolicyConfig(FrozenModel):
     allow_two_rounds: bool = True
     prefer_progressive: bool = True  # at equal expected accuracy, prefer a cut-able round 1
 
-    @classmethod
-    def for_tables(cls, tables: OffloadTables) -> PolicyConfig:
-        """The config for options measured in `tables` (one-standard-error tolerance over
-        `tables.num_images`; the options carry that number themselves, so this is optional)."""
-        return cls(table_images=tables.num_images)
-
     def tolerance(self, best_accuracy: float, num_images: int | None = None) -> float:
         """How far below `best_accuracy` (measured on `num_images` images) an option still
         counts as equally accurate."""
