@@ -4,8 +4,9 @@ Owns the httpx client (bearer token, timeouts, retry of transient failures with 
 exponential backoff and jitter, keeping the request id so retries are idempotent), patch
 sampling (random, grid, server order), the device's bandwidth estimate from its own uploads, the
 two-round flow driven by the SLO policy, the progressive (deadline-cut) round 1, and optional
-application-level link emulation (token bucket + one-way delay, real clock). Imports
-protocol/codec/policy/emulation, never the server.
+application-level link emulation (token bucket + one-way delay, real clock). On a real link
+the progressive round paces itself on the kernel's acknowledgements (tcp_progress). Imports
+protocol/codec/policy/emulation/tcp_progress, never the server.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from edgesplit.offload.protocol import (
     ServerInfo,
     encode_frame,
 )
+from edgesplit.offload.tcp_progress import DeliveryPacer, SocketTracker
 
 __all__ = ["ClassifyResult", "LinkEmulator", "OffloadClient", "RetryConfig", "RoundStats"]
 
@@ -122,7 +124,11 @@ class OffloadClient:
         initial_bandwidth_bytes_per_s: float = 25_000.0,
         rtt_s: float = 0.02,
         transport: httpx.BaseTransport | None = None,
+        delivery_pacing: bool = True,
     ) -> None:
+        """delivery_pacing: on a real link (no emulator), a progressive round 1 decides each
+        later segment on the bytes the peer has acknowledged (Linux SIOCOUTQ on the connection's
+        socket, see send_progressive); False decides on the wall clock of the writes alone."""
         self.retry = retry or RetryConfig()
         headers = {"authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.Client(
@@ -134,6 +140,9 @@ class OffloadClient:
         self.estimate = BandwidthEstimate(initial_bandwidth_bytes_per_s)
         self.rtt_s = rtt_s
         self._info: ServerInfo | None = None
+        self.delivery_pacing = delivery_pacing
+        # the socket of the connection a request travels on (httpcore trace + network_stream)
+        self._sockets = SocketTracker()
 
     def close(self) -> None:
         self._http.close()
@@ -151,7 +160,13 @@ class OffloadClient:
         last: Exception | None = None
         for attempt in range(1, self.retry.max_attempts + 1):
             try:
-                response = self._http.request(method, path, **kwargs)  # type: ignore[arg-type]
+                response = self._http.request(
+                    method,
+                    path,
+                    extensions={"trace": self._sockets.trace},
+                    **kwargs,  # type: ignore[arg-type]
+                )
+                self._sockets.observe(response.extensions)
                 if response.status_code in (502, 503, 504):
                     raise RetryableError(f"server answered {response.status_code}")
                 response.extensions["edgesplit_attempts"] = attempt
@@ -261,8 +276,12 @@ class OffloadClient:
         The frame header announces every segment up to the option's cap; the body ends after
         the last segment that was predicted, at the rate this very upload achieves, to arrive
         in time. With a link emulator the cut is decided segment by segment against the shaped
-        link, then the chosen prefix is posted; on a real link the body streams (chunked) and
-        the same rule runs on the wall clock as the socket takes the bytes.
+        link, then the chosen prefix is posted. On a real link the body streams (chunked): before
+        each later segment the client waits until the peer has acknowledged what was written (or
+        until the segment can no longer fit), and the rule runs at the delivery rate measured
+        meanwhile, with the bytes still queued counted ahead of the segment (DeliveryPacer).
+        Where the kernel cannot tell (no socket known, not Linux, delivery_pacing=False), the
+        rule runs on the wall clock as the socket takes the bytes.
         """
         option = decision.option
         ends = list(option.prefix_ends)
@@ -310,21 +329,40 @@ class OffloadClient:
             self.link.sleep(self.link.one_way_latency_s)
             content: bytes | _StreamedBody = b"".join(sent)
         else:
-            content = _StreamedBody(
-                parts,
-                lambda j, sent_bytes, wire: segment_fits(
+            pacer = (
+                DeliveryPacer(self._sockets.unacked_bytes, self._clock, self._sleep)
+                if self.delivery_pacing
+                else None
+            )
+
+            def fits(j: int, sent_bytes: float, upload_s: float, segment_bytes: float) -> bool:
+                return segment_fits(
                     option,
                     j,
                     sent_bytes=sent_bytes,
-                    upload_s=self._clock() - start,
+                    upload_s=upload_s,
                     elapsed_s=self._clock() - frame_start_s,
-                    segment_bytes=wire,
+                    segment_bytes=segment_bytes,
                     bandwidth_bytes_per_s=rate,
                     slo_s=slo_s,
                     rtt_s=self.rtt_s,
                     config=policy,
-                ),
-            )
+                )
+
+            def decide(j: int, sent_bytes: int, part_bytes: int) -> bool:
+                if pacer is not None:
+                    wire = part_bytes + _chunk_framing_bytes(part_bytes)
+                    outcome = pacer.before_segment(
+                        lambda delivered, delivery_s, queued: fits(
+                            j, delivered, delivery_s, wire + queued
+                        )
+                    )
+                    if outcome.send is not None:
+                        return outcome.send
+                # no kernel view: the wall clock of the writes
+                return fits(j, sent_bytes, self._clock() - start, part_bytes)
+
+            content = _StreamedBody(parts, decide)
         return self._post_round(content, request_id, start, upload_s)
 
     # -- adaptive, two rounds ---------------------------------------------------------------
@@ -442,6 +480,11 @@ def _headers(request_id: str) -> dict[str, str]:
     `x-session-id` lets a session-affine router (Ray Serve's consistent-hash router, see
     serve_ray.py) bring round 2 to the replica that holds round 1."""
     return {"content-type": CONTENT_TYPE, "x-session-id": request_id}
+
+
+def _chunk_framing_bytes(size: int) -> int:
+    """HTTP/1.1 chunked framing around a chunk of `size` bytes: hex length, CRLF, data, CRLF."""
+    return len(b"%x" % size) + 4
 
 
 class _StreamedBody:
