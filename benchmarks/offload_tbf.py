@@ -19,11 +19,18 @@ How it measures (see docs/offload.md, "Kernel shaping check"):
   request, rate, rtt)` (body + 300 B HTTP overhead at the rate) and with a replay of the
   application's `TokenBucket` (steady trace at the rate, the kernel's burst, the bytes the
   request's sockets really sent once, from `ss -ti`, at the request's real start time).
-- Progressive round 1 on the real link: adaptive `classify` (committed tables, SLO 250 ms,
-  frames every 0.5 s) while a second thread toggles the tbf rate 1.6x / 0.4x of 100 kbit/s
-  every 4 s (`tc qdisc change`), with (a) a transport whose sockets set TCP_NOTSENT_LOWAT=128, so a
-  write returns only once the kernel has sent the previous bytes, (b) the default transport,
-  and (c) the app-level LinkEmulator on the same step trace (no kernel shaping) for reference.
+- Progressive round 1 on the real link. Client variants: `kernel-acked` (the default client:
+  before each later segment it waits for the kernel's acknowledgements, SIOCOUTQ on the
+  connection's socket, and decides at the delivery rate; edgesplit.offload.tcp_progress),
+  `kernel-wallclock` (delivery_pacing=False: decides on the wall clock of the socket writes, the
+  client before the pacing), `kernel-notsent-lowat` (the same with TCP_NOTSENT_LOWAT=128 on the
+  sockets, so a write returns only once the kernel has sent most earlier bytes) and
+  `app-emulator` (the app-level LinkEmulator, no kernel shaping) for reference.
+  (1) cut probe: the one-round progressive option sent with an estimate of 1.6x the rate over a
+  link at 0.4x, at the tight SLO (150 ms; every variant) and a loose one (500 ms; kernel-acked
+  and kernel-wallclock); (2) adaptive `classify` (committed tables, SLO 250/150 ms, frames every
+  0.5 s) while a second thread toggles the tbf rate 1.6x / 0.4x of 100 kbit/s every 4 s
+  (`tc qdisc change`).
 """
 
 from __future__ import annotations
@@ -51,6 +58,9 @@ RTT_S = 0.04  # 2 x 20 ms one way, as benchmarks/offload.py
 FRAME_PERIOD_S = 0.5
 SLOS_S = (0.25, 0.15)  # the adaptive runs; 0.15 s is the tight SLO of benchmarks/offload.py
 CUT_SLO_S = 0.15  # the cut probe: an optimistic estimate meets a slow link
+LOOSE_CUT_SLO_S = 0.5  # ... and with time to spare: the whole body must go
+KERNEL_VARIANTS = ("kernel-acked", "kernel-wallclock", "kernel-notsent-lowat")
+VARIANTS = (*KERNEL_VARIANTS, "app-emulator")
 STEP_HIGH, STEP_LOW = 1.6, 0.4  # the levels of the 'step' trace of emulation.make_trace
 STEP_EVERY_S = 4.0  # ... toggled every 4 s here (make_trace: 10 s) for several drops per run
 PROGRESSIVE_LINK = (
@@ -72,6 +82,15 @@ SETTINGS = (
     ("full-png", "all", "png", None),
 )
 NOT_PERMITTED_RC = 3
+VARIANT_HOW = {
+    "kernel-acked": "default client: waits for the kernel's acknowledgements (SIOCOUTQ) before "
+    "each later segment and decides at the delivery rate (tcp_progress.DeliveryPacer)",
+    "kernel-wallclock": "delivery_pacing=False: decides on the wall clock of the socket writes "
+    "(the client before the pacing)",
+    "kernel-notsent-lowat": "delivery_pacing=False and TCP_NOTSENT_LOWAT=128 via "
+    "httpx.HTTPTransport(socket_options)",
+    "app-emulator": "app-level LinkEmulator (burst 300 B) on the same trace, no kernel shaping",
+}
 
 
 # -- namespace and tc plumbing ------------------------------------------------------------------
@@ -468,6 +487,7 @@ def progressive(
         link=link,
         transport=transport,
         initial_bandwidth_bytes_per_s=rate / 2,
+        delivery_pacing=variant == "kernel-acked",
     ) as client:
         client.info()
         start = time.monotonic() + 0.3
@@ -542,6 +562,7 @@ def progressive(
 
 
 def _transport(variant: str) -> Any:
+    """The httpx transport of a variant: TCP_NOTSENT_LOWAT=128 on its sockets, or the default."""
     import httpx
 
     if variant != "kernel-notsent-lowat":
@@ -558,6 +579,7 @@ def cut_probe(
     num_frames: int,
     rtt_s: float,
     rate: float,
+    slo_s: float = CUT_SLO_S,
 ) -> dict[str, Any]:
     """One progressive option (cap 64, one round) sent with an estimate of 1.6x the rate over a
     link at 0.4x: only the rate measured during the upload itself can save the deadline."""
@@ -576,7 +598,13 @@ def cut_probe(
     else:
         shape("uplink", STEP_LOW * rate, burst, mtu, port)
     frames = []
-    with OffloadClient(url, rtt_s=rtt_s, transport=_transport(variant), link=link) as client:
+    with OffloadClient(
+        url,
+        rtt_s=rtt_s,
+        transport=_transport(variant),
+        link=link,
+        delivery_pacing=variant == "kernel-acked",
+    ) as client:
         info = client.info()
         start = time.monotonic() + 0.3
         for f in range(num_frames):
@@ -586,9 +614,9 @@ def cut_probe(
                 images[f],
                 Decision(option, 0.0, 0.0, True, option.accuracy),
                 info,
-                slo_s=CUT_SLO_S,
+                slo_s=slo_s,
                 frame_start_s=arrival,
-                request_id=f"cut-{variant}-{f}",
+                request_id=f"cut-{variant}-{slo_s:g}-{f}",
                 rate_bytes_per_s=STEP_HIGH * rate,
             )
             frames.append(
@@ -603,17 +631,17 @@ def cut_probe(
     lat = np.array([r["latency_s"] for r in frames])
     summary = {
         "option": option.name,
-        "slo_s": CUT_SLO_S,
+        "slo_s": slo_s,
         "link_rate_bytes_per_s": STEP_LOW * rate,
         "estimate_bytes_per_s": STEP_HIGH * rate,
-        "slo_attainment": float((lat <= CUT_SLO_S).mean()),
+        "slo_attainment": float((lat <= slo_s).mean()),
         "latency_p50_s": float(np.median(lat)),
         "latency_max_s": float(lat.max()),
         "mean_patches_received": float(np.mean([r["received"] for r in frames])),
         "mean_body_bytes": float(np.mean([r["body_bytes"] for r in frames])),
     }
     print(
-        f"[cut probe {variant}] met {summary['slo_attainment']:.0%}, p50 "
+        f"[cut probe {variant} SLO {slo_s:g}] met {summary['slo_attainment']:.0%}, p50 "
         f"{summary['latency_p50_s']:.3f} s, patches {summary['mean_patches_received']:.1f}, "
         f"body {summary['mean_body_bytes']:.0f} B",
         flush=True,
@@ -671,12 +699,23 @@ def plot(result: dict[str, Any], path: Path) -> None:
     for vi, (variant, data) in enumerate(result["cut_probe"].items()):
         lat = [r["latency_s"] for r in data["frames"]]
         got = [r["received"] for r in data["frames"]]
-        ax.scatter(got, lat, color=f"C{vi + 3}", label=variant, alpha=0.7)
+        ax.scatter(got, lat, color=f"C{vi}", label=variant, alpha=0.7)
+        loose = result.get("cut_probe_loose", {}).get(variant)
+        if loose is not None:
+            ax.scatter(
+                [r["received"] for r in loose["frames"]],
+                [r["latency_s"] for r in loose["frames"]],
+                color=f"C{vi}",
+                marker="x",
+                alpha=0.7,
+                label=f"{variant}, SLO {loose['summary']['slo_s']:g} s",
+            )
+            ax.axhline(loose["summary"]["slo_s"], color="red", lw=0.8, ls=":")
     slo = next(iter(result["cut_probe"].values()))["summary"]["slo_s"]
     ax.axhline(slo, color="red", lw=0.8)
     ax.set_xlim(0, 68)
     ax.set_xlabel("patches the server received (cap 64)")
-    ax.set_ylabel("frame latency (s); SLO in red")
+    ax.set_ylabel("frame latency (s); SLOs in red")
     ax.set_title("(b) cut probe: estimate 160 kbit/s, link 40 kbit/s")
     ax.legend(fontsize=7)
 
@@ -686,7 +725,9 @@ def plot(result: dict[str, Any], path: Path) -> None:
         (grid[1][0], "latency_s", "frame latency (s); SLOs dotted"),
         (grid[1][1], "received", "patches the server received"),
     ):
-        for vi, (variant, data) in enumerate(prog.items()):
+        names = list(dict.fromkeys(v.split("@")[0] for v in prog))  # one colour per client
+        for variant, data in prog.items():
+            vi = names.index(variant.split("@")[0])
             times = [r["t_s"] for r in data["frames"]]
             style = "-" if data["slo_s"] == max(SLOS_S) else "--"
             ax.plot(
@@ -696,7 +737,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
                 marker=".",
                 ms=3,
                 lw=0.8,
-                color=f"C{vi % 3}",
+                color=f"C{vi}",
                 label=variant,
             )
         t = STEP_EVERY_S
@@ -743,6 +784,7 @@ def run_in_netns(args: argparse.Namespace) -> int:
         "one_shot": {},
         "socket_probe": [],
         "cut_probe": {},
+        "cut_probe_loose": {},
         "progressive": {},
     }
     try:
@@ -752,6 +794,15 @@ def run_in_netns(args: argparse.Namespace) -> int:
             result["one_shot"][link[0]] = one_shot(
                 url, port, images, link, settings, num_requests, rtt_s, rate
             )
+        cut_frames = 4 if args.smoke else num_requests
+        for variant in ("kernel-acked", "kernel-wallclock"):
+            result["cut_probe_loose"][variant] = cut_probe(
+                url, port, images, app, variant, cut_frames, rtt_s, rate, LOOSE_CUT_SLO_S
+            )
+        for variant in VARIANTS if not args.smoke else ("kernel-acked", "kernel-wallclock"):
+            result["cut_probe"][variant] = cut_probe(
+                url, port, images, app, variant, cut_frames, rtt_s, rate
+            )
         if not args.smoke:
             result["socket_probe"] = [
                 socket_probe(mtu, burst, STEP_LOW * rate, lowat)
@@ -760,12 +811,8 @@ def run_in_netns(args: argparse.Namespace) -> int:
             ]
             for row in result["socket_probe"]:
                 print(f"[socket probe] {row}", flush=True)
-            for variant in ("kernel-notsent-lowat", "kernel-default", "app-emulator"):
-                result["cut_probe"][variant] = cut_probe(
-                    url, port, images, app, variant, num_requests, rtt_s, rate
-                )
             for slo_s in SLOS_S:
-                for variant in ("kernel-notsent-lowat", "kernel-default", "app-emulator"):
+                for variant in VARIANTS:
                     result["progressive"][f"{variant}@{slo_s:g}"] = progressive(
                         url, port, images, labels, app, variant, num_frames, rtt_s, rate, slo_s
                     )
@@ -795,16 +842,18 @@ def run_in_netns(args: argparse.Namespace) -> int:
         "server compute; 'both' mode: request + server ACKs, then rtt + compute, then answer + "
         "client ACKs through the same bucket",
         "progressive": f"OffloadClient.classify (robust default) over the committed tables, SLO "
-        f"{'/'.join(f'{x:g}' for x in SLOS_S)} s, {num_frames} frames every {FRAME_PERIOD_S} s (test images 0..), uplink "
-        f"tbf (MTU {PROGRESSIVE_LINK[0]}, burst {PROGRESSIVE_LINK[1]} B) toggled between "
-        f"{STEP_HIGH}x and {STEP_LOW}x the rate every {STEP_EVERY_S} s by `tc qdisc change` "
-        "from a second thread; variants: TCP_NOTSENT_LOWAT=128 via httpx.HTTPTransport(socket_options),"
-        " default transport, app-level LinkEmulator on the same step trace (burst 300 B)",
+        f"{'/'.join(f'{x:g}' for x in SLOS_S)} s, {num_frames} frames every {FRAME_PERIOD_S} s "
+        f"(test images 0..), uplink tbf (MTU {PROGRESSIVE_LINK[0]}, burst {PROGRESSIVE_LINK[1]} "
+        f"B) toggled between {STEP_HIGH}x and {STEP_LOW}x the rate every {STEP_EVERY_S} s by "
+        "`tc qdisc change` from a second thread; variants: "
+        + "; ".join(f"{k}: {v}" for k, v in VARIANT_HOW.items()),
         "cut_probe": f"send_progressive of the one-round progressive option with cap 64 (ends "
-        f"4/8/16/32/64), SLO {CUT_SLO_S} s, rate_bytes_per_s = {STEP_HIGH}x the rate (an estimate "
-        f"from before a drop) over an uplink tbf at {STEP_LOW}x (MTU {PROGRESSIVE_LINK[0]}, burst "
-        f"{PROGRESSIVE_LINK[1]} B), frames every {FRAME_PERIOD_S} s; with and without "
-        "TCP_NOTSENT_LOWAT, and the app-level LinkEmulator (steady 0.4x, burst 300 B) instead",
+        f"4/8/16/32/64), SLO {CUT_SLO_S} s ('cut_probe', every variant) and {LOOSE_CUT_SLO_S} s "
+        "('cut_probe_loose', kernel-acked and kernel-wallclock), rate_bytes_per_s = "
+        f"{STEP_HIGH}x the rate (an estimate from before a drop) over an uplink tbf at "
+        f"{STEP_LOW}x (MTU {PROGRESSIVE_LINK[0]}, burst {PROGRESSIVE_LINK[1]} B), frames every "
+        f"{FRAME_PERIOD_S} s, {cut_frames} frames per probe; app-emulator: steady {STEP_LOW}x, "
+        "burst 300 B, no kernel shaping",
         "socket_probe": "raw TCP: 4000 B in 100 B sendall calls (socket timeout set, as httpx "
         f"does) through root tbf at {STEP_LOW}x the rate after 0.5 s idle; 'ahead' = bytes the "
         "writes had handed over minus bytes the receiver had got at that moment",
