@@ -504,6 +504,7 @@ class _StreamedBody:
             yield from self._decided
             return
         decided: list[bytes] = []
+        self.sent_bytes = 0  # a pass cut short by a failed attempt starts over
         for j, part in enumerate(self._parts):
             if j and not self._fits(j, self.sent_bytes + HTTP_OVERHEAD_BYTES, len(part)):
                 break

@@ -17,7 +17,12 @@ import pytest
 from fastapi.testclient import TestClient
 
 from edgesplit.offload import tcp_progress
-from edgesplit.offload.client import OffloadClient, RetryConfig, _chunk_framing_bytes
+from edgesplit.offload.client import (
+    OffloadClient,
+    RetryConfig,
+    _chunk_framing_bytes,
+    _StreamedBody,
+)
 from edgesplit.offload.pipeline import tiny_pipeline
 from edgesplit.offload.policy import OffloadOption
 from edgesplit.offload.protocol import decode_frame
@@ -386,3 +391,23 @@ def test_client_cuts_on_delivered_bytes_not_written_ones(
         assert link.now <= 0.2
     else:
         assert result.response.num_received == 32
+
+
+def test_streamed_body_decides_afresh_after_an_interrupted_pass() -> None:
+    """An attempt that failed mid-body (the connection broke while writing) left the pass
+    unfinished: the retry decides again and counts only what it sends."""
+    asked: list[tuple[int, int]] = []
+
+    def fits(j: int, sent: int, wire: int) -> bool:
+        asked.append((j, sent))
+        return True
+
+    body = _StreamedBody([b"aa", b"bbb", b"c"], fits)
+    first = iter(body)
+    assert next(first) == b"aa"
+    assert next(first) == b"bbb"
+    first.close()  # the transport gave up on this attempt
+    assert b"".join(body) == b"aabbbc"
+    assert body.sent_bytes == 6
+    assert b"".join(body) == b"aabbbc"  # and a later retry replays that pass
+    assert [j for j, _ in asked] == [1, 1, 2]
