@@ -3,8 +3,11 @@
 Runs `benchmarks/offload_tbf.py --smoke` (it re-executes itself under `unshare -n`, shapes lo's
 uplink to 100 kbit/s with a 1600 B bucket, serves the committed models and sends a full raw
 image three times). Each round must take at least the time the kernel needs to carry the body
-beyond one full bucket (~0.2 s); unshaped loopback answers in a few ms. Skipped, with the reason,
-where `unshare -n` or tc's tbf is not permitted (needs root or CAP_SYS_ADMIN).
+beyond one full bucket (~0.2 s); unshaped loopback answers in a few ms. Then the cut probe: the
+progressive round 1 (cap 64 patches) sent with an estimate of 160 kbit/s over a tbf at 40 kbit/s:
+the default client, pacing on the kernel's acknowledgements, must cut it at the tight SLO
+(150 ms) and send it whole at a loose one (500 ms). Skipped, with the reason, where `unshare -n`
+or tc's tbf is not permitted (needs root or CAP_SYS_ADMIN).
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -37,11 +41,12 @@ def _kernel_shaping_unavailable() -> str | None:
     return None
 
 
-def test_kernel_shaped_rounds_take_at_least_the_transfer_time(tmp_path: Path) -> None:
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     reason = _kernel_shaping_unavailable()
     if reason is not None:
         pytest.skip(reason)
-    out = tmp_path / "smoke.json"
+    out = tmp_path_factory.mktemp("tbf") / "smoke.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
     done = subprocess.run(
         [sys.executable, str(SCRIPT), "--smoke", "--out", str(out)],
@@ -52,7 +57,12 @@ def test_kernel_shaped_rounds_take_at_least_the_transfer_time(tmp_path: Path) ->
         check=False,
     )
     assert done.returncode == 0, done.stdout + done.stderr
-    result = json.loads(out.read_text())
+    result: dict[str, Any] = json.loads(out.read_text())
+    return result
+
+
+def test_kernel_shaped_rounds_take_at_least_the_transfer_time(smoke: dict[str, Any]) -> None:
+    result = smoke
     link = result["one_shot"]["uplink-mtu1500"]
     assert link["tbf"]["bytes"] > 0, "the tbf qdisc carried nothing: traffic bypassed the shaper"
     row = link["settings"]["full-raw"]
@@ -68,3 +78,23 @@ def test_kernel_shaped_rounds_take_at_least_the_transfer_time(tmp_path: Path) ->
     # the app-level token bucket fed the same bytes predicts the shaped round
     # (plus unshaped local HTTP work, which a loaded 2-core host can stretch)
     assert 0.7 <= row["ratio_measured_replay"] <= 1.5, row
+
+
+def test_progressive_round_is_cut_on_acknowledged_bytes_at_a_tight_slo(
+    smoke: dict[str, Any],
+) -> None:
+    """The link is 4x slower than the client believes. Written bytes vanish into the socket
+    buffer at once; only the kernel's acknowledgements show the real rate, so the default client
+    must end round 1 early at 150 ms, and still send every segment when there is time (500 ms)."""
+    tight = smoke["cut_probe"]["kernel-acked"]
+    loose = smoke["cut_probe_loose"]["kernel-acked"]
+    assert tight["summary"]["slo_s"] < loose["summary"]["slo_s"]
+    cap = 64
+    for frame in tight["frames"]:
+        assert frame["received"] < cap, tight["frames"]
+    for frame in loose["frames"]:
+        assert frame["received"] == cap, loose["frames"]
+        assert frame["latency_s"] <= loose["summary"]["slo_s"], loose["frames"]
+    # the cut bounds the damage: far below the whole body's latency over the slow link
+    whole_p50 = loose["summary"]["latency_p50_s"]
+    assert tight["summary"]["latency_p50_s"] < whole_p50, (tight["summary"], whole_p50)
