@@ -24,7 +24,6 @@ from edgesplit.offload.client import (
     _StreamedBody,
 )
 from edgesplit.offload.pipeline import tiny_pipeline
-from edgesplit.offload.policy import OffloadOption
 from edgesplit.offload.protocol import decode_frame
 from edgesplit.offload.server import create_app
 from edgesplit.offload.tcp_progress import (
@@ -34,6 +33,7 @@ from edgesplit.offload.tcp_progress import (
     read_tcp_info,
     unacked_bytes,
 )
+from tests.unit.offload.test_progressive import _option as progressive_option
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="SIOCOUTQ is Linux")
 
@@ -288,29 +288,7 @@ def test_pacer_falls_back_without_a_progress_source() -> None:
 
 
 # -- the client's progressive cut with a fake kernel ----------------------------------------------
-ENDS = (4, 8, 16, 32)
 IMAGE = np.random.default_rng(0).integers(0, 256, (64, 64)).astype(np.uint8)
-
-
-def _option() -> OffloadOption:
-    return OffloadOption.model_validate(
-        {
-            "sampling": "server",
-            "codec": "webp",
-            "quality": 50,
-            "k1": 32,
-            "accuracy": 0.85,
-            "accuracy_round1": 0.85,
-            "bytes1_mean": 2000,
-            "bytes1_p95": 2000,
-            "server1_s": 0.01,
-            "prefix_ends": ENDS,
-            "prefix_accuracy": (0.6, 0.7, 0.78, 0.85),
-            "prefix_bytes_mean": (400, 700, 1200, 2000),
-            "prefix_bytes_p95": (400, 700, 1200, 2000),
-            "prefix_server_s": (0.01, 0.01, 0.01, 0.01),
-        }
-    )
 
 
 class _FakeKernel:
@@ -381,7 +359,9 @@ def test_client_cuts_on_delivered_bytes_not_written_ones(
         delivery_pacing=pacing,
     ) as client:
         client._sockets = _FakeKernel(link)  # type: ignore[assignment]
-        result = client.classify(IMAGE, [_option()], slo_s=0.2, robust=False)
+        result = client.classify(
+            IMAGE, [progressive_option(codec="webp", quality=50)], slo_s=0.2, robust=False
+        )
     header, _ = decode_frame(seen[0])
     assert header.segment_ends is not None
     assert result.response.num_received == header.segment_ends[-1]
