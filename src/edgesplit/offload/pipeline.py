@@ -68,7 +68,8 @@ class OffloadPipeline:
         start = time.perf_counter()
         batch, k = indices.shape
         new_pixels = to_model_pixels(patches).reshape(batch, k, -1)  # (B, k, p*p)
-        new_index = torch.as_tensor(indices, dtype=torch.long)
+        # a copy: indices may be a read-only view (e.g. of a decoded frame's buffer)
+        new_index = torch.from_numpy(np.array(indices, dtype=np.int64))
         if previous is None:
             state = self.mae.encode(new_pixels, new_index)
             pixels = new_pixels
