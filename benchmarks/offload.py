@@ -671,6 +671,20 @@ def paired_gain(a: np.ndarray, b: np.ndarray, resamples: int = 2000) -> dict[str
     return {"gain": float(diff.mean()), "ci95_low": float(low), "ci95_high": float(high)}
 
 
+def best_fixed_meeting_as_many(
+    policies: dict[str, dict[str, Any]], attainment: float
+) -> str | None:
+    """The rival the target compares with: the most accurate fixed setting ("fixed ..." among
+    `policies`, each with `accuracy` and `slo_attainment_feasible`) whose attainment on feasible
+    frames is at least `attainment` (the adaptive policy's); None if none is."""
+    rivals = [
+        (v["accuracy"], k)
+        for k, v in policies.items()
+        if k.startswith("fixed ") and (v["slo_attainment_feasible"] or 0) >= attainment - 1e-9
+    ]
+    return max(rivals)[1] if rivals else None
+
+
 def _verdict(attainment: float, gain: dict[str, float] | None) -> str:
     """met / tie / less accurate / missed attainment, from the adaptive policy's attainment on
     feasible frames and its paired accuracy gain over the best fixed setting meeting as many."""
@@ -748,12 +762,8 @@ def network_blind_verdicts(runs: list[RunFrames]) -> list[dict[str, Any]]:
         adaptive_name = "adaptive two-round"
         adaptive = stats[adaptive_name]
         fixed = {k: v for k, v in stats.items() if k.startswith("fixed ")}
-        rivals = [
-            (v["accuracy"], k)
-            for k, v in fixed.items()
-            if v["met_feasible_frames"] >= adaptive["met_feasible_frames"]
-        ]
-        rival = max(rivals)[1] if rivals else None
+        # the same feasible frames for every policy: attainment orders them as met frames do
+        rival = best_fixed_meeting_as_many(fixed, adaptive["slo_attainment_feasible"])
         gain = (
             paired_gain(pooled(adaptive_name)[0], pooled(rival)[0]) if rival is not None else None
         )
@@ -1109,19 +1119,12 @@ def main() -> None:
                     "round2_share": float((r["rounds"] == 2).mean()),
                 }
             adaptive = row["policies"]["adaptive two-round"]
-            rivals = [
-                (v["accuracy"], k)
-                for k, v in row["policies"].items()
-                if k.startswith("fixed ")
-                and (v["slo_attainment_feasible"] or 0)
-                >= adaptive["slo_attainment_feasible"] - 1e-9
-            ]
-            best = max(rivals) if rivals else (None, None)
-            row["best_fixed_meeting_as_many"] = best[1]
-            if best[1]:
-                row["policies"]["best fixed (same attainment)"] = row["policies"][best[1]]
+            best = best_fixed_meeting_as_many(row["policies"], adaptive["slo_attainment_feasible"])
+            row["best_fixed_meeting_as_many"] = best
+            if best:
+                row["policies"]["best fixed (same attainment)"] = row["policies"][best]
                 row["accuracy_gain_vs_best_fixed"] = paired_gain(
-                    correct_by_policy["adaptive two-round"], correct_by_policy[best[1]]
+                    correct_by_policy["adaptive two-round"], correct_by_policy[best]
                 )
             row["policies"]["full-image jpeg50"] = row["policies"]["fixed grid-k64-jpeg50"]
             slo_rows.append(row)
@@ -1131,7 +1134,9 @@ def main() -> None:
             print(
                 f"[slo] {trace_name} {slo_s}s feasible {feasible.mean():.2f} adaptive2 "
                 f"{adaptive['slo_attainment_feasible']:.3f}/{adaptive['accuracy']:.3f} "
-                f"best fixed {best} gain {row.get('accuracy_gain_vs_best_fixed')}",
+                f"best fixed {best} "
+                f"{best and row['policies'][best]['accuracy']} "
+                f"gain {row.get('accuracy_gain_vs_best_fixed')}",
                 flush=True,
             )
     verdicts = slo_verdicts(slo_rows)

@@ -278,22 +278,17 @@ def run_pilot(
                 with Dispatch(variants) as dispatch:
                     r = B.replay(adaptive, trace, slo_s, **{**common, "val_options": options})
                 ad = summary(r, slo_s, feasible)
-                rivals = [
-                    (v["accuracy"], k)
-                    for k, v in fixed_results.items()
-                    if (v["slo_attainment_feasible"] or 0) >= ad["slo_attainment_feasible"] - 1e-9
-                ]
-                best = max(rivals) if rivals else (None, None)
+                best = B.best_fixed_meeting_as_many(fixed_results, ad["slo_attainment_feasible"])
                 row: dict[str, Any] = {
                     "trace": trace_name,
                     "slo_s": slo_s,
                     "feasible_fraction": float(feasible.mean()),
                     "policies": {ADAPTIVE: {k: v for k, v in ad.items() if k != "correct"}},
-                    "best_fixed_meeting_as_many": best[1],
+                    "best_fixed_meeting_as_many": best,
                 }
-                if best[1]:
-                    rival = fixed_results[best[1]]
-                    row["policies"][best[1]] = {k: v for k, v in rival.items() if k != "correct"}
+                if best:
+                    rival = fixed_results[best]
+                    row["policies"][best] = {k: v for k, v in rival.items() if k != "correct"}
                     row["accuracy_gain_vs_best_fixed"] = B.paired_gain(
                         ad["correct"], rival["correct"]
                     )
@@ -331,7 +326,7 @@ def run_pilot(
                 print(
                     f"[seeds {first_seed}-{first_seed + 3}] {trace_name:11s} {slo_s} {arm:18s} "
                     f"att {ad['slo_attainment_feasible']:.4f} acc {ad['accuracy']:.3f} "
-                    f"bytes {ad['mean_bytes']:.0f} vs {best[1]} "
+                    f"bytes {ad['mean_bytes']:.0f} vs {best} "
                     + (
                         f"{g['gain']:+.3f} [{g['ci95_low']:+.3f}, {g['ci95_high']:+.3f}]"
                         if g
