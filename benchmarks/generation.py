@@ -31,7 +31,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import DOCS, RESULTS, ROOT, write_result
-from edgesplit.api_generation import measure_generation_profile
+from edgesplit.api.generation import measure_generation_profile
 from edgesplit.core.cluster import Cluster, DeviceSpec, LinkDefaults
 from edgesplit.core.plan import StagePlacement
 from edgesplit.models import build_model, model_spec_from_name, unit_names
@@ -119,7 +119,7 @@ def correctness() -> dict[str, Any]:
     results = []
     smollm2 = find_smollm2_checkpoint([ROOT / "checkpoints" / "smollm2-135m"])
     if smollm2 is not None:
-        from edgesplit.api_generation import tokenizer_for
+        from edgesplit.api.generation import tokenizer_for
 
         prompt = tokenizer_for(str(smollm2)).encode("The capital of France is")
         results.append(_correctness_model(str(smollm2), "smollm2-135m", prompt, sampled=False))
@@ -139,7 +139,7 @@ def failures() -> dict[str, Any]:
     out = _failures(name, "gpt2-kjv" if name != "gpt2-tiny" else "gpt2-tiny", prompt)
     smollm2 = find_smollm2_checkpoint([ROOT / "checkpoints" / "smollm2-135m"])
     if smollm2 is not None:
-        from edgesplit.api_generation import tokenizer_for
+        from edgesplit.api.generation import tokenizer_for
 
         smol_prompt = tokenizer_for(str(smollm2)).encode("The capital of France is")
         out["smollm2"] = _failures(str(smollm2), "smollm2-135m", smol_prompt)

@@ -35,7 +35,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 
 from common import DOCS, ROOT, write_result
-from edgesplit.api_robust import (
+from edgesplit.api.robust import (
     build_problem,
     failout_study,
     measure_plan,

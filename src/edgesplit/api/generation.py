@@ -1,21 +1,22 @@
-"""Generation façade (issue 7): profile, plan and run KV-cached decoding across devices.
+"""The generation capability: profile, plan and run KV-cached decoding across devices.
 
-Wires planners/generation.py (pure planning) to runtime/generation*.py (stage processes, replay)
-and models/ (KV stages, tokenizers), the way api.py does for batch inference; the CLI
+Wires planners/generation.py (pure planning) to runtime/generation*.py (stage workers, replay)
+and models/ (KV stages, tokenizers), the way `api.pipeline` does for batch inference; the CLI
 (`edgesplit generate`) and the HTTP endpoint go through here. Holds no logic beyond wiring.
 
 Example:
-    >>> from edgesplit import api_generation as gen  # doctest: +SKIP
+    >>> from edgesplit.api import generation as gen  # doctest: +SKIP
     >>> report = gen.generate_unplanned("gpt2-tiny", [("a", 0, 5), ("b", 5, 10)], ["Hi"], 8)
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 from edgesplit.core.cluster import Cluster
 from edgesplit.core.plan import Plan
@@ -27,6 +28,10 @@ from edgesplit.planners.generation import (
     GenerationProfile,
     plan_generation,
 )
+
+if TYPE_CHECKING:
+    from edgesplit.runtime.generation import GenerationReport, WorkerLauncher
+    from edgesplit.runtime.generation_server import GenerationService
 
 Engine = Literal["ray", "process"]
 
@@ -128,7 +133,7 @@ def stages_of(plan: Plan) -> list[tuple[str, int, int]]:
     return [(s.device, s.start, s.end) for s in plan.stages]
 
 
-def _launcher(engine: Engine) -> Any:
+def _launcher(engine: Engine) -> WorkerLauncher:
     """The stage launcher of `engine`: Ray actors per device (default) or plain OS processes."""
     if engine == "ray":
         from edgesplit.runtime.generation_ray import RayLauncher
@@ -141,7 +146,7 @@ def _launcher(engine: Engine) -> Any:
     raise ConfigError(f"engine must be 'ray' or 'process', not {engine!r}")
 
 
-def _close_launcher(launcher: Any) -> None:
+def _close_launcher(launcher: WorkerLauncher) -> None:
     close = getattr(launcher, "close", None)
     if close is not None:
         close()
@@ -172,7 +177,7 @@ def generate(
     faults: Sequence[tuple[str, float]] = (),
     stop_at_eos: bool = True,
     engine: Engine = "ray",
-) -> Any:
+) -> GenerationReport:
     """Generate continuations of `prompts` on a real-compute pipeline of `stages`.
 
     Args:
@@ -263,7 +268,7 @@ def open_service(
     max_tokens_limit: int = 512,
     standby_devices: Sequence[str] = (),
     engine: Engine = "ray",
-) -> Any:
+) -> AbstractContextManager[GenerationService]:
     """A started pipeline wrapped for the HTTP endpoint (a context manager yielding the service).
 
     Example:
@@ -280,7 +285,7 @@ def open_service(
     tokenizer = tokenizer_for(model)
 
     @contextmanager
-    def service() -> Any:
+    def service() -> Iterator[GenerationService]:
         launcher = _launcher(engine)
         pipeline = GenerationPipeline(
             spec,

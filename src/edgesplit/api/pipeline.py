@@ -1,8 +1,8 @@
-"""The Python façade: profile(), plan(), compare(), simulate(), run() and friends.
+"""The pipeline capability (EdgePipe): profile(), plan(), compare(), simulate(), run().
 
-Everything the CLI does goes through here, so scripts get the same behaviour. This module wires
-layers together (e.g. it injects a planner into the runtime for re-planning); it holds no logic
-of its own beyond that.
+Everything the CLI does for split inference goes through here, so scripts get the same behaviour.
+This module wires layers together (e.g. it injects a planner into the runtime for re-planning);
+it holds no logic of its own beyond that.
 
 Example:
     >>> from edgesplit import api
@@ -17,7 +17,9 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from pydantic import BaseModel
 
 from edgesplit.core.cluster import Cluster, load_cluster
 from edgesplit.core.plan import Objective, Plan
@@ -26,11 +28,9 @@ from edgesplit.core.schema import read_json_file, write_json_file
 from edgesplit.errors import EdgesplitError
 from edgesplit.planners import available_planners, make_plan
 from edgesplit.runtime.config import RuntimeConfig, ScheduledFault, parse_kill
+from edgesplit.runtime.report import RunReport
 from edgesplit.sim import SimConfig, SimResult
 from edgesplit.sim import simulate as _simulate
-
-if TYPE_CHECKING:
-    from edgesplit.runtime.report import RunReport
 
 __all__ = [
     "PlannerOutcome",
@@ -38,11 +38,7 @@ __all__ = [
     "RuntimeConfig",
     "ScheduledFault",
     "available_planners",
-    "cluster_down_command",
-    "cluster_status",
-    "cluster_up_command",
     "compare",
-    "cosearch",
     "import_pipeedge_profile",
     "load_cluster",
     "load_plan",
@@ -52,9 +48,7 @@ __all__ = [
     "prepare_profile",
     "profile",
     "run",
-    "run_ray_command",
     "save",
-    "serve_offload",
     "simulate",
 ]
 
@@ -67,7 +61,7 @@ def load_plan(path: Path | str) -> Plan:
     return read_json_file(Plan, Path(path))
 
 
-def save(obj: ModelProfile | Plan | Any, path: Path | str) -> Path:
+def save(obj: BaseModel, path: Path | str) -> Path:
     """Write a profile, plan or report as stable JSON."""
     return write_json_file(obj, Path(path))
 
@@ -170,10 +164,10 @@ def run(
     profile: ModelProfile,
     *,
     config: RuntimeConfig | None = None,
-    requests: int | Iterable[Mapping[str, Any]] = 64,
+    requests: int | Iterable[Mapping[str, np.ndarray]] = 64,
     faults: Sequence[ScheduledFault] = (),
     planner: str = "optimal",
-    on_result: Callable[[int, dict[str, Any]], None] | None = None,
+    on_result: Callable[[int, dict[str, np.ndarray]], None] | None = None,
     progress: Callable[[int, int | None, float], None] | None = None,
     timeline_path: Path | str | None = None,
     metrics_port: int | None = None,
@@ -206,52 +200,3 @@ def run(
         timeline_path=timeline_path,
         metrics_port=metrics_port,
     )
-
-
-def cluster_up_command(*args: Any, **kwargs: Any) -> Any:
-    """The `ray start --head` command line for a multi-machine cluster (see docs/runtime.md)."""
-    from edgesplit.runtime.cluster import cluster_up_command as command
-
-    return command(*args, **kwargs)
-
-
-def cluster_down_command(*args: Any, **kwargs: Any) -> Any:
-    from edgesplit.runtime.cluster import cluster_down_command as command
-
-    return command(*args, **kwargs)
-
-
-def cluster_status(*args: Any, **kwargs: Any) -> Any:
-    from edgesplit.runtime.cluster import ray_status
-
-    return ray_status(*args, **kwargs)
-
-
-def run_ray_command(*args: Any, **kwargs: Any) -> Any:
-    from edgesplit.runtime.cluster import run_ray_command as command
-
-    return command(*args, **kwargs)
-
-
-def serve_offload(
-    config: Any = None, weights_dir: Path | None = None, *, tiny: bool = False
-) -> None:
-    """Run the A-MOT edge server (FastAPI + uvicorn) until interrupted; see docs/offload.md.
-
-    `config` is an `edgesplit.offload.server.ServerConfig` (host, port, token, limits).
-    """
-    from edgesplit.offload import serve
-    from edgesplit.offload.server import ServerConfig
-
-    serve(config or ServerConfig(), weights_dir, tiny=tiny)
-
-
-def cosearch(output_dir: Path | str, **options: Any) -> Any:
-    """EdgeTran co-search end to end (fit predictors, search, grow-and-prune, report).
-
-    Options and outputs are those of `edgesplit.cosearch.workflow.cosearch` (docs/cosearch.md);
-    returns (SearchResult, RefineResult).
-    """
-    from edgesplit.cosearch.workflow import cosearch as run_cosearch
-
-    return run_cosearch(Path(output_dir), **options)

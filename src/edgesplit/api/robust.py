@@ -1,10 +1,10 @@
-"""Façade of the robust split (issue 4): measure a model, plan placements, evaluate, fine-tune.
+"""The robust-split capability (EASTER): measure a model, plan placements, evaluate, fine-tune.
 
 Owns the glue between models (torch: width model, importance, masked evaluation, failout) and
 planners/robust (pure: placements, surrogate scoring, Pareto search): `build_problem`,
 `robust_plan`, `measure_plan` (real masked evaluation of a plan under device failures) and
 `failout_study` (failure-aware fine-tuning vs an equal-steps control). Used by `edgesplit robust`
-and benchmarks/robustness.py; api.py re-exports it (TODO(#4): lead to fold into api.py).
+and benchmarks/robustness.py as `edgesplit.api.robust`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import itertools
 import logging
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -388,7 +388,9 @@ def failout_study(
     )
 
 
-def _keep_sampler(plan: RobustPlan, num_units: int, p: float):  # type: ignore[no-untyped-def]
+def _keep_sampler(
+    plan: RobustPlan, num_units: int, p: float
+) -> Callable[[np.random.Generator], np.ndarray]:
     replicas = plan.replica_indices()
     n = len(plan.devices)
 

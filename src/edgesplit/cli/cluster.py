@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from edgesplit import api
+from edgesplit.api import cluster as api
 from edgesplit.cli.common import console
 
 __all__ = ["register"]
@@ -60,11 +60,10 @@ def register(app: typer.Typer) -> None:
     @group.command("status")
     def status(address: Annotated[str | None, typer.Option(help="HEAD_IP:PORT")] = None) -> None:
         """Nodes, their IPs and the devices they carry."""
-        info = api.cluster_status(address)
-        for node in info["nodes"]:
-            state = "alive" if node["alive"] else "dead"
-            devices = ", ".join(node["devices"]) or "-"
-            console.print(f"{node['ip']:<16} {state:<6} devices: {devices}")
+        for node in api.cluster_status(address):
+            state = "alive" if node.alive else "dead"
+            devices = ", ".join(node.devices) or "-"
+            console.print(f"{node.ip:<16} {state:<6} devices: {devices}")
 
     @group.command("down")
     def down() -> None:

@@ -61,20 +61,6 @@ def _progress() -> Progress:
     )
 
 
-def _flow() -> Any:
-    """The co-search entry points (cosearch_profile/fit/search/refine), torch on one thread.
-
-    The CLI may import cosearch directly (tests/unit/test_layering.py allows it); the names and
-    signatures are the ones `api` re-exports.
-    """
-    import torch
-
-    from edgesplit.cosearch import workflow
-
-    torch.set_num_threads(1)
-    return workflow
-
-
 def register(app: typer.Typer) -> None:
     group = typer.Typer(
         name="cosearch",
@@ -109,7 +95,9 @@ def register(app: typer.Typer) -> None:
         seed: int = 0,
     ) -> None:
         """Measure wall and 1-thread CPU time, peak memory and FLOPs of sampled configs here."""
-        flow = _flow()
+        from edgesplit.api import cosearch as flow
+
+        flow.single_thread()
         with _progress() as progress:
             task = progress.add_task("profiling", total=count * rounds)
             measured = flow.cosearch_profile(
@@ -170,7 +158,10 @@ def register(app: typer.Typer) -> None:
         """Cross-validate per-device predictors (MAPE, Spearman) and write the recipe."""
         if host_results is None and (DEFAULT_DIR / "host_profile.jsonl").is_file():
             host_results = DEFAULT_DIR / "host_profile.jsonl"
-        recipe = _flow().cosearch_fit(
+        from edgesplit.api import cosearch as flow
+
+        flow.single_thread()
+        recipe = flow.cosearch_fit(
             output,
             protran_dir=protran,
             host_results=host_results,
@@ -223,7 +214,9 @@ def register(app: typer.Typer) -> None:
         seed: int = 0,
     ) -> None:
         """Search config x device for accuracy, latency, energy, peak power; Pareto plots."""
-        flow = _flow()
+        from edgesplit.api import cosearch as flow
+
+        flow.single_thread()
         with _progress() as progress:
             bar = progress.add_task(f"{method.value} search", total=budget)
             result, plot = flow.cosearch_search(
@@ -289,7 +282,10 @@ def register(app: typer.Typer) -> None:
         width_divisor: Annotated[int, typer.Option(min=1)] = 8,
     ) -> None:
         """Grow-and-prune the chosen front member; writes the result and a report page (.md)."""
-        result, report = _flow().cosearch_refine(
+        from edgesplit.api import cosearch as flow
+
+        flow.single_thread()
+        result, report = flow.cosearch_refine(
             search_result,
             predictors,
             output,

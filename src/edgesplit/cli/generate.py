@@ -1,7 +1,7 @@
 """`edgesplit generate` (+ generate-profile, generate-plan, generate-serve): KV-cached decoding
 across devices, tokens streamed to the console; an OpenAI-style HTTP endpoint.
 
-Goes through `api_generation` (the generation façade); imports core types and rich only.
+Goes through `edgesplit.api.generation`; imports core types and rich only.
 Heavy modules (torch, transformers) load inside the commands.
 """
 
@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from edgesplit import api_generation as gen
+from edgesplit.api import generation as gen
 from edgesplit.cli.common import console, plan_table
 from edgesplit.core.cluster import Cluster, load_cluster
 from edgesplit.core.schema import read_json_file, write_json_file

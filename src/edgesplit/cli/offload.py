@@ -1,7 +1,6 @@
 """`edgesplit offload serve|send|bench`: the adaptive-offloading edge server and device client.
 
-Prints with rich; all work happens in edgesplit.offload (TODO(#5): route through
-api.serve_offload once the façade has it).
+Prints with rich; all work happens in edgesplit.offload, reached through `edgesplit.api.offload`.
 """
 
 from __future__ import annotations
@@ -38,7 +37,7 @@ def _choice(value: str, allowed: tuple[str, ...], flag: str) -> str:
 def _load_image(
     path: Path | None, test_index: int | None, size: int
 ) -> tuple[np.ndarray, int | None]:
-    from edgesplit.offload.data import load_fashion_mnist, upscale
+    from edgesplit.api.offload import load_fashion_mnist, upscale
 
     if path is not None:
         from PIL import Image
@@ -109,8 +108,7 @@ def register(app: typer.Typer) -> None:
 
         --ray-replicas N: the same app as a Ray Serve app of N replicas (docs/offload.md).
         """
-        from edgesplit.offload import serve
-        from edgesplit.offload.server import ServerConfig
+        from edgesplit.api.offload import ServerConfig, serve_offload, serve_offload_ray
 
         config = ServerConfig(
             host=host,
@@ -121,20 +119,22 @@ def register(app: typer.Typer) -> None:
         )
         auth = "bearer token" if token else "none"
         if ray_replicas > 0:
-            from edgesplit.offload.serve_ray import RayServeConfig, serve_forever
-
-            ray_config = RayServeConfig(
-                replicas=ray_replicas, num_cpus=ray_cpus, affinity=ray_affinity
-            )
             console.print(
                 f"edgesplit offload server on http://{host}:{port} (Ray Serve, {ray_replicas} "
                 f"replica(s), affinity {'on' if ray_affinity else 'off'}, auth: {auth}); "
                 "starting Ray ..."
             )
-            serve_forever(ray_config, config, weights, tiny=tiny)
+            serve_offload_ray(
+                config,
+                replicas=ray_replicas,
+                num_cpus=ray_cpus,
+                affinity=ray_affinity,
+                weights_dir=weights,
+                tiny=tiny,
+            )
             return
         console.print(f"edgesplit offload server on http://{host}:{port} (auth: {auth})")
-        serve(config, weights, tiny=tiny)
+        serve_offload(config, weights, tiny=tiny)
 
     @group.command("send")
     def send_cmd(
@@ -158,10 +158,14 @@ def register(app: typer.Typer) -> None:
         weights: WeightsOpt = None,
     ) -> None:
         """Classify one image through the server (fixed settings, or adaptive with --slo-ms)."""
-        from edgesplit.offload import load_tables
-        from edgesplit.offload.client import OffloadClient
-        from edgesplit.offload.codec import CODEC_NAMES, CodecName
-        from edgesplit.offload.patches import SamplingName, sample_indices
+        from edgesplit.api.offload import (
+            CODEC_NAMES,
+            CodecName,
+            OffloadClient,
+            SamplingName,
+            load_tables,
+            sample_indices,
+        )
 
         codec_name = cast(CodecName, _choice(codec, CODEC_NAMES, "--codec"))
         sampling_name = cast(SamplingName, _choice(sampling, get_args(SamplingName), "--sampling"))
@@ -235,7 +239,7 @@ def register(app: typer.Typer) -> None:
                     )
             console.print(table)
             if label is not None:
-                from edgesplit.offload.data import CLASS_NAMES
+                from edgesplit.api.offload import CLASS_NAMES
 
                 console.print(f"true class: {CLASS_NAMES[label]}")
 
@@ -255,10 +259,15 @@ def register(app: typer.Typer) -> None:
         """Send Fashion-MNIST test frames over an emulated link; report SLO attainment."""
         import time
 
-        from edgesplit.offload import load_tables
-        from edgesplit.offload.client import LinkEmulator, OffloadClient
-        from edgesplit.offload.data import load_fashion_mnist, upscale
-        from edgesplit.offload.emulation import TokenBucket, make_trace
+        from edgesplit.api.offload import (
+            LinkEmulator,
+            OffloadClient,
+            TokenBucket,
+            load_fashion_mnist,
+            load_tables,
+            make_trace,
+            upscale,
+        )
 
         options = load_tables(weights).options
         rate = mean_kbps * 1000 / 8

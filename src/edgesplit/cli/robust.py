@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from edgesplit import api_robust
+from edgesplit.api import robust as api_robust
 from edgesplit.cli.common import console
 from edgesplit.core.cluster import Cluster, load_cluster
 from edgesplit.core.schema import stable_json, write_json_file
