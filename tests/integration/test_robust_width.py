@@ -199,7 +199,7 @@ def test_lost_ffn_group_equals_zeroed_down_rows(family: str) -> None:
 
 
 def test_block_lists_found_by_structure() -> None:
-    """transformers 5.x layout (ARCHITECTURE §10); fails loudly on an upgrade that moves blocks."""
+    """transformers 5.x layout (docs/architecture.md §8); fails loudly if an upgrade moves them."""
     for family in FAMILIES:
         model, _ = tiny_model(family)
         found, blocks = find_block_list(model)

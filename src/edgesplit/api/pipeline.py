@@ -122,7 +122,7 @@ def plan(
     objective: Objective = "throughput",
     planner: str = "optimal",
 ) -> Plan:
-    """Partition the profile's units over the cluster (see ARCHITECTURE.md §4)."""
+    """Partition the profile's units over the cluster (see docs/architecture.md §4)."""
     return make_plan(prepare_profile(profile, cluster), cluster, objective, planner)
 
 

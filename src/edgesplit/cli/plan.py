@@ -107,7 +107,7 @@ def register(app: typer.Typer) -> None:
 def comparison_table(outcomes: list[api.PlannerOutcome]) -> Table:
     feasible = [o.plan.predicted.period_s for o in outcomes if o.plan]
     best = min(feasible) if feasible else None
-    table = Table(title="planner comparison (cost model of ARCHITECTURE.md §4)")
+    table = Table(title="planner comparison (cost model of docs/architecture.md §4.1)")
     for column in (
         "planner",
         "stages",

@@ -130,7 +130,7 @@ class Cluster(FrozenModel):
         )
 
     def transfer_s(self, num_bytes: float, a: str, b: str) -> float:
-        """latency + 8·x / bandwidth; zero on the same device (ARCHITECTURE.md §4)."""
+        """latency + 8·x / bandwidth; zero on the same device (docs/architecture.md §4.1)."""
         if a == b:
             return 0.0
         bandwidth_bytes_per_s, latency_s = self.link(a, b)
@@ -152,7 +152,7 @@ class Cluster(FrozenModel):
 
 
 def load_cluster(path: Path | str) -> Cluster:
-    """Read a `cluster.toml` (see ARCHITECTURE.md §3) into a validated `Cluster`."""
+    """Read a `cluster.toml` (see docs/architecture.md §3.2) into a validated `Cluster`."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"cluster file not found: {path}; see examples/cluster.toml")

@@ -1,4 +1,4 @@
-"""The pipeline cost model of ARCHITECTURE.md §4, used by every planner, the simulator and the CLI.
+"""The cost model of docs/architecture.md §4.1, used by every planner, the simulator and the CLI.
 
 compute(d, a, b) = Σ time_s[kind(d)][a:b]; transfer(x, d→e) = latency + 8x/bandwidth (0 if d = e);
 memory(d, a, b) = Σ param_bytes[a:b] + 2·(in_bytes(a) + output_bytes[b−1]);

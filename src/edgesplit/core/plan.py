@@ -1,7 +1,7 @@
 """Plans: which device runs which half-open unit range, and what the cost model predicts.
 
 Owns `StagePlacement`, `StagePrediction`, `Predicted`, `PlannerInfo` and `Plan`
-(`kind: edgesplit.plan`, ARCHITECTURE.md §3) with `Plan.validate_against()`. No torch, no ray.
+(`kind: edgesplit.plan`, docs/architecture.md §3) with `Plan.validate_against()`. No torch, no ray.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ class StagePrediction(FrozenModel):
 
 
 class Predicted(FrozenModel):
-    """What the cost model (ARCHITECTURE.md §4) predicts for a plan."""
+    """What the cost model (docs/architecture.md §4.1) predicts for a plan."""
 
     period_s: float
     throughput_per_s: float

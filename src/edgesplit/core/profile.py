@@ -1,6 +1,6 @@
 """Model profiles: the per-unit measurements planners and the simulator work from.
 
-Owns `UnitProfile` and `ModelProfile` (`kind: edgesplit.model_profile`, ARCHITECTURE.md §3).
+Owns `UnitProfile` and `ModelProfile` (`kind: edgesplit.model_profile`, docs/architecture.md §3).
 No torch, no ray.
 """
 

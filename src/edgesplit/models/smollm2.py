@@ -3,7 +3,7 @@
 Owns the one-time conversion GGUF -> clean HF `LlamaForCausalLM` -> `model.safetensors` (+ the
 tokenizer) and the lookup of that cached directory. transformers loads GGUF files through the
 `gguf` package (dequantizing Q4_1 to float), but a GGUF-loaded model refuses `save_pretrained`
-(ARCHITECTURE.md §10), so we rebuild a clean model from its config, load the state dict and save
+(docs/architecture.md §8), so we rebuild a clean model from its config, load the state dict and save
 that. Imports torch/transformers lazily; never ray.
 """
 

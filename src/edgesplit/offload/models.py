@@ -146,7 +146,7 @@ class MaskedAutoencoder(nn.Module):
         )
         self.decoder_norm = nn.LayerNorm(config.decoder_dim)
         self.decoder_head = nn.Linear(config.decoder_dim, config.patch_dim + 1)
-        # Fixed (not learned) position tables; [Note: zero position tables] in ARCHITECTURE §10
+        # Fixed (not learned) position tables; pitfall in docs/architecture.md §8
         # is why we build them ourselves and check they are non-zero.
         self.register_buffer("pos", sincos_2d(config.side, config.dim), persistent=False)
         self.register_buffer(

@@ -9,7 +9,7 @@ worst metric over k failures, via `robust_objective`) and the Pareto search `pla
 Pure: imports core only (importance scores arrive as numbers measured in models/importance.py).
 
 Placement = per unit an ordered replica list of device indices; the first live replica computes
-the unit, the others stand by (ARCHITECTURE.md §5). Worked example, 4 devices, one layer with 4
+the unit, others stand by (docs/architecture.md §5.3). Worked example, 4 devices, one layer with 4
 heads of importance [0.9, 0.1, 0.5, 0.2]: `split` stripes heads by importance in snake order
 (h0→d0, h2→d1, h3→d2, h1→d3); `tiered(0.25)` replicates the vital h0 on all 4 devices and keeps
 the rest once; losing d0 then costs nothing, losing d1 costs h2 (0.5).

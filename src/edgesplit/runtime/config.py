@@ -37,7 +37,7 @@ class RuntimeConfig(FrozenModel):
     ray_address: str | None = None  # None: embedded local cluster (or the one already running)
     placement: Literal["auto", "resource", "local"] = "auto"
     host: str = "127.0.0.1"  # address the driver and local stages bind; node IP across machines
-    # Ray's own node health checks (ARCHITECTURE.md §6): seconds, not Ray's default tens.
+    # Ray's own node health checks (docs/architecture.md §6.4): seconds, not Ray's default tens.
     health_check_period_ms: Annotated[int, Field(ge=50)] = 500
     health_check_timeout_ms: Annotated[int, Field(ge=50)] = 500
     health_check_failure_threshold: Annotated[int, Field(ge=1)] = 3

@@ -2,7 +2,7 @@
 
 Owns the `Clock` protocol, the sender-side link shaper (a token bucket for bandwidth plus a fixed
 propagation delay for latency) and the emulated compute time of a stage. Pure Python; no ray,
-no torch. ARCHITECTURE.md §6 (Emulation).
+no torch. docs/architecture.md §6.3 (emulation).
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ class TokenBucket:
 class LinkShaper:
     """When a frame sent now may be handed to the receiver: serialization, then latency.
 
-    The cost model's transfer(x) = latency + x / bandwidth (ARCHITECTURE.md §4) is what a lone
+    The cost model's transfer(x) = latency + x / bandwidth (docs/architecture.md §4.1) is what one
     frame sees; back-to-back frames queue behind each other on the bucket, and their latencies
     overlap (a link carries several frames in flight, as a wire does).
     """

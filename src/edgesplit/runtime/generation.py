@@ -5,7 +5,7 @@ Owns `GenerationPipeline` (launch one stage process per device, wire the chain d
 stage, replace it and replay), `GenerationRequest` / `SequenceResult` / `GenerationReport` and
 the `WorkerLauncher` seam (`SubprocessLauncher`: one OS process per device on this machine; a Ray
 launcher plugs in the same way through runtime/cluster.py). Never imports planners: re-planning
-is an injected callable. ARCHITECTURE.md §6 (Generation).
+is an injected callable. docs/architecture.md §5.2 (decode).
 
 [Note: the driver keeps the tokens] Stages keep only KV caches; the driver keeps every sequence's
 tokens (prompt + generated). When a stage dies, a replacement (standby device, injected re-plan,
