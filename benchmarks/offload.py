@@ -72,7 +72,7 @@ from edgesplit.offload.server import DEFAULT_WEIGHTS_DIR, load_pipeline
 from edgesplit.offload.training import VALIDATION_SIZE
 
 # The emulated weak device is PipeEdge's Minnowboard (Atom E3845, 4 cores): its measured
-# ViT-Base profile (../shared/data/pipeedge) over ViT-Base timed here on one core gives how much
+# ViT-Base profile (src/edgesplit/data/pipeedge) over ViT-Base timed here on one core gives how much
 # slower it runs the same network; a camera-class board is slower still (a floor, not a guess).
 WEAK_DEVICE = "Minnowboard-E3845"
 TRACES = ("step", "random_walk", "wifi", "lte")

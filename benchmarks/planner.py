@@ -4,7 +4,7 @@ docs/planner_time.png.
 
 Method: wall time (time.perf_counter) of `edgesplit.planners.make_plan`, median of REPEATS runs
 in one process, one thread, on whatever load the machine has (reported). The scenarios are in
-benchmarks/scenarios.py; PipeEdge's measured board profiles come from ../shared/data/pipeedge.
+benchmarks/scenarios.py; PipeEdge's measured board profiles come from src/edgesplit/data/pipeedge.
 
     .venv/bin/python benchmarks/planner.py [--quick]
 """

@@ -1,8 +1,14 @@
-"""Shared test setup: one torch thread, an isolated EDGESPLIT_HOME, offline HF."""
+"""Shared test setup: one torch thread, an isolated EDGESPLIT_HOME, offline HF, and a guard.
+
+[Note: standalone checkout] A user clones this repository alone. An audit hook records every file
+this test process opens in a sibling folder of the checkout; the session fails if
+there was one, so nothing can quietly depend on files that are not in the repository.
+"""
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,7 +25,27 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+_OUTSIDE_READS: list[str] = []
+
+
+def _outside_repo(path: str) -> bool:
+    """A path beside the checkout (under its parent folder) but not inside it."""
+    resolved = Path(path).resolve()
+    return resolved.is_relative_to(REPO_ROOT.parent) and not resolved.is_relative_to(REPO_ROOT)
+
+
+def _audit(event: str, args: tuple[object, ...]) -> None:
+    if event == "open" and args and isinstance(args[0], str | os.PathLike):
+        path = os.fsdecode(args[0])
+        if os.path.isabs(path) or not path.startswith(("/proc", "/dev")):
+            try:
+                if _outside_repo(path):
+                    _OUTSIDE_READS.append(path)
+            except (OSError, ValueError):
+                pass
+
+
+sys.addaudithook(_audit)
 
 
 @pytest.fixture(autouse=True)
@@ -36,3 +62,13 @@ def pytest_configure(config: pytest.Config) -> None:
         torch.set_num_threads(1)
     except ImportError:
         pass
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    if _OUTSIDE_READS:
+        shown = "\n  ".join(sorted(set(_OUTSIDE_READS))[:20])
+        sys.stderr.write(
+            "\nstandalone checkout violated: the tests opened files outside the repository:\n  "
+            f"{shown}\n"
+        )
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED

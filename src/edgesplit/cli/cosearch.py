@@ -15,6 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from edgesplit.cli.common import console
+from edgesplit.data import PROTRAN_DIR
 
 
 class ModalityChoice(StrEnum):
@@ -48,7 +49,7 @@ class PreferChoice(StrEnum):
 __all__ = ["register"]
 
 DEFAULT_DIR = Path("out/cosearch")
-PROTRAN_DEFAULT = Path("../shared/data/protran")
+PROTRAN_DEFAULT = PROTRAN_DIR  # the bundled ProTran measurements (BSD-3-Clause)
 
 
 def _progress() -> Progress:

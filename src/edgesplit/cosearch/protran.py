@@ -3,7 +3,8 @@
 Owns `DeviceInfo` (the 7 ProTran devices plus this host), `Measurement` (one architecture on one
 device: latency, energy, peak power) and `load_protran` (reads `results_<kind>_<device>_b<batch>_
 r<runs>.json` files: model hash -> model_dict{l, o, h, f}, model_type, performance). Pure: json,
-pydantic, numpy. Data: ../shared/data/protran (BSD-3-Clause, Shikhar Tuli and Jha Lab).
+pydantic, numpy. Data: vendored in src/edgesplit/data/protran (BSD-3-Clause, Shikhar Tuli and
+Jha Lab; `edgesplit.data.PROTRAN_DIR`).
 
 [Note: ProTran units] `latency` is seconds and `energy` joules per sequence as ProTran recorded
 them at the file's batch size, `peak_power` watts. We keep the numbers as published and predict
@@ -21,6 +22,7 @@ from pydantic import Field
 
 from edgesplit.core.schema import FrozenModel
 from edgesplit.cosearch.space import Architecture, LayerSpec, OpKind, OpSpec
+from edgesplit.data import PROTRAN_DIR
 from edgesplit.errors import ConfigError
 
 __all__ = [
@@ -190,7 +192,7 @@ def load_protran(directory: Path) -> list[Measurement]:
     if not files:
         raise ConfigError(
             f"no ProTran results_<kind>_<device>_b<batch>_r<runs>.json files in {directory}; "
-            "point --protran at ../shared/data/protran"
+            f"point --protran at a folder of them (the bundled set is {PROTRAN_DIR})"
         )
     out: list[Measurement] = []
     for path in files:

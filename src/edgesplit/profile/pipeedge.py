@@ -1,8 +1,9 @@
 """Import PipeEdge's published profiles (models.yml + device_types.yml) as ModelProfiles.
 
-Source: the PipeEdge scheduler documentation (Hu et al., DSD 2022), BSD-3-Clause, kept under
-../shared/data/pipeedge. Per sublayer: `mem_MB` (weights, MB = 1e6 bytes), `parameters_out`
-(fp32 elements per sample), and per device type measured `time_s` at a micro-batch size.
+Source: the PipeEdge scheduler documentation (Hu et al., DSD 2022), BSD-3-Clause, vendored in
+src/edgesplit/data/pipeedge (with its LICENSE). Per sublayer: `mem_MB` (weights, MB = 1e6
+bytes), `parameters_out` (fp32 elements per sample), and per device type measured `time_s` at a
+micro-batch size.
 Imports core only (and yaml); no torch.
 """
 
@@ -14,11 +15,12 @@ from typing import Any
 import yaml
 
 from edgesplit.core.profile import ModelProfile, UnitProfile
+from edgesplit.data import PIPEEDGE_DIR
 from edgesplit.errors import ConfigError
 
 __all__ = ["DEFAULT_PIPEEDGE_DIR", "import_pipeedge", "pipeedge_models"]
 
-DEFAULT_PIPEEDGE_DIR = Path(__file__).resolve().parents[4] / "shared" / "data" / "pipeedge"
+DEFAULT_PIPEEDGE_DIR = PIPEEDGE_DIR
 FP32_BYTES = 4
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -19,9 +17,9 @@ from edgesplit.cosearch.predictor import (
 )
 from edgesplit.cosearch.protran import Measurement, load_protran
 from edgesplit.cosearch.space import EncoderConfig
+from edgesplit.data import PROTRAN_DIR
 from edgesplit.errors import ConfigError
 
-SHARED = Path(__file__).resolve().parents[4] / "shared" / "data" / "protran"
 FAST = PredictorSettings(num_members=2, n_estimators=60)
 
 
@@ -97,9 +95,8 @@ def test_cost_model_predicts_every_device(synthetic_protran: list[Measurement]) 
     assert set(cv) == {"a100-gpu", "rpi-cpu"}
 
 
-@pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data/protran not present")
 def test_real_subset_beats_mean_predictor() -> None:
-    rows = [m for m in load_protran(SHARED) if m.device == "a100-gpu"][:80]
+    rows = [m for m in load_protran(PROTRAN_DIR) if m.device == "a100-gpu"][:80]
     archs, y = [m.architecture for m in rows], np.array([m.latency_s for m in rows])
     cv = cross_validate(archs, y, FAST, num_folds=4)
     constant = mape(np.full_like(y, np.median(y)), y)

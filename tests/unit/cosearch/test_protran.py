@@ -1,4 +1,4 @@
-"""ProTran import: operator parsing, model_dict shape checks, the file format, the shared data."""
+"""ProTran import: operator parsing, model_dict shape checks, the file format, the bundled data."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from edgesplit.cosearch.protran import DEVICES, load_protran, parse_model_dict, parse_op
+from edgesplit.data import PROTRAN_DIR
 from edgesplit.errors import ConfigError
 
-SHARED = Path(__file__).resolve().parents[4] / "shared" / "data" / "protran"
 ENTRY = {
     "model_dict": {
         "l": 2,
@@ -54,9 +54,8 @@ def test_load_folder(tmp_path: Path) -> None:
         load_protran(tmp_path / "missing")
 
 
-@pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data/protran not present")
-def test_shared_data_counts() -> None:
-    rows = load_protran(SHARED)
+def test_bundled_data_counts() -> None:
+    rows = load_protran(PROTRAN_DIR)
     counts = Counter(r.device for r in rows)
     assert set(counts) == set(DEVICES)
     assert counts["a100-gpu"] == 239

@@ -1,0 +1,45 @@
+"""The checkout stands alone: no product file cites `../shared`, and the guard catches reads."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from edgesplit.data import PIPEEDGE_DIR, PROTRAN_DIR
+from tests.conftest import _OUTSIDE_READS, REPO_ROOT, _outside_repo
+
+PRODUCT_PATHS = ["src", "tests", "benchmarks", "docs", "README.md", "Makefile", "scripts"]
+
+
+def test_no_product_file_cites_the_sibling_shared_folder() -> None:
+    found = subprocess.run(
+        ["git", "grep", "-n", r"\.\./shared", "--", *PRODUCT_PATHS],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    hits = [line for line in found.stdout.splitlines() if "test_standalone.py" not in line]
+    assert hits == []
+
+
+def test_vendored_data_has_licences() -> None:
+    for folder in (PIPEEDGE_DIR, PROTRAN_DIR):
+        assert (folder / "LICENSE").is_file()
+        assert (
+            "BSD" in (folder / "LICENSE").read_text()
+            or "Redistribution" in (folder / "LICENSE").read_text()
+        )
+    assert (PIPEEDGE_DIR / "models.yml").is_file()
+    assert len(list(PROTRAN_DIR.glob("results_*.json"))) == 7
+
+
+def test_guard_records_a_read_beside_the_checkout() -> None:
+    assert _outside_repo(str(REPO_ROOT.parent / "shared" / "data"))
+    assert not _outside_repo(str(REPO_ROOT / "src"))
+    before = len(_OUTSIDE_READS)
+    with pytest.raises(FileNotFoundError):
+        open(REPO_ROOT.parent / "edgesplit-standalone-probe-does-not-exist")  # noqa: SIM115
+    assert len(_OUTSIDE_READS) == before + 1
+    del _OUTSIDE_READS[before:]  # the probe itself must not fail the session
