@@ -68,7 +68,7 @@ class WidthContext:
 
 
 def find_block_list(model: nn.Module) -> tuple[Family, nn.ModuleList]:
-    """Locate the transformer block list by structure (transformers 5.x layout, see §10)."""
+    """The transformer block list, found by structure (docs/architecture.md §8)."""
     name = type(model).__name__.lower()
     candidates: list[tuple[Family, str]] = [
         ("vit", "vit.layers"),
