@@ -169,7 +169,9 @@ def test_lost_head_equals_zeroed_output_rows(family: str) -> None:
     torch.testing.assert_close(
         valid(family, inputs, masked), valid(family, inputs, ref), atol=1e-5, rtol=0
     )
-    assert not torch.allclose(masked, wm(inputs)) or family == "bert"
+    # The lost head must matter, on every family (at valid positions: BERT's padding is ignored).
+    change = (valid(family, inputs, masked) - valid(family, inputs, wm(inputs))).abs().max()
+    assert change > 1e-4, f"losing a head changed {family}'s output by only {change}"
 
 
 @pytest.mark.parametrize("family", FAMILIES)

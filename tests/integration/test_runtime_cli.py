@@ -11,7 +11,6 @@ from typer.testing import CliRunner
 from edgesplit import api
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-needs_api = pytest.mark.skipif(not hasattr(api, "run"), reason="api.run is not wired yet (lead)")
 ROOT = Path(__file__).resolve().parents[2]
 PROFILE = "pipeedge:google/vit-base-patch16-224"
 
@@ -23,7 +22,6 @@ def _app():  # type: ignore[no-untyped-def]
     return main.app
 
 
-@needs_api
 def test_run_with_a_kill_writes_the_report_contract(ray_cluster: object, tmp_path: Path) -> None:
     cluster_file = ROOT / "examples" / "pipeedge-4+4.toml"
     profile = api.import_pipeedge_profile("google/vit-base-patch16-224", 8)
@@ -66,7 +64,6 @@ def test_run_with_a_kill_writes_the_report_contract(ray_cluster: object, tmp_pat
     assert Path(report["timeline_plot"]).is_file()
 
 
-@needs_api
 def test_cluster_up_dry_run_names_device_resources_and_token_auth() -> None:
     result = CliRunner().invoke(
         _app(), ["cluster", "up", "--head", "--device", "cam0", "--dry-run"]

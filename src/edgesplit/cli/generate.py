@@ -16,6 +16,7 @@ from rich.table import Table
 
 from edgesplit.api import generation as gen
 from edgesplit.cli.common import console, plan_table
+from edgesplit.cli.groups import DefaultCommandGroup
 from edgesplit.core.cluster import Cluster, load_cluster
 from edgesplit.core.schema import read_json_file, write_json_file
 from edgesplit.errors import ConfigError
@@ -68,7 +69,18 @@ def _stages_and_model(
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("generate")
+    group = typer.Typer(
+        name="generate",
+        cls=DefaultCommandGroup,
+        help="KV-cached text generation across devices: `generate run` decodes prompts, "
+        "`generate profile` measures decode/prefill unit times, `generate plan` partitions the "
+        "model, `generate serve` serves OpenAI-style /v1/completions. "
+        "`edgesplit generate --model M --devices a,b --prompt P` is `generate run`.",
+        no_args_is_help=True,
+    )
+    app.add_typer(group)
+
+    @group.command("run")
     def generate(
         prompt: Annotated[list[str], typer.Option("--prompt", help="Prompt text (repeatable).")],
         plan: Annotated[Path | None, typer.Option(help="Plan (generate-plan or plan).")] = None,
@@ -145,7 +157,8 @@ def register(app: typer.Typer) -> None:
         if report is not None:
             report.write_text(json.dumps(result.model_dump(), indent=2, sort_keys=True))
 
-    @app.command("generate-profile")
+    @group.command("profile")
+    @app.command("generate-profile", hidden=True)  # the old spelling, kept for one release
     def generate_profile(
         model: Annotated[str, typer.Option(help=MODEL_HELP)],
         output: Annotated[Path, typer.Option("--output", "-o")],
@@ -166,7 +179,8 @@ def register(app: typer.Typer) -> None:
         total = sum(profile.decode.times_for(device_kind))
         console.print(f"{model}: decode {total * 1e3:.1f} ms/token here -> {output}")
 
-    @app.command("generate-plan")
+    @group.command("plan")
+    @app.command("generate-plan", hidden=True)  # the old spelling, kept for one release
     def generate_plan(
         profile: Annotated[Path, typer.Option(help="From generate-profile.")],
         cluster: Annotated[Path, typer.Option("--cluster", "-c")],
@@ -201,7 +215,8 @@ def register(app: typer.Typer) -> None:
             f"{'optimal' if g.optimal else 'heuristic'} -> {output}"
         )
 
-    @app.command("generate-serve")
+    @group.command("serve")
+    @app.command("generate-serve", hidden=True)  # the old spelling, kept for one release
     def generate_serve(
         plan: Annotated[Path | None, typer.Option()] = None,
         cluster: Annotated[Path | None, typer.Option("--cluster", "-c")] = None,

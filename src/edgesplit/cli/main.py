@@ -12,14 +12,19 @@ import sys
 
 import typer
 
+from edgesplit.cli.groups import WorkflowGroup
 from edgesplit.errors import EdgesplitError
 
 app = typer.Typer(
     name="edgesplit",
+    cls=WorkflowGroup,
     help=(
         "Split transformer inference across heterogeneous edge devices.\n\n"
         "Typical flow: `edgesplit profile` (measure a model) -> `edgesplit plan` (partition it "
-        "over cluster.toml) -> `edgesplit simulate` / `edgesplit run`."
+        "over cluster.toml) -> `edgesplit simulate` / `edgesplit run` (or `edgesplit generate` "
+        "for text generation). The capabilities beside it: `robust` (width split that survives "
+        "failures), `offload` (camera -> edge server), `cosearch` (model x device search); "
+        "`cluster` joins real machines. New here? `edgesplit demo`."
     ),
     no_args_is_help=True,
     pretty_exceptions_enable=False,

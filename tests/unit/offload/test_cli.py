@@ -25,4 +25,5 @@ def test_bad_codec_is_a_usage_error() -> None:
     result = CliRunner().invoke(
         _app(), ["offload", "send", "--codec", "gif", "--url", "http://127.0.0.1:9"]
     )
-    assert result.exit_code != 0
+    assert result.exit_code == 2, result.output  # a usage error, not a crash
+    assert "gif" in result.output
