@@ -2,6 +2,13 @@
 
 Owns `StagePlacement`, `StagePrediction`, `Predicted`, `PlannerInfo` and `Plan`
 (`kind: edgesplit.plan`, docs/architecture.md §3) with `Plan.validate_against()`. No torch, no ray.
+
+[Note: stage precision] A stage may hold its weights as `dtype` float32 / bfloat16 / int8 and send
+its output (to the next stage, or back to the source from the last) as `link_encoding` float32 /
+float16 / int8-tensor / int8-token (core.precision). Both keys are left out of the JSON at their
+float32 defaults, so float32 plans (and golden files) are byte-identical to plans written before
+the keys existed, and those files load unchanged (schema_version 1). An older edgesplit given a
+plan with another dtype refuses it, naming the unknown key.
 """
 
 from __future__ import annotations
@@ -11,7 +18,9 @@ from typing import Annotated, ClassVar, Literal
 from pydantic import Field, model_validator
 
 from edgesplit.core.cluster import Cluster
+from edgesplit.core.precision import LinkEncoding, StageDtype
 from edgesplit.core.profile import ModelProfile
+from edgesplit.core.quality import PredictedQuality
 from edgesplit.core.schema import FrozenModel, VersionedFile
 from edgesplit.errors import ConfigError
 
@@ -27,12 +36,18 @@ __all__ = [
 Objective = Literal["throughput", "latency"]
 
 
+def _is_float32(value: str) -> bool:
+    return value == "float32"
+
+
 class StagePlacement(FrozenModel):
-    """Units [start, end) run on `device`."""
+    """Units [start, end) run on `device`, weights in `dtype` ([Note: stage precision])."""
 
     device: str
     start: Annotated[int, Field(ge=0)]
     end: Annotated[int, Field(ge=1)]
+    dtype: StageDtype = Field(default="float32", exclude_if=_is_float32)
+    link_encoding: LinkEncoding = Field(default="float32", exclude_if=_is_float32)
 
     @model_validator(mode="after")
     def _ordered(self) -> StagePlacement:
@@ -67,6 +82,7 @@ class Predicted(FrozenModel):
     optimal: bool = False
     lower_bound_s: float | None = None
     gap: float | None = None
+    quality: PredictedQuality | None = Field(default=None, exclude_if=lambda value: value is None)
 
 
 class PlannerInfo(FrozenModel):
@@ -116,6 +132,10 @@ class Plan(VersionedFile):
     @property
     def devices(self) -> tuple[str, ...]:
         return tuple(s.device for s in self.stages)
+
+    @property
+    def dtypes(self) -> tuple[StageDtype, ...]:
+        return tuple(s.dtype for s in self.stages)
 
     def validate_against(self, profile: ModelProfile, cluster: Cluster) -> None:
         """Raise ConfigError when this plan was not made for this profile and cluster."""

@@ -1,7 +1,14 @@
 """Model profiles: the per-unit measurements planners and the simulator work from.
 
-Owns `UnitProfile` and `ModelProfile` (`kind: edgesplit.model_profile`, docs/architecture.md §3).
-No torch, no ray.
+Owns `UnitProfile`, `UnitDtypeProfile` and `ModelProfile` (`kind: edgesplit.model_profile`,
+docs/architecture.md §3). No torch, no ray.
+
+[Note: per-dtype figures] A unit's top-level `param_bytes`/`time_s` are for the profile's `dtype`
+(float32 unless stated). `edgesplit profile --dtype float32,bfloat16,int8` adds `by_dtype`: the
+same unit's weight bytes and times when its stage holds another dtype. `output_bytes` does not
+change with the dtype (stages exchange float32; link encodings shrink it, see core.precision).
+The key is left out of the JSON when absent, so float32-only profiles (and their hashes) are what
+they were before it existed, and files written before it load unchanged (schema_version 1).
 """
 
 from __future__ import annotations
@@ -11,12 +18,21 @@ from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, model_validator
 
+from edgesplit.core.precision import StageDtype
 from edgesplit.core.schema import FrozenModel, VersionedFile, content_hash
 from edgesplit.errors import ProfileMissingError
 
-__all__ = ["ModelProfile", "UnitProfile", "merge_profiles"]
+__all__ = ["ModelProfile", "UnitDtypeProfile", "UnitProfile", "merge_profiles"]
 
 NonNegative = Annotated[float, Field(ge=0)]
+
+
+class UnitDtypeProfile(FrozenModel):
+    """A unit's weight bytes and times when held in another dtype ([Note: per-dtype figures])."""
+
+    param_bytes: NonNegative
+    time_s: dict[str, NonNegative]
+    cpu_time_s: dict[str, NonNegative] | None = None
 
 
 class UnitProfile(FrozenModel):
@@ -29,6 +45,13 @@ class UnitProfile(FrozenModel):
     time_s: dict[str, NonNegative]
     peak_memory_bytes: NonNegative | None = None
     cpu_time_s: dict[str, NonNegative] | None = None
+    by_dtype: dict[StageDtype, UnitDtypeProfile] | None = Field(
+        default=None, exclude_if=lambda value: value is None
+    )
+
+    def figures(self, dtype: str) -> UnitDtypeProfile | None:
+        """This unit's figures in `dtype` beyond the profile's own dtype, if measured."""
+        return None if self.by_dtype is None else self.by_dtype.get(dtype)  # type: ignore[call-overload]
 
 
 class ModelProfile(VersionedFile):
@@ -66,15 +89,51 @@ class ModelProfile(VersionedFile):
             common &= set(unit.time_s)
         return tuple(sorted(common))
 
-    def times_for(self, device_kind: str) -> tuple[float, ...]:
-        """Seconds per unit on `device_kind`; a clear error when the kind is missing."""
+    @cached_property
+    def dtypes(self) -> tuple[str, ...]:
+        """Dtypes with figures for every unit: the profile's own first, then `by_dtype`'s."""
+        common = set(self.units[0].by_dtype or {})
+        for unit in self.units[1:]:
+            common &= set(unit.by_dtype or {})
+        common.discard(self.dtype)
+        return (self.dtype, *sorted(common))
+
+    def times_for(self, device_kind: str, dtype: str | None = None) -> tuple[float, ...]:
+        """Seconds per unit on `device_kind` (in `dtype`, default the profile's own)."""
         if device_kind not in self.device_kinds:
             raise ProfileMissingError(
                 f"profile of '{self.model}' has no times for device kind '{device_kind}'; "
                 f"kinds present: {list(self.device_kinds)}. Profile the model on that kind "
                 "(edgesplit profile) or merge a profile that has it"
             )
-        return tuple(u.time_s[device_kind] for u in self.units)
+        if dtype is None or dtype == self.dtype:
+            return tuple(u.time_s[device_kind] for u in self.units)
+        rows = self._dtype_rows(dtype)
+        missing = [
+            u.name for u, r in zip(self.units, rows, strict=True) if device_kind not in r.time_s
+        ]
+        if missing:
+            raise ProfileMissingError(
+                f"profile of '{self.model}' has {dtype} times for units {missing[:3]} ... but not "
+                f"on device kind '{device_kind}'; profile that kind with --dtype {dtype}"
+            )
+        return tuple(r.time_s[device_kind] for r in rows)
+
+    def param_bytes_for(self, dtype: str | None = None) -> tuple[float, ...]:
+        """Weight bytes per unit in `dtype` (default the profile's own)."""
+        if dtype is None or dtype == self.dtype:
+            return tuple(u.param_bytes for u in self.units)
+        return tuple(r.param_bytes for r in self._dtype_rows(dtype))
+
+    def _dtype_rows(self, dtype: str) -> list[UnitDtypeProfile]:
+        if dtype not in self.dtypes:
+            raise ProfileMissingError(
+                f"profile of '{self.model}' has no {dtype} figures (dtypes present: "
+                f"{list(self.dtypes)}); run `edgesplit profile --dtype {self.dtype},{dtype}`"
+            )
+        rows = [u.figures(dtype) for u in self.units]
+        assert all(r is not None for r in rows)  # guaranteed by `dtypes`
+        return [r for r in rows if r is not None]
 
     def digest(self) -> str:
         return content_hash(self)
@@ -95,6 +154,9 @@ class ModelProfile(VersionedFile):
         data = self.model_dump()
         for unit in data["units"]:
             unit["time_s"][name] = unit["time_s"][relative_to] * slowdown
+            for figures in (unit.get("by_dtype") or {}).values():
+                if relative_to in figures["time_s"]:
+                    figures["time_s"][name] = figures["time_s"][relative_to] * slowdown
         # Re-validate (never model_copy: it would carry the cached kinds of the old profile).
         return ModelProfile.model_validate(data)
 
@@ -122,5 +184,19 @@ def merge_profiles(profiles: list[ModelProfile]) -> ModelProfile:
             merged["time_s"].update(unit.time_s)
             if unit.cpu_time_s:
                 merged["cpu_time_s"] = {**(merged.get("cpu_time_s") or {}), **unit.cpu_time_s}
+            for dtype, figures in (unit.by_dtype or {}).items():
+                into = (merged.get("by_dtype") or {}).get(dtype)
+                if into is None:
+                    merged["by_dtype"] = {
+                        **(merged.get("by_dtype") or {}),
+                        dtype: figures.model_dump(),
+                    }
+                else:
+                    into["time_s"].update(figures.time_s)
+                    if figures.cpu_time_s:
+                        into["cpu_time_s"] = {
+                            **(into.get("cpu_time_s") or {}),
+                            **figures.cpu_time_s,
+                        }
     data["source"] = "merged: " + "; ".join(p.source for p in profiles)
     return ModelProfile.model_validate(data)

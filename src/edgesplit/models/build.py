@@ -26,7 +26,9 @@ from safetensors import safe_open
 from safetensors.torch import save_model
 from torch import nn
 
+from edgesplit.core.precision import StageDtype
 from edgesplit.errors import ConfigError
+from edgesplit.models.precision import apply_dtype, compute_dtype, weight_bytes
 from edgesplit.models.spec import CHECKPOINT_META, ModelSpec, default_seq_len
 from edgesplit.models.units import Activation, Unit, crossing, make_units
 
@@ -225,8 +227,13 @@ def _materialize(spec: ModelSpec, model: Any, config: Any, wanted: list[nn.Modul
 # --- public surface ---------------------------------------------------------------------------
 
 
-def build_model(spec: ModelSpec) -> Any:
-    """The full, unsplit model in eval mode (seeded weights, or loaded from the checkpoint)."""
+def build_model(spec: ModelSpec, dtype: StageDtype = "float32") -> Any:
+    """The full, unsplit model in eval mode (seeded weights, or loaded from the checkpoint).
+
+    `dtype` converts it as `build_stage` converts a stage: the reference a split bfloat16/int8
+    model is compared with. Its inputs stay float32 for int8; for bfloat16 pass floating inputs
+    (ViT pixels) as bfloat16.
+    """
     config, model = _meta_model(spec)
     _materialize(spec, model, config, list(model.children()))
     if getattr(config, "tie_word_embeddings", False) and spec.family in ("gpt2", "llama"):
@@ -234,7 +241,7 @@ def build_model(spec: ModelSpec) -> Any:
     leftover = [n for n, t in [*model.named_parameters(), *model.named_buffers()] if t.is_meta]
     if leftover:
         raise ConfigError(f"{spec.preset}: tensors left unbuilt: {leftover[:5]}")
-    return model.eval()
+    return apply_dtype(model.eval(), dtype)
 
 
 def unit_names(spec: ModelSpec) -> list[str]:
@@ -249,22 +256,34 @@ class StageModule(nn.Module):
     `forward(act, past_key_values=None)` returns what crosses the cut after `end` (see
     `units.crossing`): the final stage returns {"logits"}. Decoder stages accept an HF cache from
     `new_cache()` to keep their layers' keys/values across decoding steps (pass `position_ids`).
+    A stage of `dtype` bfloat16 computes in bfloat16 but takes and returns float32 activations
+    ([Note: stage dtypes and the wire] in models/precision.py); int8 computes in float32.
     """
 
-    def __init__(self, units: list[Unit], start: int, end: int, family: str, config: Any) -> None:
+    def __init__(
+        self,
+        units: list[Unit],
+        start: int,
+        end: int,
+        family: str,
+        config: Any,
+        dtype: StageDtype = "float32",
+    ) -> None:
         super().__init__()
         self.units = nn.ModuleList(units)
         self.start = start
         self.end = end
         self.family = family
         self.config = config
+        self.dtype: StageDtype = dtype
 
     @property
     def names(self) -> list[str]:
         return [u.unit_name for u in self.units]  # type: ignore[misc]
 
     def param_bytes(self) -> int:
-        return sum(p.numel() * p.element_size() for p in self.parameters())
+        """Bytes of this stage's weights in its dtype (int8 weights and their scales included)."""
+        return weight_bytes(self)
 
     def new_cache(self) -> Any:
         """An empty key/value cache for this stage's layers (GPT-2 and Llama only)."""
@@ -277,19 +296,37 @@ class StageModule(nn.Module):
     @torch.no_grad()
     def forward(self, act: Activation, past_key_values: Any = None) -> Activation:
         act = crossing(act)
+        inner = compute_dtype(self.dtype)
+        if inner != torch.float32:
+            act = _cast_floats(act, inner)
         for unit in self.units:
             act = unit(act, past_key_values)
+        if inner != torch.float32:
+            act = _cast_floats(act, torch.float32)
         return crossing(act)
 
 
-def build_stage(spec: ModelSpec, start: int, end: int) -> StageModule:
-    """A stage holding only the weights of units [start, end) (nothing else is allocated)."""
+def _cast_floats(act: Activation, dtype: torch.dtype) -> Activation:
+    return {k: v.to(dtype) if v.is_floating_point() else v for k, v in act.items()}
+
+
+def build_stage(
+    spec: ModelSpec, start: int, end: int, dtype: StageDtype = "float32"
+) -> StageModule:
+    """A stage holding only the weights of units [start, end) (nothing else is allocated).
+
+    `dtype` bfloat16 or int8 converts the stage's weights after loading them as float32
+    (`models.precision.apply_dtype`); a split model equals the unsplit model converted the same
+    way (`build_model(spec, dtype)`).
+    """
     config, model = _meta_model(spec)
     units = make_units(model, spec.family)
     _check_range(start, end, len(units))
     chosen = units[start:end]
     _materialize(spec, model, config, [child for unit in chosen for child in unit.children()])
-    return StageModule(chosen, start, end, spec.family, config).eval()
+    stage = StageModule(chosen, start, end, spec.family, config, dtype).eval()
+    apply_dtype(stage, dtype)
+    return stage
 
 
 def _check_range(start: int, end: int, num_units: int) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from edgesplit.core.precision import StageDtype
 from edgesplit.errors import ConfigError, EdgesplitError
 from edgesplit.models.build import StageModule, build_model, build_stage, unit_names
 from edgesplit.models.spec import ModelSpec
@@ -111,8 +112,9 @@ class KvStage:
         self._lengths: dict[int, int] = {}
 
     @classmethod
-    def build(cls, spec: ModelSpec, start: int, end: int) -> KvStage:
-        return cls(build_stage(spec, start, end), len(unit_names(spec)))
+    def build(cls, spec: ModelSpec, start: int, end: int, dtype: StageDtype = "float32") -> KvStage:
+        """Units [start, end) with weights in `dtype` (a bfloat16 stage caches bfloat16 K/V)."""
+        return cls(build_stage(spec, start, end, dtype), len(unit_names(spec)))
 
     @property
     def start(self) -> int:
@@ -219,6 +221,6 @@ def generate_unsplit(
     return new
 
 
-def build_reference(spec: ModelSpec) -> Any:
-    """The unsplit model for `generate_unsplit` (same attention implementation as stages)."""
-    return build_model(spec)
+def build_reference(spec: ModelSpec, dtype: StageDtype = "float32") -> Any:
+    """The unsplit model for `generate_unsplit` (same attention implementation and dtype)."""
+    return build_model(spec, dtype)

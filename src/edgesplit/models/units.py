@@ -266,6 +266,20 @@ class _LmHead(Unit):
         else:
             self.tied_embedding: Any = tied_embedding
 
+    def untie(self) -> None:
+        """Hold the head as its own `lm_head` Linear (sharing the embedding's weight tensor).
+
+        For int8 (models/precision.py): a Linear can be quantized, a functional call on the
+        embedding cannot; the quantized head then holds its own int8 copy.
+        """
+        if not hasattr(self, "tied_embedding"):
+            return
+        weight = self.tied_embedding.weight  # (V, C)
+        head = nn.Linear(weight.shape[1], weight.shape[0], bias=False)
+        head.weight = weight
+        del self.tied_embedding
+        self.lm_head = head
+
     def forward(self, act: Activation, past_key_values: Any = None) -> Activation:
         hidden = self.norm(act["hidden"])
         if hasattr(self, "tied_embedding"):

@@ -1,0 +1,157 @@
+"""The one adapter that turns a float32 module into a bfloat16 or int8 one (weights of a stage).
+
+Owns `apply_dtype` (in place, any of our families and any unit subset) and `QUANTIZATION_API`,
+the name of the library call int8 goes through. Every other module asks this one; nothing else
+imports a quantization library. torch only; never ray, never planners.
+
+[Note: int8 backend] Chosen by measurement (docs/precision.md, benchmarks/precision.py):
+`torch.ao.quantization.quantize_dynamic` with per-output-channel int8 Linear weights and
+activations quantized per call (fbgemm/x86 kernels). SmolLM2-135M decode, one thread: 13 ms/token
+vs 40 float32, where torchao 0.18's eager int8 weight-only / dynamic-activation configs took 76 /
+99 ms. torch marks `torch.ao.quantization` deprecated; `tests/unit/models/test_precision.py`
+fails loudly when the call or its module types disappear, and swapping the backend means
+changing `_quantize_int8` only.
+
+[Note: stage dtypes and the wire] A stage computes in its dtype but always exchanges float32
+at its boundary (`StageModule` casts in and out): a cut's wire format is the link encoding's
+business (`core.link_codec`), never a side effect of the neighbours' dtypes. bfloat16 -> float32
+-> bfloat16 is lossless, so a split bfloat16 model equals the unsplit bfloat16 model.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from typing import Any, Final
+
+import torch
+from torch import nn
+
+from edgesplit.core.precision import STAGE_DTYPES, StageDtype
+from edgesplit.errors import ConfigError
+
+__all__ = ["QUANTIZATION_API", "apply_dtype", "compute_dtype", "parse_dtype"]
+
+logger = logging.getLogger(__name__)
+
+QUANTIZATION_API: Final = "torch.ao.quantization.quantize_dynamic"
+_FLOAT32_BUFFERS: Final = frozenset({"inv_freq", "original_inv_freq"})
+_VOCAB_TABLES: Final = frozenset({"embed_tokens", "wte", "word_embeddings", "tied_embedding"})
+
+
+def parse_dtype(name: str) -> StageDtype:
+    """`name` as a StageDtype, or a ConfigError listing the valid names."""
+    for dtype in STAGE_DTYPES:
+        if name == dtype:
+            return dtype
+    raise ConfigError(f"unknown stage dtype '{name}'; choose one of {', '.join(STAGE_DTYPES)}")
+
+
+def compute_dtype(dtype: StageDtype) -> torch.dtype:
+    """The floating dtype activations have inside a stage of `dtype` (int8 computes in float32)."""
+    return torch.bfloat16 if dtype == "bfloat16" else torch.float32
+
+
+def apply_dtype(module: nn.Module, dtype: StageDtype) -> nn.Module:
+    """Convert `module`'s weights to `dtype` in place and return it (float32: unchanged).
+
+    bfloat16 casts every floating parameter and buffer. int8 converts GPT-2's Conv1D
+    projections to Linear, unties a tied LM head (it gets its own int8 copy of the embedding),
+    then quantizes every Linear (int8 weights per output channel, activations per call) and
+    the vocabulary Embedding (int8 per row) through `QUANTIZATION_API`.
+    """
+    if dtype == "float32":
+        return module
+    if dtype == "bfloat16":
+        # Rotary frequencies stay float32 (as in our stages, whose rotary table is not a
+        # submodule): rounding them to bfloat16 would shift every position's angle.
+        kept = {
+            name: buffer.clone()
+            for name, buffer in module.named_buffers()
+            if name.rpartition(".")[2] in _FLOAT32_BUFFERS
+        }
+        module.to(torch.bfloat16)
+        for name, buffer in kept.items():
+            owner, _, leaf = name.rpartition(".")
+            module.get_submodule(owner)._buffers[leaf] = buffer
+        return module
+    if dtype == "int8":
+        _conv1d_to_linear(module)
+        for sub in list(module.modules()):
+            untie = getattr(sub, "untie", None)
+            if callable(untie):
+                untie()
+        return _quantize_int8(module)
+    raise ConfigError(f"unknown stage dtype '{dtype}'")  # pragma: no cover - Literal guards it
+
+
+def _conv1d_to_linear(module: nn.Module) -> None:
+    """GPT-2's Conv1D (weight (in, out)) as an equivalent nn.Linear (weight (out, in))."""
+    from transformers.pytorch_utils import Conv1D
+
+    for name, child in list(module.named_children()):
+        if isinstance(child, Conv1D):
+            weight = child.weight.detach()  # (in, out)
+            linear = nn.Linear(weight.shape[0], weight.shape[1], bias=child.bias is not None)
+            with torch.no_grad():
+                linear.weight.copy_(weight.t())
+                if child.bias is not None:
+                    linear.bias.copy_(child.bias.detach())
+            setattr(module, name, linear)
+        else:
+            _conv1d_to_linear(child)
+
+
+def _quantize_int8(module: nn.Module) -> nn.Module:
+    from torch.ao.quantization import (
+        float_qparams_weight_only_qconfig,
+        per_channel_dynamic_qconfig,
+        quantize_dynamic,
+    )
+
+    # Vocabulary tables go int8 per row; position / token-type tables stay float32: they are
+    # small, and HF indexes them with strided views that the int8 embedding kernel refuses.
+    spec: dict[Any, Any] = {nn.Linear: per_channel_dynamic_qconfig}
+    for name, sub in module.named_modules():
+        if isinstance(sub, nn.Embedding) and name.rpartition(".")[2] in _VOCAB_TABLES:
+            spec[name] = float_qparams_weight_only_qconfig
+    with warnings.catch_warnings():
+        # torch announces the removal of torch.ao.quantization; the test suite guards the call.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.filterwarnings("ignore", ".*quantize_per.*deprecated", UserWarning)
+        return quantize_dynamic(module, spec, dtype=torch.qint8, inplace=True)
+
+
+def weight_bytes(module: nn.Module) -> int:
+    """Bytes of the weights `module` holds, quantized ones included (shared tensors once).
+
+    `nn.Module.parameters()` does not see int8 weights (they sit in packed parameters), so this
+    walks the state dict: a quantized tensor counts one byte per element plus its per-channel
+    scale and zero point.
+    """
+    seen: set[int] = set()
+    total = 0
+
+    def count(value: object) -> None:
+        nonlocal total
+        if isinstance(value, tuple | list):
+            for item in value:
+                count(item)
+        elif isinstance(value, torch.Tensor):
+            key = value.data_ptr() if not value.is_quantized else id(value)
+            if key in seen:
+                return
+            seen.add(key)
+            total += value.numel() * value.element_size()
+            if value.is_quantized and value.qscheme() in _PER_CHANNEL:
+                scales = value.q_per_channel_scales()
+                points = value.q_per_channel_zero_points()
+                total += scales.numel() * scales.element_size()
+                total += points.numel() * points.element_size()
+
+    for value in module.state_dict().values():
+        count(value)
+    return total
+
+
+_PER_CHANNEL: Final = (torch.per_channel_affine, torch.per_channel_affine_float_qparams)
