@@ -11,7 +11,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, model_validator
+from pydantic import Field, SerializerFunctionWrapHandler, model_serializer, model_validator
 
 from edgesplit.core.schema import FrozenModel, content_hash, validate_as
 from edgesplit.errors import ConfigError
@@ -37,6 +37,17 @@ class DeviceSpec(FrozenModel):
     memory_mb: PositiveFloat
     failure_probability: Annotated[float, Field(ge=0, lt=1)] = 0.0
     num_threads: Annotated[int, Field(ge=1)] = 1
+    # Fraction of one CPU core the device may use (0.1 for a Pi-class board); `edgesplit testbed`
+    # turns it into a cgroup CFS quota. None: not emulated (a real board, or the whole host).
+    cpu_quota: Annotated[float, Field(gt=0, le=64)] | None = None
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_quota(self, handler: SerializerFunctionWrapHandler) -> dict[str, object]:
+        # Files and hashes of clusters without a quota stay exactly as before the field existed.
+        data: dict[str, object] = handler(self)
+        if data.get("cpu_quota") is None:
+            data.pop("cpu_quota", None)
+        return data
 
     @property
     def memory_bytes(self) -> float:

@@ -1,0 +1,29 @@
+"""A heterogeneous edge cluster on one Linux host: every device of a `cluster.toml` a real Ray
+node in its own network namespace, under a CPU quota, behind kernel-shaped links (issue 18).
+
+Needs root, iproute2 and the cgroup v1 cpu controller. Imports core and runtime.config; Ray only
+through runtime/cluster.py and the `ray` command. See docs/testbed.md.
+"""
+
+from __future__ import annotations
+
+from edgesplit.testbed.layout import LinkClass, NodeLayout, TestbedLayout, plan_layout
+from edgesplit.testbed.lifecycle import DeviceStatus, TestbedStatus, down, ray_env, status, up
+from edgesplit.testbed.state import TestbedDevice, TestbedLink, TestbedState, load_state
+
+__all__ = [
+    "DeviceStatus",
+    "LinkClass",
+    "NodeLayout",
+    "TestbedDevice",
+    "TestbedLayout",
+    "TestbedLink",
+    "TestbedState",
+    "TestbedStatus",
+    "down",
+    "load_state",
+    "plan_layout",
+    "ray_env",
+    "status",
+    "up",
+]
