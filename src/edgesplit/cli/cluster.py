@@ -7,9 +7,11 @@ custom resource named after the device) with RAY_AUTH_MODE=token. See docs/runti
 from __future__ import annotations
 
 import shlex
+from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.table import Table
 
 from edgesplit.api import cluster as api
 from edgesplit.cli.common import console
@@ -70,5 +72,89 @@ def register(app: typer.Typer) -> None:
         """Stop the Ray processes on this machine (`ray stop`)."""
         completed = api.run_ray_command(api.cluster_down_command())
         console.print(completed.stdout or completed.stderr)
+
+    @group.command("survey")
+    def survey(
+        address: Annotated[str, typer.Option(help="HEAD_IP:PORT of the Ray cluster.")],
+        model: Annotated[
+            str, typer.Option("--model", "-m", help="Preset (vit-base) or checkpoint directory.")
+        ],
+        out: Annotated[
+            Path, typer.Option("--out", "-o", help="Writes OUT/cluster.toml + OUT/profile.json.")
+        ],
+        source: Annotated[
+            str | None,
+            typer.Option(help="Device requests enter at (default: previous survey's, or first)."),
+        ] = None,
+        batch_size: Annotated[int, typer.Option(help="Micro-batch to profile at.")] = 1,
+        window: Annotated[
+            float, typer.Option(help="Seconds of back-to-back runs timed per unit.")
+        ] = 1.0,
+        link_seconds: Annotated[float, typer.Option(help="Seconds of bulk data per link.")] = 1.0,
+        token_file: Annotated[
+            Path | None,
+            typer.Option(help="Ray auth token file (default: RAY_AUTH_TOKEN[_PATH], testbed's)."),
+        ] = None,
+    ) -> None:
+        """Profile MODEL on every device in place and measure every link; write cluster.toml
+        and profile.json for `edgesplit plan` (the same on real boards and on a testbed)."""
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        from edgesplit.api import testbed as api_testbed
+
+        token = token_file or api_testbed.token_file_for(address)
+        with Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            TextColumn("{task.completed}/{task.total}"),
+            TextColumn("{task.fields[detail]}"),
+            TimeElapsedColumn(),
+            console=console,
+        ) as bar:
+            tasks = {
+                "profile": bar.add_task("profiling units", total=None, detail="starting…"),
+                "links": bar.add_task("measuring links", total=None, detail=""),
+            }
+
+            def progress(phase: str, done: int, total: int, detail: str) -> None:
+                bar.update(tasks[phase], completed=done, total=total, detail=detail)
+
+            result, cluster_path, profile_path = api_testbed.survey_cluster(
+                address,
+                model,
+                out,
+                options=api_testbed.survey_options(
+                    batch_size=batch_size, min_window_s=window, link_seconds=link_seconds
+                ),
+                source=source,
+                token_file=token,
+                progress=progress,
+            )
+        devices = Table(title=f"devices ({result.model}, batch {batch_size})")
+        for column in ("device", "ip", "kind", "cpu share", "units total s", "memory MB"):
+            devices.add_column(column, justify="left" if column in ("device", "kind") else "right")
+        for d in result.devices:
+            devices.add_row(
+                d.device,
+                d.ip,
+                result.kinds[d.device],
+                f"{d.cpu_share:.2f}",
+                f"{d.total_s:.4f}",
+                f"{d.memory_mb:.0f}",
+            )
+        links = Table(title="links (transport goodput, half the median round trip)")
+        for column in ("link", "Mbps", "latency ms", "min rtt ms"):
+            links.add_column(column, justify="left" if column == "link" else "right")
+        for lk in result.links:
+            links.add_row(
+                f"{lk.a} - {lk.b}",
+                f"{lk.bandwidth_mbps:.1f}",
+                f"{lk.latency_ms:.3f}",
+                f"{lk.rtt_min_ms:.3f}",
+            )
+        console.print(devices)
+        console.print(links)
+        console.print(f"wrote {cluster_path} and {profile_path}")
+        console.print(f"next: edgesplit plan -p {profile_path} -c {cluster_path} -o plan.json")
 
     app.add_typer(group, name="cluster")

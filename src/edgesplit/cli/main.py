@@ -39,6 +39,7 @@ def _register() -> None:
     from edgesplit.cli import generate as generate_cli
     from edgesplit.cli import robust as robust_cli
     from edgesplit.cli import run as run_cli
+    from edgesplit.cli import testbed as testbed_cli
 
     profile.register(app)
     plan.register(app)
@@ -51,6 +52,7 @@ def _register() -> None:
     run_cli.register(app)
     generate_cli.register(app)
     cluster_cli.register(app)
+    testbed_cli.register(app)
 
 
 def main() -> None:

@@ -1,0 +1,159 @@
+"""A heterogeneous cluster on one host, and the survey that writes `cluster.toml` + `profile.json`.
+
+- `start_testbed` / `describe_testbed` / `stop_testbed`: every device of a cluster file a Ray
+  node in its own network namespace, under a CPU quota, behind kernel-shaped links.
+- `survey_cluster`: profile a model's units on every device of a running Ray cluster (a testbed
+  or real boards) and measure every pair's link with the runtime's transport (runtime/survey.py).
+- `sender_delay_cluster` / `planning_cluster`: the latency the testbed cannot put on the wire.
+
+Ray is imported only when a survey runs (it reads its auth mode when first imported).
+
+Example:
+    >>> from pathlib import Path
+    >>> from edgesplit.api import testbed
+    >>> state = testbed.start_testbed(Path("examples/testbed.toml"))  # doctest: +SKIP
+    >>> result = testbed.survey_cluster(state.address, "vit-base", Path("out"))  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from edgesplit.testbed import TestbedState, TestbedStatus
+from edgesplit.testbed import down as _down
+from edgesplit.testbed import status as _status
+from edgesplit.testbed import up as _up
+from edgesplit.testbed.latency import planning_cluster, sender_delay_cluster
+from edgesplit.testbed.state import DEFAULT_STATE_DIR
+
+if TYPE_CHECKING:
+    from edgesplit.runtime.survey import SurveyOptions, SurveyProgress, SurveyResult
+
+__all__ = [
+    "DEFAULT_STATE_DIR",
+    "TestbedState",
+    "TestbedStatus",
+    "describe_testbed",
+    "planning_cluster",
+    "sender_delay_cluster",
+    "start_testbed",
+    "stop_testbed",
+    "survey_cluster",
+    "survey_options",
+    "token_file_for",
+]
+
+
+def start_testbed(
+    cluster_file: Path,
+    *,
+    name: str = "tb",
+    subnet: str | None = None,
+    state_dir: Path = DEFAULT_STATE_DIR,
+    timeout_s: float = 300.0,
+    progress: Callable[[str], None] | None = None,
+) -> TestbedState:
+    """Stand up `cluster_file` as testbed `name`; see `edgesplit.testbed.up`.
+
+    Raises:
+        ConfigError: not root, a tool missing, a bad file, or the testbed already up.
+        DeviceUnavailableError: a Ray node did not start or join in time.
+    """
+    return _up(
+        cluster_file,
+        name=name,
+        subnet=subnet,
+        state_dir=state_dir,
+        timeout_s=timeout_s,
+        progress=progress,
+    )
+
+
+def describe_testbed(name: str = "tb", state_dir: Path = DEFAULT_STATE_DIR) -> TestbedStatus:
+    """The recorded testbed with live process counts. Raises ConfigError when none is up."""
+    return _status(name, state_dir)
+
+
+def stop_testbed(name: str = "tb", state_dir: Path = DEFAULT_STATE_DIR) -> list[str]:
+    """Remove every trace of testbed `name` (also after a crash); returns what was removed."""
+    return _down(name, state_dir)
+
+
+def survey_options(
+    *,
+    batch_size: int = 1,
+    min_window_s: float = 1.0,
+    link_seconds: float = 1.0,
+    kind_tolerance: float = 0.15,
+) -> SurveyOptions:
+    """`SurveyOptions` without importing Ray in the caller."""
+    from edgesplit.runtime.survey import SurveyOptions
+
+    return SurveyOptions(
+        batch_size=batch_size,
+        min_window_s=min_window_s,
+        link_seconds=link_seconds,
+        kind_tolerance=kind_tolerance,
+    )
+
+
+def survey_cluster(
+    address: str,
+    model: str,
+    out_dir: Path,
+    *,
+    options: SurveyOptions | None = None,
+    source: str | None = None,
+    devices: list[str] | None = None,
+    token_file: Path | None = None,
+    progress: SurveyProgress | None = None,
+) -> tuple[SurveyResult, Path, Path]:
+    """Survey the Ray cluster at `address` for `model` (a preset or checkpoint directory) and
+    write `out_dir/cluster.toml` and `out_dir/profile.json`.
+
+    Returns:
+        (the measurements, the cluster file, the profile file).
+
+    Raises:
+        ConfigError: an unknown model or source device.
+        DeviceUnavailableError: no device nodes, or a probe failed or timed out.
+    """
+    # Ray reads its auth mode once, when first imported: set it before.
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    if token_file is not None:
+        os.environ["RAY_AUTH_TOKEN_PATH"] = str(token_file)
+    from edgesplit.models import model_spec_from_name
+    from edgesplit.runtime.survey import survey, write_survey
+
+    result = survey(
+        address,
+        model_spec_from_name(model),
+        options=options,
+        source=source,
+        devices=devices,
+        out_dir=out_dir,
+        progress=progress,
+    )
+    header = (
+        f"Written by `edgesplit cluster survey --address {address} -m {model}`: kinds and\n"
+        "memory per device, every pair's bandwidth (transport goodput) and latency (half the\n"
+        "median round trip) as measured. Re-run the survey after devices join or leave."
+    )
+    cluster_path, profile_path = write_survey(result, out_dir, header)
+    return result, cluster_path, profile_path
+
+
+def token_file_for(address: str, state_dir: Path = DEFAULT_STATE_DIR) -> Path | None:
+    """The token file of the testbed whose Ray head is `address`, if one is up on this host."""
+    if not state_dir.is_dir():
+        return None
+    from edgesplit.testbed.state import load_state
+
+    for path in sorted(state_dir.glob("*.json")):
+        state = load_state(path.stem, state_dir)
+        if state is not None and state.address == address:
+            return Path(state.token_path)
+    return None
