@@ -4,7 +4,7 @@ Sections (all by default; `--sections a,b` reruns some and keeps the others from
 - correctness: greedy (and seeded sampling) tokens from 2-, 3- and 4-stage real-compute pipelines
   of stage processes vs the unsplit model in one process: SmolLM2-135M (real weights, when
   `make models` built it), GPT-2 tiny (seeded) and the KJV byte-level GPT-2 (when built).
-- failures: kill -9 of a stage process mid-generation (first, middle, last stage; >= 3 trials),
+- failures: kill -9 of a stage actor's process mid-generation (first, middle, last stage; >= 3 trials),
   warm standby takes over and replays the driver's tokens; detection, recovery, replayed tokens.
 - emulated: GPT-2 (124M shape) decode/prefill unit times measured here, then emulated devices
   (sleep the profiled time, real-size hidden states over shaped links): Wi-Fi-like 50 Mbps / 3 ms
@@ -42,6 +42,7 @@ from edgesplit.planners.generation import (
     plan_generation,
     predict_generation,
 )
+from edgesplit.runtime.config import RuntimeConfig
 from edgesplit.runtime.generation import (
     GenerationConfig,
     GenerationPipeline,
@@ -163,7 +164,9 @@ def _failures(name: str, label: str, prompt: list[int], trials: int = 3) -> dict
     cuts = _cuts(n, 3)
     stages = [(f"d{i}", cuts[i], cuts[i + 1]) for i in range(3)]
     standbys = tuple(f"s{i}" for i in range(trials))
-    config = GenerationConfig(max_concurrent=2, standby_devices=standbys)
+    config = GenerationConfig(
+        max_concurrent=2, runtime=RuntimeConfig(compute="real", standby_devices=standbys)
+    )
     rows = []
     with GenerationPipeline(spec, stages, config, num_units=n) as pipe:
         uninterrupted = pipe.generate(requests)
@@ -191,11 +194,12 @@ def _failures(name: str, label: str, prompt: list[int], trials: int = 3) -> dict
                     "trial": trial,
                     "killed_stage": trial % 3,
                     "device": victim,
-                    "replacement": failure.replacement,
+                    "replacement": failure.new_stages[trial % 3].device,
+                    "cause": failure.cause,
                     "same_output": [s.new_ids for s in report.sequences] == references,
                     "detected_after_s": failure.detected_after_s,
                     "recovered_after_s": failure.recovered_after_s,
-                    "replayed_tokens": failure.replayed_tokens,
+                    "replayed_tokens": failure.replayed,
                     "elapsed_s": report.elapsed_s,
                 }
             )
@@ -260,7 +264,9 @@ def emulated() -> dict[str, Any]:
     n = profile.decode.num_units
     rows = []
     planner_picks = []
-    config = GenerationConfig(compute="emulated", max_concurrent=max(SEQUENCES))
+    config = GenerationConfig(
+        max_concurrent=max(SEQUENCES), runtime=RuntimeConfig(compute="emulated")
+    )
     first = _cluster("wifi", 1)
     with GenerationPipeline(
         spec,

@@ -1,12 +1,15 @@
-"""Generation across stage processes: split == unsplit, kill -9 mid-generation, HTTP streaming.
+"""Generation on the one stage worker: split == unsplit, kill -9 and hang mid-generation, HTTP.
 
-One module-scoped pipeline of worker processes (4 stage devices + 3 warm standbys) serves every
-test here; `restage` re-splits the model over the running processes.
+One module-scoped pipeline of stage actors (4 stage devices + 4 warm standbys, on the session's
+Ray) serves every test here; `restage` re-splits the model over the running actors.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import socket
 import threading
 from collections.abc import Iterator
@@ -18,6 +21,7 @@ import torch
 
 from edgesplit.models import build_model, model_spec_from_name, unit_names
 from edgesplit.models.kv_stage import Sampling, generate_unsplit
+from edgesplit.runtime.config import RuntimeConfig
 from edgesplit.runtime.generation import (
     GenerationConfig,
     GenerationPipeline,
@@ -51,12 +55,15 @@ def references() -> list[list[int]]:
 
 
 @pytest.fixture(scope="module")
-def pipeline() -> Iterator[GenerationPipeline]:
+def pipeline(ray_cluster: object) -> Iterator[GenerationPipeline]:
     spec = model_spec_from_name(MODEL)
     n = len(unit_names(spec))
     cuts = _cuts(n, 4)
     stages = [(f"d{i}", cuts[i], cuts[i + 1]) for i in range(4)]
-    config = GenerationConfig(max_concurrent=2, standby_devices=("s0", "s1", "s2"))
+    runtime = RuntimeConfig(
+        compute="real", placement="local", standby_devices=("s0", "s1", "s2", "s3")
+    )
+    config = GenerationConfig(max_concurrent=2, runtime=runtime)
     with GenerationPipeline(spec, stages, config, num_units=n) as running:
         yield running
 
@@ -102,11 +109,42 @@ def test_kill_9_mid_generation_replays_and_matches(
         assert len(seen) == NEW_TOKENS * len(REQUESTS)  # every token delivered exactly once
         (failure,) = report.failures
         assert failure.device == victim
-        assert failure.replayed_tokens >= 20 + len(REQUESTS[0].prompt_ids)
-        assert failure.detected_after_s < 2.0
+        assert (failure.cause, failure.fault, failure.action) == ("actor_died", "kill", "standby")
+        assert failure.replayed >= 20 + len(REQUESTS[0].prompt_ids)
+        assert failure.detected_after_s < 1.0
+        assert failure.recovered_after_s is not None
         events.append(failure)
+        assert [s["device"] for s in report.stages][trial] == f"s{trial}"
     assert [e.device for e in events] == ["d0", "d1", "d2"]
-    assert [e.replacement for e in events] == ["s0", "s1", "s2"]
+
+
+def test_hung_stage_is_detected_and_replaced(
+    pipeline: GenerationPipeline, references: list[list[int]]
+) -> None:
+    """SIGSTOP of a stage process mid-generation: heartbeats stop, a standby takes over."""
+    cuts = _cuts(pipeline.num_units, 2)
+    pipeline.restage([("d3", cuts[0], cuts[1]), ("h1", cuts[1], cuts[2])])
+    stopped: list[int] = []
+    seen: list[int] = []
+
+    def on_token(sequence_id: int, _: int) -> None:
+        seen.append(sequence_id)
+        if not stopped and seen.count(0) == 10:
+            stopped.append(pipeline.worker_pid("d3"))
+            pipeline.fault("d3", "stop")
+
+    try:
+        report = pipeline.generate(REQUESTS, on_token=on_token)
+    finally:
+        for pid in stopped:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    assert [s.new_ids for s in report.sequences] == references
+    assert len(seen) == NEW_TOKENS * len(REQUESTS)
+    (failure,) = report.failures
+    assert (failure.device, failure.fault, failure.cause) == ("d3", "stop", "hang")
+    assert failure.detected_after_s < 3.0
+    assert failure.action == "standby"
 
 
 def _free_port() -> int:

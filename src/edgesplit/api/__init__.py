@@ -6,6 +6,7 @@
 - `edgesplit.api.offload`: the adaptive-offloading edge server and device client (A-MOT).
 - `edgesplit.api.cosearch`: device-aware co-search (EdgeTran).
 - `edgesplit.api.cluster`: multi-machine Ray clusters.
+- `edgesplit.api.precision`: stage dtypes, link encodings, quality tables (issue 17).
 
 The CLI reaches every capability through this package only (tests/unit/test_layering.py).
 Submodules other than `pipeline` load on first use, so `import edgesplit.api` stays light.
@@ -35,6 +36,7 @@ from edgesplit.api.pipeline import (
     load_cluster,
     load_plan,
     load_profile,
+    parse_fault,
     parse_kill,
     plan,
     prepare_profile,
@@ -44,7 +46,7 @@ from edgesplit.api.pipeline import (
     simulate,
 )
 
-CAPABILITIES = ("pipeline", "generation", "robust", "offload", "cosearch", "cluster")
+CAPABILITIES = ("pipeline", "generation", "robust", "offload", "cosearch", "cluster", "precision")
 
 __all__ = [
     "CAPABILITIES",
@@ -58,6 +60,7 @@ __all__ = [
     "load_cluster",
     "load_plan",
     "load_profile",
+    "parse_fault",
     "parse_kill",
     "plan",
     "prepare_profile",

@@ -1,6 +1,7 @@
 """The generation capability: profile, plan and run KV-cached decoding across devices.
 
-Wires planners/generation.py (pure planning) to runtime/generation*.py (stage workers, replay)
+Wires planners/generation.py (pure planning) to runtime/generation.py (decode on the one stage
+worker, replay)
 and models/ (KV stages, tokenizers), the way `api.pipeline` does for batch inference; the CLI
 (`edgesplit generate`) and the HTTP endpoint go through here. Holds no logic beyond wiring.
 
@@ -16,7 +17,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 from edgesplit.core.cluster import Cluster
 from edgesplit.core.plan import Plan
@@ -30,13 +31,11 @@ from edgesplit.planners.generation import (
 )
 
 if TYPE_CHECKING:
-    from edgesplit.runtime.generation import GenerationReport, WorkerLauncher
+    from edgesplit.runtime.config import ScheduledFault
+    from edgesplit.runtime.generation import GenerationReport
     from edgesplit.runtime.generation_server import GenerationService
 
-Engine = Literal["ray", "process"]
-
 __all__ = [
-    "Engine",
     "GenerationPlan",
     "GenerationProfile",
     "Tokenizer",
@@ -133,25 +132,6 @@ def stages_of(plan: Plan) -> list[tuple[str, int, int]]:
     return [(s.device, s.start, s.end) for s in plan.stages]
 
 
-def _launcher(engine: Engine) -> WorkerLauncher:
-    """The stage launcher of `engine`: Ray actors per device (default) or plain OS processes."""
-    if engine == "ray":
-        from edgesplit.runtime.generation_ray import RayLauncher
-
-        return RayLauncher()
-    if engine == "process":
-        from edgesplit.runtime.generation import SubprocessLauncher
-
-        return SubprocessLauncher()
-    raise ConfigError(f"engine must be 'ray' or 'process', not {engine!r}")
-
-
-def _close_launcher(launcher: WorkerLauncher) -> None:
-    close = getattr(launcher, "close", None)
-    if close is not None:
-        close()
-
-
 def _link(cluster: Cluster) -> Callable[[str, str], tuple[float, float] | None]:
     def link(a: str, b: str) -> tuple[float, float] | None:
         return None if a == b else cluster.link(a, b)
@@ -174,9 +154,8 @@ def generate(
     profile: GenerationProfile | None = None,
     objective: GenerationObjective = "tokens_per_s",
     on_token: Callable[[int, int], None] | None = None,
-    faults: Sequence[tuple[str, float]] = (),
+    faults: Sequence[ScheduledFault | tuple[str, float]] = (),
     stop_at_eos: bool = True,
-    engine: Engine = "ray",
 ) -> GenerationReport:
     """Generate continuations of `prompts` on a real-compute pipeline of `stages`.
 
@@ -187,14 +166,13 @@ def generate(
         cluster: links are shaped from it (the driver runs on `cluster.source`); None = unshaped.
         profile: when given with a cluster, a failed stage's device is re-planned away over the
             survivors (`plan_generation`); otherwise a standby takes over, or the stage restarts.
-        faults: (device, seconds) SIGKILLs of stage processes (tests, benchmarks).
-        engine: "ray" (one actor per device on its Ray node; starts or joins Ray) or
-            "process" (plain OS processes on this machine).
+        faults: `ScheduledFault`s (`--fault KIND:DEVICE@S`) or (device, seconds) kills.
 
     Returns:
-        runtime.generation.GenerationReport (token ids; decode them with `tokenizer_for`).
+        runtime.generation.GenerationReport: per sequence `new_ids` and their `text`.
     """
     from edgesplit.models import model_spec_from_name, unit_names
+    from edgesplit.runtime.config import RuntimeConfig
     from edgesplit.runtime.generation import (
         GenerationConfig,
         GenerationPipeline,
@@ -203,7 +181,12 @@ def generate(
 
     spec = model_spec_from_name(model)
     needs_text = any(isinstance(p, str) for p in prompts)
-    tokenizer = tokenizer_for(model) if needs_text or stop_at_eos else None
+    try:
+        tokenizer: Tokenizer | None = tokenizer_for(model)
+    except ConfigError:
+        if needs_text:
+            raise
+        tokenizer = None
     eos = tokenizer.eos_token_id if (tokenizer is not None and stop_at_eos) else None
     requests = []
     for prompt in prompts:
@@ -228,25 +211,24 @@ def generate(
             return stages_of(plan_generation(profile, reduced, objective=objective).plan)
 
     config = GenerationConfig(
-        compute="real",
         max_concurrent=max_concurrent,
-        standby_devices=tuple(standby_devices),
+        runtime=RuntimeConfig(compute="real", standby_devices=tuple(standby_devices)),
     )
-    launcher = _launcher(engine)
-    try:
-        with GenerationPipeline(
-            spec,
-            stages,
-            config,
-            num_units=len(unit_names(spec)),
-            source=cluster.source if cluster is not None else None,
-            link=_link(cluster) if cluster is not None else None,
-            replanner=replanner,
-            launcher=launcher,
-        ) as pipeline:
-            return pipeline.generate(requests, on_token=on_token, faults=faults)
-    finally:
-        _close_launcher(launcher)
+    with GenerationPipeline(
+        spec,
+        stages,
+        config,
+        num_units=len(unit_names(spec)),
+        source=cluster.source if cluster is not None else None,
+        link=_link(cluster) if cluster is not None else None,
+        replanner=replanner,
+    ) as pipeline:
+        report = pipeline.generate(requests, on_token=on_token, faults=faults)
+    if tokenizer is None:
+        return report
+    decode = tokenizer.decode
+    sequences = [s.model_copy(update={"text": decode(s.new_ids)}) for s in report.sequences]
+    return report.model_copy(update={"sequences": sequences})
 
 
 def even_stages(model: str, devices: Sequence[str]) -> list[tuple[str, int, int]]:
@@ -267,7 +249,6 @@ def open_service(
     cluster: Cluster | None = None,
     max_tokens_limit: int = 512,
     standby_devices: Sequence[str] = (),
-    engine: Engine = "ray",
 ) -> AbstractContextManager[GenerationService]:
     """A started pipeline wrapped for the HTTP endpoint (a context manager yielding the service).
 
@@ -278,6 +259,7 @@ def open_service(
     from contextlib import contextmanager
 
     from edgesplit.models import model_spec_from_name, unit_names
+    from edgesplit.runtime.config import RuntimeConfig
     from edgesplit.runtime.generation import GenerationConfig, GenerationPipeline
     from edgesplit.runtime.generation_server import GenerationService
 
@@ -286,15 +268,15 @@ def open_service(
 
     @contextmanager
     def service() -> Iterator[GenerationService]:
-        launcher = _launcher(engine)
         pipeline = GenerationPipeline(
             spec,
             stages,
-            GenerationConfig(compute="real", standby_devices=tuple(standby_devices)),
+            GenerationConfig(
+                runtime=RuntimeConfig(compute="real", standby_devices=tuple(standby_devices))
+            ),
             num_units=len(unit_names(spec)),
             source=cluster.source if cluster is not None else None,
             link=_link(cluster) if cluster is not None else None,
-            launcher=launcher,
         )
         try:
             pipeline.start()
@@ -309,7 +291,6 @@ def open_service(
             )
         finally:
             pipeline.close()
-            _close_launcher(launcher)
 
     return service()
 
@@ -322,14 +303,11 @@ def serve(
     port: int = 8000,
     cluster: Cluster | None = None,
     standby_devices: Sequence[str] = (),
-    engine: Engine = "ray",
 ) -> None:
     """Run the OpenAI-style endpoint until interrupted (blocking)."""
     import uvicorn
 
     from edgesplit.runtime.generation_server import make_app
 
-    with open_service(
-        model, stages, cluster=cluster, standby_devices=standby_devices, engine=engine
-    ) as service:
+    with open_service(model, stages, cluster=cluster, standby_devices=standby_devices) as service:
         uvicorn.run(make_app(service), host=host, port=port, log_level="warning")

@@ -27,7 +27,7 @@ from edgesplit.core.profile import ModelProfile
 from edgesplit.core.schema import read_json_file, write_json_file
 from edgesplit.errors import EdgesplitError
 from edgesplit.planners import available_planners, make_plan
-from edgesplit.runtime.config import RuntimeConfig, ScheduledFault, parse_kill
+from edgesplit.runtime.config import RuntimeConfig, ScheduledFault, parse_fault, parse_kill
 from edgesplit.runtime.report import RunReport
 from edgesplit.sim import SimConfig, SimResult
 from edgesplit.sim import simulate as _simulate
@@ -43,6 +43,7 @@ __all__ = [
     "load_cluster",
     "load_plan",
     "load_profile",
+    "parse_fault",
     "parse_kill",
     "plan",
     "prepare_profile",

@@ -14,6 +14,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
+from edgesplit import api
 from edgesplit.api import generation as gen
 from edgesplit.cli.common import console, plan_table
 from edgesplit.cli.groups import DefaultCommandGroup
@@ -24,21 +25,10 @@ from edgesplit.errors import ConfigError
 __all__ = ["register"]
 
 MODEL_HELP = "Preset (gpt2-tiny, llama-tiny, ...) or a checkpoint directory."
-ENGINE_HELP = "ray: one actor per device on its Ray node (default) | process: local OS processes."
-
-
-def _engine(text: str) -> gen.Engine:
-    if text not in ("ray", "process"):
-        raise ConfigError(f"--engine must be ray or process, not {text!r}")
-    return "ray" if text == "ray" else "process"
-
-
-def _parse_kill(text: str) -> tuple[str, float]:
-    device, _, seconds = text.rpartition("@")
-    try:
-        return device, float(seconds)
-    except ValueError:
-        raise ConfigError(f"--kill expects DEVICE@SECONDS, got {text!r}") from None
+FAULT_HELP = (
+    "KIND:DEVICE@SECONDS, KIND in kill, stop (hang), crash (its Ray node), cut (its link); "
+    "seconds from the start of generation (repeat)."
+)
 
 
 def _parse_stages(text: str) -> list[tuple[str, int, int]]:
@@ -96,13 +86,15 @@ def register(app: typer.Typer) -> None:
         seed: int = 0,
         max_concurrent: Annotated[int, typer.Option(min=1)] = 4,
         standby: Annotated[list[str] | None, typer.Option(help="Standby device.")] = None,
-        kill: Annotated[list[str] | None, typer.Option(help="DEVICE@SECONDS (fault).")] = None,
+        fault: Annotated[list[str] | None, typer.Option(help=FAULT_HELP)] = None,
+        kill: Annotated[
+            list[str] | None, typer.Option(help="DEVICE@SECONDS: shorthand for kill:DEVICE@S.")
+        ] = None,
         report: Annotated[Path | None, typer.Option(help="Write the JSON report.")] = None,
-        engine: Annotated[str, typer.Option(help=ENGINE_HELP)] = "ray",
     ) -> None:
         """Generate continuations on a KV-cached pipeline; tokens stream as they come."""
         model_name, placed = _stages_and_model(plan, model, stages, devices)
-        chosen = _engine(engine)
+        faults = [api.parse_fault(f) for f in fault or []] + [api.parse_kill(k) for k in kill or []]
         loaded_cluster: Cluster | None = load_cluster(cluster) if cluster else None
         tokenizer = gen.tokenizer_for(model_name)
         streamed: dict[int, list[int]] = {}
@@ -131,8 +123,7 @@ def register(app: typer.Typer) -> None:
             max_concurrent=max_concurrent,
             standby_devices=standby or [],
             on_token=on_token,
-            faults=[_parse_kill(k) for k in kill or []],
-            engine=chosen,
+            faults=faults,
         )
         console.print()
         if len(prompt) != 1:
@@ -147,11 +138,12 @@ def register(app: typer.Typer) -> None:
         table.add_row("tokens/s (all sequences)", f"{result.tokens_per_s:.2f}")
         table.add_row("time per token (per sequence)", f"{result.time_per_token_s * 1e3:.1f} ms")
         for failure in result.failures:
+            recovered = failure.recovered_after_s
             table.add_row(
-                f"failure of {failure.device} ({failure.cause})",
+                f"failure of {failure.device} at {failure.at_s:.2f} s ({failure.cause})",
                 f"detected after {failure.detected_after_s:.2f} s, recovered after "
-                f"{failure.recovered_after_s:.2f} s, replayed {failure.replayed_tokens} tokens "
-                f"on {failure.replacement}",
+                f"{'never' if recovered is None else f'{recovered:.2f} s'} by {failure.action}, "
+                f"replayed {failure.replayed} tokens",
             )
         console.print(table)
         if report is not None:
@@ -226,7 +218,6 @@ def register(app: typer.Typer) -> None:
         host: str = "127.0.0.1",
         port: int = 8000,
         standby: Annotated[list[str] | None, typer.Option()] = None,
-        engine: Annotated[str, typer.Option(help=ENGINE_HELP)] = "ray",
     ) -> None:
         """Serve POST /v1/completions (OpenAI-style, `stream: true` supported)."""
         model_name, placed = _stages_and_model(plan, model, stages, devices)
@@ -238,5 +229,4 @@ def register(app: typer.Typer) -> None:
             port=port,
             cluster=load_cluster(cluster) if cluster else None,
             standby_devices=standby or [],
-            engine=_engine(engine),
         )

@@ -5,6 +5,7 @@ Goes through `api.run` (which injects the planner for re-planning after failures
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -78,6 +79,14 @@ def register(app: typer.Typer) -> None:
                 "the profiled time, move real-size tensors)."
             ),
         ] = "emulated",
+        fault: Annotated[
+            list[str] | None,
+            typer.Option(
+                "--fault",
+                help="KIND:DEVICE@SECONDS, KIND in kill, stop (hang), crash (its Ray node), "
+                "cut (its link) (repeat).",
+            ),
+        ] = None,
         kill: Annotated[
             list[str] | None,
             typer.Option(
@@ -121,9 +130,12 @@ def register(app: typer.Typer) -> None:
             standby_devices=tuple(standby or ()),
             ray_address=ray_address,
         )
-        faults = [api.parse_kill(k) for k in kill or []]
+        faults = [api.parse_fault(f) for f in fault or []] + [api.parse_kill(k) for k in kill or []]
         if timeline is None and report is not None:
-            timeline = report.with_suffix(".png")
+            if importlib.util.find_spec("matplotlib") is not None:
+                timeline = report.with_suffix(".png")
+            else:  # a board installed without the `plots` extra
+                console.print("no Gantt plot: matplotlib is not installed (edgesplit[plots])")
         with Progress(
             TextColumn("[bold]running"),
             BarColumn(),

@@ -31,7 +31,6 @@ from edgesplit.runtime.stage import StageWorker
 __all__ = [
     "ActorDiedError",
     "EmulatedCluster",
-    "GenerationWorkerActor",
     "RaySession",
     "StageActor",
     "cluster_down_command",
@@ -90,65 +89,6 @@ class StageActor:
     def call(self, method: str, *args: Any) -> Any:
         """Start `method(*args)` on the actor; returns a reference for `RaySession.get`."""
         return getattr(self.handle, method).remote(*args)
-
-
-class _GenerationProcess:
-    """Actor body for a generation stage: the worker runs as a child process of the actor.
-
-    A child process (not a thread) so that `kill -9` of the stage's pid is a real process death;
-    `wait()` returns as soon as it exits, which is how the driver sees the death (milliseconds).
-    """
-
-    def __init__(self, argv: list[str], env: dict[str, str]) -> None:
-        command = [sys.executable, "-m", "edgesplit.runtime.generation_worker", *argv]
-        if "--host" not in argv:  # bind data streams on this node's address (multi-machine)
-            command += ["--host", ray.util.get_node_ip_address()]
-        self._process = subprocess.Popen(
-            command, env={**os.environ, "OMP_NUM_THREADS": "1", **env}, stdin=subprocess.DEVNULL
-        )
-
-    def pid(self) -> int:
-        return int(self._process.pid)
-
-    def wait(self) -> int:
-        return int(self._process.wait())
-
-    def kill(self) -> None:
-        if self._process.poll() is None:
-            self._process.kill()
-        self._process.wait(timeout=10)
-
-
-_RemoteGenerationProcess: Any = ray.remote(_GenerationProcess)
-
-
-@dataclass
-class GenerationWorkerActor:
-    """A generation stage running under a Ray actor (the `WorkerHandle` of runtime.generation)."""
-
-    device: str
-    handle: Any
-    wait_ref: Any
-    _pid: int | None = None
-
-    def alive(self) -> bool:
-        ready, _ = ray.wait([self.wait_ref], timeout=0)
-        return not ready
-
-    @property
-    def pid(self) -> int | None:
-        if self._pid is None:
-            try:
-                self._pid = int(ray.get(self.handle.pid.remote(), timeout=60))
-            except (RayError, GetTimeoutError) as e:
-                logger.debug("pid of %s: %s", self.device, e)
-        return self._pid
-
-    def kill(self) -> None:
-        with contextlib.suppress(RayError, GetTimeoutError):
-            ray.get(self.handle.kill.remote(), timeout=10)
-        with contextlib.suppress(RayError, ValueError):
-            ray.kill(self.handle, no_restart=True)
 
 
 @dataclass
@@ -213,6 +153,9 @@ class RaySession:
             return str(ray.util.get_node_ip_address())
         return self.config.host
 
+    def driver_node_id(self) -> str:
+        return str(ray.get_runtime_context().get_node_id())
+
     def num_nodes(self) -> int:
         return sum(1 for n in ray.nodes() if n.get("Alive"))
 
@@ -224,27 +167,6 @@ class RaySession:
         host = None if self.use_resources else self.config.host
         handle = _RemoteStage.options(**options).remote(device, host)
         return StageActor(device=device, handle=handle, serve_ref=handle.serve.remote())
-
-    def start_generation_worker(
-        self, device: str, argv: Sequence[str], env: dict[str, str] | None = None
-    ) -> GenerationWorkerActor:
-        """A `num_cpus=0` actor on the device's node running `generation_worker` with `argv`.
-
-        Placed like `start_actor`: on the node carrying the device's resource when resource
-        placement is on, or (placement "auto") when some node carries it; else locally.
-        """
-        on_node = self.use_resources or (
-            self.config.placement == "auto" and device in ray.cluster_resources()
-        )
-        options: dict[str, Any] = {"num_cpus": 0, "max_concurrency": 4, "max_restarts": 0}
-        if on_node:
-            self.check_devices([device])
-            options["resources"] = {device: 0.01}
-        args = list(argv)
-        if not on_node and "--host" not in args:
-            args += ["--host", self.config.host]
-        handle = _RemoteGenerationProcess.options(**options).remote(args, dict(env or {}))
-        return GenerationWorkerActor(device=device, handle=handle, wait_ref=handle.wait.remote())
 
     def get(self, refs: Any, timeout_s: float) -> Any:
         """ray.get with a timeout; ActorDiedError when the actor is gone, TimeoutError when slow."""

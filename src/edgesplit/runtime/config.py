@@ -16,7 +16,14 @@ from pydantic import Field
 from edgesplit.core.schema import FrozenModel
 from edgesplit.errors import ConfigError
 
-__all__ = ["ComputeMode", "FaultAction", "RuntimeConfig", "ScheduledFault", "parse_kill"]
+__all__ = [
+    "ComputeMode",
+    "FaultAction",
+    "RuntimeConfig",
+    "ScheduledFault",
+    "parse_fault",
+    "parse_kill",
+]
 
 ComputeMode = Literal["real", "emulated"]
 Positive = Annotated[float, Field(gt=0)]
@@ -51,27 +58,44 @@ class RuntimeConfig(FrozenModel):
     standby_devices: tuple[str, ...] = ()
     replan: bool = True  # on failure, re-plan over survivors when no standby is left
     seed: int = 0
+    # No trust in what arrives (docs/runtime.md): a stage refuses a frame declaring more than
+    # `frame_bound_factor` x the largest tensor bytes its plan sends it (at least 1 MiB, at most
+    # `max_frame_bytes`), admits `max_connections` peers, retries a request whose executor
+    # raised `max_retries` times, and is declared failed after `failing_after_errors` in a row.
+    frame_bound_factor: Annotated[float, Field(ge=1)] = 8.0
+    max_frame_bytes: Annotated[int, Field(gt=0)] = 64 << 20
+    max_connections: Annotated[int, Field(ge=1)] = 4
+    max_retries: Annotated[int, Field(ge=0, le=3)] = 1
+    failing_after_errors: Annotated[int, Field(ge=1)] = 3
     progress_period_s: Positive = 0.5
 
 
-FaultAction = Literal["kill", "stop"]
+FaultAction = Literal["kill", "stop", "crash", "cut"]
+FAULT_ACTIONS: tuple[FaultAction, ...] = ("kill", "stop", "crash", "cut")
 
 
 @dataclass(frozen=True)
 class ScheduledFault:
-    """At `at_s` after the first request, do `action` to `device`'s stage process.
+    """At `at_s` after the first request, do `action` to `device`'s stage.
 
-    `kill` = SIGKILL of the stage process (ray.kill when it is not on this host); `stop` = SIGSTOP
-    (a hang); a callable receives the stage's info dict ({"pid", "ip", "node_id", "device"}) and
-    does anything else (crash a node, cut a link).
+    The stage actor executes the fault on itself (a Ray call), so it reaches any node:
+    `kill` = SIGKILL of the stage process; `stop` = SIGSTOP (a hang); `crash` = SIGKILL of the
+    device's Ray node (its raylet) and stage process, for a device on its own node; `cut` = the
+    device's data streams and heartbeats go silent (a cut link). A callable receives the stage's
+    info dict ({"pid", "host", "node_id", "device"}) and does anything else.
     """
 
     device: str
     at_s: float
     action: FaultAction | Callable[[dict[str, Any]], None] = "kill"
 
+    @property
+    def kind(self) -> str:
+        return self.action if isinstance(self.action, str) else "custom"
 
-_KILL = re.compile(r"^(?P<device>[^@]+)@(?P<seconds>[0-9]*\.?[0-9]+)$")
+
+_KILL = re.compile(r"^(?P<device>[^@:]+)@(?P<seconds>[0-9]*\.?[0-9]+)$")
+_FAULT = re.compile(r"^(?P<kind>[a-z]+):(?P<device>[^@]+)@(?P<seconds>[0-9]*\.?[0-9]+)$")
 
 
 def parse_kill(text: str) -> ScheduledFault:
@@ -80,3 +104,15 @@ def parse_kill(text: str) -> ScheduledFault:
     if not match:
         raise ConfigError(f"--kill expects DEVICE@SECONDS (e.g. pi0@3.5), got {text!r}")
     return ScheduledFault(device=match["device"], at_s=float(match["seconds"]))
+
+
+def parse_fault(text: str) -> ScheduledFault:
+    """'stop:pi0@2' -> hang pi0's stage 2 s into the run (KIND in kill, stop, crash, cut)."""
+    match = _FAULT.match(text.strip())
+    if not match or match["kind"] not in FAULT_ACTIONS:
+        raise ConfigError(
+            f"--fault expects KIND:DEVICE@SECONDS with KIND in {', '.join(FAULT_ACTIONS)} "
+            f"(e.g. stop:pi0@2), got {text!r}"
+        )
+    kind: FaultAction = match["kind"]  # type: ignore[assignment]  # checked just above
+    return ScheduledFault(device=match["device"], at_s=float(match["seconds"]), action=kind)

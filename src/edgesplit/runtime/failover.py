@@ -1,7 +1,9 @@
 """Failure detection and the decisions of failover, as pure logic over an injected clock.
 
 Owns `FailureDetector` (heartbeat silence -> hang; a micro-batch computing past its deadline ->
-stall), `standby_stages` (a standby device takes the failed stage's units) and `choose_replays`
+stall; a closed stream -> unreachable; repeated executor errors -> failing), `FailureLog` (injected
+and detected failures -> the report's `FailureRecord`s, the same for every workload),
+`standby_stages` (a standby device takes the failed stage's units) and `choose_replays`
 (the furthest retained boundary each unfinished micro-batch can resume from under the new plan).
 No ray, no torch, no planners: re-planning is an injected callable. Petals-shaped: detect ->
 ban -> re-plan affected stages -> replay -> log each step.
@@ -11,13 +13,19 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 from edgesplit.core.plan import StagePlacement
+from edgesplit.runtime.report import Action, Cause, FailureRecord
 
-__all__ = ["FailureDetector", "Replay", "Suspicion", "choose_replays", "standby_stages"]
-
-Cause = Literal["actor_died", "hang", "stall", "unreachable"]
+__all__ = [
+    "FailureDetector",
+    "FailureLog",
+    "Replay",
+    "Suspicion",
+    "choose_replays",
+    "standby_stages",
+]
 
 
 @dataclass(frozen=True)
@@ -44,6 +52,7 @@ class FailureDetector:
     _last_heard_s: dict[str, float] = field(default_factory=dict)
     _busy_since_s: dict[str, float | None] = field(default_factory=dict)
     _unreachable_since_s: dict[str, float] = field(default_factory=dict)
+    _failing: dict[str, tuple[float, str]] = field(default_factory=dict)
 
     def watch(self, device: str, now_s: float, expected_compute_s: float = 0.0) -> None:
         self._last_heard_s[device] = now_s
@@ -54,6 +63,12 @@ class FailureDetector:
         self._last_heard_s.pop(device, None)
         self._busy_since_s.pop(device, None)
         self._unreachable_since_s.pop(device, None)
+        self._failing.pop(device, None)
+
+    def failing(self, device: str, since_s: float, detail: str) -> None:
+        """The device's executor keeps raising: treat it as failed at the next check."""
+        if device in self._last_heard_s:
+            self._failing.setdefault(device, (since_s, detail))
 
     def unreachable(self, device: str, since_s: float) -> None:
         """A neighbour's stream to `device` was closed at `since_s` (its process is gone)."""
@@ -79,7 +94,10 @@ class FailureDetector:
             busy_since_s = self._busy_since_s.get(device)
             deadline_s = self.expected_compute_s.get(device, 0.0) + self.batch_deadline_s
             lost_since_s = self._unreachable_since_s.get(device)
-            if silent_s > self.hang_timeout_s:
+            if device in self._failing:
+                since_s, detail = self._failing[device]
+                found.append(Suspicion(device, "failing", since_s, detail))
+            elif silent_s > self.hang_timeout_s:
                 found.append(
                     Suspicion(device, "hang", heard_s, f"no heartbeat for {silent_s:.2f} s")
                 )
@@ -152,3 +170,72 @@ def choose_replays(
         else:
             replays.append(Replay(request_id, best[0], best[1]))
     return replays
+
+
+@dataclass
+class FailureLog:
+    """Every failure of a run, injected or not, from injection to recovery (wall seconds)."""
+
+    _entries: list[dict[str, Any]] = field(default_factory=list)
+
+    def injected(self, device: str, kind: str, wall_s: float) -> None:
+        self._entries.append({"device": device, "at_wall_s": wall_s, "fault": kind})
+
+    def detected(
+        self,
+        suspicions: Sequence[Suspicion],
+        detected_wall_s: float,
+        action: Action,
+        *,
+        replayed: int = 0,
+        from_stage: int = 0,
+        stages: tuple[StagePlacement, ...] = (),
+    ) -> None:
+        for suspicion in suspicions:
+            pending = [
+                e
+                for e in self._entries
+                if e["device"] == suspicion.device and "detected_wall_s" not in e
+            ]
+            if pending:
+                entry = pending[0]
+            else:
+                entry = {"device": suspicion.device, "at_wall_s": suspicion.last_heard_s}
+                self._entries.append(entry)
+            entry.update(
+                detected_wall_s=detected_wall_s,
+                cause=suspicion.cause,
+                action=action,
+                replayed=replayed,
+                from_stage=from_stage,
+                stages=stages,
+            )
+
+    def records(
+        self, t0_s: float, result_times_s: Iterable[float], *, detected_since_s: float = 0.0
+    ) -> list[FailureRecord]:
+        """Detected failures as report records; recovery = first result after detection.
+
+        Only failures detected at or after `detected_since_s` (wall seconds) are included.
+        """
+        times = sorted(result_times_s)
+        records = []
+        for entry in sorted(self._entries, key=lambda e: e["at_wall_s"]):
+            if entry.get("detected_wall_s", -1.0) < detected_since_s:
+                continue  # not observed (yet), or reported by an earlier call
+            later = [t for t in times if t > entry["detected_wall_s"]]
+            records.append(
+                FailureRecord(
+                    device=entry["device"],
+                    at_s=entry["at_wall_s"] - t0_s,
+                    detected_after_s=entry["detected_wall_s"] - entry["at_wall_s"],
+                    recovered_after_s=(later[0] - entry["at_wall_s"]) if later else None,
+                    cause=entry["cause"],
+                    fault=entry.get("fault"),
+                    action=entry["action"],
+                    replayed=entry["replayed"],
+                    replayed_from_stage_output=entry["from_stage"],
+                    new_stages=entry["stages"],
+                )
+            )
+        return records

@@ -1,46 +1,50 @@
-"""Generative decoding across devices: the driver of a KV-cached stage pipeline.
+"""Generative decoding across devices: the decode driver on the one stage worker.
 
-Owns `GenerationPipeline` (launch one stage process per device, wire the chain driver -> stage 0
--> ... -> last stage -> driver over direct TCP streams, interleave many sequences, detect a dead
-stage, replace it and replay), `GenerationRequest` / `SequenceResult` / `GenerationReport` and
-the `WorkerLauncher` seam (`SubprocessLauncher`: one OS process per device on this machine; a Ray
-launcher plugs in the same way through runtime/cluster.py). Never imports planners: re-planning
-is an injected callable. docs/architecture.md §5.2 (decode).
+Owns `GenerationPipeline` (decode executors on the `StageWorker` actors of a `StageGroup`, wired
+driver -> stage 0 -> ... -> last stage -> driver over the authenticated channel; many sequences
+interleaved; failures detected by the group's one detector and recovered by a standby, an
+injected re-plan or a restart; sequences replayed), `GenerationRequest`, `SequenceResult`,
+`GenerationReport` and `GenerationConfig`. Control goes only through Ray actor calls (via
+stages.py and cluster.py). Never imports planners: re-planning is an injected callable.
 
 [Note: the driver keeps the tokens] Stages keep only KV caches; the driver keeps every sequence's
-tokens (prompt + generated). When a stage dies, a replacement (standby device, injected re-plan,
-or a restart on the same device) gets an empty cache, every live sequence is replayed from
-position 0 (one prefill of its tokens so far), and decoding continues. Because the last stage
-picks tokens with `choose_token` (a function of logits, seed, sequence and position) the output
-equals an uninterrupted run's, greedy or sampled. Steps carry a counter; an answer to a step the
-driver has given up on is dropped, so no token is delivered twice.
+tokens (prompt + generated). When a stage fails, a replacement gets an empty cache, every live
+sequence is replayed from position 0 (one prefill of its tokens so far) on the new epoch, and
+decoding continues. Because the last stage picks tokens with `choose_token` (a function of
+logits, seed, sequence and position) the output equals an uninterrupted run's, greedy or
+sampled. Every step carries a step id unique over the pipeline's life; an answer whose step is
+not the one its sequence waits for (a step given up on, an earlier call's, an older epoch's) is
+dropped, so no token is delivered twice or to another caller.
 """
 
 from __future__ import annotations
 
+import gc
+import itertools
 import logging
-import os
 import queue
-import signal
-import subprocess
-import sys
-import threading
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any, Literal, Protocol
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 import numpy as np
 from pydantic import Field
 
+from edgesplit.core.plan import StagePlacement
 from edgesplit.core.schema import FrozenModel
-from edgesplit.errors import ConfigError, DeviceUnavailableError, EdgesplitError, TransportError
+from edgesplit.errors import ConfigError, DeviceUnavailableError
+from edgesplit.runtime.cluster import RaySession
+from edgesplit.runtime.config import RuntimeConfig, ScheduledFault
 from edgesplit.runtime.emulation import LinkShaper
-from edgesplit.runtime.generation_worker import GenerationStageConfig
-from edgesplit.runtime.transport import Connection, Frame, TcpListener, connect, listen
+from edgesplit.runtime.failover import Suspicion
+from edgesplit.runtime.report import Action, FailureRecord
+from edgesplit.runtime.stage import StageSpec
+from edgesplit.runtime.stages import StageGroup, frame_bound_bytes
+from edgesplit.runtime.transport import Frame
 
 __all__ = [
-    "FailureEvent",
     "GenerationConfig",
     "GenerationPipeline",
     "GenerationReport",
@@ -49,14 +53,12 @@ __all__ = [
     "Replanner",
     "SequenceResult",
     "StageAssignment",
-    "SubprocessLauncher",
     "TokenCallback",
-    "WorkerHandle",
-    "WorkerLauncher",
 ]
 
 logger = logging.getLogger(__name__)
 _TICK_S = 0.02
+_MAX_HIDDEN_BYTES_PER_TOKEN = 4 * 8192  # float32 hidden states up to 8192 wide
 
 StageAssignment = tuple[str, int, int]  # (device, start unit, end unit), half-open
 Replanner = Callable[[Sequence[str]], Sequence[StageAssignment]]  # survivors -> new stages
@@ -80,19 +82,11 @@ class SequenceResult(FrozenModel):
     sequence_id: int
     prompt_ids: list[int]
     new_ids: list[int]
+    text: str = ""  # new_ids decoded (filled by the façade, which owns the tokenizer)
     first_token_s: float  # submission -> first new token (prefill latency)
     time_per_token_s: float  # mean gap between consecutive new tokens (decode)
-    finished: Literal["length", "stop"]
-
-
-class FailureEvent(FrozenModel):
-    device: str
-    cause: str
-    at_s: float  # since generation started
-    detected_after_s: float  # death (if known) -> detection
-    recovered_after_s: float  # detection -> first token after the replay
-    replayed_tokens: int
-    replacement: str
+    finished: Literal["length", "stop", "error"]
+    error: str = ""  # why, when finished == "error" (an executor error after one retry)
 
 
 class GenerationReport(FrozenModel):
@@ -101,95 +95,21 @@ class GenerationReport(FrozenModel):
     new_tokens: int
     tokens_per_s: float
     time_per_token_s: float  # mean over sequences
-    failures: list[FailureEvent] = Field(default_factory=list)
+    failures: list[FailureRecord] = Field(default_factory=list)
     stages: list[dict[str, Any]] = Field(default_factory=list)
 
 
+def _real_runtime() -> RuntimeConfig:
+    return RuntimeConfig(compute="real")
+
+
 class GenerationConfig(FrozenModel):
-    """How a generation pipeline runs. Durations carry their unit."""
+    """Decode scheduling knobs; everything shared with the batch runtime is in `runtime`."""
 
-    compute: Literal["real", "emulated"] = "real"
     max_concurrent: int = Field(default=4, ge=1, le=1024)  # sequences in flight
-    host: str = "127.0.0.1"
-    startup_timeout_s: float = Field(default=120.0, gt=0)
-    control_timeout_s: float = Field(default=300.0, gt=0)  # stage builds on loaded hosts
-    step_timeout_s: float = Field(default=60.0, gt=0)  # a step silent this long: stall
-    standby_devices: tuple[str, ...] = ()
+    max_context: int = Field(default=2048, ge=1)  # prompt + new tokens of one sequence
     restart_failed: bool = True  # no standby/re-planner: restart the stage on the same device
-    num_threads: int = Field(default=1, ge=1)
-
-
-# -- launching stage processes ---------------------------------------------------------------
-class WorkerHandle(Protocol):
-    device: str
-
-    def alive(self) -> bool: ...
-
-    def kill(self) -> None: ...
-
-    @property
-    def pid(self) -> int | None: ...
-
-
-class WorkerLauncher(Protocol):
-    def launch(
-        self, device: str, driver_address: tuple[str, int], standby: bool = False
-    ) -> WorkerHandle: ...
-
-
-@dataclass
-class _Process:
-    device: str
-    process: subprocess.Popen[bytes]
-
-    def alive(self) -> bool:
-        return self.process.poll() is None
-
-    def kill(self) -> None:
-        if self.alive():
-            self.process.send_signal(signal.SIGKILL)
-        self.process.wait(timeout=10)
-
-    @property
-    def pid(self) -> int | None:
-        return self.process.pid
-
-
-@dataclass
-class SubprocessLauncher:
-    """Each device's stage in its own OS process on this machine (kill -9 is a real death)."""
-
-    host: str = "127.0.0.1"
-    env: dict[str, str] = field(default_factory=dict)
-    preload: bool = True  # standbys import torch/transformers and warm up while they wait
-
-    def launch(
-        self, device: str, driver_address: tuple[str, int], standby: bool = False
-    ) -> WorkerHandle:
-        command = [
-            sys.executable,
-            "-m",
-            "edgesplit.runtime.generation_worker",
-            "--driver",
-            f"{driver_address[0]}:{driver_address[1]}",
-            "--device",
-            device,
-            "--host",
-            self.host,
-            *(["--preload"] if self.preload and standby else []),
-        ]
-        env = {**os.environ, "OMP_NUM_THREADS": "1", **self.env}
-        process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL)
-        return _Process(device, process)
-
-
-# -- driver-side state -------------------------------------------------------------------------
-@dataclass
-class _Worker:
-    device: str
-    handle: WorkerHandle
-    control: Connection
-    pid: int
+    runtime: RuntimeConfig = Field(default_factory=_real_runtime)
 
 
 @dataclass
@@ -199,9 +119,11 @@ class _Sequence:
     tokens: list[int]
     submitted_s: float
     fed: int = 0  # tokens whose keys/values the stages hold
-    step: int = -1  # counter of the step in flight; answers to older steps are dropped
+    step: int = -1  # id of the step in flight; answers to other steps are dropped
+    attempts: int = 0  # executor errors so far
     token_times_s: list[float] = field(default_factory=list)
-    done: Literal["length", "stop"] | None = None
+    done: Literal["length", "stop", "error"] | None = None
+    error: str = ""
 
     @property
     def new_ids(self) -> list[int]:
@@ -209,7 +131,7 @@ class _Sequence:
 
 
 class GenerationPipeline:
-    """A chain of KV-cached stages, one process per device (see module docstring).
+    """A chain of KV-cached stages, one `StageWorker` actor per device (see module docstring).
 
     Example:
         >>> with GenerationPipeline(spec, [("a", 0, 5), ("b", 5, 10)]) as pipe:  # doctest: +SKIP
@@ -220,7 +142,7 @@ class GenerationPipeline:
         self,
         model_spec: Any,
         stages: Sequence[StageAssignment],
-        config: GenerationConfig = GenerationConfig(),
+        config: GenerationConfig | None = None,
         *,
         num_units: int | None = None,
         source: str | None = None,
@@ -228,13 +150,13 @@ class GenerationPipeline:
         emulation: EmulationFn | None = None,
         hidden_size: int = 0,
         vocab_size: int = 0,
-        launcher: WorkerLauncher | None = None,
         replanner: Replanner | None = None,
     ) -> None:
         if not stages:
             raise ConfigError("a generation pipeline needs at least one stage")
         self.model_spec = model_spec
-        self.config = config
+        self.config = config or GenerationConfig()
+        self.runtime = self.config.runtime
         self.stages: list[StageAssignment] = list(stages)
         self.num_units = num_units if num_units is not None else self.stages[-1][2]
         _check_stages(self.stages, self.num_units)
@@ -243,23 +165,16 @@ class GenerationPipeline:
         self.emulation = emulation
         self.hidden_size = hidden_size
         self.vocab_size = vocab_size
-        self.launcher: WorkerLauncher = launcher or SubprocessLauncher(
-            config.host, preload=config.compute == "real"
-        )
         self.replanner = replanner
-        if config.compute == "emulated" and emulation is None:
+        if self.runtime.compute == "emulated" and emulation is None:
             raise ConfigError("compute='emulated' needs an emulation function (profiled times)")
-        self._control_listener: TcpListener | None = None
-        self._return_listener: TcpListener | None = None
-        self._workers: dict[str, _Worker] = {}
-        self._epoch = 0
+        self._spare = list(self.runtime.standby_devices)
+        self._session: RaySession | None = None
+        self._group: StageGroup | None = None
+        self._epoch = -1
+        self._steps = itertools.count()
         self._results: queue.Queue[Frame] = queue.Queue()
-        self._source_conn: Connection | None = None
-        self._source_wire: queue.Queue[tuple[float, Frame] | None] = queue.Queue()
-        self._source_shaper: LinkShaper | None = None
-        self._epoch_stop = threading.Event()
-        self._spare = list(config.standby_devices)
-        self._dead_since_s: dict[str, float] = {}
+        self._outbox: deque[Frame] = deque()
 
     # -- lifecycle -------------------------------------------------------------------------------
     def __enter__(self) -> GenerationPipeline:
@@ -269,174 +184,106 @@ class GenerationPipeline:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    @property
+    def group(self) -> StageGroup:
+        if self._group is None:
+            raise ConfigError("the generation pipeline is not started; use it as a context manager")
+        return self._group
+
     def start(self) -> None:
-        self._control_listener = listen(self.config.host)
-        self._return_listener = listen(self.config.host)
-        # Standby devices get a warm process now (imports done, no weights): a failover then
+        devices = [*(d for d, _, _ in self.stages), *self._spare]
+        self._session = RaySession.open(self.runtime, devices)
+        self._group = StageGroup(self._session, self.runtime, self._results.put, 1 << 20)
+        self._group.ensure(d for d, _, _ in self.stages)
+        # Standby devices get a warm actor now (imports done, no weights): a failover then
         # costs a stage build and a replay, not a process start.
-        self._launch([*(d for d, _, _ in self.stages), *self._spare])
+        self._group.ensure(self._spare, warm=self.runtime.compute == "real")
         self._configure_epoch()
 
     def close(self) -> None:
-        self._stop_epoch()
-        for worker in list(self._workers.values()):
-            try:
-                worker.control.send(Frame("hello", meta={"op": "shutdown"}))
-                worker.control.recv()
-            except (TransportError, OSError):
-                pass
-            worker.control.close()
-            worker.handle.kill()
-        self._workers.clear()
-        for listener in (self._control_listener, self._return_listener):
-            if listener is not None:
-                listener.close()
+        if self._group is not None:
+            self._group.close()
+            self._group = None
+        gc.collect()  # drop actor handles before Ray shuts down (see pipeline.run_plan)
+        if self._session is not None:
+            self._session.close()
+            self._session = None
 
     def worker_pid(self, device: str) -> int:
-        return self._workers[device].pid
+        return int(self.group.actors[device].info["pid"])
 
     def kill(self, device: str) -> None:
         """SIGKILL the stage process of `device` (fault injection for tests and benchmarks)."""
-        self._dead_since_s[device] = time.time()
-        os.kill(self._workers[device].pid, signal.SIGKILL)
+        self.fault(device, "kill")
+
+    def fault(self, device: str, kind: Literal["kill", "stop", "crash", "cut"]) -> None:
+        """Inject a fault now (see `ScheduledFault`); recorded in the next report's failures."""
+        self.group.inject(ScheduledFault(device, 0.0, kind))
 
     def restage(self, stages: Sequence[StageAssignment], *, link: LinkFn | None = None) -> None:
-        """Re-split the model over running (or newly launched) devices; caches start empty.
+        """Re-split the model over running (or newly started) devices; caches start empty.
 
-        Devices left without a stage keep their warm process (standbys for later epochs).
+        Devices left without a stage keep their actor (standbys for later epochs).
         """
         _check_stages(stages, self.num_units)
-        self._stop_epoch()
         self.stages = list(stages)
+        self._spare = [d for d in self._spare if d not in {d for d, _, _ in self.stages}]
         if link is not None:
             self.link = link
-        self._launch([d for d, _, _ in self.stages if d not in self._workers])
         self._configure_epoch()
 
-    def _launch(self, devices: Sequence[str]) -> None:
-        assert self._control_listener is not None
-        address = self._control_listener.address
-        handles = {d: self.launcher.launch(d, address, d in self._spare) for d in devices}
-        deadline = time.time() + self.config.startup_timeout_s
-        pending = set(devices)
-        while pending:
-            if time.time() > deadline:
-                for handle in handles.values():
-                    handle.kill()
-                raise DeviceUnavailableError(
-                    f"stage processes for {sorted(pending)} did not connect within "
-                    f"{self.config.startup_timeout_s} s; check the worker's stderr"
-                )
-            dead = [d for d in pending if not handles[d].alive()]
-            if dead:
-                raise DeviceUnavailableError(f"stage process for {dead} exited during startup")
-            conn = self._control_listener.accept(timeout_s=0.2)
-            if conn is None:
-                continue
-            hello = conn.recv()
-            if hello is None or hello.type != "hello":
-                conn.close()
-                continue
-            device = str(hello.meta["device"])
-            if device not in pending:
-                conn.close()
-                continue
-            pending.discard(device)
-            self._workers[device] = _Worker(device, handles[device], conn, int(hello.meta["pid"]))
-
-    def _control(self, device: str, op: str, **meta: Any) -> dict[str, Any]:
-        worker = self._workers[device]
-        worker.control.send(Frame("hello", meta={"op": op, **meta}))
-        reply = _recv_with_timeout(worker.control, self.config.control_timeout_s)
-        if reply is None:
-            raise _StageLostError(device, f"control stream closed during {op}")
-        if reply.meta.get("error"):
-            raise EdgesplitError(f"stage on '{device}' failed to {op}: {reply.meta['error']}")
-        return dict(reply.meta)
-
-    def _stage_config(self, index: int, device: str, start: int, end: int) -> dict[str, Any]:
+    def _stage_spec(self, index: int, device: str, start: int, end: int) -> StageSpec:
         nxt = self.stages[index + 1][0] if index + 1 < len(self.stages) else self.source
         link = self.link(device, nxt) if self.link is not None and nxt is not None else None
         decode_s, prefill_s = self.emulation(device, start, end) if self.emulation else (0.0, 0.0)
         spec = self.model_spec.model_dump() if hasattr(self.model_spec, "model_dump") else None
-        return asdict(
-            GenerationStageConfig(
-                index=index,
-                device=device,
-                start=start,
-                end=end,
-                num_units=self.num_units,
-                epoch=self._epoch,
-                compute=self.config.compute,
-                model_spec=spec,
-                hidden_size=self.hidden_size,
-                vocab_size=self.vocab_size,
-                decode_s=decode_s,
-                prefill_s_per_token=prefill_s,
-                bandwidth_bytes_per_s=None if link is None else link[0],
-                latency_s=0.0 if link is None else link[1],
-                num_threads=self.config.num_threads,
-            )
+        per_token = 4 * self.hidden_size if self.hidden_size else _MAX_HIDDEN_BYTES_PER_TOKEN
+        return StageSpec(
+            index=index,
+            device=device,
+            start=start,
+            end=end,
+            epoch=self._epoch,
+            executor="decode",
+            compute=self.runtime.compute,
+            run_key_hex=self.group.run_key.hex(),
+            max_frame_bytes=frame_bound_bytes(self.config.max_context * per_token, self.runtime),
+            max_connections=self.runtime.max_connections,
+            num_units=self.num_units,
+            hidden_size=self.hidden_size,
+            vocab_size=self.vocab_size,
+            decode_s=decode_s,
+            prefill_s_per_token=prefill_s,
+            bandwidth_bytes_per_s=None if link is None else link[0],
+            latency_s=0.0 if link is None else link[1],
+            max_in_flight=self._in_flight,
+            model_spec=spec,
+            num_threads=1,
         )
+
+    @property
+    def _in_flight(self) -> int:
+        # Each sequence has at most one step in flight, plus a replay's stale steps.
+        return max(self.runtime.max_in_flight, 2 * self.config.max_concurrent)
 
     def _configure_epoch(self) -> None:
         """Configure every stage for a new epoch and wire driver -> s0 -> ... -> sN -> driver."""
         self._epoch += 1
-        addresses = [
-            self._control(d, "configure", config=self._stage_config(i, d, s, e))["address"]
-            for i, (d, s, e) in enumerate(self.stages)
-        ]
-        assert self._return_listener is not None
-        chain = [*addresses[1:], list(self._return_listener.address)]
-        for (device, _, _), target in zip(self.stages, chain, strict=True):
-            self._control(device, "connect", address=target)
-        returned = self._return_listener.accept(timeout_s=self.config.control_timeout_s)
-        if returned is None:
-            raise TransportError("the last stage did not connect back to the driver")
-        self._epoch_stop = threading.Event()
+        self._outbox.clear()
+        specs = [self._stage_spec(i, d, s, e) for i, (d, s, e) in enumerate(self.stages)]
         first = self.stages[0][0]
         link = self.link(self.source, first) if self.link and self.source else None
-        self._source_shaper = LinkShaper(link[0], link[1]) if link is not None else None
-        self._source_conn = connect((str(addresses[0][0]), int(addresses[0][1])), 10.0)
-        self._source_wire = queue.Queue()
-        stop, wire, conn = self._epoch_stop, self._source_wire, self._source_conn
-        threading.Thread(target=self._read_results, args=(returned, stop), daemon=True).start()
-        threading.Thread(target=self._write_source, args=(conn, wire, stop), daemon=True).start()
+        self.group.configure(
+            specs,
+            source_in_flight=self._in_flight,
+            source_shaper=LinkShaper(link[0], link[1]) if link is not None else None,
+            expected_compute_s={},
+        )
 
-    def _stop_epoch(self) -> None:
-        self._epoch_stop.set()
-        self._source_wire.put(None)
-        if self._source_conn is not None:
-            self._source_conn.close()
-
-    def _read_results(self, conn: Connection, stop: threading.Event) -> None:
-        while not stop.is_set():
-            frame = conn.recv()
-            if frame is None:
-                return
-            if frame.type == "data":
-                self._results.put(frame)
-        conn.close()
-
-    def _write_source(
-        self, conn: Connection, wire: queue.Queue[tuple[float, Frame] | None], stop: threading.Event
-    ) -> None:
-        while not stop.is_set():
-            item = wire.get()
-            if item is None:
-                return
-            due_s, frame = item
-            delay_s = due_s - time.time()
-            if delay_s > 0 and stop.wait(delay_s):
-                return
-            try:
-                conn.send(frame)
-            except TransportError:
-                return
-
-    def _send_step(self, sequence: _Sequence, step: int) -> None:
+    def _send_step(self, sequence: _Sequence) -> None:
         new = sequence.tokens[sequence.fed :]
         request = sequence.request
+        sequence.step = next(self._steps)
         frame = Frame(
             "data",
             sequence.sequence_id,
@@ -445,191 +292,200 @@ class GenerationPipeline:
             {"input_ids": np.array([new], dtype=np.int64)},
             {
                 "pos": sequence.fed,
-                "step": step,
+                "step": sequence.step,
                 "sampling": [request.temperature, request.top_k, request.seed],
             },
         )
-        sequence.step = step
         sequence.fed = len(sequence.tokens)
-        now = time.time()
-        due_s = now
-        if self._source_shaper is not None:
-            due_s = self._source_shaper.due_s(frame.num_bytes + 64, now)
-        self._source_wire.put((due_s, frame))
+        self._outbox.append(frame)
+        self._flush()
+
+    def _flush(self) -> None:
+        """Send queued steps while credits last (never blocks the driver's loop)."""
+        source = self.group.source
+        while self._outbox and source is not None and not source.stopped.is_set():
+            if source.unacked >= source.max_in_flight:
+                return
+            if not source.send(self._outbox[0]):
+                return
+            self._outbox.popleft()
 
     # -- generation ------------------------------------------------------------------------------
     def generate(
         self,
         requests: Sequence[GenerationRequest],
         on_token: TokenCallback | None = None,
-        faults: Sequence[tuple[str, float]] = (),
+        faults: Sequence[ScheduledFault | tuple[str, float]] = (),
     ) -> GenerationReport:
         """Run every request to completion, `max_concurrent` sequences interleaved.
 
         Args:
             requests: sequences to continue; sequence ids are their indices.
             on_token: called (sequence id, token) as each token is produced, in order per sequence.
-            faults: (device, at_s) pairs: SIGKILL that device's stage `at_s` after the start
-                (fault injection for tests and benchmarks; not part of the production config).
+            faults: `ScheduledFault`s (or (device, at_s) kills) counted from the start of this
+                call (fault injection for tests, benchmarks and `--fault`).
 
         Raises:
-            DeviceUnavailableError: a stage died and nothing can replace it.
+            ConfigError: a prompt plus its new tokens exceeds `max_context`.
+            DeviceUnavailableError: a stage failed and nothing can replace it.
         """
+        group = self.group
+        for index, request in enumerate(requests):
+            length = len(request.prompt_ids) + request.max_new_tokens
+            if length > self.config.max_context:
+                raise ConfigError(
+                    f"request {index}: {len(request.prompt_ids)} prompt + "
+                    f"{request.max_new_tokens} new tokens exceed the context of "
+                    f"{self.config.max_context}; shorten the prompt or max_new_tokens"
+                )
+        while not self._results.empty():  # nothing from an earlier call may be delivered now
+            self._results.get_nowait()
         start_s = time.time()
         waiting = list(enumerate(requests))
         waiting.reverse()
         live: dict[int, _Sequence] = {}
         finished: dict[int, _Sequence] = {}
-        failures: list[FailureEvent] = []
-        recovering: list[tuple[float, dict[str, Any]]] = []
-        pending_faults = sorted(faults, key=lambda f: f[1])
-        step_counter = 0
+        token_times: list[float] = []
+        scheduled = sorted(
+            (f if isinstance(f, ScheduledFault) else ScheduledFault(f[0], f[1]) for f in faults),
+            key=lambda f: f.at_s,
+        )
         last_progress_s = time.time()
         while waiting or live:
             while waiting and len(live) < self.config.max_concurrent:
                 sequence_id, request = waiting.pop()
                 sequence = _Sequence(sequence_id, request, list(request.prompt_ids), time.time())
                 live[sequence_id] = sequence
-                step_counter += 1
-                self._send_step(sequence, step_counter)
+                self._send_step(sequence)
             now = time.time()
-            while pending_faults and now - start_s >= pending_faults[0][1]:
-                device, _ = pending_faults.pop(0)
-                if device in self._workers:
-                    self.kill(device)
+            while scheduled and now - start_s >= scheduled[0].at_s:
+                group.inject(scheduled.pop(0))
+            self._flush()
             try:
-                frame = self._results.get(timeout=_TICK_S)
+                frame: Frame | None = self._results.get(timeout=_TICK_S)
             except queue.Empty:
                 frame = None
             if frame is not None:
-                answered = live.get(frame.request_id)
-                if answered is None or frame.meta.get("step") != answered.step:
+                sequence = live.get(frame.request_id)  # type: ignore[assignment]
+                if sequence is None or frame.meta.get("step") != sequence.step:
                     continue  # an answer to a step given up on (replayed since)
-                sequence = answered
                 last_progress_s = time.time()
-                step_counter += 1
-                if frame.meta.get("error"):
-                    # A stage's cache does not continue this step (it missed the prefix).
-                    sequence.fed = 0
-                    self._send_step(sequence, step_counter)
-                    continue
-                token = int(frame.tensors["token"][0])
-                sequence.tokens.append(token)
-                sequence.token_times_s.append(last_progress_s)
-                if on_token is not None:
-                    on_token(sequence.sequence_id, token)
-                for done_at, event in list(recovering):
-                    event["recovered_after_s"] = last_progress_s - done_at
-                    failures.append(FailureEvent(**event))
-                    recovering.remove((done_at, event))
-                request = sequence.request
-                if request.stop_token_id is not None and token == request.stop_token_id:
-                    sequence.done = "stop"
-                elif len(sequence.new_ids) >= request.max_new_tokens:
-                    sequence.done = "length"
+                self._on_answer(sequence, frame, on_token, token_times)
                 if sequence.done is not None:
                     finished[sequence.sequence_id] = live.pop(sequence.sequence_id)
-                else:
-                    self._send_step(sequence, step_counter)
                 continue
-            failed = self._find_failure(last_progress_s)
-            if failed is not None:
-                device, cause = failed
-                detected_s = time.time()
-                died_s = self._dead_since_s.pop(device, detected_s)
-                replacement = self._recover(device)
-                replayed = 0
-                for sequence in live.values():
-                    replayed += len(sequence.tokens)
-                    sequence.fed = 0
-                    step_counter += 1
-                    self._send_step(sequence, step_counter)
-                recovering.append(
-                    (
-                        detected_s,
-                        {
-                            "device": device,
-                            "cause": cause,
-                            "at_s": died_s - start_s,
-                            "detected_after_s": detected_s - died_s,
-                            "replayed_tokens": replayed,
-                            "replacement": replacement,
-                        },
-                    )
-                )
+            suspicions = group.detect(time.time())
+            if suspicions:
+                self._recover(suspicions, list(live.values()))
                 last_progress_s = time.time()
+            elif time.time() - last_progress_s > max(60.0, 20 * self.runtime.hang_timeout_s):
+                raise DeviceUnavailableError(
+                    f"no token for {time.time() - last_progress_s:.0f} s and no stage reported "
+                    "failed; check the stages' logs"
+                )
         elapsed_s = time.time() - start_s
         results = [_result(finished[i]) for i in sorted(finished)]
         new_tokens = sum(len(r.new_ids) for r in results)
         per_token = [r.time_per_token_s for r in results if len(r.new_ids) > 1]
+        records = group.failures.records(start_s, token_times, detected_since_s=start_s)
         return GenerationReport(
             sequences=results,
             elapsed_s=elapsed_s,
             new_tokens=new_tokens,
             tokens_per_s=new_tokens / elapsed_s if elapsed_s > 0 else 0.0,
             time_per_token_s=float(np.mean(per_token)) if per_token else 0.0,
-            failures=failures,
+            failures=records,
             stages=[{"device": d, "start": s, "end": e} for d, s, e in self.stages],
         )
 
-    def _find_failure(self, last_progress_s: float) -> tuple[str, str] | None:
-        for device, _, _ in self.stages:
-            if not self._workers[device].handle.alive():
-                return device, "process_died"
-        if time.time() - last_progress_s > self.config.step_timeout_s:
-            # Nothing came back for a whole step deadline: find the stage that stopped answering.
-            for device, _, _ in self.stages:
-                try:
-                    self._control(device, "stats")
-                except (_StageLostError, TransportError, TimeoutError):
-                    self._workers[device].handle.kill()
-                    return device, "stall"
-        return None
+    def _on_answer(
+        self,
+        sequence: _Sequence,
+        frame: Frame,
+        on_token: TokenCallback | None,
+        token_times: list[float],
+    ) -> None:
+        error = frame.meta.get("error")
+        if error == "cache_mismatch":
+            # A stage's cache does not continue this step (it missed the prefix): replay.
+            sequence.fed = 0
+            self._send_step(sequence)
+            return
+        if error is not None:
+            sequence.attempts += 1
+            detail = str(frame.meta.get("detail", error))
+            if sequence.attempts <= self.runtime.max_retries:
+                logger.warning("sequence %d: %s; retrying once", sequence.sequence_id, detail)
+                sequence.fed = 0
+                self._send_step(sequence)
+            else:
+                logger.error("sequence %d failed again: %s", sequence.sequence_id, detail)
+                sequence.done, sequence.error = "error", detail
+            return
+        token = int(frame.tensors["token"][0])
+        now = time.time()
+        sequence.tokens.append(token)
+        sequence.token_times_s.append(now)
+        token_times.append(now)
+        if on_token is not None:
+            on_token(sequence.sequence_id, token)
+        request = sequence.request
+        if request.stop_token_id is not None and token == request.stop_token_id:
+            sequence.done = "stop"
+        elif len(sequence.new_ids) >= request.max_new_tokens:
+            sequence.done = "length"
+        else:
+            self._send_step(sequence)
 
-    def _recover(self, device: str) -> str:
-        """Replace the dead stage and start a new epoch; returns the replacement device."""
-        logger.warning("[driver] stage on %s failed; recovering", device)
-        self._stop_epoch()
-        dead = self._workers.pop(device)
-        dead.control.close()
-        dead.handle.kill()
-        survivors = [d for d, _, _ in self.stages if d != device]
-        replacement = device
-        if self._spare:
-            replacement = self._spare.pop(0)
-            self.stages = [(replacement if d == device else d, s, e) for d, s, e in self.stages]
+    def _recover(self, suspicions: list[Suspicion], live: list[_Sequence]) -> None:
+        """Replace the failed stages, start a new epoch and replay every live sequence."""
+        group = self.group
+        detected_s = time.time()
+        failed = {s.device for s in suspicions}
+        for suspicion in suspicions:
+            logger.warning(
+                "[driver] stage on %s failed (%s: %s); recovering",
+                suspicion.device,
+                suspicion.cause,
+                suspicion.detail,
+            )
+        group.stop_source()
+        for device in failed:
+            group.drop(device)
+        survivors = [d for d, _, _ in self.stages if d not in failed]
+        action: Action = "restart"
+        spare = [d for d in self._spare if d not in failed]
+        if len(spare) >= len(failed):
+            action = "standby"
+            replacement = {d: spare.pop(0) for d in sorted(failed)}
+            self._spare = spare
+            self.stages = [(replacement.get(d, d), s, e) for d, s, e in self.stages]
         elif self.replanner is not None:
+            action = "replan"
             self.stages = list(self.replanner(survivors))
             _check_stages(self.stages, self.num_units)
-            replacement = ",".join(d for d, _, _ in self.stages if d not in self._workers)
         elif not self.config.restart_failed:
+            group.failures.detected(suspicions, detected_s, "none")
             raise DeviceUnavailableError(
-                f"stage on '{device}' died and there is no standby device, re-planner or "
-                "restart allowed; add standby_devices or enable restart_failed"
+                f"stage(s) on {sorted(failed)} failed and there is no standby device, re-planner "
+                "or restart allowed; add standby devices or enable restart_failed"
             )
-        needed = [d for d, _, _ in self.stages if d not in self._workers]
         in_use = {d for d, _, _ in self.stages}
-        for extra in [d for d in self._workers if d not in in_use and d not in self._spare]:
-            self._workers.pop(extra).handle.kill()
-        self._launch(needed)
+        for extra in [d for d in group.actors if d not in in_use and d not in self._spare]:
+            group.drop(extra)
         self._configure_epoch()
-        return replacement
-
-
-class _StageLostError(EdgesplitError):
-    def __init__(self, device: str, detail: str) -> None:
-        super().__init__(f"stage on '{device}': {detail}")
-        self.device = device
-
-
-def _recv_with_timeout(conn: Connection, timeout_s: float) -> Frame | None:
-    box: queue.Queue[Frame | None] = queue.Queue()
-    thread = threading.Thread(target=lambda: box.put(conn.recv()), daemon=True)
-    thread.start()
-    try:
-        return box.get(timeout=timeout_s)
-    except queue.Empty as e:
-        raise TimeoutError(f"no control answer within {timeout_s} s") from e
+        replayed = 0
+        for sequence in live:
+            replayed += len(sequence.tokens)
+            sequence.fed = 0
+            self._send_step(sequence)
+        group.failures.detected(
+            suspicions,
+            detected_s,
+            action,
+            replayed=replayed,
+            stages=tuple(StagePlacement(device=d, start=s, end=e) for d, s, e in self.stages),
+        )
 
 
 def _check_stages(stages: Sequence[StageAssignment], num_units: int) -> None:
@@ -658,4 +514,5 @@ def _result(sequence: _Sequence) -> SequenceResult:
         first_token_s=(times[0] - sequence.submitted_s) if times else 0.0,
         time_per_token_s=float(gaps.mean()) if gaps.size else 0.0,
         finished=sequence.done or "length",
+        error=sequence.error,
     )

@@ -1,10 +1,11 @@
 """Micro-batch streaming through a Plan's stages, with failure detection, failover and replay.
 
-Owns `run_plan` (the runtime's entry point for api.py) and the driver: the request source (credit
-window + shaped link into stage 0), the result sink (acks, exactly-once, in-order delivery), the
-monitor loop (actor death via Ray, heartbeats, per-micro-batch deadlines, scheduled faults) and
-recovery (exclude -> standby or injected re-planner -> reconfigure -> replay from the furthest
-retained boundary). Never imports planners. See [Note: retained activations] in stage.py.
+Owns `run_plan` (the runtime's entry point for api.py) and the batch driver: its scheduling (the
+request source under back-pressure, exactly-once in-order delivery, one retry of a request whose
+executor raised) and its recovery (exclude -> standby or injected re-planner -> reconfigure ->
+replay from the furthest retained boundary). Stage actors, streams, failure detection and fault
+injection are `StageGroup`'s (stages.py), shared with the decode driver. Never imports planners.
+See [Note: retained activations] in stage.py.
 """
 
 from __future__ import annotations
@@ -12,11 +13,9 @@ from __future__ import annotations
 import gc
 import itertools
 import logging
-import os
-import queue
-import signal
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,12 +28,13 @@ from edgesplit.core.cost import CostModel
 from edgesplit.core.plan import Plan, StagePlacement
 from edgesplit.core.profile import ModelProfile
 from edgesplit.errors import ConfigError, DeviceUnavailableError, EdgesplitError
-from edgesplit.runtime.cluster import ActorDiedError, RaySession, StageActor
+from edgesplit.runtime.cluster import RaySession
 from edgesplit.runtime.config import RuntimeConfig, ScheduledFault
 from edgesplit.runtime.emulation import LinkShaper
-from edgesplit.runtime.failover import FailureDetector, Suspicion, choose_replays, standby_stages
+from edgesplit.runtime.failover import FailureLog, Suspicion, choose_replays, standby_stages
 from edgesplit.runtime.metrics import RunMetrics
 from edgesplit.runtime.report import (
+    Action,
     FailureRecord,
     Measured,
     PredictedFigures,
@@ -47,7 +47,8 @@ from edgesplit.runtime.report import (
     steady_period_s,
 )
 from edgesplit.runtime.stage import StageSpec
-from edgesplit.runtime.transport import Connection, Frame, connect, listen
+from edgesplit.runtime.stages import StageGroup, frame_bound_bytes
+from edgesplit.runtime.transport import Frame
 
 __all__ = ["Activation", "ProgressCallback", "Replanner", "ResultCallback", "run_plan"]
 
@@ -68,71 +69,7 @@ def prepared_profile(profile: ModelProfile, cluster: Cluster) -> ModelProfile:
     return profile
 
 
-# -- the driver's two ends of the pipeline ---------------------------------------------------
-@dataclass
-class _SourceLink:
-    """Driver -> stage 0 for one epoch: credit window, shaped link, ack reader."""
-
-    conn: Connection
-    epoch: int
-    max_in_flight: int
-    shaper: LinkShaper | None
-    stopped: threading.Event = field(default_factory=threading.Event)
-    credit: threading.Condition = field(default_factory=threading.Condition)
-    unacked: int = 0
-    wire: queue.Queue[tuple[float, Frame]] = field(default_factory=queue.Queue)
-    lost_s: float | None = None  # when stage 0 closed the stream (its process died)
-
-    def start(self) -> None:
-        for target in (self._write, self._read_acks):
-            threading.Thread(target=target, daemon=True, name=f"source-{target.__name__}").start()
-
-    def send(self, frame: Frame) -> bool:
-        """Blocks for a credit; False when this link was stopped first."""
-        with self.credit:
-            while self.unacked >= self.max_in_flight:
-                if self.stopped.is_set():
-                    return False
-                self.credit.wait(_TICK_S)
-            if self.stopped.is_set():
-                return False
-            self.unacked += 1
-        now = time.time()
-        due_s = self.shaper.due_s(frame.num_bytes, now) if self.shaper is not None else now
-        self.wire.put((due_s, frame))
-        return True
-
-    def _write(self) -> None:
-        while not self.stopped.is_set():
-            try:
-                due_s, frame = self.wire.get(timeout=_TICK_S)
-            except queue.Empty:
-                continue
-            delay_s = due_s - time.time()
-            if delay_s > 0 and self.stopped.wait(delay_s):
-                return
-            try:
-                self.conn.send(frame)
-            except EdgesplitError:
-                return
-
-    def _read_acks(self) -> None:
-        while not self.stopped.is_set():
-            frame = self.conn.recv()
-            if frame is None:
-                if not self.stopped.is_set():
-                    self.lost_s = time.time()
-                return
-            if frame.type == "ack":
-                with self.credit:
-                    self.unacked -= 1
-                    self.credit.notify_all()
-
-    def stop(self) -> None:
-        self.stopped.set()
-        self.conn.close()
-
-
+# -- the driver ------------------------------------------------------------------------------
 @dataclass
 class _Ledger:
     """Every accepted micro-batch from submission to its one delivery (thread-safe)."""
@@ -143,24 +80,24 @@ class _Ledger:
     sent_s: dict[int, float] = field(default_factory=dict)
     done_s: dict[int, float] = field(default_factory=dict)
     latency_s: dict[int, float] = field(default_factory=dict)
-    waiting: dict[int, Activation] = field(default_factory=dict)  # answered, not yet delivered
+    waiting: dict[int, Activation | None] = field(default_factory=dict)  # answered, undelivered
     delivered: list[int] = field(default_factory=list)
+    errors: dict[int, str] = field(default_factory=dict)  # answered with an executor error
+    attempts: dict[int, int] = field(default_factory=dict)
     next_to_deliver: int = 0
     submitted: int = 0
     duplicates_suppressed: int = 0
     replayed: int = 0
-    first_result_after_s: float | None = None
-    answered: threading.Condition = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.answered = threading.Condition(self.lock)
 
     def accept(self, request_id: int, tensors: Activation) -> None:
         with self.lock:
             self.inputs[request_id] = tensors
             self.submitted += 1
 
-    def answer(self, request_id: int, tensors: Activation, now_s: float) -> bool:
+    def answer(
+        self, request_id: int, tensors: Activation | None, now_s: float, error: str = ""
+    ) -> bool:
+        """Record the one answer of a request (None + error: it failed); deliver in order."""
         with self.lock:
             if request_id in self.done_s or request_id not in self.inputs:
                 self.duplicates_suppressed += 1
@@ -169,32 +106,33 @@ class _Ledger:
             self.done_s[request_id] = now_s
             self.latency_s[request_id] = now_s - self.sent_s.get(request_id, now_s)
             self.waiting[request_id] = tensors
+            if error:
+                self.errors[request_id] = error
             while self.next_to_deliver in self.waiting:
                 rid = self.next_to_deliver
                 output = self.waiting.pop(rid)
-                if self.on_result is not None:
+                if self.on_result is not None and output is not None:
                     self.on_result(rid, output)
                 self.delivered.append(rid)
                 self.next_to_deliver += 1
-            self.answered.notify_all()
             return True
+
+    def retry(self, request_id: int, max_retries: int) -> bool:
+        """Whether an errored request gets another attempt (at most `max_retries`)."""
+        with self.lock:
+            if request_id not in self.inputs:
+                return False
+            self.attempts[request_id] = self.attempts.get(request_id, 0) + 1
+            return self.attempts[request_id] <= max_retries
 
     def unfinished(self) -> list[int]:
         with self.lock:
             return sorted(self.inputs)
 
 
-@dataclass
-class _Stages:
-    """The current epoch's placement, actors and stream addresses."""
-
-    epoch: int
-    stages: tuple[StagePlacement, ...]
-    actors: dict[str, StageActor]
-    addresses: dict[str, tuple[str, int]] = field(default_factory=dict)
-
-
 class _Driver:
+    """Batch scheduling (fixed micro-batches, in order) and recovery by replay."""
+
     def __init__(
         self,
         plan: Plan,
@@ -222,30 +160,22 @@ class _Driver:
         self.progress = progress
         self.metrics = metrics
         self.ledger = _Ledger(on_result)
+        self.cost = CostModel(profile, cluster)
         self.failed: set[str] = set()
-        self.failures: list[dict[str, Any]] = []
-        self.detector = FailureDetector(
-            config.hang_timeout_s, config.batch_deadline_s, config.stream_loss_grace_s
-        )
-        self.resend: list[int] = []
+        self.resend: deque[int] = deque()
         self.source_done = threading.Event()
         self.source_paused = threading.Event()
         self.source_lock = threading.Lock()
         self.num_nodes = 1
         self.aborted = threading.Event()
-        self.link: _SourceLink | None = None
         self.t0_s = 0.0
-        self.session: RaySession | None = None
-        self.current: _Stages | None = None
-        self.all_actors: dict[str, StageActor] = {}
-        self.sink: Any = None
-        self.sink_conns: list[Connection] = []
-        self.sink_lost: tuple[int, float] | None = None
-        self.retired_timelines: list[dict[str, Any]] = []
+        self.group: StageGroup | None = None
+        self.failure_log = FailureLog()
+        self.stages: tuple[StagePlacement, ...] = ()
 
     # -- set-up -------------------------------------------------------------------------------
     def stage_specs(self, stages: Sequence[StagePlacement], epoch: int) -> list[StageSpec]:
-        cost = CostModel(self.profile, self.cluster)
+        assert self.group is not None
         config = self.config
         specs = []
         for index, stage in enumerate(stages):
@@ -253,6 +183,7 @@ class _Driver:
             bandwidth, latency = self.cluster.link(stage.device, nxt)
             shaped = config.shape_links and stage.device != nxt
             device = self.cluster.device(stage.device)
+            input_bytes = int(self.cost.in_bytes(stage.start))
             specs.append(
                 StageSpec(
                     index=index,
@@ -260,10 +191,14 @@ class _Driver:
                     start=stage.start,
                     end=stage.end,
                     epoch=epoch,
+                    executor="forward",
                     compute=config.compute,
-                    compute_s=cost.compute_s(stage.device, stage.start, stage.end)
+                    run_key_hex=self.group.run_key.hex(),
+                    max_frame_bytes=frame_bound_bytes(input_bytes, config),
+                    max_connections=config.max_connections,
+                    compute_s=self.cost.compute_s(stage.device, stage.start, stage.end)
                     * config.time_scale,
-                    input_bytes=int(cost.in_bytes(stage.start)),
+                    input_bytes=input_bytes,
                     output_bytes=int(self.profile.units[stage.end - 1].output_bytes),
                     bandwidth_bytes_per_s=bandwidth / config.time_scale if shaped else None,
                     latency_s=latency * config.time_scale if shaped else 0.0,
@@ -274,80 +209,34 @@ class _Driver:
             )
         return specs
 
-    def ensure_actors(self, devices: Iterable[str]) -> None:
-        assert self.session is not None
-        new = [d for d in devices if d not in self.all_actors]
-        for device in new:
-            self.all_actors[device] = self.session.start_actor(device)
-        if not new:
-            return
-        refs = [self.all_actors[d].call("info") for d in new]
-        try:
-            infos = self.session.get(refs, self.config.startup_timeout_s)
-        except (ActorDiedError, TimeoutError) as e:
-            raise DeviceUnavailableError(
-                f"stage actors for {new} did not start within {self.config.startup_timeout_s} s:"
-                f" {e}"
-            ) from e
-        for device, info in zip(new, infos, strict=True):
-            self.all_actors[device].info = info
-
-    def configure(self, stages: tuple[StagePlacement, ...], epoch: int) -> _Stages:
+    def configure(self, stages: tuple[StagePlacement, ...], epoch: int) -> None:
         """Build every stage of `stages` (weights of its units only) and wire the streams."""
-        assert self.session is not None
-        self.ensure_actors(s.device for s in stages)
-        specs = self.stage_specs(stages, epoch)
-        actors = {s.device: self.all_actors[s.device] for s in stages}
-        refs = [actors[s.device].call("configure", s.model_dump()) for s in specs]
-        try:
-            addresses = self.session.get(refs, self.config.startup_timeout_s)
-        except ActorDiedError as e:
-            raise DeviceUnavailableError(f"a stage actor died while configuring: {e}") from e
-        except TimeoutError as e:
-            raise DeviceUnavailableError(f"configuring stages timed out: {e}") from e
-        except Exception as e:  # the actor's own error (e.g. a checkpoint missing weights)
-            cause = getattr(e, "cause", None) or e
-            raise ConfigError(f"building a stage failed: {cause}") from e
-        current = _Stages(epoch, stages, actors)
-        current.addresses = {s.device: tuple(a) for s, a in zip(stages, addresses, strict=True)}
-        sink_address = self.sink.address
-        start_refs = []
-        for index, stage in enumerate(stages):
-            downstream = (
-                current.addresses[stages[index + 1].device]
-                if index + 1 < len(stages)
-                else sink_address
-            )
-            start_refs.append(actors[stage.device].call("start", downstream))
-        self.session.get(start_refs, self.config.startup_timeout_s)
-        conn = connect(current.addresses[stages[0].device], self.config.startup_timeout_s)
-        conn.send(Frame("hello", epoch=epoch, meta={"from": "driver"}))
+        assert self.group is not None
+        config = self.config
         first = stages[0].device
         shaper = None
-        if self.config.shape_links and first != self.cluster.source:
+        if config.shape_links and first != self.cluster.source:
             bandwidth, latency = self.cluster.link(self.cluster.source, first)
-            shaper = LinkShaper(
-                bandwidth / self.config.time_scale, latency * self.config.time_scale
-            )
-        link = _SourceLink(conn, epoch, self.config.max_in_flight, shaper)
-        link.start()
-        self.link = link
-        self._watch(stages)
+            shaper = LinkShaper(bandwidth / config.time_scale, latency * config.time_scale)
+        self.group.configure(
+            self.stage_specs(stages, epoch),
+            source_in_flight=config.max_in_flight,
+            source_shaper=shaper,
+            expected_compute_s=self._expected(stages),
+        )
+        self.stages = stages
         if self.metrics is not None:
             self.metrics.stages.set(len(stages))
-        return current
 
-    def _watch(self, stages: Sequence[StagePlacement]) -> None:
-        """(Re)start heartbeat clocks: silence is counted from the moment the stages are live."""
-        now = time.time()
-        cost = CostModel(self.profile, self.cluster)
+    def _expected(self, stages: Sequence[StagePlacement]) -> dict[str, float]:
         # Real compute may run slower than a profile taken elsewhere: triple its allowance.
         slack = 3.0 if self.config.compute == "real" else 1.0
-        for stage in stages:
-            expected = cost.compute_s(stage.device, stage.start, stage.end) * self.config.time_scale
-            self.detector.watch(stage.device, now, expected * slack)
+        return {
+            s.device: self.cost.compute_s(s.device, s.start, s.end) * self.config.time_scale * slack
+            for s in stages
+        }
 
-    # -- the two driver threads ------------------------------------------------------------------
+    # -- the source and the sink ---------------------------------------------------------------
     def _source(self) -> None:
         counter = itertools.count()
         exhausted = False
@@ -357,15 +246,15 @@ class _Driver:
             if sent is None:
                 exhausted = True
             elif not sent:
-                time.sleep(_TICK_S)
+                self.aborted.wait(_TICK_S)
 
     def _source_step(self, counter: Iterator[int], exhausted: bool) -> bool | None:
         """Send one micro-batch; False when there was nothing to do, None when input ran out."""
-        link = self.link
-        if self.source_paused.is_set() or link is None:
+        group = self.group
+        if self.source_paused.is_set() or group is None:
             return False
         if self.resend:
-            request_id = self.resend.pop(0)
+            request_id = self.resend.popleft()
             with self.ledger.lock:
                 tensors = self.ledger.inputs.get(request_id)
             if tensors is None:
@@ -382,66 +271,54 @@ class _Driver:
                 self.metrics.submitted.inc()
         else:
             return False
-        if not link.send(Frame("data", request_id, 0, link.epoch, tensors)):
-            self.resend.insert(0, request_id)  # the link stopped mid-send: recovery re-queues it
+        if not group.send(Frame("data", request_id, 0, group.epoch, tensors)):
+            self.resend.appendleft(request_id)  # the link stopped mid-send: recovery re-queues
             return False
         with self.ledger.lock:
             self.ledger.sent_s.setdefault(request_id, time.time())
         return True
 
-    def _accept_results(self) -> None:
-        while not self.aborted.is_set():
-            conn = self.sink.accept(timeout_s=0.2)
-            if conn is None:
-                continue
-            self.sink_conns.append(conn)
-            threading.Thread(
-                target=self._read_results, args=(conn,), daemon=True, name="sink-read"
-            ).start()
-
-    def _read_results(self, conn: Connection) -> None:
-        epoch = None
-        while True:
-            frame = conn.recv()
-            if frame is None:
-                current = self.current
-                if current is not None and epoch == current.epoch and not self.aborted.is_set():
-                    self.sink_lost = (epoch, time.time())  # the last stage's process is gone
-                return
-            if frame.type == "hello":
-                epoch = frame.epoch
-                continue
-            if frame.type != "data" or self.current is None or epoch != self.current.epoch:
-                continue
-            now = time.time()
+    def _on_result(self, frame: Frame) -> None:
+        now = time.time()
+        error = frame.meta.get("error")
+        if error is None:
             self._answer(frame.request_id, frame.tensors, now)
-            try:
-                conn.send(Frame("ack", frame.request_id, epoch=frame.epoch))
-            except EdgesplitError:
-                return
+            return
+        detail = str(frame.meta.get("detail", error))
+        if self.ledger.retry(frame.request_id, self.config.max_retries):
+            logger.warning("request %d failed (%s); retrying it once", frame.request_id, detail)
+            self.resend.append(frame.request_id)
+        else:
+            logger.error(
+                "request %d failed again (%s); answering it with the error",
+                frame.request_id,
+                detail,
+            )
+            self._answer(frame.request_id, None, now, detail)
 
-    def _answer(self, request_id: int, tensors: Activation, now_s: float) -> None:
-        if self.ledger.answer(request_id, tensors, now_s):
-            if self.ledger.first_result_after_s is None:
-                self.ledger.first_result_after_s = now_s
-            if self.metrics is not None:
-                self.metrics.completed.inc()
-                self.metrics.latency.set(self.ledger.latency_s[request_id] / self.config.time_scale)
+    def _answer(
+        self, request_id: int, tensors: Activation | None, now_s: float, error: str = ""
+    ) -> None:
+        if self.ledger.answer(request_id, tensors, now_s, error) and self.metrics is not None:
+            self.metrics.completed.inc()
+            self.metrics.latency.set(self.ledger.latency_s[request_id] / self.config.time_scale)
 
     # -- monitoring -------------------------------------------------------------------------
     def run(self) -> None:
-        assert self.session is not None
-        self.current = self.configure(self.plan.stages, 0)
-        self.num_nodes = self.session.num_nodes()
+        assert self.group is not None
+        self.failure_log = self.group.failures
+        self.group.ensure([*self.plan.devices, *self.config.standby_devices])
+        self.group.check_faults(self.faults)
+        self.configure(self.plan.stages, 0)
+        self.num_nodes = self.group.session.num_nodes()
         self.t0_s = time.time()
-        threading.Thread(target=self._accept_results, daemon=True, name="sink").start()
         threading.Thread(target=self._source, daemon=True, name="source").start()
-        self._watch(self.plan.stages)
-        pings: dict[str, Any] = {}
+        self.group.watch(self._expected(self.plan.stages))
         pending_faults = list(self.faults)
         last_progress_s = 0.0
         last_change_s = time.time()
         last_done = 0
+        now = time.time()
         while True:
             now = time.time()
             with self.ledger.lock:
@@ -452,11 +329,10 @@ class _Driver:
             if done != last_done:
                 last_done, last_change_s = done, now
             while pending_faults and now - self.t0_s >= pending_faults[0].at_s:
-                self._inject(pending_faults.pop(0))
-            suspicions = self._detect(pings, now)
+                self.group.inject(pending_faults.pop(0))
+            suspicions = self.group.detect(now)
             if suspicions:
                 self._recover(suspicions)
-                pings.clear()
                 last_change_s = time.time()
                 continue
             if now - last_change_s > max(60.0, 20 * self.config.hang_timeout_s):
@@ -465,7 +341,7 @@ class _Driver:
             if self.progress is not None and now - last_progress_s >= self.config.progress_period_s:
                 last_progress_s = now
                 self.progress(done, self.num_requests, self._recent_throughput(now))
-            time.sleep(_TICK_S)
+            self.aborted.wait(_TICK_S)
         self.aborted.set()
         if self.progress is not None:
             self.progress(len(self.ledger.done_s), self.num_requests, self._recent_throughput(now))
@@ -482,80 +358,10 @@ class _Driver:
             self.metrics.in_flight.set(len(self.ledger.inputs))
         return value
 
-    def _detect(self, pings: dict[str, Any], now_s: float) -> list[Suspicion]:
-        assert self.session is not None
-        assert self.current is not None
-        actors = list(self.current.actors.values())
-        found: list[Suspicion] = []
-        for actor in self.session.dead_actors(actors, timeout_s=0):
-            found.append(
-                Suspicion(
-                    actor.device,
-                    "actor_died",
-                    self.detector.last_heard_s(actor.device),
-                    "Ray reports the actor dead",
-                )
-            )
-        if found:
-            return found
-        # Heartbeats: one outstanding ping per stage; replies refresh the detector.
-        ready = set(self.session.poll(list(pings.values()), 0)) if pings else set()
-        for device, ref in list(pings.items()):
-            if ref in ready:
-                ok, value = self.session.result(ref)
-                del pings[device]
-                if ok and value.get("epoch") == self.current.epoch:
-                    self.detector.heard(device, time.time(), value["busy_since_s"])
-                    lost_s = value.get("downstream_lost_s")
-                    if lost_s is not None:
-                        nxt = self._downstream_of(device)
-                        if nxt is not None:
-                            self.detector.unreachable(nxt, lost_s)
-                    if value.get("error"):
-                        raise EdgesplitError(
-                            f"stage on '{device}' failed: {value['error']}; run with --debug"
-                        )
-        for device, actor in self.current.actors.items():
-            if device not in pings:
-                pings[device] = actor.call("ping")
-        stages = self.current.stages
-        if self.link is not None and self.link.lost_s is not None:
-            self.detector.unreachable(stages[0].device, self.link.lost_s)
-        if self.sink_lost is not None and self.sink_lost[0] == self.current.epoch:
-            self.detector.unreachable(stages[-1].device, self.sink_lost[1])
-        return self.detector.check(now_s)
-
-    def _downstream_of(self, device: str) -> str | None:
-        assert self.current is not None
-        names = [s.device for s in self.current.stages]
-        index = names.index(device) if device in names else -1
-        return names[index + 1] if 0 <= index < len(names) - 1 else None
-
-    def _inject(self, fault: ScheduledFault) -> None:
-        actor = self.all_actors.get(fault.device)
-        if actor is None:
-            logger.warning("fault for '%s' ignored: no stage runs there", fault.device)
-            return
-        logger.info("injecting %s on %s at %.2f s", fault.action, fault.device, fault.at_s)
-        self.failures.append({"device": fault.device, "at_wall_s": time.time(), "injected": True})
-        if callable(fault.action):
-            fault.action(dict(actor.info))
-            return
-        pid = int(actor.info["pid"])
-        local = (
-            str(actor.info.get("host", "")).startswith("127.")
-            or actor.info.get("host") == self.config.host
-        )
-        if not local:
-            assert self.session is not None
-            self.session.kill(actor)
-            return
-        os.kill(pid, signal.SIGKILL if fault.action == "kill" else signal.SIGSTOP)
-
     # -- recovery -------------------------------------------------------------------------------
     def _recover(self, suspicions: list[Suspicion]) -> None:
-        assert self.session is not None
-        assert self.current is not None
+        group = self.group
+        assert group is not None
         detected_wall_s = time.time()
         for suspicion in suspicions:
             logger.warning(
@@ -563,66 +369,40 @@ class _Driver:
             )
         # 1. Pause the source and ban the failed devices.
         self.source_paused.set()
-        if self.link is not None:
-            self.link.stop()
+        group.stop_source()
         failed_now = {s.device for s in suspicions}
         for device in failed_now:
-            self.session.kill(self.all_actors[device])
-            self.detector.forget(device)
-            self.all_actors.pop(device, None)
+            group.drop(device)
             if self.metrics is not None:
                 cause = next(s.cause for s in suspicions if s.device == device)
                 self.metrics.failures.labels(cause=cause).inc()
         self.failed |= failed_now
         # 2. Halt the survivors and collect what they hold (one that does not answer failed too).
-        survivors = [a for d, a in self.current.actors.items() if d not in self.failed]
-        refs = {a.device: a.call("halt", self.config.halt_timeout_s) for a in survivors}
-        retained: dict[int, list[tuple[int, Any]]] = {}
-        for device, ref in refs.items():
-            try:
-                items = self.session.get(ref, self.config.halt_timeout_s + 5)
-            except (ActorDiedError, TimeoutError) as e:
-                logger.warning("[failover] %s did not halt (%s); excluding it too", device, e)
-                self.session.kill(self.all_actors[device])
-                self.all_actors.pop(device, None)
-                self.detector.forget(device)
-                self.failed.add(device)
-                failed_now.add(device)
-                continue
-            for item in items:
-                retained.setdefault(int(item["request_id"]), []).append(
-                    (int(item["boundary"]), item["tensors"])
-                )
+        survivors = [s.device for s in self.stages if s.device not in self.failed]
+        retained, silent = group.halt(survivors)
+        self.failed |= set(silent)
         with self.source_lock:  # the source finished its step; it stays paused from here
             pass
-        for conn in self.sink_conns:
-            conn.close()
-        self.sink_conns.clear()
         # 3. New placement: a standby takes the stage, else re-plan over the survivors.
-        stages = standby_stages(self.current.stages, self.failed, self.config.standby_devices)
-        action = "standby"
+        stages = standby_stages(self.stages, self.failed, self.config.standby_devices)
+        action: Action = "standby"
         if stages is None:
             if self.replanner is None or not self.config.replan:
-                self._record(suspicions, detected_wall_s, "none", 0, 0, ())
+                group.failures.detected(suspicions, detected_wall_s, "none")
                 raise DeviceUnavailableError(
                     f"device(s) {sorted(self.failed)} failed and there is no standby device or "
                     "re-planner; pass standby devices or a replanner (api.run does)"
                 )
-            survivors_cluster = self.cluster.without(self.failed)
-            new_plan = self.replanner(survivors_cluster)
+            new_plan = self.replanner(self.cluster.without(self.failed))
             stages = new_plan.stages
             action = "replan"
-            self.session.check_devices([s.device for s in stages])
+            group.session.check_devices([s.device for s in stages])
         logger.warning(
             "[failover] new stages: %s", ", ".join(f"{s.device}[{s.start},{s.end})" for s in stages)
         )
-        epoch = self.current.epoch + 1
-        for device in list(self.detector.devices):
-            self.detector.forget(device)
-        self.current = self.configure(tuple(stages), epoch)
+        self.configure(tuple(stages), group.epoch + 1)
         # 4. Replay every unfinished micro-batch from the furthest boundary that survived.
-        unfinished = self.ledger.unfinished()
-        replays = choose_replays(unfinished, retained, stages)
+        replays = choose_replays(self.ledger.unfinished(), retained, stages)
         from_input = [r.request_id for r in replays if r.boundary == 0]
         by_stage: dict[str, list[dict[str, Any]]] = {}
         starts = {s.start: s.device for s in stages}
@@ -639,108 +419,27 @@ class _Driver:
                     }
                 )
         for device, items in by_stage.items():
-            self.session.get(self.current.actors[device].call("inject", items), 30.0)
-        self.resend = from_input + [r for r in self.resend if r not in from_input]
+            group.inject_items(device, items)
+        self.resend = deque([*from_input, *(r for r in self.resend if r not in from_input)])
         self.ledger.replayed += len(replays)
         if self.metrics is not None:
             self.metrics.replayed.inc(len(replays))
-        self.ledger.first_result_after_s = None
-        self._record(
+        group.failures.detected(
             suspicions,
             detected_wall_s,
             action,
-            len(replays),
-            len(replays) - len(from_input),
-            tuple(stages),
+            replayed=len(replays),
+            from_stage=len(replays) - len(from_input),
+            stages=tuple(stages),
         )
         # Replays may have taken a while on a loaded host: count silence from now on.
-        self._watch(stages)
+        group.watch(self._expected(stages))
         self.source_paused.clear()
 
-    def _record(
-        self,
-        suspicions: list[Suspicion],
-        detected_wall_s: float,
-        action: str,
-        replayed: int,
-        from_stage: int,
-        stages: tuple[StagePlacement, ...],
-    ) -> None:
-        for suspicion in suspicions:
-            injected = [
-                f
-                for f in self.failures
-                if f["device"] == suspicion.device
-                and f.get("injected")
-                and "detected_wall_s" not in f
-            ]
-            if injected:
-                entry = injected[0]
-            else:
-                entry = {
-                    "device": suspicion.device,
-                    "at_wall_s": suspicion.last_heard_s,
-                    "injected": False,
-                }
-                self.failures.append(entry)
-            entry.update(
-                detected_wall_s=detected_wall_s,
-                cause=suspicion.cause,
-                action=action,
-                replayed=replayed,
-                from_stage=from_stage,
-                stages=stages,
-            )
-
     def failure_records(self) -> list[FailureRecord]:
-        records = []
-        ordered = sorted(self.failures, key=lambda f: f["at_wall_s"])
-        for entry in ordered:
-            if "detected_wall_s" not in entry:
-                continue  # injected into a device whose failure was never observed
-            recovered = None
-            later = [t for t in self.ledger.done_s.values() if t > entry["detected_wall_s"]]
-            if later:
-                recovered = min(later) - entry["at_wall_s"]
-            records.append(
-                FailureRecord(
-                    device=entry["device"],
-                    at_s=entry["at_wall_s"] - self.t0_s,
-                    detected_after_s=entry["detected_wall_s"] - entry["at_wall_s"],
-                    recovered_after_s=recovered,
-                    cause=entry["cause"],
-                    action=entry["action"],
-                    replayed=entry["replayed"],
-                    replayed_from_stage_output=entry["from_stage"],
-                    new_stages=entry["stages"],
-                )
-            )
-        return records
-
-    # -- tear-down and report ------------------------------------------------------------------
-    def collect_timelines(self) -> list[dict[str, Any]]:
-        assert self.session is not None
-        result = []
-        for device, actor in self.all_actors.items():
-            try:
-                for timeline in self.session.get(actor.call("timelines"), 10.0):
-                    result.append({"device": device, **timeline})
-            except (ActorDiedError, TimeoutError) as e:
-                logger.debug("no timeline from %s: %s", device, e)
-        return result
-
-    def shutdown(self) -> None:
-        self.aborted.set()
-        if self.link is not None:
-            self.link.stop()
-        for conn in self.sink_conns:
-            conn.close()
-        if self.sink is not None:
-            self.sink.close()
-        if self.session is None:
-            return
-        for actor in self.all_actors.values():
-            self.session.kill(actor)
+        with self.ledger.lock:
+            times = list(self.ledger.done_s.values())
+        return self.failure_log.records(self.t0_s, times)
 
 
 def _emulated_requests(count: int, num_bytes: int) -> Iterator[Activation]:
@@ -908,28 +607,31 @@ def run_plan(
         metrics,
     )
     error: BaseException | None = None
+    session: RaySession | None = None
     try:
-        driver.session = RaySession.open(config, devices)
-        driver.sink = listen(driver.session.driver_host())
-        if config.standby_devices:
-            driver.ensure_actors(config.standby_devices)
+        session = RaySession.open(config, devices)
+        output_bytes = float(profile.units[-1].output_bytes)
+        driver.group = StageGroup(
+            session, config, driver._on_result, frame_bound_bytes(output_bytes, config)
+        )
         driver.run()
     except BaseException as e:
         error = e
     timelines: list[dict[str, Any]] = []
     try:
-        if driver.session is not None and driver.t0_s:
-            timelines = driver.collect_timelines()
+        if driver.group is not None and driver.t0_s:
+            timelines = driver.group.timelines()
     finally:
-        driver.shutdown()
+        driver.aborted.set()
+        if driver.group is not None:
+            driver.group.close()
         metrics.close()
         # Drop every actor handle and object ref before Ray shuts down (a ref collected after
         # ray.shutdown() can end the process on this Ray build).
-        driver.all_actors.clear()
-        driver.current = None
+        driver.group = None
         gc.collect()
-        if driver.session is not None:
-            driver.session.close()
+        if session is not None:
+            session.close()
     if error is not None and not driver.t0_s:
         raise error
     report = _build_report(driver, timelines, timeline_path, error)
@@ -950,7 +652,7 @@ def _build_report(
     makespan_s = (max(done) - driver.t0_s) if done else 0.0
     warmup = min(len(plan.stages) + 1, max(0, len(done) // 4))
     # Measured period from the steady state only when no failure interrupted it.
-    records = driver.failure_records()
+    records = driver.failure_records() if driver.t0_s else []
     if records:
         first_fail = driver.t0_s + min(r.at_s for r in records)
         before = [t for t in done if t <= first_fail]
@@ -975,6 +677,12 @@ def _build_report(
     notes = ""
     if error is not None:
         notes = f"run ended early: {type(error).__name__}: {error}"
+    if ledger.errors:
+        first = min(ledger.errors)
+        notes += (
+            f"{'; ' if notes else ''}{len(ledger.errors)} request(s) answered with an error, "
+            f"e.g. {first}: {ledger.errors[first]}"
+        )
     return RunReport(
         model=plan.model,
         plan_stages=plan.stages,
@@ -1004,6 +712,7 @@ def _build_report(
             duplicated=len(delivered) - len(set(delivered)),
             replayed=ledger.replayed,
             duplicates_suppressed=ledger.duplicates_suppressed,
+            errored=len(ledger.errors),
         ),
         stages=tuple(stats),
         failures=tuple(records),

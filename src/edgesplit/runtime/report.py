@@ -18,6 +18,8 @@ from edgesplit.core.plan import StagePlacement
 from edgesplit.core.schema import FrozenModel, VersionedFile
 
 __all__ = [
+    "Action",
+    "Cause",
     "FailureRecord",
     "LatencyStats",
     "Measured",
@@ -29,6 +31,10 @@ __all__ = [
     "plot_timeline",
     "steady_period_s",
 ]
+
+
+Cause = Literal["actor_died", "hang", "stall", "unreachable", "failing"]
+Action = Literal["standby", "replan", "restart", "none"]
 
 
 class LatencyStats(FrozenModel):
@@ -64,6 +70,7 @@ class RequestCounts(FrozenModel):
     duplicated: int  # results handed to the caller more than once (must be 0)
     replayed: int  # micro-batches re-sent after a failure
     duplicates_suppressed: int  # results that reached the driver twice and were dropped
+    errored: int = 0  # answered with an executor error after the retry (not lost)
 
 
 class StageStats(FrozenModel):
@@ -82,21 +89,24 @@ class StageStats(FrozenModel):
 
 
 class FailureRecord(FrozenModel):
-    """One failure: when it happened, how long detection and recovery took (wall seconds).
+    """One failure, the same in every workload's report (wall seconds).
 
     at_s: since the run started; the injection time, or the last time the device was heard from
-    when the failure came from outside. recovered_after_s: from at_s to the first result the
-    re-planned pipeline delivered.
+    when the failure came from outside. detected_after_s and recovered_after_s count from at_s;
+    recovery is the first result delivered after detection. fault: the injected kind (kill,
+    stop, crash, cut, custom) or None for a failure nobody injected. replayed: micro-batches
+    (batch) or tokens (decode) computed again.
     """
 
     device: str
     at_s: float
     detected_after_s: float
     recovered_after_s: float | None
-    cause: Literal["actor_died", "hang", "stall", "unreachable"]
-    action: Literal["standby", "replan", "none"]
-    replayed: int
-    replayed_from_stage_output: int  # of those, resumed at a stage boundary (not from input)
+    cause: Cause
+    action: Action
+    fault: str | None = None
+    replayed: int = 0
+    replayed_from_stage_output: int = 0  # of those, resumed at a stage boundary (not from input)
     new_stages: tuple[StagePlacement, ...] = ()
 
 

@@ -1,41 +1,60 @@
-"""One device's stage: receive activations, compute its units, forward downstream, keep what a
-replay would need. A plain class (`StageWorker`); runtime/cluster.py makes it a Ray actor.
+"""The one stage worker: a device that receives frames, runs its executor, forwards the result.
 
-Threads per configured epoch (a `_StageRunner`): an acceptor, one reader per upstream stream, a
-compute thread, a forwarder (credit wait + link shaping) and a writer (sends when the shaped link
-delivers). Imports numpy and runtime.transport/emulation; torch and models only for real compute.
+Owns `StageSpec` (what a stage runs in one epoch; crosses Ray as a plain dict) and `StageWorker`
+(a plain class; runtime/cluster.py makes it the Ray actor of every workload). Per epoch a
+`_StageRunner` wires `channel.Inbound` -> inbox -> compute thread (the executor) -> `Sender`.
+The executor (runtime/executors.py) is picked by `StageSpec.executor`; its module is built in one
+place, `StageWorker._module`. Control only through method calls (Ray actor calls); data only
+through the channel. torch and models are imported lazily for real compute; never ray.
 
-[Note: retained activations] A stage holds each micro-batch from the moment it arrives until its
+[Note: retained activations] A stage holds each item from the moment it arrives until its
 downstream acknowledges having forwarded it: first the input (boundary = start), then the output
 (boundary = end). The downstream acks only after *it* forwarded the item, so at any instant every
-accepted micro-batch is held by at least one live stage or by the driver; after a failure the
-driver collects these (`halt`) and replays each micro-batch from the furthest boundary it has.
-Credits: a sender may have at most `max_in_flight` unacknowledged items at its downstream, which
-bounds every queue and gives back-pressure all the way to the request source.
+accepted item is held by at least one live stage or by the driver; after a failure the batch
+driver collects these (`halt`) and replays each from the furthest boundary it has (the decode
+driver replays from its own token lists instead). Credits: a sender may have at most
+`max_in_flight` unacknowledged items at its downstream, which bounds every queue and gives
+back-pressure all the way to the request source.
+
+[Note: errors stay with their request] An executor that raises produces an error frame for that
+request only (meta "error" = "executor", "detail" = the message); later stages pass it through
+untouched and the driver decides (retry once, then answer that request with the error). Three
+errors in a row are reported by `ping` so that the driver treats the stage as failed.
 """
 
 from __future__ import annotations
 
-import contextlib
+import functools
 import logging
 import os
 import queue
+import signal
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
+from pydantic import Field
 
 from edgesplit.core.schema import FrozenModel
-from edgesplit.errors import TransportError
+from edgesplit.runtime.channel import Inbound, Sender
 from edgesplit.runtime.emulation import LinkShaper
-from edgesplit.runtime.transport import Connection, Frame, TcpListener, connect, listen
+from edgesplit.runtime.executors import (
+    DecodeExecutor,
+    EmulatedDecodeExecutor,
+    EmulatedForwardExecutor,
+    Executor,
+    ForwardExecutor,
+)
+from edgesplit.runtime.transport import Frame, FrameLimits, TcpConnection, connect
 
-__all__ = ["StageSpec", "StageWorker"]
+__all__ = ["ExecutorKind", "FaultKind", "StageSpec", "StageWorker"]
 
 logger = logging.getLogger(__name__)
 _POLL_S = 0.05
+ExecutorKind = Literal["forward", "decode"]
+FaultKind = Literal["kill", "stop", "crash", "cut"]
 
 
 class StageSpec(FrozenModel):
@@ -46,15 +65,28 @@ class StageSpec(FrozenModel):
     start: int
     end: int
     epoch: int
+    executor: ExecutorKind = "forward"
     compute: Literal["real", "emulated"]
-    compute_s: float = 0.0  # emulated: seconds to sleep per micro-batch (already time-scaled)
-    input_bytes: int = 0  # emulated: expected input size (checked)
-    output_bytes: int = 0  # emulated: size of the output produced
+    run_key_hex: str = Field(min_length=64, max_length=64)  # [Note: run key] in transport.py
+    max_frame_bytes: int = Field(default=64 << 20, gt=0)  # bound on what upstream may declare
+    max_connections: int = Field(default=4, ge=1)
+    compute_s: float = 0.0  # emulated forward: seconds per micro-batch (already time-scaled)
+    input_bytes: int = 0  # emulated forward: expected input size (checked)
+    output_bytes: int = 0  # emulated forward: size of the output produced
+    num_units: int = 0  # decode: units of the whole model (the last stage picks tokens)
+    hidden_size: int = 0  # emulated decode: width of the hidden state sent on
+    vocab_size: int = 0  # emulated decode: range of the (meaningless) tokens picked
+    decode_s: float = 0.0  # emulated decode: seconds per decode step of this stage
+    prefill_s_per_token: float = 0.0  # emulated decode: seconds per prompt token in a prefill
     bandwidth_bytes_per_s: float | None = None  # shaping of the link out; None = unshaped
     latency_s: float = 0.0
     max_in_flight: int = 4
     model_spec: dict[str, Any] | None = None  # real: edgesplit.models.ModelSpec as a dict
     num_threads: int = 1
+
+    @property
+    def run_key(self) -> bytes:
+        return bytes.fromhex(self.run_key_hex)
 
 
 @dataclass
@@ -62,213 +94,150 @@ class _Item:
     request_id: int
     boundary: int
     tensors: dict[str, np.ndarray]
-    upstream: Connection | None  # where to ack once forwarded; None for driver injections
+    meta: dict[str, Any]
+    upstream: TcpConnection | None  # where to ack once forwarded; None for driver injections
     received_s: float
     compute_start_s: float = 0.0
     compute_end_s: float = 0.0
-    due_s: float = 0.0
 
 
 @dataclass
 class _StageRunner:
     spec: StageSpec
-    module: Any
-    listener: TcpListener
-    stopped: threading.Event = field(default_factory=threading.Event)
+    executor: Executor
+    host: str
+    stopped: threading.Event
     inbox: queue.Queue[_Item] = field(default_factory=queue.Queue)
-    outbox: queue.Queue[_Item] = field(default_factory=queue.Queue)
-    wire: queue.Queue[_Item] = field(default_factory=queue.Queue)
     lock: threading.Lock = field(default_factory=threading.Lock)
-    credit: threading.Condition = field(default_factory=threading.Condition)
-    unacked: int = 0
     held: dict[int, tuple[int, dict[str, np.ndarray]]] = field(default_factory=dict)
-    downstream: Connection | None = None
-    upstreams: list[Connection] = field(default_factory=list)
+    inbound: Inbound | None = None
+    sender: Sender | None = None
     threads: list[threading.Thread] = field(default_factory=list)
     timeline: list[tuple[int, float, float, float, float, float]] = field(default_factory=list)
     busy_since_s: float | None = None
-    last_progress_s: float = field(default_factory=time.time)
     processed: int = 0
-    error: str | None = None
+    errors: int = 0
+    errors_in_a_row: int = 0
     downstream_lost_s: float | None = None
-    emulated_output: np.ndarray | None = None
+    cut: threading.Event = field(default_factory=threading.Event)
 
-    # -- threads ---------------------------------------------------------------------------
+    def listen(self) -> tuple[str, int]:
+        self.inbound = Inbound(
+            self.host,
+            self.spec.run_key,
+            self._on_frame,
+            limits=FrameLimits(max_payload_bytes=self.spec.max_frame_bytes),
+            max_connections=self.spec.max_connections,
+            name=f"stage {self.spec.index} @ {self.spec.device}",
+        )
+        return self.inbound.address
+
     def start(self, downstream_address: tuple[str, int], connect_timeout_s: float) -> None:
-        self.downstream = connect(downstream_address, connect_timeout_s)
-        self.downstream.send(Frame("hello", epoch=self.spec.epoch, meta={"from": self.spec.device}))
-        for target in (self._accept, self._compute, self._forward, self._write, self._read_acks):
-            thread = threading.Thread(
-                target=self._guard(target),
-                daemon=True,
-                name=f"stage{self.spec.index}-{target.__name__}",
-            )
-            thread.start()
-            self.threads.append(thread)
+        spec = self.spec
+        conn = connect(downstream_address, connect_timeout_s, key=spec.run_key)
+        conn.send(Frame("hello", epoch=spec.epoch, meta={"from": spec.device}))
+        shaper = None
+        if spec.bandwidth_bytes_per_s is not None:
+            shaper = LinkShaper(spec.bandwidth_bytes_per_s, spec.latency_s)
+        self.sender = Sender(
+            conn, spec.max_in_flight, shaper, self._acked, f"stage{spec.index}-send"
+        )
+        self.sender.start()
+        thread = threading.Thread(target=self._compute, daemon=True, name=f"stage{spec.index}")
+        thread.start()
+        self.threads.append(thread)
 
-    def _guard(self, target: Any) -> Any:
-        def run() -> None:
-            try:
-                target()
-            except Exception as e:  # surfaced through ping() to the driver
-                if not self.stopped.is_set():
-                    logger.exception(
-                        "[stage %d @ %s] %s failed",
-                        self.spec.index,
-                        self.spec.device,
-                        target.__name__,
-                    )
-                    self.error = f"{target.__name__}: {type(e).__name__}: {e}"
-
-        return run
-
-    def _accept(self) -> None:
-        while not self.stopped.is_set():
-            conn = self.listener.accept(timeout_s=0.2)
-            if conn is None:
-                continue
-            self.upstreams.append(conn)
-            reader = threading.Thread(
-                target=self._guard(lambda c=conn: self._read(c)),
-                daemon=True,
-                name=f"stage{self.spec.index}-read",
-            )
-            reader.start()
-            self.threads.append(reader)
-
-    def _read(self, conn: Connection) -> None:
-        while not self.stopped.is_set():
-            frame = conn.recv()
-            if frame is None or frame.type == "bye":
-                return
-            if frame.type != "data" or frame.epoch != self.spec.epoch:
-                continue
-            self.put_item(_Item(frame.request_id, frame.boundary, frame.tensors, conn, time.time()))
+    def _on_frame(self, frame: Frame, conn: TcpConnection) -> None:
+        if frame.type != "data" or frame.epoch != self.spec.epoch or self.cut.is_set():
+            return  # hello/bye carry nothing to do; a cut link delivers nothing
+        self.put_item(
+            _Item(frame.request_id, frame.boundary, frame.tensors, frame.meta, conn, time.time())
+        )
 
     def put_item(self, item: _Item) -> None:
         with self.lock:
             self.held[item.request_id] = (item.boundary, item.tensors)
         self.inbox.put(item)
 
+    def _acked(self, frame: Frame) -> None:
+        with self.lock:
+            self.held.pop(frame.request_id, None)
+
     def _compute(self) -> None:
+        assert self.sender is not None
         while not self.stopped.is_set():
             try:
                 item = self.inbox.get(timeout=_POLL_S)
             except queue.Empty:
                 continue
             item.compute_start_s = self.busy_since_s = time.time()
-            outputs = self._run(item)
+            out = self._run(item)
             item.compute_end_s = time.time()
             self.busy_since_s = None
             if self.stopped.is_set():
                 return
-            item.tensors = outputs
-            item.boundary = self.spec.end
-            with self.lock:
-                self.held[item.request_id] = (item.boundary, outputs)
-            self.outbox.put(item)
+            if "error" not in out.meta:
+                with self.lock:
+                    self.held[item.request_id] = (out.boundary, out.tensors)
+            if self.cut.is_set():
+                self.stopped.wait()  # a cut link: nothing leaves, nothing is acknowledged
+                return
+            if not self.sender.send(out, functools.partial(self._forwarded, item)):
+                self.downstream_lost_s = self.sender.lost_s or time.time()
+                return
 
-    def _run(self, item: _Item) -> dict[str, np.ndarray]:
-        if item.boundary != self.spec.start:
-            raise ValueError(
-                f"micro-batch {item.request_id} arrived at unit {item.boundary} but stage "
-                f"{self.spec.index} on '{self.spec.device}' starts at unit {self.spec.start}"
-            )
-        if self.spec.compute == "emulated":
-            received = sum(int(t.nbytes) for t in item.tensors.values())
-            if self.spec.input_bytes and received != self.spec.input_bytes:
+    def _run(self, item: _Item) -> Frame:
+        spec = self.spec
+        meta = dict(item.meta)
+        if "error" in meta:  # an upstream stage could not run this request: pass it on
+            return Frame("data", item.request_id, spec.end, spec.epoch, {}, meta)
+        try:
+            if item.boundary != spec.start:
                 raise ValueError(
-                    f"stage {self.spec.index} on '{self.spec.device}' expected "
-                    f"{self.spec.input_bytes} input bytes, got {received}"
+                    f"request {item.request_id} arrived at unit {item.boundary} but this stage "
+                    f"starts at unit {spec.start}"
                 )
-            self.stopped.wait(self.spec.compute_s)
-            assert self.emulated_output is not None
-            return {"hidden": self.emulated_output}
-        import torch
-
-        with torch.inference_mode():
-            activation = {
-                k: torch.from_numpy(v if v.flags.writeable else v.copy())
-                for k, v in item.tensors.items()
-            }
-            result = self.module(activation)
-            return {k: v.detach().contiguous().numpy() for k, v in result.items()}
-
-    def _forward(self) -> None:
-        assert self.downstream is not None
-        shaper = None
-        if self.spec.bandwidth_bytes_per_s is not None:
-            shaper = LinkShaper(self.spec.bandwidth_bytes_per_s, self.spec.latency_s)
-        while not self.stopped.is_set():
-            try:
-                item = self.outbox.get(timeout=_POLL_S)
-            except queue.Empty:
-                continue
-            with self.credit:
-                while self.unacked >= self.spec.max_in_flight and not self.stopped.is_set():
-                    self.credit.wait(_POLL_S)
-                self.unacked += 1
-            now = time.time()
-            size = sum(int(t.nbytes) for t in item.tensors.values())
-            item.due_s = shaper.due_s(size, now) if shaper is not None else now
-            self.wire.put(item)
-
-    def _write(self) -> None:
-        assert self.downstream is not None
-        while not self.stopped.is_set():
-            try:
-                item = self.wire.get(timeout=_POLL_S)
-            except queue.Empty:
-                continue
-            delay_s = item.due_s - time.time()
-            if delay_s > 0 and self.stopped.wait(delay_s):
-                return
-            frame = Frame("data", item.request_id, item.boundary, self.spec.epoch, item.tensors)
-            try:
-                self.downstream.send(frame)
-            except TransportError:
-                # The downstream died or its link broke: not this stage's error. The item stays
-                # held; the driver learns who failed (Ray, heartbeats, `downstream_lost_s`).
-                self.downstream_lost_s = time.time()
-                return
-            sent_s = time.time()
-            if item.upstream is not None:
-                with contextlib.suppress(TransportError):
-                    item.upstream.send(Frame("ack", item.request_id, epoch=self.spec.epoch))
-            self.processed += 1
-            self.last_progress_s = sent_s
-            self.timeline.append(
-                (
-                    item.request_id,
-                    item.received_s,
-                    item.compute_start_s,
-                    item.compute_end_s,
-                    item.due_s,
-                    sent_s,
-                )
+            tensors, meta = self.executor.run(item.request_id, item.tensors, meta)
+        except Exception as e:
+            self.errors += 1
+            self.errors_in_a_row += 1
+            detail = f"[stage {spec.index} @ {spec.device}] {type(e).__name__}: {e}"
+            logger.warning("%s (request %d)", detail, item.request_id)
+            return Frame(
+                "data",
+                item.request_id,
+                spec.end,
+                spec.epoch,
+                {},
+                {**meta, "error": "executor", "detail": detail},
             )
+        self.errors_in_a_row = 0
+        return Frame("data", item.request_id, spec.end, spec.epoch, tensors, meta)
 
-    def _read_acks(self) -> None:
-        assert self.downstream is not None
-        while not self.stopped.is_set():
-            frame = self.downstream.recv()
-            if frame is None:
-                if not self.stopped.is_set():
-                    self.downstream_lost_s = time.time()
-                return
-            if frame.type != "ack" or frame.epoch != self.spec.epoch:
-                continue
-            with self.lock:
-                self.held.pop(frame.request_id, None)
-            with self.credit:
-                self.unacked -= 1
-                self.credit.notify_all()
+    def _forwarded(self, item: _Item, sent_s: float) -> None:
+        if item.upstream is not None:
+            try:
+                item.upstream.send(Frame("ack", item.request_id, epoch=self.spec.epoch))
+            except Exception as e:  # the upstream is gone; the driver finds out on its own
+                logger.debug("ack of %d not sent: %s", item.request_id, e)
+        self.processed += 1
+        self.timeline.append(
+            (
+                item.request_id,
+                item.received_s,
+                item.compute_start_s,
+                item.compute_end_s,
+                sent_s,
+                sent_s,
+            )
+        )
 
     def halt(self, timeout_s: float) -> list[dict[str, Any]]:
         self.stopped.set()
-        self.listener.close()
-        for conn in [*self.upstreams, *([self.downstream] if self.downstream else [])]:
-            conn.close()
+        if self.inbound is not None:
+            self.inbound.close()
+        if self.sender is not None:
+            self.sender.stop()
         deadline = time.time() + timeout_s
         for thread in self.threads:
             thread.join(max(0.0, deadline - time.time()))
@@ -280,65 +249,123 @@ class _StageRunner:
 
 
 class StageWorker:
-    """A device's process: builds a stage per epoch and runs it (see module docstring)."""
+    """A device's process: one stage per epoch, any executor (see module docstring)."""
 
     def __init__(self, device: str, host: str) -> None:
         self.device = device
         self.host = host
         self._runner: _StageRunner | None = None
-        self._modules: dict[tuple[int, int], Any] = {}
+        self._modules: dict[tuple[str, str, int, int], Any] = {}
         self._stop = threading.Event()
         self._timelines: list[dict[str, Any]] = []
 
     def info(self) -> dict[str, Any]:
         return {"device": self.device, "pid": os.getpid(), "host": self.host}
 
+    # -- building a stage ------------------------------------------------------------------
+    def _module(self, spec: StageSpec) -> Any:
+        """The one place a stage's module is built: units [start, end) of `spec.model_spec`.
+
+        Kept across epochs while the range is unchanged (only the current stage's weights).
+        """
+        import torch
+
+        from edgesplit.models import ModelSpec, build_stage
+        from edgesplit.models.kv_stage import KvStage
+
+        torch.set_num_threads(spec.num_threads)
+        assert spec.model_spec is not None
+        key = (spec.executor, repr(sorted(spec.model_spec.items())), spec.start, spec.end)
+        if key not in self._modules:
+            self._modules.clear()
+            model_spec = ModelSpec.model_validate(spec.model_spec)
+            if spec.executor == "decode":
+                self._modules[key] = KvStage.build(model_spec, spec.start, spec.end)
+            else:
+                self._modules[key] = build_stage(model_spec, spec.start, spec.end)
+        return self._modules[key]
+
+    def _executor(self, spec: StageSpec, stopped: threading.Event) -> Executor:
+        if spec.executor == "forward":
+            if spec.compute == "emulated":
+                return EmulatedForwardExecutor(
+                    spec.compute_s, spec.input_bytes, spec.output_bytes, stopped
+                )
+            return ForwardExecutor(self._module(spec))
+        if spec.compute == "emulated":
+            return EmulatedDecodeExecutor(
+                spec.decode_s,
+                spec.prefill_s_per_token,
+                spec.hidden_size,
+                spec.vocab_size,
+                spec.end == spec.num_units,
+                stopped,
+            )
+        decode = DecodeExecutor(self._module(spec))
+        decode.reset()  # a new epoch starts from empty caches
+        return decode
+
     def configure(self, spec_data: dict[str, Any]) -> tuple[str, int]:
         """Build the stage of `spec_data` (only its units' weights); returns its listen address."""
         spec = StageSpec.model_validate(spec_data)
         self._retire()
-        module = None
-        if spec.compute == "real":
-            module = self._build_module(spec)
-        runner = _StageRunner(spec=spec, module=module, listener=listen(self.host))
-        if spec.compute == "emulated":
-            runner.emulated_output = np.zeros(spec.output_bytes, dtype=np.uint8)
+        stopped = threading.Event()
+        runner = _StageRunner(spec, self._executor(spec, stopped), self.host, stopped)
+        address = runner.listen()
         self._runner = runner
-        return runner.listener.address
-
-    def _build_module(self, spec: StageSpec) -> Any:
-        import torch
-
-        from edgesplit.models import ModelSpec, build_stage
-
-        torch.set_num_threads(spec.num_threads)
-        key = (spec.start, spec.end)
-        if key not in self._modules:
-            self._modules.clear()  # keep only the current stage's weights
-            assert spec.model_spec is not None
-            model_spec = ModelSpec.model_validate(spec.model_spec)
-            self._modules[key] = build_stage(model_spec, spec.start, spec.end)
-        return self._modules[key]
+        return address
 
     def start(self, downstream_address: tuple[str, int], connect_timeout_s: float = 10.0) -> None:
         assert self._runner is not None, "configure() first"
-        self._runner.start(tuple(downstream_address), connect_timeout_s)  # type: ignore[arg-type]
+        host, port = downstream_address
+        self._runner.start((str(host), int(port)), connect_timeout_s)
 
+    def warm(self) -> None:
+        """Import torch and the model code now, so a standby's takeover costs a stage build."""
+        import torch
+
+        from edgesplit.models import build_stage  # noqa: F401
+        from edgesplit.models.kv_stage import KvStage  # noqa: F401
+
+        torch.set_num_threads(1)
+
+    # -- health and faults -------------------------------------------------------------------
     def ping(self) -> dict[str, Any]:
         runner = self._runner
         if runner is None:
-            return {"now_s": time.time(), "busy_since_s": None, "error": None, "processed": 0}
+            return {"now_s": time.time(), "busy_since_s": None, "processed": 0, "epoch": None}
+        if runner.cut.is_set():
+            runner.stopped.wait(60.0)  # a cut device is silent (its heartbeats are lost too)
         return {
             "now_s": time.time(),
             "busy_since_s": runner.busy_since_s,
-            "error": runner.error,
             "processed": runner.processed,
+            "errors": runner.errors,
+            "errors_in_a_row": runner.errors_in_a_row,
             "epoch": runner.spec.epoch,
-            "downstream_lost_s": runner.downstream_lost_s,
+            "downstream_lost_s": runner.downstream_lost_s
+            or (runner.sender.lost_s if runner.sender is not None else None),
+            "refused": runner.inbound.refused if runner.inbound is not None else 0,
         }
 
+    def fault(self, kind: FaultKind) -> None:
+        """Fault injection, executed here so that it reaches a device on any node.
+
+        kill: SIGKILL this process. stop: SIGSTOP it (a hang). crash: SIGKILL this node's raylet
+        (this process's parent) and this process. cut: the data streams and heartbeats go silent.
+        """
+        logger.warning("[stage @ %s] fault injected: %s", self.device, kind)
+        if kind == "cut":
+            if self._runner is not None:
+                self._runner.cut.set()
+            return
+        if kind == "crash":
+            os.kill(os.getppid(), signal.SIGKILL)
+        os.kill(os.getpid(), signal.SIGSTOP if kind == "stop" else signal.SIGKILL)
+
+    # -- replay and teardown -----------------------------------------------------------------
     def inject(self, items: list[dict[str, Any]]) -> None:
-        """Replay: put micro-batches straight into this stage's inbox (no upstream to ack)."""
+        """Replay: put items straight into this stage's inbox (no upstream to ack)."""
         assert self._runner is not None
         for item in items:
             self._runner.put_item(
@@ -346,15 +373,14 @@ class StageWorker:
                     int(item["request_id"]),
                     int(item["boundary"]),
                     item["tensors"],
+                    dict(item.get("meta") or {}),
                     None,
                     time.time(),
                 )
             )
 
     def halt(self, timeout_s: float = 10.0) -> list[dict[str, Any]]:
-        """Stop this epoch; return every micro-batch still held (see [Note: retained ...])."""
-        if self._runner is None:
-            return []
+        """Stop this epoch; return every item still held (see [Note: retained activations])."""
         return self._retire(timeout_s)
 
     def _retire(self, timeout_s: float = 10.0) -> list[dict[str, Any]]:
@@ -362,31 +388,23 @@ class StageWorker:
         if runner is None:
             return []
         held = runner.halt(timeout_s)
-        self._timelines.append(
-            {
-                "index": runner.spec.index,
-                "epoch": runner.spec.epoch,
-                "start": runner.spec.start,
-                "end": runner.spec.end,
-                "entries": list(runner.timeline),
-            }
-        )
+        self._timelines.append(self._timeline_of(runner))
         return held
+
+    @staticmethod
+    def _timeline_of(runner: _StageRunner) -> dict[str, Any]:
+        spec = runner.spec
+        return {
+            "index": spec.index,
+            "epoch": spec.epoch,
+            "start": spec.start,
+            "end": spec.end,
+            "entries": list(runner.timeline),
+        }
 
     def timelines(self) -> list[dict[str, Any]]:
         """Per-epoch (request, received, compute start, compute end, due, sent) wall times."""
-        current = []
-        if self._runner is not None:
-            spec = self._runner.spec
-            current.append(
-                {
-                    "index": spec.index,
-                    "epoch": spec.epoch,
-                    "start": spec.start,
-                    "end": spec.end,
-                    "entries": list(self._runner.timeline),
-                }
-            )
+        current = [self._timeline_of(self._runner)] if self._runner is not None else []
         return [*self._timelines, *current]
 
     def serve(self) -> str:

@@ -6,8 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from edgesplit.cli.generate import _parse_kill, _parse_stages
+from edgesplit.cli.generate import _parse_stages
 from edgesplit.errors import ConfigError
+from edgesplit.runtime.config import ScheduledFault, parse_fault, parse_kill
 from edgesplit.models import smollm2
 from edgesplit.models.textdata import (
     decode_bytes,
@@ -59,8 +60,12 @@ def test_gguf_is_found_without_importing_the_package() -> None:
 
 def test_cli_parsers() -> None:
     assert _parse_stages("a:0-4,b:4-10") == [("a", 0, 4), ("b", 4, 10)]
-    assert _parse_kill("pi-0@1.5") == ("pi-0", 1.5)
+    assert parse_kill("pi-0@1.5") == ScheduledFault("pi-0", 1.5, "kill")
+    assert parse_fault("stop:pi-0@2") == ScheduledFault("pi-0", 2.0, "stop")
+    assert parse_fault("cut:b@0.5").kind == "cut"
     with pytest.raises(ConfigError, match="--stages"):
         _parse_stages("a:0-x")
     with pytest.raises(ConfigError, match="--kill"):
-        _parse_kill("pi0")
+        parse_kill("pi0")
+    with pytest.raises(ConfigError, match="KIND in kill, stop, crash, cut"):
+        parse_fault("melt:pi0@1")

@@ -1,0 +1,151 @@
+"""What a stage computes on one frame: pluggable executors (vLLM's "model runner", our words).
+
+Owns `Executor` (the protocol: one input frame's tensors + meta -> output tensors + meta; caches
+but no request state) and its implementations: `ForwardExecutor` (a unit range, batch pipeline),
+`DecodeExecutor` (a unit range with per-sequence KV caches; the last stage picks the token) and
+their emulated variants (sleep the profiled time, send real-size tensors). The module an executor
+runs is built in one place, `StageWorker._module` in runtime/stage.py. torch is imported lazily
+(emulated executors need none); never ray, never planners.
+
+Decode frames: request_id = sequence id; meta {"pos": first position, "step": the driver's step
+id, "sampling": [temperature, top_k, seed]}; tensors {"input_ids"} into the first stage,
+{"hidden"} between stages, {"token"} out of the last. A stage whose cache does not continue the
+step answers meta {"error": "cache_mismatch"} (the driver replays that sequence from position 0).
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+__all__ = [
+    "DecodeExecutor",
+    "EmulatedDecodeExecutor",
+    "EmulatedForwardExecutor",
+    "Executor",
+    "ExecutorOutput",
+    "ForwardExecutor",
+]
+
+Arrays = dict[str, np.ndarray]
+ExecutorOutput = tuple[Arrays, dict[str, Any]]
+
+
+class Executor(Protocol):
+    def run(self, request_id: int, tensors: Arrays, meta: dict[str, Any]) -> ExecutorOutput:
+        """Compute one frame; raising errors only this request (the stage goes on)."""
+        ...
+
+
+def _torch_inputs(tensors: Arrays) -> dict[str, Any]:
+    import torch
+
+    # frombuffer arrays are read-only; torch wants writable memory.
+    return {k: torch.from_numpy(v if v.flags.writeable else v.copy()) for k, v in tensors.items()}
+
+
+@dataclass
+class ForwardExecutor:
+    """Runs a `StageModule` (units [start, end)) on a micro-batch."""
+
+    module: Any
+
+    def run(self, request_id: int, tensors: Arrays, meta: dict[str, Any]) -> ExecutorOutput:
+        import torch
+
+        with torch.inference_mode():
+            result = self.module(_torch_inputs(tensors))
+            return {k: v.detach().contiguous().numpy() for k, v in result.items()}, meta
+
+
+@dataclass
+class EmulatedForwardExecutor:
+    """Sleeps `compute_s` and returns `output_bytes` of zeros; checks the input size."""
+
+    compute_s: float
+    input_bytes: int
+    output_bytes: int
+    stopped: threading.Event
+    _output: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        self._output = np.zeros(self.output_bytes, dtype=np.uint8)
+
+    def run(self, request_id: int, tensors: Arrays, meta: dict[str, Any]) -> ExecutorOutput:
+        received = sum(int(t.nbytes) for t in tensors.values())
+        if self.input_bytes and received != self.input_bytes:
+            raise ValueError(
+                f"micro-batch {request_id} has {received} input bytes, the plan {self.input_bytes}"
+            )
+        self.stopped.wait(self.compute_s)
+        return {"hidden": self._output}, meta
+
+
+def _step(meta: dict[str, Any]) -> tuple[int, tuple[float, int, int]]:
+    """(position, sampling) of a decode frame, refusing malformed values."""
+    position = int(meta["pos"])
+    temperature, top_k, seed = meta.get("sampling", [0.0, 0, 0])
+    if position < 0:
+        raise ValueError(f"decode step at negative position {position}")
+    return position, (float(temperature), int(top_k), int(seed))
+
+
+@dataclass
+class DecodeExecutor:
+    """A `KvStage`: units [start, end) of a decoder with one KV cache per live sequence."""
+
+    stage: Any  # models.kv_stage.KvStage
+
+    def reset(self) -> None:
+        for sequence_id in self.stage.sequences():
+            self.stage.drop(sequence_id)
+
+    def run(self, request_id: int, tensors: Arrays, meta: dict[str, Any]) -> ExecutorOutput:
+        import torch
+
+        from edgesplit.models.kv_stage import CacheMismatchError, Sampling, choose_token
+
+        position, sampling = _step(meta)
+        try:
+            with torch.inference_mode():
+                out = self.stage.step(request_id, _torch_inputs(tensors), position)
+        except CacheMismatchError as e:
+            return {}, {**meta, "error": "cache_mismatch", "detail": str(e)}
+        if "logits" in out:
+            num_new = int(next(iter(tensors.values())).shape[1])
+            token = choose_token(
+                out["logits"][0], Sampling(*sampling), request_id, position + num_new - 1
+            )
+            return {"token": np.array([token], dtype=np.int64)}, meta
+        return {"hidden": out["hidden"].contiguous().numpy()}, meta
+
+
+@dataclass
+class EmulatedDecodeExecutor:
+    """Sleeps the profiled decode (or prefill) time; zero hidden states of the real width."""
+
+    decode_s: float
+    prefill_s_per_token: float
+    hidden_size: int
+    vocab_size: int
+    is_last: bool
+    stopped: threading.Event
+    _lengths: dict[int, int] = field(default_factory=dict)
+
+    def reset(self) -> None:
+        self._lengths.clear()
+
+    def run(self, request_id: int, tensors: Arrays, meta: dict[str, Any]) -> ExecutorOutput:
+        position, _ = _step(meta)
+        num_new = int(next(iter(tensors.values())).shape[1]) if tensors else 1
+        if position != 0 and self._lengths.get(request_id) != position:
+            return {}, {**meta, "error": "cache_mismatch"}
+        self._lengths[request_id] = position + num_new
+        self.stopped.wait(self.decode_s if num_new == 1 else self.prefill_s_per_token * num_new)
+        if self.is_last:
+            token = (request_id * 7919 + position + num_new) % max(self.vocab_size, 1)
+            return {"token": np.array([token], dtype=np.int64)}, meta
+        return {"hidden": np.zeros((1, num_new, self.hidden_size), dtype=np.float32)}, meta
