@@ -37,6 +37,7 @@ def _register() -> None:
     from edgesplit.cli import cosearch as cosearch_cli
     from edgesplit.cli import demo, env, offload, plan, profile, simulate
     from edgesplit.cli import generate as generate_cli
+    from edgesplit.cli import quality as quality_cli
     from edgesplit.cli import robust as robust_cli
     from edgesplit.cli import run as run_cli
     from edgesplit.cli import testbed as testbed_cli
@@ -53,6 +54,7 @@ def _register() -> None:
     generate_cli.register(app)
     cluster_cli.register(app)
     testbed_cli.register(app)
+    quality_cli.register(app)
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ from rich.table import Table
 
 from edgesplit import api
 from edgesplit.cli.common import console
+from edgesplit.core.precision import StageDtype
 from edgesplit.core.profile import ModelProfile
 
 __all__ = ["profile_with_progress", "register"]
@@ -25,6 +26,7 @@ def profile_with_progress(
     threads: int = 1,
     device_kind: str | None = None,
     seq_len: int | None = None,
+    dtypes: tuple[StageDtype, ...] = ("float32",),
 ) -> ModelProfile:
     with Progress(
         TextColumn("[bold]profiling[/] {task.description}"),
@@ -38,6 +40,20 @@ def profile_with_progress(
         def report(done: int, total: int, name: str) -> None:
             progress.update(task, completed=done, total=total, description=f"{model}: {name}")
 
+        if dtypes != ("float32",):
+            from edgesplit.api import precision
+
+            return precision.profile_dtypes(
+                model,
+                batch_size,
+                dtypes=dtypes,
+                repeats=repeats,
+                warmup=warmup,
+                num_threads=threads,
+                device_kind=device_kind,
+                progress=report,
+                seq_len=seq_len,
+            )
         return api.profile(
             model,
             batch_size,
@@ -88,11 +104,22 @@ def register(app: typer.Typer) -> None:
         seq_len: Annotated[
             int | None, typer.Option(min=1, help="Tokens per sequence (text models).")
         ] = None,
+        dtype: Annotated[
+            str,
+            typer.Option(
+                help="Stage dtypes to measure each unit in, comma-separated (float32, bfloat16, "
+                "int8); float32 is always measured."
+            ),
+        ] = "float32",
     ) -> None:
         """Measure each unit (embedding, attention/MLP halves, head) on this host.
 
         Example: edgesplit profile -m vit-base --batch-size 8 -o vit-base.json
+        Example: edgesplit profile -m smollm2-135m --dtype float32,bfloat16,int8 -o smol.json
         """
+        from edgesplit.api import precision
+
+        dtypes = precision.parse_dtypes(dtype)
         result = profile_with_progress(
             model,
             batch_size,
@@ -101,6 +128,7 @@ def register(app: typer.Typer) -> None:
             threads=threads,
             device_kind=device_kind,
             seq_len=seq_len,
+            dtypes=("float32", *dtypes) if "float32" not in dtypes else dtypes,
         )
         api.save(result, output)
         kind = result.device_kinds[0]
@@ -129,4 +157,23 @@ def register(app: typer.Typer) -> None:
             end_section=False,
         )
         console.print(table)
+        if len(result.dtypes) > 1:
+            console.print(_dtype_table(result, kind))
         console.print(f"profile written to [bold]{output}[/]")
+
+
+def _dtype_table(result: ModelProfile, kind: str) -> Table:
+    """Whole-model time and weight bytes per dtype (the per-unit figures are in the file)."""
+    table = Table(title=f"{result.model} per stage dtype on {kind}")
+    for column in ("dtype", "ms", "weights MB", "x float32 speed"):
+        table.add_column(column, justify="left" if column == "dtype" else "right")
+    base = sum(result.times_for(kind))
+    for dtype in result.dtypes:
+        seconds = sum(result.times_for(kind, dtype))
+        table.add_row(
+            dtype,
+            f"{seconds * 1e3:.2f}",
+            f"{sum(result.param_bytes_for(dtype)) / 1e6:.2f}",
+            f"{base / seconds:.2f}" if seconds > 0 else "-",
+        )
+    return table

@@ -123,34 +123,32 @@ def _quantize_int8(module: nn.Module) -> nn.Module:
 
 
 def weight_bytes(module: nn.Module) -> int:
-    """Bytes of the weights `module` holds, quantized ones included (shared tensors once).
+    """Bytes of the weights `module` holds, int8 ones included (shared tensors counted once).
 
-    `nn.Module.parameters()` does not see int8 weights (they sit in packed parameters), so this
-    walks the state dict: a quantized tensor counts one byte per element plus its per-channel
-    scale and zero point.
+    `nn.Module.parameters()` does not see int8 weights (they sit in packed parameters): each
+    quantized Linear or Embedding counts one byte per weight plus its per-channel scales and
+    zero points and its float bias. Buffers are not weights and are not counted.
     """
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+    from torch.ao.nn.quantized.modules.embedding_ops import Embedding as QuantizedEmbedding
+
     seen: set[int] = set()
     total = 0
-
-    def count(value: object) -> None:
-        nonlocal total
-        if isinstance(value, tuple | list):
-            for item in value:
-                count(item)
-        elif isinstance(value, torch.Tensor):
-            key = value.data_ptr() if not value.is_quantized else id(value)
-            if key in seen:
-                return
-            seen.add(key)
-            total += value.numel() * value.element_size()
-            if value.is_quantized and value.qscheme() in _PER_CHANNEL:
-                scales = value.q_per_channel_scales()
-                points = value.q_per_channel_zero_points()
-                total += scales.numel() * scales.element_size()
-                total += points.numel() * points.element_size()
-
-    for value in module.state_dict().values():
-        count(value)
+    for parameter in module.parameters():
+        if id(parameter) not in seen:
+            seen.add(id(parameter))
+            total += parameter.numel() * parameter.element_size()
+    for sub in module.modules():
+        if isinstance(sub, DynamicLinear | QuantizedEmbedding) and id(sub) not in seen:
+            seen.add(id(sub))
+            weight = sub.weight()
+            total += weight.numel() * weight.element_size()
+            if weight.qscheme() in _PER_CHANNEL:
+                for extra in (weight.q_per_channel_scales(), weight.q_per_channel_zero_points()):
+                    total += extra.numel() * extra.element_size()
+            bias = sub.bias() if isinstance(sub, DynamicLinear) else None
+            if bias is not None:
+                total += bias.numel() * bias.element_size()
     return total
 
 
