@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-import click
+from typer._click.core import Context  # typer bundles its own click; its groups take this
 from typer.core import TyperGroup
 
 __all__ = ["WORKFLOW_ORDER", "DefaultCommandGroup", "WorkflowGroup"]
@@ -37,7 +37,7 @@ WORKFLOW_ORDER = (
 class WorkflowGroup(TyperGroup):
     """Top-level commands in WORKFLOW_ORDER; unknown ones after, alphabetically."""
 
-    def list_commands(self, ctx: click.Context) -> list[str]:
+    def list_commands(self, ctx: Context) -> list[str]:
         names = super().list_commands(ctx)
         rank = {name: i for i, name in enumerate(WORKFLOW_ORDER)}
         return sorted(names, key=lambda n: (rank.get(n, len(rank)), n))
@@ -48,7 +48,7 @@ class DefaultCommandGroup(TyperGroup):
 
     default_command: ClassVar[str] = "run"
 
-    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+    def parse_args(self, ctx: Context, args: list[str]) -> list[str]:
         helps = {"--help", "-h"}
         if args and args[0] not in self.commands and args[0] not in helps:
             args = [self.default_command, *args]
