@@ -18,10 +18,12 @@ Example:
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from edgesplit.errors import ConfigError
 from edgesplit.testbed import TestbedState, TestbedStatus
 from edgesplit.testbed import down as _down
 from edgesplit.testbed import status as _status
@@ -122,6 +124,11 @@ def survey_cluster(
         DeviceUnavailableError: no device nodes, or a probe failed or timed out.
     """
     # Ray reads its auth mode once, when first imported: set it before.
+    if "ray" in sys.modules and os.environ.get("RAY_AUTH_MODE") != "token":
+        raise ConfigError(
+            "Ray was imported before token auth was set; run with RAY_AUTH_MODE=token in the "
+            "environment (`export RAY_AUTH_MODE=token`, as `edgesplit testbed up` prints)"
+        )
     os.environ.setdefault("RAY_AUTH_MODE", "token")
     if token_file is not None:
         os.environ["RAY_AUTH_TOKEN_PATH"] = str(token_file)

