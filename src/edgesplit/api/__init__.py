@@ -5,7 +5,8 @@
 - `edgesplit.api.robust`: width-split robust placements and failure-aware fine-tuning (EASTER).
 - `edgesplit.api.offload`: the adaptive-offloading edge server and device client (A-MOT).
 - `edgesplit.api.cosearch`: device-aware co-search (EdgeTran).
-- `edgesplit.api.cluster`: multi-machine Ray clusters.
+- `edgesplit.api.cluster`: multi-machine Ray clusters; `edgesplit.api.testbed`: a described
+  cluster on one machine (namespaces, cgroups); `edgesplit.api.precision`: stage dtypes, quality.
 - `edgesplit.api.precision`: stage dtypes, link encodings, quality tables (issue 17).
 
 The CLI reaches every capability through this package only (tests/unit/test_layering.py).
@@ -25,50 +26,22 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-from edgesplit.api.pipeline import (
-    PlannerOutcome,
-    RunReport,
-    RuntimeConfig,
-    ScheduledFault,
-    available_planners,
-    compare,
-    import_pipeedge_profile,
-    load_cluster,
-    load_plan,
-    load_profile,
-    parse_fault,
-    parse_kill,
-    plan,
-    prepare_profile,
-    profile,
-    run,
-    save,
-    simulate,
+from edgesplit.api import pipeline as _pipeline
+from edgesplit.api.pipeline import *  # noqa: F403  (the pipeline capability is the top level)
+
+CAPABILITIES = (
+    "pipeline",
+    "generation",
+    "robust",
+    "offload",
+    "cosearch",
+    "cluster",
+    "precision",
+    "testbed",
 )
 
-CAPABILITIES = ("pipeline", "generation", "robust", "offload", "cosearch", "cluster", "precision")
-
-__all__ = [
-    "CAPABILITIES",
-    "PlannerOutcome",
-    "RunReport",
-    "RuntimeConfig",
-    "ScheduledFault",
-    "available_planners",
-    "compare",
-    "import_pipeedge_profile",
-    "load_cluster",
-    "load_plan",
-    "load_profile",
-    "parse_fault",
-    "parse_kill",
-    "plan",
-    "prepare_profile",
-    "profile",
-    "run",
-    "save",
-    "simulate",
-]
+__all__ = ["CAPABILITIES"]
+__all__ += _pipeline.__all__
 
 
 def __getattr__(name: str) -> ModuleType:
