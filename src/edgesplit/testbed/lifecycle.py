@@ -48,6 +48,8 @@ __all__ = ["DeviceStatus", "TestbedStatus", "down", "ray_env", "status", "up"]
 logger = logging.getLogger(__name__)
 _OBJECT_STORE_BYTES = 80 * 1024 * 1024  # Ray's minimum is 75 MiB; 16 nodes fit in 1.3 GB of shm
 Progress = Callable[[str], None]
+_START_ATTEMPTS = 3
+_PARALLEL_STARTS = 2  # concurrent `ray start`s: each needs its raylet registered within 30 s
 
 
 def _ray_binary() -> str:
@@ -273,6 +275,7 @@ def up(
             timeout_s,
         )
         errors: list[BaseException] = []
+        starting = threading.Semaphore(_PARALLEL_STARTS)
 
         def start_node(index: int) -> None:
             node = layout.nodes[index]
@@ -290,11 +293,23 @@ def up(
                     "EDGESPLIT_DEVICE_MEMORY_MB": f"{node.memory_mb:g}",
                 },
             )
-            try:
-                _start_ray(command, env, node.cgroup, temp_dir / f"testbed-node{index}.log",
-                           timeout_s)  # fmt: skip
-            except BaseException as e:  # reported after every thread is done
-                errors.append(e)
+            log = temp_dir / f"testbed-node{index}.log"
+            for attempt in range(1, _START_ATTEMPTS + 1):
+                try:
+                    with starting:
+                        _start_ray(command, env, node.cgroup, log, timeout_s)
+                    return
+                except DeviceUnavailableError as e:
+                    # `ray start` gives a raylet 30 s (hard-coded) to register; on a loaded
+                    # host that can fail. Clear the node's cgroup and try again.
+                    logger.warning("node %s, attempt %d: %s", node.device, attempt, e)
+                    with contextlib.suppress(TestbedCommandError):
+                        cgroups.empty_group(CPU_CGROUP_MOUNT / node.cgroup)
+                    if attempt == _START_ATTEMPTS:
+                        errors.append(e)
+                except BaseException as e:  # reported after every thread is done
+                    errors.append(e)
+                    return
 
         say(f"starting {len(layout.nodes)} device nodes (each in its namespace and cgroup)")
         threads = [
