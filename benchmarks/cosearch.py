@@ -69,8 +69,9 @@ from edgesplit.cosearch.search import (
 from edgesplit.cosearch.space import SearchSpace
 from edgesplit.cosearch.tasks import load_task
 from edgesplit.cosearch.workflow import choose_trial
+from edgesplit.data import PROTRAN_DIR
 
-PROTRAN = ROOT.parent / "shared" / "data" / "protran"
+PROTRAN = PROTRAN_DIR  # bundled with the package (src/edgesplit/data/protran)
 WORK = ROOT / "out" / "cosearch_bench"
 log = logging.getLogger("cosearch-bench")
 
