@@ -16,7 +16,7 @@ import secrets
 import shutil
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -91,6 +91,35 @@ class StageActor:
         return getattr(self.handle, method).remote(*args)
 
 
+@contextlib.contextmanager
+def _loopback_only(host: str) -> Iterator[None]:
+    """Keep an embedded Ray's servers on loopback while it starts (a no-op for other hosts).
+
+    Ray 2.60 rewrites a 127.0.0.1 node address to the host's own IP and then binds its GCS,
+    raylet, worker and agent servers to all interfaces; only its single-machine mode
+    (`RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`, read by this process as a module constant and by the
+    processes ray.init starts from the environment) keeps every one of them on 127.0.0.1
+    (measured with `ss -ltnp`: docs/runtime.md). Both are restored once Ray runs.
+    """
+    if not host.startswith("127."):
+        yield
+        return
+    from ray._private import ray_constants
+
+    name = ray_constants.ENABLE_RAY_CLUSTERS_ENV_VAR
+    saved_env, saved_flag = os.environ.get(name), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[name] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_flag
+        if saved_env is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = saved_env
+
+
 @dataclass
 class RaySession:
     """Ray for one run: started here (and shut down at the end) or already running."""
@@ -111,14 +140,15 @@ class RaySession:
                 # give it a per-process token so that it never writes one under $HOME.
                 if "RAY_AUTH_TOKEN" not in os.environ and "RAY_AUTH_TOKEN_PATH" not in os.environ:
                     os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(16)
-                ray.init(
-                    address="local",  # never attach to a cluster some other process left behind
-                    num_cpus=max(1, min(4, os.cpu_count() or 1)),
-                    include_dashboard=False,
-                    log_to_driver=False,
-                    _node_ip_address=config.host,
-                    _system_config=health_check_config(config),
-                )
+                with _loopback_only(config.host):
+                    ray.init(
+                        address="local",  # never attach to a cluster another process left
+                        num_cpus=max(1, min(4, os.cpu_count() or 1)),
+                        include_dashboard=False,
+                        log_to_driver=False,
+                        _node_ip_address=config.host,
+                        _system_config=health_check_config(config),
+                    )
             started_here = True
         resources = ray.cluster_resources()
         if config.placement == "local":

@@ -66,7 +66,7 @@ class RuntimeConfig(FrozenModel):
     max_frame_bytes: Annotated[int, Field(gt=0)] = 64 << 20
     max_connections: Annotated[int, Field(ge=1)] = 4
     max_retries: Annotated[int, Field(ge=0, le=3)] = 1
-    failing_after_errors: Annotated[int, Field(ge=1)] = 3
+    failing_after_errors: Annotated[int, Field(ge=1)] = 5
     progress_period_s: Positive = 0.5
 
 

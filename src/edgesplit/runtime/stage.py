@@ -18,8 +18,9 @@ back-pressure all the way to the request source.
 
 [Note: errors stay with their request] An executor that raises produces an error frame for that
 request only (meta "error" = "executor", "detail" = the message); later stages pass it through
-untouched and the driver decides (retry once, then answer that request with the error). Three
-errors in a row are reported by `ping` so that the driver treats the stage as failed.
+untouched and the driver decides (retry once, then answer that request with the error). The
+count of errors in a row is reported by `ping`; past `RuntimeConfig.failing_after_errors` the
+driver treats the stage as failed and replaces it.
 """
 
 from __future__ import annotations

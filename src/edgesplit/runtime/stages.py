@@ -62,6 +62,7 @@ class StageGroup:
         self.run_key = new_run_key()
         self.actors: dict[str, StageActor] = {}
         self.devices: tuple[str, ...] = ()  # the current epoch's stage devices, in order
+        self.addresses: dict[str, tuple[str, int]] = {}  # their stream listeners
         self.epoch = -1
         self.source: Sender | None = None
         self.detector = FailureDetector(
@@ -151,6 +152,9 @@ class StageGroup:
             raise ConfigError(f"building a stage failed: {cause}") from e
         self.epoch = specs[0].epoch
         self.devices = tuple(s.device for s in specs)
+        self.addresses = {
+            s.device: (str(a[0]), int(a[1])) for s, a in zip(specs, addresses, strict=True)
+        }
         downstream = [*addresses[1:], self.sink.address]
         starts = [
             self.actors[s.device].call("start", target, self.config.startup_timeout_s)
