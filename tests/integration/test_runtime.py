@@ -185,3 +185,26 @@ def test_device_without_a_ray_node_is_a_clear_error(ray_cluster: object) -> None
     plan = make_plan(profile, cluster, [("nowhere0", 0, 3), ("nowhere1", 3, 6)])
     with pytest.raises(DeviceUnavailableError, match="nowhere0"):
         run_plan(plan, cluster, profile, config=RuntimeConfig(placement="resource"), requests=1)
+
+
+@pytest.mark.slow
+def test_cut_link_is_detected_and_the_stage_replaced(ray_cluster: object) -> None:
+    """`cut:d1@S`: d1's streams and heartbeats go silent (its process lives on)."""
+    profile, cluster = toy_profile(time_s=0.02), toy_cluster(DEVICES)
+    plan = make_plan(profile, cluster, STAGES)
+    order: list[int] = []
+    report = run_plan(
+        plan,
+        cluster,
+        profile,
+        config=RuntimeConfig(placement="local", standby_devices=("d3",)),
+        requests=60,
+        faults=[ScheduledFault("d1", 1.0, "cut")],
+        on_result=lambda rid, out: order.append(rid),
+    )
+    assert order == list(range(60))
+    assert (report.requests.lost, report.requests.duplicated) == (0, 0)
+    (failure,) = report.failures
+    assert (failure.device, failure.fault, failure.cause) == ("d1", "cut", "hang")
+    assert failure.detected_after_s < 3.0
+    assert failure.action == "standby"

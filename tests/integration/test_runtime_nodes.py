@@ -25,6 +25,7 @@ def _with_nodes(ray_cluster, devices):  # type: ignore[no-untyped-def]
 
 @pytest.mark.parametrize("trial", [0, 1])
 def test_crashed_device_node_is_replanned_without_loss(ray_cluster, trial: int) -> None:  # type: ignore[no-untyped-def]
+    """Trial 0 crashes the node from the test; trial 1 through the stage (`crash:n1@S`)."""
     cluster_handle = _with_nodes(ray_cluster, DEVICES[:3])
     profile, cluster = toy_profile(time_s=0.02), toy_cluster(DEVICES[:3])
     plan = make_plan(profile, cluster, STAGES)
@@ -36,16 +37,24 @@ def test_crashed_device_node_is_replanned_without_loss(ray_cluster, trial: int) 
         config=RuntimeConfig(placement="resource"),
         requests=60,
         replanner=even_replanner(profile),
-        faults=[ScheduledFault("n1", 1.0 + 0.3 * trial, lambda info: cluster_handle.crash("n1"))],
+        faults=[
+            ScheduledFault("n1", 1.0, lambda info: cluster_handle.crash("n1"))
+            if trial == 0
+            else ScheduledFault("n1", 1.3, "crash")
+        ],
         on_result=lambda rid, out: order.append(rid),
     )
     assert order == list(range(60))
     assert (report.requests.lost, report.requests.duplicated) == (0, 0)
     (failure,) = report.failures
     assert failure.device == "n1"
+    assert failure.fault == ("custom" if trial == 0 else "crash")
     assert failure.detected_after_s < 2.0
     assert [s.device for s in failure.new_stages] == ["n0", "n2"]
     assert report.ray_nodes >= 4
+    if trial == 1:  # the stage took its raylet down with it: the node is gone
+        assert not cluster_handle.raylet_alive("n1")
+        cluster_handle.crash("n1")  # forget the dead node (a later test adds a fresh one)
 
 
 def test_hung_device_node_fails_over_to_a_standby(ray_cluster) -> None:  # type: ignore[no-untyped-def]

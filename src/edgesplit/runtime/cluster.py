@@ -382,11 +382,16 @@ class EmulatedCluster:
         import signal as _signal
 
         node = self._nodes.pop(device)
-        os.kill(int(node.all_processes["raylet"][0].process.pid), _signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):  # already crashed (e.g. `crash:DEVICE@S`)
+            os.kill(int(node.all_processes["raylet"][0].process.pid), _signal.SIGKILL)
         try:
             self._cluster.remove_node(node, allow_graceful=False)
         except (AssertionError, ValueError, OSError) as e:
             logger.debug("remove_node(%s): %s", device, e)
+
+    def raylet_alive(self, device: str) -> bool:
+        node = self._nodes[device]
+        return node.all_processes["raylet"][0].process.poll() is None
 
     def hang(self, device: str, extra_pids: Sequence[int] = ()) -> list[int]:
         """SIGSTOP the device's raylet and `extra_pids` (its stage process); returns the pids."""

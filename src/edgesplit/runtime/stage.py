@@ -249,6 +249,14 @@ class _StageRunner:
             ]
 
 
+def _process_name(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as comm:
+            return comm.read().strip()
+    except OSError:
+        return ""
+
+
 class StageWorker:
     """A device's process: one stage per epoch, any executor (see module docstring)."""
 
@@ -361,7 +369,13 @@ class StageWorker:
                 self._runner.cut.set()
             return
         if kind == "crash":
-            os.kill(os.getppid(), signal.SIGKILL)
+            parent = os.getppid()
+            if _process_name(parent) == "raylet":
+                os.kill(parent, signal.SIGKILL)
+            else:  # never kill a process we cannot name as this node's raylet
+                logger.error(
+                    "[stage @ %s] parent %d is not a raylet; crash = kill", self.device, parent
+                )
         os.kill(os.getpid(), signal.SIGSTOP if kind == "stop" else signal.SIGKILL)
 
     # -- replay and teardown -----------------------------------------------------------------
