@@ -47,6 +47,7 @@ __all__ = [
     "QualityTask",
     "QualityTaskName",
     "default_boundaries",
+    "evaluate_split",
     "load_quality_task",
     "measure_quality",
 ]
@@ -349,3 +350,29 @@ def _unit_param_bytes(pieces: Sequence[StageModule], end: int) -> list[int]:
     ]
     assert len(sizes) == end
     return sizes
+
+
+def evaluate_split(
+    task: QualityTask,
+    stages: Sequence[tuple[int, int, StageDtype]],
+    encodings: Sequence[LinkEncoding] = (),
+) -> float:
+    """The metric of `task` run as `stages` (start, end, dtype), the activations leaving stage i
+    sent through `encodings[i]` (default float32): what a mixed-precision plan really gives,
+    to set beside `QualityTable.predicted_loss`."""
+    if not stages or stages[0][0] != 0 or stages[-1][1] != task.end:
+        raise ConfigError(f"stages must cover units [0, {task.end}) of {task.name}")
+    built = [build_stage(task.spec, start, end, dtype) for start, end, dtype in stages]
+    links = list(encodings) + ["float32"] * (len(built) - len(encodings))
+    reference: list[Summary] = []
+    summaries: list[Summary] = []
+    plain = build_stage(task.spec, 0, task.end)
+    for index, batch in enumerate(task.batches):
+        reference.append(task.summarize(plain(batch), index))
+        act = batch
+        for stage, encoding in zip(built, links, strict=False):
+            act = stage(act)
+            if stage is not built[-1] and encoding != "float32":
+                act = _from_numpy(decode_tensors(encode_tensors(_to_numpy(act), encoding)))
+        summaries.append(task.summarize(act, index))
+    return task.score(summaries, reference)

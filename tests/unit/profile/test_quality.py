@@ -15,7 +15,12 @@ from edgesplit.core.quality import QualityTable
 from edgesplit.core.schema import read_json_file
 from edgesplit.models import example_input, model_spec_from_name, unit_names
 from edgesplit.models.units import Activation
-from edgesplit.profile.quality import QualityTask, default_boundaries, measure_quality
+from edgesplit.profile.quality import (
+    QualityTask,
+    default_boundaries,
+    evaluate_split,
+    measure_quality,
+)
 
 
 def _agreement_task() -> QualityTask:
@@ -106,3 +111,16 @@ def test_quality_cli_on_the_trained_digits_vit(tmp_path: Path) -> None:
     assert [r.dtype for r in table.dtypes] == ["float32", "int8"]
     assert abs(table.dtypes[1].loss) < 5  # points
     assert json.loads(out.read_text())["kind"] == "edgesplit.quality_table"
+
+
+def test_evaluate_split_agrees_with_the_table() -> None:
+    """A split int8 plan scores exactly what the table's one-stage int8 row says (split equals
+    unsplit), and a float16 link at a boundary scores what that link row says."""
+    task = _agreement_task()
+    table = measure_quality(task, dtypes=("int8",), encodings=("float16",), boundaries=[5])
+    n = task.end
+    assert evaluate_split(task, [(0, n, "float32")]) == 1.0
+    split_int8 = evaluate_split(task, [(0, 5, "int8"), (5, n, "int8")])
+    assert split_int8 == table.dtypes[1].value
+    linked = evaluate_split(task, [(0, 5, "float32"), (5, n, "float32")], ["float16"])
+    assert linked == table.links[0].value
