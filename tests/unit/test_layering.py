@@ -31,6 +31,7 @@ ALLOWED: dict[str, set[str]] = {
     "cosearch": {"core", "models", "profile"},
     "testbed": {"core", "runtime"},  # starts Ray nodes through the one bootstrap
     "plots": {"core", "sim"},
+    "serving": {"core"},  # the HTTP front end; engines and tokenizers are injected by api
     "api": {
         "core",
         "planners",
@@ -42,6 +43,7 @@ ALLOWED: dict[str, set[str]] = {
         "cosearch",
         "plots",
         "testbed",
+        "serving",
         "data",
     },
     # [Note: cli-api] The CLI reaches every capability through `edgesplit.api` (imported inside
