@@ -15,8 +15,10 @@ from edgesplit.core.cost import CostModel
 from edgesplit.core.plan import Objective, Plan, PlannerInfo, StagePlacement
 from edgesplit.core.profile import ModelProfile
 from edgesplit.errors import ConfigError, PlanInfeasibleError
+from edgesplit.planners.progress import ProgressFn
 
 __all__ = [
+    "PlanOptions",
     "PlannerFn",
     "PlannerResult",
     "available_planners",
@@ -36,7 +38,21 @@ class PlannerResult:
     options: tuple[tuple[str, str | int | float | bool], ...] = ()
 
 
-PlannerFn = Callable[[CostModel, Objective], PlannerResult]
+@dataclass(frozen=True, slots=True)
+class PlanOptions:
+    """How long a planner may search and how close to optimal it must get.
+
+    time_limit_s: wall-clock budget (None: until optimal). target_gap: stop once the plan is
+    within this relative gap of a certified lower bound (0: optimal). progress: called about
+    once a second during long searches. Planners that are instant ignore all three.
+    """
+
+    time_limit_s: float | None = None
+    target_gap: float = 0.0
+    progress: ProgressFn | None = None
+
+
+PlannerFn = Callable[[CostModel, Objective, PlanOptions], PlannerResult]
 
 _REGISTRY: dict[str, tuple[PlannerFn, str]] = {}
 
@@ -78,14 +94,29 @@ def make_plan(
     planner: str = "optimal",
     *,
     check_memory: bool = True,
+    time_limit_s: float | None = None,
+    target_gap: float = 0.0,
+    progress: ProgressFn | None = None,
 ) -> Plan:
-    """Run a registered planner and wrap its stages into a validated Plan with predictions."""
+    """Run a registered planner and wrap its stages into a validated Plan with predictions.
+
+    Args:
+        time_limit_s: stop searching after this many seconds and return the best plan found,
+            with `predicted.optimal` false and `predicted.gap` to the certified lower bound.
+        target_gap: accept a plan within this relative gap of the lower bound (0: optimal).
+        progress: called with `SolveProgress` about once a second during long searches.
+    """
+    if time_limit_s is not None and time_limit_s <= 0:
+        raise ConfigError(f"time limit must be positive, not {time_limit_s} s")
+    if not 0 <= target_gap < 1:
+        raise ConfigError(f"target gap must be in [0, 1), not {target_gap}")
     if objective not in ("throughput", "latency"):
         raise ConfigError(f"objective must be 'throughput' or 'latency', not {objective!r}")
     fn, version = get_planner(planner)
     cost = CostModel(profile, cluster)
     started = time.perf_counter()
-    result = fn(cost, objective)
+    options = PlanOptions(time_limit_s=time_limit_s, target_gap=target_gap, progress=progress)
+    result = fn(cost, objective, options)
     elapsed_s = time.perf_counter() - started
     if check_memory:
         _raise_if_overfull(cost, result.stages, planner)

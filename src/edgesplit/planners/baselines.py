@@ -16,7 +16,7 @@ import numpy as np
 
 from edgesplit.core.cost import CostModel
 from edgesplit.core.plan import Objective, StagePlacement
-from edgesplit.planners.base import PlannerResult, register_planner
+from edgesplit.planners.base import PlannerResult, PlanOptions, register_planner
 
 __all__ = ["cuts_to_stages", "speed_proportional_stages"]
 
@@ -62,7 +62,7 @@ def _ordered_devices(cost: CostModel) -> list[str]:
 
 
 @register_planner("even")
-def plan_even(cost: CostModel, objective: Objective) -> PlannerResult:
+def plan_even(cost: CostModel, objective: Objective, options: PlanOptions) -> PlannerResult:
     devices = _ordered_devices(cost)
     units = np.arange(cost.num_units + 1, dtype=np.float64)
     cuts = _proportional_cuts([1.0] * len(devices), units)
@@ -70,7 +70,7 @@ def plan_even(cost: CostModel, objective: Objective) -> PlannerResult:
 
 
 @register_planner("memory")
-def plan_memory(cost: CostModel, objective: Objective) -> PlannerResult:
+def plan_memory(cost: CostModel, objective: Objective, options: PlanOptions) -> PlannerResult:
     devices = _ordered_devices(cost)
     memory = [cost.cluster.device(d).memory_bytes for d in devices]
     cuts = _proportional_cuts(memory, cost.param_prefix)
@@ -78,7 +78,7 @@ def plan_memory(cost: CostModel, objective: Objective) -> PlannerResult:
 
 
 @register_planner("pipedream")
-def plan_pipedream(cost: CostModel, objective: Objective) -> PlannerResult:
+def plan_pipedream(cost: CostModel, objective: Objective, options: PlanOptions) -> PlannerResult:
     """Min-max contiguous partition into k stages on the reference kind, for the best k."""
     devices = _ordered_devices(cost)
     prefix = cost.time_prefix(cost.cluster.device(cost.cluster.source).kind)

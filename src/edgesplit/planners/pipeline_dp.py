@@ -34,7 +34,9 @@ import numpy as np
 from edgesplit.core.cost import CostModel
 from edgesplit.core.plan import Objective, StagePlacement
 from edgesplit.errors import PlanInfeasibleError
-from edgesplit.planners.base import PlannerResult, register_planner
+from edgesplit.planners.base import PlannerResult, PlanOptions, register_planner
+from edgesplit.planners.milp import OPTIMAL_GAP
+from edgesplit.planners.pipeline_milp import solve_pipeline, to_placements
 
 __all__ = ["ClassData", "DeviceClass", "class_data", "device_classes", "solve_classes"]
 
@@ -672,20 +674,30 @@ def _greedy_fill(cost: CostModel, order: list[str], bound_s: float) -> list[Stag
 
 
 def quick_upper_bound(cost: CostModel, objective: Objective) -> float:
-    """A cheap achievable value: best single device, or (throughput) greedy fills, else inf.
+    """A cheap achievable value: best single device, or (throughput) greedy fills, else inf."""
+    best = INF
+    for stages in heuristic_plans(cost, objective):
+        best = min(best, _achieved(cost, stages, objective))
+    return best
+
+
+def heuristic_plans(cost: CostModel, objective: Objective) -> list[tuple[StagePlacement, ...]]:
+    """Cheap feasible plans: every single device that fits, and (throughput) greedy fills.
 
     For throughput, each of a few device orders is filled greedily under a bound found by
     bisection; the best is usually within a few percent of the optimum, which keeps the exact
-    DP's tables small.
+    DP's tables (and the MILP's variables) small.
     """
+    plans: list[tuple[StagePlacement, ...]] = []
     best = INF
     num_units = cost.num_units
     for device in cost.cluster.devices:
         if cost.memory_bytes(0, num_units) <= device.memory_bytes:
             stage = (StagePlacement(device=device.name, start=0, end=num_units),)
+            plans.append(stage)
             best = min(best, _achieved(cost, stage, objective))
     if objective != "throughput":
-        return best
+        return plans
     by_speed = sorted(cost.cluster.devices, key=lambda d: float(cost.time_prefix(d.kind)[-1]))
     fast_first = [d.name for d in by_speed]
     orders = [fast_first, fast_first[::-1], list(cost.cluster.device_names)]
@@ -707,17 +719,34 @@ def quick_upper_bound(cost: CostModel, objective: Objective) -> float:
                 hi_s = mid
         stages = _greedy_fill(cost, order, hi_s)
         if stages:
+            plans.append(tuple(stages))
             best = min(best, _achieved(cost, tuple(stages), objective))
-    return best
+    return plans
+
+
+DP_WORK_LIMIT = 4_000_000
+"""Count vectors x classes² up to which `optimal` uses the exact class-count DP (0.01-0.6 s on
+the benchmark's clusters of a few kinds); beyond it the HiGHS model of planners.pipeline_milp."""
+
+
+def dp_work(groups: list[tuple[str, ...]]) -> int:
+    """Rough size of the class-count DP: Π (n_k + 1) vectors x K classes x K link groups."""
+    return _num_vectors(groups) * len(groups) ** 2
 
 
 @register_planner("optimal", version="1")
-def plan_optimal(cost: CostModel, objective: Objective) -> PlannerResult:
-    """Exact optimum of the §4 cost model (period or latency); merges classes only when huge."""
+def plan_optimal(cost: CostModel, objective: Objective, options: PlanOptions) -> PlannerResult:
+    """Exact optimum of the §4 cost model (period or latency), or the best plan within the time
+    limit with a certified gap.
+
+    Clusters of a few device classes go to the class-count DP (exact, bitwise); clusters of
+    many distinct devices go to the stage MILP (planners.pipeline_milp), which proves optimality
+    or reports its gap to a valid lower bound.
+    """
     classes = device_classes(cost)
     groups = [c.devices for c in classes]
-    bound = quick_upper_bound(cost, objective)
-    if _num_vectors(groups) <= MAX_EXACT_VECTORS:
+    if _num_vectors(groups) <= MAX_EXACT_VECTORS and dp_work(groups) <= DP_WORK_LIMIT:
+        bound = quick_upper_bound(cost, objective)
         data = class_data(cost, groups, "exact")
         value, solution = solve_classes(cost, data, objective, bound)
         if not solution:
@@ -731,17 +760,45 @@ def plan_optimal(cost: CostModel, objective: Objective) -> PlannerResult:
             lower_bound_s=value,
             options=(("num_classes", len(classes)), ("exact", True)),
         )
-    merged = _coarsen(cost, classes)
-    upper = class_data(cost, merged, "upper")
-    _, solution = solve_classes(cost, upper, objective, INF)
-    if not solution:
+    return plan_milp(cost, objective, options, num_classes=len(classes))
+
+
+def plan_milp(
+    cost: CostModel, objective: Objective, options: PlanOptions, *, num_classes: int = 0
+) -> PlannerResult:
+    """The stage MILP on every device (planners.pipeline_milp), warm-started by heuristics."""
+    solution, graph = solve_pipeline(
+        cost,
+        objective,
+        incumbents=heuristic_plans(cost, objective),
+        time_limit_s=options.time_limit_s,
+        target_gap=max(options.target_gap, OPTIMAL_GAP),
+        progress=options.progress,
+    )
+    if not solution.stages:
         raise _infeasible(cost)
-    stages = _to_stages(upper, solution)
-    lower_value, _ = solve_classes(cost, class_data(cost, merged, "lower"), objective, INF)
-    achieved = _achieved(cost, stages, objective)
+    stages = to_placements(graph, solution.stages)
+    info: list[tuple[str, str | int | float | bool]] = [
+        ("engine", "milp"),
+        ("exact", solution.optimal),
+        ("target_gap", options.target_gap),
+    ]
+    if num_classes:
+        info.append(("num_classes", num_classes))
+    if options.time_limit_s is not None:
+        info.append(("time_limit_s", options.time_limit_s))
+    for key in ("lp_solves", "milp_solves", "timed_out", "lazy_rounds"):
+        if key in solution.stats:
+            info.append((key, solution.stats[key]))
     return PlannerResult(
         stages=stages,
-        optimal=bool(achieved <= lower_value),
-        lower_bound_s=float(lower_value),
-        options=(("num_classes", len(classes)), ("merged_classes", len(merged)), ("exact", False)),
+        optimal=solution.optimal,
+        lower_bound_s=solution.lower_bound,
+        options=tuple(info),
     )
+
+
+@register_planner("milp", version="1")
+def plan_milp_only(cost: CostModel, objective: Objective, options: PlanOptions) -> PlannerResult:
+    """The stage MILP even where the class-count DP would do (for comparisons and tests)."""
+    return plan_milp(cost, objective, options)
