@@ -8,6 +8,7 @@
 - `edgesplit.api.cluster`: multi-machine Ray clusters; `edgesplit.api.testbed`: a described
   cluster on one machine (namespaces, cgroups); `edgesplit.api.precision`: stage dtypes, quality.
 - `edgesplit.api.precision`: stage dtypes, link encodings, quality tables (issue 17).
+- `edgesplit.api.serving`: `edgesplit serve` (OpenAI-compatible HTTP) and `run --inputs`.
 
 The CLI reaches every capability through this package only (tests/unit/test_layering.py).
 Submodules other than `pipeline` load on first use, so `import edgesplit.api` stays light.
@@ -38,6 +39,7 @@ CAPABILITIES = (
     "cluster",
     "precision",
     "testbed",
+    "serving",
 )
 
 __all__ = ["CAPABILITIES"]

@@ -38,7 +38,7 @@ from edgesplit.serving.schemas import (
 )
 from edgesplit.serving.text import ChatMessageDict, Generation, TextCodec, safe_temperature
 
-__all__ = ["EmbeddingCodec", "ImageCodec", "ServerConfig", "TextCodec", "make_app"]
+__all__ = ["EmbeddingCodec", "ImageCodec", "ServerConfig", "ServingApp", "TextCodec", "make_app"]
 
 T = TypeVar("T")
 Json = dict[str, Any]  # a JSON response body
@@ -79,6 +79,21 @@ class ImageCodec:
     output_key: str = "logits"
 
 
+class ServingApp(Guard):
+    """The ASGI app: FastAPI behind the `Guard`; `fastapi` for its OpenAPI schema (fuzzing),
+    `server` for tests and the CLI."""
+
+    def __init__(self, fastapi: FastAPI, server: _Server, config: ServerConfig) -> None:
+        super().__init__(
+            fastapi,
+            token=config.token,
+            max_body_bytes=config.max_body_bytes,
+            open_paths=frozenset({"/health"}),
+        )
+        self.fastapi = fastapi
+        self.server = server
+
+
 def make_app(
     config: ServerConfig,
     *,
@@ -86,8 +101,8 @@ def make_app(
     embeddings: tuple[EmbeddingCodec, BatchEngine] | None = None,
     classify: tuple[ImageCodec, BatchEngine] | None = None,
     metrics: ServingMetrics | None = None,
-) -> Any:
-    """The ASGI app (FastAPI wrapped by the `Guard`); its `state.server` is the `_Server`."""
+) -> ServingApp:
+    """The app serving whichever of text, embeddings and classification is given."""
     server = _Server(config, text, embeddings, classify, metrics or ServingMetrics())
 
     @contextlib.asynccontextmanager
@@ -99,17 +114,8 @@ def make_app(
             await server.close()
 
     app = FastAPI(title="edgesplit serve", version="1", lifespan=lifespan)
-    app.state.server = server
     _routes(app, server)
-    guarded = Guard(
-        app,
-        token=config.token,
-        max_body_bytes=config.max_body_bytes,
-        open_paths=frozenset({"/health"}),
-    )
-    guarded.state = app.state  # type: ignore[attr-defined]  # tests reach the server through it
-    guarded.fastapi = app  # type: ignore[attr-defined]  # the schema (openapi()) for fuzzing
-    return guarded
+    return ServingApp(app, server, config)
 
 
 class _Server:

@@ -220,7 +220,7 @@ def test_queue_full_answers_429_then_recovers(client: TestClient, engine: FakeDe
     threads = [threading.Thread(target=call) for _ in range(4)]
     for t in threads:
         t.start()
-    server = client.app.state.server  # type: ignore[attr-defined]
+    server = client.app.server  # type: ignore[attr-defined]
     deadline = threading.Event()
     for _ in range(500):
         if server.active_text == 4:
@@ -260,7 +260,7 @@ def test_stream_abandoned_aborts_sequence(client: TestClient, engine: FakeDecode
         for line in response.iter_lines():
             if line.startswith("data: {"):
                 break  # leave after the first token
-    server = client.app.state.server  # type: ignore[attr-defined]
+    server = client.app.server  # type: ignore[attr-defined]
     for _ in range(500):
         if not engine.live and server.active_text == 0:
             break
