@@ -7,7 +7,9 @@ the k = N case of the same code. "jpeg_shared" sends an abbreviated JPEG stream 
 both sides build the standard tables for the quality, as JPEG's abbreviated format allows, which
 saves ~300 bytes per request on tiny images. Segmented (progressive) payloads encode the patches
 in independently decodable groups, so any prefix of whole segments decodes on its own: what a
-deadline-cut upload delivers is still usable. numpy + Pillow only.
+deadline-cut upload delivers is still usable. Decoding never allocates more than the
+frame declares: zlib output is capped, image sizes are checked before decoding (image_header).
+numpy + Pillow only.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from typing import Literal, get_args
 
 import numpy as np
 from PIL import Image
+
+from edgesplit.offload.image_header import ImageFormat, read_image_header
 
 __all__ = [
     "CodecName",
@@ -32,7 +36,12 @@ __all__ = [
 
 CodecName = Literal["raw", "zlib", "png", "jpeg", "jpeg_shared", "webp"]
 CODEC_NAMES: tuple[str, ...] = get_args(CodecName)
-_PIL_FORMAT = {"png": "PNG", "jpeg": "JPEG", "jpeg_shared": "JPEG", "webp": "WEBP"}
+_PIL_FORMAT: dict[str, ImageFormat] = {
+    "png": "PNG",
+    "jpeg": "JPEG",
+    "jpeg_shared": "JPEG",
+    "webp": "WEBP",
+}
 
 
 def is_lossy(codec: CodecName) -> bool:
@@ -105,10 +114,7 @@ def decode_patches(
     expected = k * patch_size * patch_size
     if codec in ("raw", "zlib"):
         if codec == "zlib":
-            try:
-                payload = zlib.decompress(payload, bufsize=expected)
-            except zlib.error as e:
-                raise ValueError(f"zlib payload does not decompress: {e}") from e
+            payload = _inflate_at_most(payload, expected)
         if len(payload) != expected:
             raise ValueError(
                 f"{codec} payload holds {len(payload)} bytes, expected {expected} "
@@ -121,17 +127,53 @@ def decode_patches(
     want = (cols * patch_size, rows * patch_size)
     if codec == "jpeg_shared":
         payload = _jpeg_tables(quality or 75) + payload
+    image_format = _PIL_FORMAT[codec]
+    # [Note: geometry before pixels] The protocol fixes the mosaic's size; the container's
+    # header is checked against it before Pillow sees the bytes, so a payload declaring a
+    # huge image (a decompression bomb) never reaches a decoder (issue 19).
     try:
-        with Image.open(io.BytesIO(payload), formats=[_PIL_FORMAT[codec]]) as image:
-            if image.size != want:
+        declared = read_image_header(payload, image_format)
+    except ValueError as e:
+        raise ValueError(
+            f"{codec} payload is not a decodable image (expected a {want[0]}x{want[1]} "
+            f"mosaic): {e}"
+        ) from e
+    if (declared.width, declared.height) != want:
+        raise ValueError(
+            f"{codec} mosaic is {declared.width}x{declared.height} pixels, expected "
+            f"{want[0]}x{want[1]} for {k} patches of {patch_size}x{patch_size}"
+        )
+    try:
+        with Image.open(io.BytesIO(payload), formats=[image_format]) as image:
+            if image.size != want:  # Pillow read another header than ours: refuse too
                 raise ValueError(
                     f"{codec} mosaic is {image.size[0]}x{image.size[1]} pixels, expected "
                     f"{want[0]}x{want[1]} for {k} patches of {patch_size}x{patch_size}"
                 )
             mosaic = np.asarray(image.convert("L"), dtype=np.uint8)
-    except (OSError, SyntaxError) as e:  # Pillow's UnidentifiedImageError is an OSError
+    except (OSError, SyntaxError, Image.DecompressionBombError) as e:
+        # Pillow's UnidentifiedImageError is an OSError
         raise ValueError(f"{codec} payload is not a decodable image: {e}") from e
     return _from_mosaic(mosaic, k, patch_size)
+
+
+def _inflate_at_most(payload: bytes, expected: int) -> bytes:
+    """Inflate a zlib stream that must hold exactly `expected` bytes, never producing more
+    than `expected + 1`: a bomb is refused after one bounded step, not after inflating."""
+    inflater = zlib.decompressobj()
+    try:
+        out = inflater.decompress(payload, expected + 1)
+    except zlib.error as e:
+        raise ValueError(f"zlib payload does not decompress: {e}") from e
+    if len(out) > expected:
+        raise ValueError(
+            f"zlib payload inflates to more than the {expected} bytes its header declares"
+        )
+    if not inflater.eof:
+        raise ValueError(f"zlib payload is truncated after {len(out)} of {expected} bytes")
+    if inflater.unused_data:
+        raise ValueError(f"zlib payload has {len(inflater.unused_data)} bytes after the end")
+    return out
 
 
 def encode_segments(

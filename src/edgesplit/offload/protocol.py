@@ -29,6 +29,7 @@ __all__ = [
     "CONTENT_TYPE",
     "MAGIC",
     "PROTOCOL_VERSION",
+    "ErrorResponse",
     "FrameError",
     "PatchRequestHeader",
     "PatchResponse",
@@ -130,6 +131,14 @@ class PatchResponse(FrozenModel):
     reused_round1: bool
     server_compute_s: float
     server_timings_s: dict[str, float]
+
+
+class ErrorResponse(FrozenModel):
+    """The JSON body of every 4xx/5xx the server answers."""
+
+    error: str  # a stable code: bad_frame, unauthorized, payload, request_id_reused, internal ...
+    detail: str  # what failed, the values, what to do
+    protocol_version: int = PROTOCOL_VERSION
 
 
 class ServerInfo(FrozenModel):

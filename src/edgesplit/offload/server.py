@@ -1,9 +1,12 @@
 """The edge server: a FastAPI app that answers patch requests with a class and a confidence.
 
 Owns HTTP: the binary frame endpoint (POST /v1/infer), /v1/info, /health, /metrics (Prometheus
-text from a per-app registry), a small HTML status page at /, the body size limit, optional
-bearer-token auth, validation with clear 4xx errors, and the round-1 session cache that round 2
-reuses. Inference itself is in pipeline.py. Imports protocol/codec/pipeline, never the client.
+text from a per-app registry), a small HTML status page at /, the OpenAPI schema of all of them
+(the frame body included, so fuzzers reach the parser), the body size limit, optional
+bearer-token auth, validation with clear 4xx errors, JSON 500s that are counted, and running it
+under uvicorn with read deadlines and a connection cap (http_guard.py). Sessions and remembered
+answers are in sessions.py, inference in pipeline.py. Imports protocol/codec/pipeline, never the
+client.
 """
 
 from __future__ import annotations
@@ -14,37 +17,47 @@ import html
 import logging
 import threading
 import time
-import uuid
-from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
+import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from pydantic import Field
 from starlette.concurrency import run_in_threadpool
+from starlette.requests import ClientDisconnect
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from edgesplit.core.schema import FrozenModel
 from edgesplit.errors import ProtocolVersionError
 from edgesplit.offload.codec import CODEC_NAMES, decode_patches, decode_segments
 from edgesplit.offload.data import CLASS_NAMES
+from edgesplit.offload.http_guard import GuardSettings, uvicorn_config
 from edgesplit.offload.pipeline import OffloadPipeline, RoundResult, tiny_pipeline
 from edgesplit.offload.protocol import (
     CONTENT_TYPE,
     PROTOCOL_VERSION,
+    ErrorResponse,
     FrameError,
     PatchRequestHeader,
     PatchResponse,
     ServerInfo,
     decode_frame,
 )
+from edgesplit.offload.sessions import SessionConflictError, SessionStore, body_digest
 
-__all__ = ["DEFAULT_WEIGHTS_DIR", "ServerConfig", "create_app", "load_pipeline", "serve"]
+__all__ = [
+    "DEFAULT_WEIGHTS_DIR",
+    "ServerConfig",
+    "create_app",
+    "load_pipeline",
+    "serve",
+    "server_uvicorn_config",
+]
 
 log = logging.getLogger(__name__)
 
@@ -62,20 +75,21 @@ class ServerConfig(FrozenModel):
     max_sessions: int = Field(default=4096, gt=0)
     max_remembered_responses: int = Field(default=4096, gt=0)
     reuse: Literal["incremental", "recompute"] = "incremental"
+    # Slow clients (issue 19; enforced by http_guard under `serve`, not by the app itself):
+    # complete headers within header_timeout_s of the connection opening (or of the previous
+    # response), the whole body within body_timeout_s of the headers; at most max_connections
+    # open at once, one request in flight each.
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    body_timeout_s: float = Field(default=30.0, gt=0)
+    max_connections: int = Field(default=64, gt=0)
+    keep_alive_s: int = Field(default=5, gt=0)
+    max_header_bytes: int = Field(default=16 * 1024, ge=1024)
 
 
 class _HttpError(Exception):
     def __init__(self, status: int, code: str, detail: str) -> None:
         super().__init__(detail)
         self.status, self.code, self.detail = status, code, detail
-
-
-@dataclass(slots=True)
-class _Session:
-    result: RoundResult
-    header: PatchRequestHeader
-    expires_s: float
-    round_index: int
 
 
 def load_pipeline(weights_dir: Path | None = None) -> tuple[OffloadPipeline, list[int]]:
@@ -139,31 +153,44 @@ def create_app(
     """Build the FastAPI app around one pipeline. All state lives in this closure (no globals)."""
     config = config or ServerConfig()
     metrics = _Metrics()
-    lock = threading.Lock()  # one inference at a time (one torch thread); guards the caches
-    sessions: OrderedDict[str, _Session] = OrderedDict()
-    responses: OrderedDict[tuple[str, int], PatchResponse] = OrderedDict()
+    lock = threading.Lock()  # one inference at a time (one torch thread); guards the store
+    store: SessionStore[RoundResult, PatchResponse] = SessionStore(
+        ttl_s=config.session_ttl_s,
+        max_sessions=config.max_sessions,
+        max_answers=config.max_remembered_responses,
+        clock=clock,
+    )
     started_s = clock()
     num_patches = pipeline.num_patches
     order = patch_order or list(range(num_patches))
-    counts = {"ok": 0, "client_error": 0}
+    counts = {"ok": 0, "client_error": 0, "server_error": 0}
+    token = config.token.encode() if config.token is not None else None
     app = FastAPI(title="edgesplit offload server", version=str(PROTOCOL_VERSION))
 
     def _error(exc: _HttpError, round_label: str = "?") -> JSONResponse:
         metrics.requests.labels(round=round_label, status=str(exc.status)).inc()
-        counts["client_error"] += 1
+        counts["server_error" if exc.status >= 500 else "client_error"] += 1
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-        return JSONResponse(
-            {"error": exc.code, "detail": exc.detail, "protocol_version": PROTOCOL_VERSION},
-            status_code=exc.status,
-            headers=headers,
+        body = ErrorResponse(error=exc.code, detail=exc.detail)
+        return JSONResponse(body.model_dump(mode="json"), status_code=exc.status, headers=headers)
+
+    def _internal_error(exc: BaseException, round_label: str) -> JSONResponse:
+        log.error("internal error answering a request: %r", exc, exc_info=exc)
+        return _error(
+            _HttpError(500, "internal", "the server failed on this request; see its log"),
+            round_label,
         )
 
+    app.add_middleware(_JsonServerErrors, on_error=lambda e: _internal_error(e, "?"))
+
     def _authorise(request: Request) -> None:
-        if config.token is None:
+        if token is None:
             return
-        given = request.headers.get("authorization", "")
-        scheme, _, value = given.partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(value.strip(), config.token):
+        # Starlette decodes header values as latin-1: encoding back gives the bytes sent, so a
+        # non-ASCII token byte compares (and fails) instead of raising in compare_digest.
+        given = request.headers.get("authorization", "").encode("latin-1")
+        scheme, _, value = given.partition(b" ")
+        if scheme.lower() != b"bearer" or not hmac.compare_digest(value.strip(), token):
             raise _HttpError(401, "unauthorized", "missing or wrong bearer token")
 
     async def _read_body(request: Request) -> bytes:
@@ -175,25 +202,22 @@ def create_app(
                 f"body of {declared} bytes exceeds the limit of {config.max_body_bytes} bytes",
             )
         chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > config.max_body_bytes:
-                raise _HttpError(
-                    413, "too_large", f"body exceeds the limit of {config.max_body_bytes} bytes"
-                )
-            chunks.append(chunk)
+        try:
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > config.max_body_bytes:
+                    raise _HttpError(
+                        413,
+                        "too_large",
+                        f"body exceeds the limit of {config.max_body_bytes} bytes",
+                    )
+                chunks.append(chunk)
+        except ClientDisconnect as e:  # closed by the client or by a read deadline
+            raise _HttpError(499, "disconnected", "the client went away mid-body") from e
         return b"".join(chunks)
 
-    def _expire() -> None:
-        now = clock()
-        while sessions:
-            key, session = next(iter(sessions.items()))
-            if session.expires_s > now and len(sessions) <= config.max_sessions:
-                break
-            sessions.pop(key)
-        metrics.sessions.set(len(sessions))
-
-    def _process(header: PatchRequestHeader, payload: bytes) -> PatchResponse:
+    def _decode(header: PatchRequestHeader, payload: bytes) -> np.ndarray:
+        """The frame's patches (k, p, p), decoded within what the header declares."""
         if header.image_size != pipeline.image_size or header.patch_size != pipeline.patch_size:
             raise _HttpError(
                 422,
@@ -204,7 +228,7 @@ def create_app(
             )
         try:
             if header.segment_ends is not None and header.segment_bytes is not None:
-                patches = decode_segments(
+                return decode_segments(
                     payload,
                     header.segment_bytes,
                     header.segment_ends,
@@ -212,12 +236,14 @@ def create_app(
                     header.patch_size,
                     header.quality,
                 )
-            else:
-                patches = decode_patches(
-                    payload, header.codec, len(header.indices), header.patch_size, header.quality
-                )
+            return decode_patches(
+                payload, header.codec, len(header.indices), header.patch_size, header.quality
+            )
         except ValueError as e:
             raise _HttpError(422, "payload", str(e)) from e
+
+    def _process(header: PatchRequestHeader, payload: bytes, digest: bytes) -> PatchResponse:
+        patches = _decode(header, payload)
         if header.server_order:
             assert header.segment_ends is not None  # validated with the header
             header = header.model_copy(
@@ -225,65 +251,76 @@ def create_app(
             )
         indices = np.asarray(header.indices, dtype=np.int64)
         with lock:
-            remembered = responses.get((header.request_id, header.round_index))
-            if remembered is not None:  # a retry of an answered request: same answer
-                return remembered
-            _expire()
-            previous: RoundResult | None = None
-            if header.round_index == 2:
-                assert header.session_id is not None
-                session = sessions.get(header.session_id)
-                if session is None:
-                    raise _HttpError(
-                        409,
-                        "unknown_session",
-                        f"session {header.session_id!r} is unknown (expired or server "
-                        "restarted); resend all patches as a new round 1",
-                    )
-                if session.round_index != 1:
-                    raise _HttpError(409, "round_done", "this session already had its round 2")
-                overlap = set(header.indices) & set(session.result.state.indices[0].tolist())
-                if overlap:
-                    raise _HttpError(
-                        422,
-                        "indices",
-                        f"round-2 patches {sorted(overlap)[:5]} were already sent",
-                    )
-                previous = session.result
-            result = pipeline.run(patches[None], indices[None], previous, reuse=config.reuse)
-            session_id = header.session_id or uuid.uuid4().hex
-            requested: list[int] = []
-            if header.extra_k > 0 and header.round_index == 1:
-                requested = OffloadPipeline.most_uncertain(result, header.extra_k)[0].tolist()
-                requested = [i for i in requested if np.isfinite(result.uncertainty[0, i])]
-            probabilities = result.probabilities[0]
-            label = int(np.argmax(probabilities))
-            response = PatchResponse(
-                request_id=header.request_id,
-                session_id=session_id,
-                round_index=header.round_index,
-                label=label,
-                class_name=class_names[label] if label < len(class_names) else str(label),
-                confidence=float(probabilities[label]),
-                probabilities=[round(float(p), 6) for p in probabilities],
-                num_received=int(result.state.indices.shape[1]),
-                requested_indices=requested,
-                reused_round1=previous is not None and config.reuse == "incremental",
-                server_compute_s=result.timings_s["total_s"],
-                server_timings_s=result.timings_s,
-            )
-            sessions.pop(session_id, None)
-            sessions[session_id] = _Session(
-                result, header, clock() + config.session_ttl_s, header.round_index
-            )
-            responses[(header.request_id, header.round_index)] = response
-            while len(responses) > config.max_remembered_responses:
-                responses.popitem(last=False)
-            _expire()
-        metrics.compute.labels(round=str(header.round_index)).observe(result.timings_s["total_s"])
+            try:
+                response = _answer(header, patches, indices, digest)
+            except SessionConflictError as e:
+                raise _HttpError(409, e.code, e.detail) from e
+        metrics.compute.labels(round=str(header.round_index)).observe(response.server_compute_s)
         return response
 
-    @app.post("/v1/infer")
+    def _answer(
+        header: PatchRequestHeader, patches: np.ndarray, indices: np.ndarray, digest: bytes
+    ) -> PatchResponse:
+        """One round under the lock: a remembered answer, or inference and a session."""
+        remembered = store.remembered(header.request_id, header.round_index, digest)
+        if remembered is not None:  # a retry of an answered request: same answer
+            return remembered
+        previous: RoundResult | None = None
+        if header.round_index == 2:
+            assert header.session_id is not None  # validated with the header
+            session = store.for_round2(header.session_id, header.request_id)
+            overlap = set(header.indices) & set(session.result.state.indices[0].tolist())
+            if overlap:
+                raise _HttpError(
+                    422, "indices", f"round-2 patches {sorted(overlap)[:5]} were already sent"
+                )
+            previous = session.result
+        else:
+            store.check_round1(header.session_id)
+        result = pipeline.run(patches[None], indices[None], previous, reuse=config.reuse)
+        if header.round_index == 2:
+            assert header.session_id is not None
+            session_id = header.session_id
+            store.close(session_id, result)
+        else:
+            session_id = store.open(header.request_id, result)
+        requested: list[int] = []
+        if header.extra_k > 0 and header.round_index == 1:
+            requested = OffloadPipeline.most_uncertain(result, header.extra_k)[0].tolist()
+            requested = [i for i in requested if np.isfinite(result.uncertainty[0, i])]
+        probabilities = result.probabilities[0]
+        label = int(np.argmax(probabilities))
+        response = PatchResponse(
+            request_id=header.request_id,
+            session_id=session_id,
+            round_index=header.round_index,
+            label=label,
+            class_name=class_names[label] if label < len(class_names) else str(label),
+            confidence=float(probabilities[label]),
+            probabilities=[round(float(p), 6) for p in probabilities],
+            num_received=int(result.state.indices.shape[1]),
+            requested_indices=requested,
+            reused_round1=previous is not None and config.reuse == "incremental",
+            server_compute_s=result.timings_s["total_s"],
+            server_timings_s=result.timings_s,
+        )
+        store.remember(header.request_id, header.round_index, digest, response)
+        metrics.sessions.set(len(store))
+        return response
+
+    @app.post(
+        "/v1/infer",
+        response_model=PatchResponse,
+        responses=_ERROR_RESPONSES,
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "description": "One frame: b'ESPL', version u8, header length u32 big-endian, "
+                "msgpack header (PatchRequestHeader), encoded patch pixels.",
+                "content": {CONTENT_TYPE: {"schema": {"type": "string", "format": "binary"}}},
+            }
+        },
+    )
     async def infer(request: Request) -> Response:
         round_label = "?"
         try:
@@ -303,15 +340,17 @@ def create_app(
             except FrameError as e:
                 raise _HttpError(400, "bad_frame", str(e)) from e
             round_label = str(header.round_index)
-            response = await run_in_threadpool(_process, header, payload)
+            response = await run_in_threadpool(_process, header, payload, body_digest(body))
         except _HttpError as e:
             return _error(e, round_label)
+        except Exception as e:
+            return _internal_error(e, round_label)
         metrics.bytes_received.inc(len(body))
         metrics.requests.labels(round=round_label, status="200").inc()
         counts["ok"] += 1
         return JSONResponse(response.model_dump(mode="json"))
 
-    @app.get("/v1/info")
+    @app.get("/v1/info", response_model=ServerInfo, responses=_ERROR_RESPONSES)
     async def info(request: Request) -> Response:
         try:
             _authorise(request)
@@ -337,7 +376,11 @@ def create_app(
             "uptime_s": round(clock() - started_s, 3),
         }
 
-    @app.get("/metrics")
+    @app.get(
+        "/metrics",
+        response_class=PlainTextResponse,
+        responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+    )
     async def metrics_text() -> Response:
         return PlainTextResponse(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
@@ -350,7 +393,8 @@ def create_app(
             "uptime (s)": f"{clock() - started_s:.0f}",
             "answered requests": counts["ok"],
             "rejected requests (4xx)": counts["client_error"],
-            "round-1 sessions held": len(sessions),
+            "server errors (5xx)": counts["server_error"],
+            "round-1 sessions held": len(store),
             "round-2 reuse": config.reuse,
             "auth": "bearer token" if config.token else "none",
             "body limit (bytes)": config.max_body_bytes,
@@ -369,10 +413,48 @@ def create_app(
     return app
 
 
+_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorResponse, "description": description}
+    for status, description in {
+        400: "not a valid frame (bad magic, truncated, invalid header, other protocol version)",
+        401: "missing or wrong bearer token",
+        409: "request id reused for another body, or a session that is unknown or not yours",
+        413: "body over the limit",
+        415: "wrong content-type",
+        422: "frame valid but its payload or geometry is not what the server takes",
+        500: "the server failed (JSON, counted in /metrics)",
+    }.items()
+}
+
+
+class _JsonServerErrors:
+    """ASGI middleware: an exception no route handled becomes a JSON 500 (and is counted)."""
+
+    def __init__(self, app: ASGIApp, on_error: Callable[[BaseException], Response]) -> None:
+        self.app, self.on_error = app, on_error
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_tracked(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_tracked)
+        except Exception as e:
+            if started:  # too late for a clean answer; the server closes the connection
+                raise
+            await self.on_error(e)(scope, receive, send)
+
+
 def serve(config: ServerConfig, weights_dir: Path | None = None, *, tiny: bool = False) -> None:
     """Run the server with uvicorn until interrupted (blocking)."""
     import torch
-    import uvicorn
 
     torch.set_num_threads(1)
     if tiny:
@@ -380,7 +462,24 @@ def serve(config: ServerConfig, weights_dir: Path | None = None, *, tiny: bool =
     else:
         pipeline, order = load_pipeline(weights_dir)
     app = create_app(pipeline, config, patch_order=order)
-    uvicorn.run(app, host=config.host, port=config.port, log_level="warning")
+    uvicorn.Server(server_uvicorn_config(app, config)).run()
+
+
+def server_uvicorn_config(app: FastAPI, config: ServerConfig) -> uvicorn.Config:
+    """uvicorn settings for `app`: h11 with the read deadlines and connection cap of `config`."""
+    settings = GuardSettings(
+        header_timeout_s=config.header_timeout_s,
+        body_timeout_s=config.body_timeout_s,
+        max_connections=config.max_connections,
+    )
+    return uvicorn_config(
+        app,
+        host=config.host,
+        port=config.port,
+        settings=settings,
+        keep_alive_s=config.keep_alive_s,
+        max_header_bytes=config.max_header_bytes,
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

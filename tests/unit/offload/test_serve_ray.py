@@ -146,11 +146,12 @@ def test_cli_routes_to_ray_serve_only_with_replicas(monkeypatch: pytest.MonkeyPa
     ) -> None:
         calls.append(("ray", (config, server, kw)))
 
-    def fake_uvicorn(server: ServerConfig, weights: Path | None, **kw: Any) -> None:
+    def fake_uvicorn(server: ServerConfig | None, weights: Path | None, **kw: Any) -> None:
         calls.append(("uvicorn", (server, kw)))
 
     monkeypatch.setattr(serve_ray, "serve_forever", fake_ray)
-    monkeypatch.setattr("edgesplit.offload.serve", fake_uvicorn)
+    # the CLI reaches the server through the api (issue 14): patch the api's door
+    monkeypatch.setattr("edgesplit.api.offload.serve_offload", fake_uvicorn)
     runner = CliRunner()
     assert runner.invoke(_cli(), ["offload", "serve", "--tiny", "--port", "9"]).exit_code == 0
     result = runner.invoke(
