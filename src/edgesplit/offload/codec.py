@@ -135,8 +135,7 @@ def decode_patches(
         declared = read_image_header(payload, image_format)
     except ValueError as e:
         raise ValueError(
-            f"{codec} payload is not a decodable image (expected a {want[0]}x{want[1]} "
-            f"mosaic): {e}"
+            f"{codec} payload is not a decodable image (expected a {want[0]}x{want[1]} mosaic): {e}"
         ) from e
     if (declared.width, declared.height) != want:
         raise ValueError(
