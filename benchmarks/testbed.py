@@ -291,12 +291,20 @@ def main() -> int:
     parser.add_argument("--name", default="bench")
     parser.add_argument("--out", type=Path, default=Path("/tmp/edgesplit-testbed-bench"))
     parser.add_argument("--quick", action="store_true", help="vit-base only, fewer requests")
+    parser.add_argument(
+        "--cpu-shares",
+        type=int,
+        default=65536,
+        help="CFS weight of the testbed (the host is shared: quotas must bind, not the load)",
+    )
     args = parser.parse_args()
     models = ["vit-base"] if args.quick else args.models.split(",")
     requests = 20 if args.quick else args.requests
     testbed = load_cluster(args.cluster)
     try:
-        state = api_testbed.start_testbed(args.cluster, name=args.name, progress=print)
+        state = api_testbed.start_testbed(
+            args.cluster, name=args.name, cpu_shares=args.cpu_shares, progress=print
+        )
     except ConfigError as e:
         print(f"cannot run the testbed here: {e}", file=sys.stderr)
         return NOT_PERMITTED_RC
@@ -342,6 +350,7 @@ def main() -> int:
             "requests": requests,
             "single_requests": args.single_requests,
             "max_in_flight": 2,
+            "testbed_cpu_shares": args.cpu_shares,
             "measured_period": "least-squares slope of completion times after the fill",
             "machine_shared": "2 cores shared with other agents; load averages per model",
         },

@@ -56,6 +56,7 @@ def start_testbed(
     subnet: str | None = None,
     state_dir: Path = DEFAULT_STATE_DIR,
     timeout_s: float = 300.0,
+    cpu_shares: int = 1024,
     progress: Callable[[str], None] | None = None,
 ) -> TestbedState:
     """Stand up `cluster_file` as testbed `name`; see `edgesplit.testbed.up`.
@@ -70,6 +71,7 @@ def start_testbed(
         subnet=subnet,
         state_dir=state_dir,
         timeout_s=timeout_s,
+        cpu_shares=cpu_shares,
         progress=progress,
     )
 

@@ -54,6 +54,13 @@ def register(app: typer.Typer) -> None:
             str | None, typer.Option(help="Private /24 for the testbed (default: from the name).")
         ] = None,
         timeout: Annotated[float, typer.Option(help="Seconds for the nodes to join.")] = 300.0,
+        cpu_shares: Annotated[
+            int,
+            typer.Option(
+                help="CFS weight of the testbed vs the host's other processes (1024 each); "
+                "raise it on a busy host so every device gets its full quota."
+            ),
+        ] = 1024,
     ) -> None:
         """Create namespaces, links, cgroups and one Ray node per device; print the address."""
         state = api_testbed.start_testbed(
@@ -61,6 +68,7 @@ def register(app: typer.Typer) -> None:
             name=name,
             subnet=subnet,
             timeout_s=timeout,
+            cpu_shares=cpu_shares,
             progress=lambda message: console.print(f"[dim]{message}[/dim]"),
         )
         console.print(_devices_table(api_testbed.describe_testbed(name)))

@@ -36,12 +36,19 @@ def quota_us(cpu_quota: float | None, period_us: int = CFS_PERIOD_US) -> int:
     return max(1000, round(cpu_quota * period_us))
 
 
-def create_group(relative: str, cpu_quota: float | None, mount: Path = CPU_CGROUP_MOUNT) -> Path:
-    """mkdir the group (and its parent) and set its quota; returns its directory."""
+def create_group(
+    relative: str,
+    cpu_quota: float | None,
+    mount: Path = CPU_CGROUP_MOUNT,
+    cpu_shares: int | None = None,
+) -> Path:
+    """mkdir the group (and its parent), set its quota and, if given, its CFS weight."""
     path = mount / relative
     path.mkdir(parents=True, exist_ok=True)
     (path / "cpu.cfs_period_us").write_text(str(CFS_PERIOD_US))
     (path / "cpu.cfs_quota_us").write_text(str(quota_us(cpu_quota)))
+    if cpu_shares is not None:
+        (path / "cpu.shares").write_text(str(cpu_shares))
     return path
 
 

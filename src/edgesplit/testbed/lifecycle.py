@@ -207,9 +207,13 @@ def up(
     subnet: str | None = None,
     state_dir: Path = DEFAULT_STATE_DIR,
     timeout_s: float = 300.0,
+    cpu_shares: int = 1024,
     progress: Progress | None = None,
 ) -> TestbedState:
     """Stand the cluster up (see the module docstring); on any failure, tear down what was made.
+
+    `cpu_shares` is the CFS weight of the whole testbed against the host's other processes
+    (each weighs 1024); raise it on a busy host so that every device gets its full quota.
 
     Raises:
         ConfigError: not root, a tool or the cpu cgroup controller missing, a bad cluster file,
@@ -235,7 +239,10 @@ def up(
         port = _free_port(layout.head_ip)
         state = state.model_copy(update={"port": port})
         save_state(state, state_dir)
-        cgroups.create_group(layout.cgroup_root, None)
+        # [Note: shares] A quota caps a device; on a host busy with other work it may get less
+        # than its quota. A higher CFS weight for the testbed's tree makes the quotas, which sum
+        # to what the host can spare, the binding limit (1024 = an ordinary process).
+        cgroups.create_group(layout.cgroup_root, None, cpu_shares=cpu_shares)
         cgroups.create_group(layout.head_cgroup, None)
         for node in layout.nodes:
             # [Note: quota after join] Nodes start without a quota: `ray start` gives a raylet
