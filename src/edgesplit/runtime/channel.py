@@ -7,9 +7,12 @@ downstream under a credit window, with sender-side link shaping, acks read back)
 driver to stage 0 and last stage to driver all go through these two classes. numpy + transport
 + emulation only.
 
-[Note: lean hops] On an unshaped link `Sender.send` writes in the caller's thread (the stage's
-compute thread), so a hop costs one hand-off (reader -> compute); a shaped link adds a writer
-thread that holds each frame until the emulated link would have delivered it.
+[Note: lean hops] A stage computes in the thread that read the frame, and on an unshaped link
+`Sender.send` writes in that same thread, so a hop costs no hand-off between threads: one
+wake-up to read, compute, send. Overlap of communication and compute is kept by the kernel's
+socket buffers, which hold the `max_in_flight` frames a sender may have unacknowledged while
+the receiver computes. A shaped link adds a writer thread that holds each frame until the
+emulated link would have delivered it.
 """
 
 from __future__ import annotations

@@ -2,7 +2,8 @@
 
 Owns `StageSpec` (what a stage runs in one epoch; crosses Ray as a plain dict) and `StageWorker`
 (a plain class; runtime/cluster.py makes it the Ray actor of every workload). Per epoch a
-`_StageRunner` wires `channel.Inbound` -> inbox -> compute thread (the executor) -> `Sender`.
+`_StageRunner` wires `channel.Inbound` -> the executor (in the reader's thread) -> `Sender`;
+items the driver injects for a replay go through a compute thread under the same lock.
 The executor (runtime/executors.py) is picked by `StageSpec.executor`; its module is built in one
 place, `StageWorker._module`. Control only through method calls (Ray actor calls); data only
 through the channel. torch and models are imported lazily for real compute; never ray.
@@ -110,6 +111,7 @@ class _StageRunner:
     stopped: threading.Event
     inbox: queue.Queue[_Item] = field(default_factory=queue.Queue)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    compute_lock: threading.Lock = field(default_factory=threading.Lock)
     held: dict[int, tuple[int, dict[str, np.ndarray]]] = field(default_factory=dict)
     inbound: Inbound | None = None
     sender: Sender | None = None
@@ -151,11 +153,16 @@ class _StageRunner:
     def _on_frame(self, frame: Frame, conn: TcpConnection) -> None:
         if frame.type != "data" or frame.epoch != self.spec.epoch or self.cut.is_set():
             return  # hello/bye carry nothing to do; a cut link delivers nothing
-        self.put_item(
-            _Item(frame.request_id, frame.boundary, frame.tensors, frame.meta, conn, time.time())
-        )
+        item = _Item(frame.request_id, frame.boundary, frame.tensors, frame.meta, conn, time.time())
+        with self.lock:
+            self.held[item.request_id] = (item.boundary, item.tensors)
+        if self.sender is None:
+            self.inbox.put(item)
+        else:
+            self._process(item)  # [Note: lean hops] in channel.py: no hand-off to another thread
 
     def put_item(self, item: _Item) -> None:
+        """Queue an item for the compute thread (replays injected by the driver)."""
         with self.lock:
             self.held[item.request_id] = (item.boundary, item.tensors)
         self.inbox.put(item)
@@ -165,27 +172,36 @@ class _StageRunner:
             self.held.pop(frame.request_id, None)
 
     def _compute(self) -> None:
-        assert self.sender is not None
         while not self.stopped.is_set():
             try:
                 item = self.inbox.get(timeout=_POLL_S)
             except queue.Empty:
                 continue
+            if not self._process(item):
+                return
+
+    def _process(self, item: _Item) -> bool:
+        """Compute one item and send it on; False once this epoch cannot go on."""
+        assert self.sender is not None
+        with self.compute_lock:  # one item at a time, whichever thread brought it
+            if self.stopped.is_set():
+                return False
             item.compute_start_s = self.busy_since_s = time.time()
             out = self._run(item)
             item.compute_end_s = time.time()
             self.busy_since_s = None
             if self.stopped.is_set():
-                return
+                return False
             if "error" not in out.meta:
                 with self.lock:
                     self.held[item.request_id] = (out.boundary, out.tensors)
             if self.cut.is_set():
                 self.stopped.wait()  # a cut link: nothing leaves, nothing is acknowledged
-                return
+                return False
             if not self.sender.send(out, functools.partial(self._forwarded, item)):
                 self.downstream_lost_s = self.sender.lost_s or time.time()
-                return
+                return False
+            return True
 
     def _run(self, item: _Item) -> Frame:
         spec = self.spec
@@ -242,6 +258,9 @@ class _StageRunner:
         deadline = time.time() + timeout_s
         for thread in self.threads:
             thread.join(max(0.0, deadline - time.time()))
+        # An item a reader thread is computing finishes (or gives up) before we read `held`.
+        if self.compute_lock.acquire(timeout=max(0.0, deadline - time.time())):
+            self.compute_lock.release()
         with self.lock:
             return [
                 {"request_id": rid, "boundary": boundary, "tensors": tensors}

@@ -71,6 +71,7 @@ class StageGroup:
         self.failures = FailureLog()
         self._on_result = on_result
         self._pings: dict[str, Any] = {}
+        self._pinged_s: dict[str, float] = {}
         self._sink_epochs: dict[int, int] = {}
         self._sink_lost: tuple[int, float] | None = None
         self.sink = Inbound(
@@ -127,6 +128,7 @@ class StageGroup:
             self.session.kill(actor)
         self.detector.forget(device)
         self._pings.pop(device, None)
+        self._pinged_s.pop(device, None)
 
     # -- an epoch ------------------------------------------------------------------------------
     def configure(
@@ -240,9 +242,12 @@ class StageGroup:
                 self.detector.failing(
                     device, time.time(), f"{value['errors_in_a_row']} executor errors in a row"
                 )
-        for actor in live:
-            if actor.device not in self._pings:
+        now = time.time()
+        for actor in live:  # one heartbeat per stage and period (control traffic stays light)
+            due = self._pinged_s.get(actor.device, 0.0) + self.config.heartbeat_period_s
+            if actor.device not in self._pings and now >= due:
                 self._pings[actor.device] = actor.call("ping")
+                self._pinged_s[actor.device] = now
         if self.source is not None and self.source.lost_s is not None and self.devices:
             self.detector.unreachable(self.devices[0], self.source.lost_s)
         if self._sink_lost is not None and self._sink_lost[0] == self.epoch and self.devices:

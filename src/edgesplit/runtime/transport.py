@@ -191,15 +191,25 @@ class TcpConnection:
             pass
 
     def send(self, frame: Frame) -> None:
-        arrays = [np.ascontiguousarray(a) for a in frame.tensors.values()]
+        buffers = [memoryview(encode_header(frame))]
+        for array in frame.tensors.values():
+            if array.nbytes:
+                buffers.append(np.ascontiguousarray(array).data.cast("B"))
         try:
             with self._send_lock:
-                self._sock.sendall(encode_header(frame))
-                for array in arrays:
-                    if array.nbytes:
-                        self._sock.sendall(array.data.cast("B"))
+                self._send_buffers(buffers)
         except OSError as e:
             raise TransportError(f"sending a {frame.type} frame failed: {e}") from e
+
+    def _send_buffers(self, buffers: list[memoryview]) -> None:
+        """Header and tensors in one gathering write (one wake-up of the reader, not two)."""
+        while buffers:
+            sent = self._sock.sendmsg(buffers)
+            while buffers and sent >= len(buffers[0]):
+                sent -= len(buffers[0])
+                buffers.pop(0)
+            if sent:
+                buffers[0] = buffers[0][sent:]
 
     def _read_exact(self, num_bytes: int) -> bytearray | None:
         buffer = bytearray(num_bytes)
