@@ -27,6 +27,7 @@ from edgesplit.core.profile import ModelProfile
 from edgesplit.core.schema import read_json_file, write_json_file
 from edgesplit.errors import EdgesplitError
 from edgesplit.planners import available_planners, make_plan
+from edgesplit.planners.progress import ProgressFn
 from edgesplit.runtime.config import RuntimeConfig, ScheduledFault, parse_fault, parse_kill
 from edgesplit.runtime.report import RunReport
 from edgesplit.sim import SimConfig, SimResult
@@ -122,9 +123,26 @@ def plan(
     cluster: Cluster,
     objective: Objective = "throughput",
     planner: str = "optimal",
+    *,
+    time_limit_s: float | None = None,
+    target_gap: float = 0.0,
+    progress: ProgressFn | None = None,
 ) -> Plan:
-    """Partition the profile's units over the cluster (see docs/architecture.md §4)."""
-    return make_plan(prepare_profile(profile, cluster), cluster, objective, planner)
+    """Partition the profile's units over the cluster (see docs/architecture.md §4).
+
+    `time_limit_s` bounds the search (the best plan found is returned with its certified gap),
+    `target_gap` accepts a plan that close to the lower bound, `progress` receives
+    `SolveProgress` reports on long searches (docs/planner.md).
+    """
+    return make_plan(
+        prepare_profile(profile, cluster),
+        cluster,
+        objective,
+        planner,
+        time_limit_s=time_limit_s,
+        target_gap=target_gap,
+        progress=progress,
+    )
 
 
 class PlannerOutcome:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Protocol
 
 import typer
 from rich.table import Table
@@ -43,6 +43,27 @@ def _objective(value: str) -> Objective:
     return value  # type: ignore[return-value]  # narrowed by the check above
 
 
+class _Progress(Protocol):
+    """What a planner reports during a long search (planners' SolveProgress)."""
+
+    @property
+    def elapsed_s(self) -> float: ...
+    @property
+    def best(self) -> float: ...
+    @property
+    def bound(self) -> float: ...
+    @property
+    def gap(self) -> float: ...
+
+
+def _print_progress(report: _Progress) -> None:
+    gap = f"{report.gap:.2%}" if report.gap != float("inf") else "-"
+    console.print(
+        f"[dim]{report.elapsed_s:6.1f} s  best {report.best:.4g}  bound {report.bound:.4g}  "
+        f"gap {gap}[/]"
+    )
+
+
 def register(app: typer.Typer) -> None:
     group = typer.Typer(
         help=(
@@ -70,6 +91,18 @@ def register(app: typer.Typer) -> None:
             Path | None, typer.Option("--output", "-o", help="Write the plan JSON here.")
         ] = None,
         batch_size: Annotated[int, typer.Option(help="Micro-batch for pipeedge: profiles.")] = 8,
+        time_limit: Annotated[
+            float | None,
+            typer.Option(
+                "--time-limit",
+                help="Seconds to search at most; the best plan found is returned with its "
+                "certified gap to a lower bound (default: until optimal).",
+            ),
+        ] = None,
+        gap: Annotated[
+            float,
+            typer.Option(help="Accept a plan within this relative gap of the bound (0.01 = 1 %)."),
+        ] = 0.0,
     ) -> None:
         """Plan (when called without a subcommand)."""
         if ctx.invoked_subcommand is not None:
@@ -78,8 +111,24 @@ def register(app: typer.Typer) -> None:
             console.print(ctx.get_help())
             raise typer.Exit(2)
         loaded = load_profile_arg(profile, batch_size)
-        the_plan = api.plan(loaded, api.load_cluster(cluster), _objective(objective), planner)
+        if time_limit is not None and time_limit <= 0:
+            raise typer.BadParameter(f"--time-limit must be positive, not {time_limit}")
+        the_plan = api.plan(
+            loaded,
+            api.load_cluster(cluster),
+            _objective(objective),
+            planner,
+            time_limit_s=time_limit,
+            target_gap=gap,
+            progress=_print_progress,
+        )
         console.print(plan_table(the_plan))
+        predicted = the_plan.predicted
+        if not predicted.optimal and predicted.gap is not None:
+            console.print(
+                f"best plan found; certified gap to the lower bound "
+                f"{predicted.lower_bound_s:.4g} s: {predicted.gap:.2%}"
+            )
         if output:
             api.save(the_plan, output)
             console.print(f"plan written to [bold]{output}[/]")

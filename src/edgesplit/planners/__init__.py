@@ -2,6 +2,21 @@
 
 from __future__ import annotations
 
-from edgesplit.planners.base import available_planners, get_planner, make_plan, register_planner
+from edgesplit.planners.base import (
+    PlanOptions,
+    available_planners,
+    get_planner,
+    make_plan,
+    register_planner,
+)
+from edgesplit.planners.progress import ProgressFn, SolveProgress
 
-__all__ = ["available_planners", "get_planner", "make_plan", "register_planner"]
+__all__ = [
+    "PlanOptions",
+    "ProgressFn",
+    "SolveProgress",
+    "available_planners",
+    "get_planner",
+    "make_plan",
+    "register_planner",
+]

@@ -14,22 +14,22 @@ A single sequence never overlaps its own steps, so every extra device adds its h
 cannot shorten Σ c_i: splitting only pays with concurrency (S > 1) or when the model does not fit.
 Memory per stage = params + KV cache (kv_bytes_per_token × max_context × S) + 2 × hidden.
 
-Search: every ordered choice of devices (up to `max_orderings`, else the fastest devices by
-prefix), and for each a DP over cuts (Alpa-style table over (unit, stage)):
-  T[j][i] = min over a < i of combine(T[j-1][a], cost(d_j, a, i))  with combine = + for L and
-  max for P, infeasible when the stage does not fit in d_j's memory.
-time_per_token: the L-DP is exact for each ordering. tokens_per_s: the better of the L-DP and the
-P-DP; `optimal` is claimed only when one of them provably attains the bound min(S/L_min, 1/P_min).
+Search: the same stage graph and HiGHS machinery as the pipeline planner (planners.stage_graph,
+planners.milp): stages are (device, unit range) with decode compute and KV memory, hops carry
+one token's hidden state (latency + bytes / bandwidth in L, bytes / bandwidth in P), the last
+stage returns the token id to the source. time_per_token minimises L (Goal(0, 1)); tokens_per_s
+minimises max(P, L / S) = 1 / tokens_per_s (Goal(1, 1/S)). Every plan is optimal or carries a
+certified bound (`upper_bound_tokens_per_s`, `plan.predicted.gap`).
 """
 
 from __future__ import annotations
 
-import itertools
 import math
 import time
 from collections.abc import Sequence
 from typing import Annotated, ClassVar, Literal
 
+import numpy as np
 from pydantic import Field
 
 from edgesplit.core.cluster import Cluster
@@ -37,6 +37,9 @@ from edgesplit.core.plan import Plan, PlannerInfo, Predicted, StagePlacement, St
 from edgesplit.core.profile import ModelProfile
 from edgesplit.core.schema import FrozenModel, VersionedFile
 from edgesplit.errors import ConfigError, PlanInfeasibleError
+from edgesplit.planners.milp import OPTIMAL_GAP, solve_stage_graph
+from edgesplit.planners.progress import ProgressFn
+from edgesplit.planners.stage_graph import Goal, StageGraph
 
 __all__ = [
     "GenerationObjective",
@@ -232,74 +235,54 @@ def _serialization_s(cluster: Cluster, num_bytes: float, a: str, b: str) -> floa
     return num_bytes / bandwidth_bytes_per_s
 
 
-def _dp(
-    costs: _Costs,
-    devices: Sequence[str],
-    mode: Literal["sum", "max"],
-    max_context: int,
-    num_sequences: int,
-) -> list[StagePlacement] | None:
-    """Best cuts of all units over `devices` in this order (each gets >= 1 unit).
-
-    T[j][i]: best cost of units [0, i) on devices[0..j]; the stage of devices[j] is [a, i).
-    Stage cost = decode compute + hop out (sum mode, for L) or max(compute, serialization) (max
-    mode, for P). Hops between consecutive devices do not depend on the cut for decoders (the
-    hidden state has the same size after every unit but the head), so L's DP is exact.
-    """
-    n, k = costs.n, len(devices)
-    if k > n:
-        return None
-    inf = math.inf
+def _graph(costs: _Costs, max_context: int, num_sequences: int, max_devices: int) -> StageGraph:
+    """The decode cost model as a stage graph (values as `_predict` computes them)."""
     cluster = costs.cluster
-    table = [[inf] * (n + 1) for _ in range(k)]
-    choice = [[-1] * (n + 1) for _ in range(k)]
-    for j, device in enumerate(devices):
-        capacity = cluster.device(device).memory_bytes
-        nxt = devices[j + 1] if j + 1 < k else cluster.source
-        last = j == k - 1
-        ends = [n] if last else range(j + 1, n - (k - 1 - j) + 1)
-        for i in ends:
-            size = costs.out_bytes(i)
-            if mode == "sum":
-                link_s = cluster.transfer_s(size, device, nxt)
-            else:
-                link_s = _serialization_s(cluster, size, device, nxt)
-            starts = [0] if j == 0 else range(j, i)
-            for a in starts:
-                before = 0.0 if j == 0 else table[j - 1][a]
-                if before == inf:
-                    continue
-                if costs.memory_bytes(a, i, max_context, num_sequences) > capacity:
-                    continue
-                compute = costs.compute_s(device, a, i)
-                summed = before + compute + link_s
-                value = summed if mode == "sum" else max(before, compute, link_s)
-                if value < table[j][i]:
-                    table[j][i] = value
-                    choice[j][i] = a
-    if table[k - 1][n] == inf:
-        return None
-    stages: list[StagePlacement] = []
-    end = n
-    for j in range(k - 1, -1, -1):
-        start = choice[j][end]
-        stages.append(StagePlacement(device=devices[j], start=start, end=end))
-        end = start
-    stages.reverse()
-    return stages
+    names = cluster.device_names
+    source = cluster.source
+    n = costs.n
+    token = costs.profile.token_bytes
+    params = np.asarray(costs.params)
+    kv = np.asarray(costs.kv)
+    hidden = np.asarray(costs.hidden)
+    starts = np.arange(n + 1)
+    a = np.minimum(starts[:, None], n - 1)
+    b = np.maximum(starts[None, :], 1)
+    # _Costs.memory_bytes: params + kv_bytes + 2 * hidden[b - 1], in that order.
+    memory = (params[b] - params[a]) + (kv[b] - kv[a]) * max_context * num_sequences
+    memory = memory + 2 * hidden[b - 1]
+    size = len(names)
+    latency = np.zeros((size, size))
+    bandwidth = np.ones((size, size))
+    for i, d in enumerate(names):
+        for j, e in enumerate(names):
+            if i != j:
+                bandwidth[i, j], latency[i, j] = cluster.link(d, e)
+    return StageGraph(
+        devices=tuple(names),
+        time_prefix=np.stack([np.asarray(costs.decode[cluster.device(d).kind]) for d in names]),
+        stage_memory=memory,
+        capacity=np.array([cluster.device(d).memory_bytes for d in names]),
+        latency_s=latency,
+        bandwidth=bandwidth,
+        cut_bytes=np.concatenate([[0.0], hidden]),
+        in_s=np.array([cluster.transfer_s(token, source, d) for d in names]),
+        out_s=np.array([cluster.transfer_s(token, d, source) for d in names]),
+        in_max_s=np.array([_serialization_s(cluster, token, source, d) for d in names]),
+        out_max_s=np.array([_serialization_s(cluster, token, d, source) for d in names]),
+        max_hop_latency=False,
+        max_stages=max_devices,
+    )
 
 
-def _orderings(
-    cluster: Cluster, costs: _Costs, max_devices: int, max_orderings: int
-) -> tuple[list[tuple[str, ...]], bool]:
-    """Ordered device choices to try, and whether that is every ordering."""
-    names = list(cluster.device_names)
-    sizes = range(1, min(max_devices, len(names), costs.n) + 1)
-    total = sum(math.perm(len(names), r) for r in sizes)
-    if total <= max_orderings:
-        return [p for r in sizes for p in itertools.permutations(names, r)], True
-    by_speed = sorted(names, key=lambda d: (costs.compute_s(d, 0, costs.n), d != cluster.source))
-    return [tuple(by_speed[:r]) for r in sizes], False
+def _single_device_plans(
+    costs: _Costs, max_context: int, num_sequences: int
+) -> list[list[tuple[int, int, int]]]:
+    plans = []
+    for index, device in enumerate(costs.cluster.devices):
+        if costs.memory_bytes(0, costs.n, max_context, num_sequences) <= device.memory_bytes:
+            plans.append([(index, 0, costs.n)])
+    return plans
 
 
 def plan_generation(
@@ -310,7 +293,9 @@ def plan_generation(
     num_sequences: int = 1,
     max_context: int = 2048,
     max_devices: int | None = None,
-    max_orderings: int = 5000,
+    time_limit_s: float | None = None,
+    target_gap: float = 0.0,
+    progress: ProgressFn | None = None,
 ) -> GenerationPlan:
     """The best pipeline for decoding under the module's cost model.
 
@@ -322,6 +307,9 @@ def plan_generation(
         num_sequences: sequences kept in flight (and KV caches held) per stage.
         max_context: tokens per sequence the KV caches must hold.
         max_devices: use at most this many devices (default: all).
+        time_limit_s: stop after this many seconds with the best plan and its certified gap.
+        target_gap: accept a plan within this relative gap of the bound (0: optimal).
+        progress: called with `SolveProgress` about once a second on long searches.
 
     Raises:
         PlanInfeasibleError: no placement fits the devices' memory.
@@ -330,28 +318,17 @@ def plan_generation(
         raise ConfigError("num_sequences and max_context must be >= 1")
     began = time.perf_counter()
     costs = _Costs(profile, cluster)
-    orders, exhaustive = _orderings(
-        cluster, costs, max_devices or len(cluster.devices), max_orderings
+    graph = _graph(costs, max_context, num_sequences, max_devices or len(cluster.devices))
+    goal = Goal(1.0, 1.0 / num_sequences) if objective == "tokens_per_s" else Goal(0.0, 1.0)
+    solution = solve_stage_graph(
+        graph,
+        goal,
+        incumbents=_single_device_plans(costs, max_context, num_sequences),
+        time_limit_s=time_limit_s,
+        target_gap=max(target_gap, OPTIMAL_GAP),
+        progress=progress,
     )
-    best: tuple[float, GenerationPrediction, list[StagePlacement]] | None = None
-    min_latency, min_bottleneck = math.inf, math.inf
-    for order in orders:
-        for mode in ("sum", "max") if objective == "tokens_per_s" else ("sum",):
-            stages = _dp(costs, order, mode, max_context, num_sequences)  # type: ignore[arg-type]
-            if stages is None:
-                continue
-            predicted = _predict(costs, stages, objective, num_sequences, max_context)
-            min_latency = min(min_latency, predicted.time_per_token_s)
-            min_bottleneck = min(min_bottleneck, predicted.bottleneck_s)
-            score = (
-                predicted.tokens_per_s
-                if objective == "tokens_per_s"
-                else -predicted.time_per_token_s
-            )
-            # Ties keep the first found: fewer devices (orderings grow in size).
-            if best is None or score > best[0] + 1e-12 * max(1.0, abs(best[0])):
-                best = (score, predicted, stages)
-    if best is None:
+    if not solution.stages:
         need = costs.memory_bytes(0, costs.n, max_context, num_sequences)
         total = sum(d.memory_bytes for d in cluster.devices)
         raise PlanInfeasibleError(
@@ -360,13 +337,16 @@ def plan_generation(
             f"cluster has {total / 1e6:.1f} MB in {len(cluster.devices)} devices; lower "
             "max_context or num_sequences, or add devices"
         )
-    _, predicted, stages = best
-    upper = min(num_sequences / min_latency, 1.0 / min_bottleneck)
-    if objective == "tokens_per_s":
-        optimal = exhaustive and predicted.tokens_per_s >= upper * (1 - 1e-9)
-    else:
-        optimal = exhaustive
-    predicted = predicted.model_copy(update={"optimal": optimal, "upper_bound_tokens_per_s": upper})
+    stages = [
+        StagePlacement(device=graph.devices[d], start=a, end=b) for d, a, b in solution.stages
+    ]
+    predicted = _predict(costs, stages, objective, num_sequences, max_context)
+    # The bound is on max(P, L / S) (tokens_per_s) or on L (time_per_token), in seconds.
+    bound_s = solution.lower_bound
+    upper = 1.0 / bound_s if bound_s > 0 else math.inf
+    predicted = predicted.model_copy(
+        update={"optimal": solution.optimal, "upper_bound_tokens_per_s": upper}
+    )
     elapsed = time.perf_counter() - began
     plan = Plan(
         model=profile.model,
@@ -375,23 +355,28 @@ def plan_generation(
         batch_size=1,
         objective="throughput" if objective == "tokens_per_s" else "latency",
         planner=PlannerInfo(
-            name="generation-dp",
+            name="generation-milp",
             options={
                 "objective": objective,
                 "num_sequences": num_sequences,
                 "max_context": max_context,
-                "exhaustive": exhaustive,
+                "target_gap": target_gap,
+                **({"time_limit_s": time_limit_s} if time_limit_s is not None else {}),
             },
             elapsed_s=elapsed,
         ),
         stages=tuple(stages),
-        predicted=_pipeline_predicted(predicted),
+        predicted=_pipeline_predicted(predicted, bound_s, solution.value),
     )
     return GenerationPlan(plan=plan, generation=predicted)
 
 
-def _pipeline_predicted(g: GenerationPrediction) -> Predicted:
-    """The generic Plan figures, read as decode steps (a micro-batch = one token)."""
+def _pipeline_predicted(g: GenerationPrediction, bound_s: float, value_s: float) -> Predicted:
+    """The generic Plan figures, read as decode steps (a micro-batch = one token).
+
+    `lower_bound_s` and `gap` refer to the objective's own value (seconds per token:
+    max(P, L / S) for tokens_per_s, L for time_per_token).
+    """
     return Predicted(
         period_s=g.bottleneck_s,
         throughput_per_s=g.tokens_per_s,
@@ -409,4 +394,6 @@ def _pipeline_predicted(g: GenerationPrediction) -> Predicted:
             for s in g.stages
         ),
         optimal=g.optimal,
+        lower_bound_s=bound_s,
+        gap=max(0.0, value_s / bound_s - 1.0) if bound_s > 0 else None,
     )

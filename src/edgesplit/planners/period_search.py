@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import highspy
 import numpy as np
 
+from edgesplit.planners.highs import new_highs
 from edgesplit.planners.stage_graph import StageGraph, beam_plan
 
 __all__ = ["BottleneckResult", "search_bottleneck"]
@@ -130,9 +131,7 @@ class _Feasibility:
         self.hop_rows = np.asarray(hop_rows, dtype=np.int32)
         self.hop_values = np.asarray(hop_values)
 
-        highs = highspy.Highs()  # type: ignore[no-untyped-call]  # unannotated constructor
-        highs.setOptionValue("output_flag", False)
-        highs.setOptionValue("random_seed", 0)
+        highs = new_highs()
         highs.setOptionValue("presolve", "off")
         self.highs = highs
         zeros = np.zeros(self.num_x)
