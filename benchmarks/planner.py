@@ -7,11 +7,18 @@ in one process, one thread, on whatever load the machine has (reported). The sce
 benchmarks/scenarios.py; PipeEdge's measured board profiles come from src/edgesplit/data/pipeedge.
 
     .venv/bin/python benchmarks/planner.py [--quick]
+    .venv/bin/python benchmarks/planner.py --suite distinct [--quick]
+
+`--suite distinct` (issue 20) plans 5 seeds each of 16, 20, 32 and 64 fully distinct devices and
+links (128 units, both objectives) twice: to optimality within DISTINCT_LIMIT_S, and to a 1 %
+certified gap; it records time, gap, lower bound and the 1-minute load average around every
+solve, and writes benchmarks/results/planner_distinct.json and docs/planner_distinct.png.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import time
@@ -77,10 +84,209 @@ def pipeedge_cluster(num_minnow: int, num_rcc: int) -> Cluster:
     )
 
 
+DISTINCT_SIZES = (16, 20, 32, 64)
+DISTINCT_SEEDS = (0, 1, 2, 3, 4)
+DISTINCT_TARGET_S = {16: 1.0, 20: 10.0, 32: 10.0, 64: 30.0}  # issue 20's targets
+DISTINCT_LIMIT_S = 60.0  # time limit of the optimality runs
+
+
+def distinct_row(num_devices: int, seed: int, objective: str, target_gap: float) -> dict[str, Any]:
+    profile = vit_huge_profile(num_devices, seed=seed)
+    cluster = cluster_of([1] * num_devices, distinct_links=True, seed=seed)
+    load_before = os.getloadavg()[0]
+    started = time.perf_counter()
+    plan = make_plan(
+        profile,
+        cluster,
+        objective,  # type: ignore[arg-type]
+        time_limit_s=DISTINCT_LIMIT_S,
+        target_gap=target_gap,
+    )
+    elapsed = time.perf_counter() - started
+    predicted = plan.predicted
+    value = predicted.period_s if objective == "throughput" else predicted.latency_s
+    return {
+        "num_devices": num_devices,
+        "seed": seed,
+        "objective": objective,
+        "target_gap": target_gap,
+        "time_s": elapsed,
+        "value_s": value,
+        "lower_bound_s": predicted.lower_bound_s,
+        "gap": predicted.gap if predicted.gap is not None else 0.0,
+        "optimal": predicted.optimal,
+        "num_stages": len(plan.stages),
+        "engine": plan.planner.options.get("engine", "dp"),
+        "planner_options": dict(plan.planner.options),
+        "load_average_1m_before": load_before,
+        "load_average_1m_after": os.getloadavg()[0],
+    }
+
+
+def old_dp_row(num_devices: int, objective: str) -> dict[str, Any]:
+    """Today's class-count DP on the same instance (seed 0), for the side-by-side ratio."""
+    from edgesplit.core.cost import CostModel
+    from edgesplit.planners.pipeline_dp import (
+        class_data,
+        device_classes,
+        quick_upper_bound,
+        solve_classes,
+    )
+
+    cost = CostModel(
+        vit_huge_profile(num_devices, seed=0),
+        cluster_of([1] * num_devices, distinct_links=True, seed=0),
+    )
+    started = time.perf_counter()
+    groups = [c.devices for c in device_classes(cost)]
+    value, _ = solve_classes(
+        cost,
+        class_data(cost, groups, "exact"),
+        objective,
+        quick_upper_bound(cost, objective),  # type: ignore[arg-type]
+    )
+    return {
+        "num_devices": num_devices,
+        "objective": objective,
+        "time_s": time.perf_counter() - started,
+        "value_s": value,
+        "load_average_1m_after": os.getloadavg()[0],
+    }
+
+
+def main_distinct(quick: bool) -> None:
+    sizes = DISTINCT_SIZES if not quick else (16, 32)
+    seeds = DISTINCT_SEEDS if not quick else (0,)
+    rows: list[dict[str, Any]] = []
+    print(
+        f"{'devices':>7} {'seed':>4} {'objective':10} {'gap asked':>9} {'time s':>8} "
+        f"{'gap':>8} {'optimal':>7} {'load':>5}"
+    )
+    for num_devices in sizes:
+        for seed in seeds:
+            for objective in ("throughput", "latency"):
+                for target_gap in (0.0, 0.01):
+                    row = distinct_row(num_devices, seed, objective, target_gap)
+                    rows.append(row)
+                    print(
+                        f"{num_devices:7d} {seed:4d} {objective:10} {target_gap:9.2%} "
+                        f"{row['time_s']:8.2f} {row['gap']:8.3%} {row['optimal']!s:>7} "
+                        f"{row['load_average_1m_after']:5.1f}",
+                        flush=True,
+                    )
+    baseline = [old_dp_row(16, objective) for objective in ("throughput", "latency")]
+    for row in baseline:
+        print(f"class-count DP, 16 distinct, {row['objective']}: {row['time_s']:.2f} s")
+
+    summary = []
+    for num_devices in sizes:
+        for objective in ("throughput", "latency"):
+            for target_gap in (0.0, 0.01):
+                group = [
+                    r
+                    for r in rows
+                    if r["num_devices"] == num_devices
+                    and r["objective"] == objective
+                    and r["target_gap"] == target_gap
+                ]
+                summary.append(
+                    {
+                        "num_devices": num_devices,
+                        "objective": objective,
+                        "target_gap": target_gap,
+                        "num_seeds": len(group),
+                        "time_s_median": statistics.median(r["time_s"] for r in group),
+                        "time_s_max": max(r["time_s"] for r in group),
+                        "gap_max": max(r["gap"] for r in group),
+                        "num_optimal": sum(r["optimal"] for r in group),
+                        "target_s": DISTINCT_TARGET_S[num_devices],
+                    }
+                )
+    plot = DOCS / "planner_distinct.png"
+    fig, (ax_time, ax_gap) = plt.subplots(1, 2, figsize=(11, 4.3))
+    styles = {
+        ("throughput", 0.0): ("tab:blue", "o", "period, optimal"),
+        ("throughput", 0.01): ("tab:cyan", "s", "period, gap <= 1 %"),
+        ("latency", 0.0): ("tab:red", "^", "latency, optimal"),
+        ("latency", 0.01): ("tab:orange", "v", "latency, gap <= 1 %"),
+    }
+    for (objective, target_gap), (color, marker, label) in styles.items():
+        group = [r for r in rows if r["objective"] == objective and r["target_gap"] == target_gap]
+        jitter = {0.0: -0.4, 0.01: 0.4}[target_gap] + (0.2 if objective == "latency" else 0.0)
+        ax_time.scatter(
+            [r["num_devices"] + jitter for r in group],
+            [r["time_s"] for r in group],
+            color=color,
+            marker=marker,
+            label=label,
+            s=22,
+        )
+        ax_gap.scatter(
+            [r["num_devices"] + jitter for r in group],
+            [max(r["gap"], 1e-7) for r in group],
+            color=color,
+            marker=marker,
+            label=label,
+            s=22,
+        )
+    ax_time.plot(
+        list(DISTINCT_TARGET_S), list(DISTINCT_TARGET_S.values()), "k--", lw=1, label="target"
+    )
+    ax_time.set_yscale("log")
+    ax_time.set_xlabel("fully distinct devices (and links)")
+    ax_time.set_ylabel("planning time (s)")
+    ax_time.set_xticks(list(sizes))
+    ax_time.grid(True, which="both", alpha=0.3)
+    ax_time.legend(fontsize=8)
+    ax_gap.axhline(0.01, color="k", ls="--", lw=1, label="1 % target")
+    ax_gap.set_yscale("log")
+    ax_gap.set_ylim(5e-8, 1)
+    ax_gap.set_xlabel("fully distinct devices (and links)")
+    ax_gap.set_ylabel("certified gap (plan / lower bound - 1; 1e-7 = optimal)")
+    ax_gap.set_xticks(list(sizes))
+    ax_gap.grid(True, which="both", alpha=0.3)
+    load = statistics.median(r["load_average_1m_after"] for r in rows)
+    fig.suptitle(
+        f"optimal planner on distinct clusters, 128 units, 5 seeds "
+        f"(2 shared cores, median 1-min load {load:.1f})"
+    )
+    fig.tight_layout()
+    fig.savefig(plot, dpi=110)
+    plt.close(fig)
+    path = write_result(
+        "planner_distinct",
+        {
+            "method": (
+                "wall time of make_plan(time_limit_s=60, target_gap=0 or 0.01) per instance, one "
+                "run each, in one process; instances vit_huge_profile(n, seed) + cluster_of([1] * "
+                "n, distinct_links=True, seed) (every device its own kind, every pair its own "
+                "link); gap = plan value / certified lower bound - 1; load = os.getloadavg()[0] "
+                "before and after each solve (the machine's 2 cores are shared with other agents)"
+            ),
+            "scenarios": {
+                "sizes": list(sizes),
+                "seeds": list(seeds),
+                "targets_s": DISTINCT_TARGET_S,
+                "time_limit_s": DISTINCT_LIMIT_S,
+            },
+            "rows": rows,
+            "summary": summary,
+            "class_count_dp_16_distinct_seed0": baseline,
+            "plot": str(plot.relative_to(DOCS.parent)),
+        },
+        command="python benchmarks/planner.py --suite distinct" + (" --quick" if quick else ""),
+    )
+    print(f"results: {path}\nplot: {plot}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats and sweep points")
+    parser.add_argument("--suite", choices=["all", "distinct"], default="all")
     args = parser.parse_args()
+    if args.suite == "distinct":
+        main_distinct(args.quick)
+        return
     repeats = 1 if args.quick else 3
     targets: list[dict[str, Any]] = []
     print(

@@ -268,9 +268,11 @@ def search_bottleneck(
     bound = lower
     # Beam bisection (cheap, a heuristic): a near-optimal incumbent first.
     floor = lower
-    for width in BEAM_WIDTHS:
+    for index, width in enumerate(BEAM_WIDTHS):
+        # The narrow beam brackets the value to 0.1 %; the wide one refines just below it.
+        precision = 1e-3 if index == 0 else 1e-5
         for _ in range(40):
-            if time.perf_counter() >= deadline or best_value <= floor * (1 + 1e-5):
+            if time.perf_counter() >= deadline or best_value <= floor * (1 + precision):
                 break
             tau = (floor + best_value) / 2
             beam = beam_plan(graph, compute, hop_max, tau, width)
@@ -279,7 +281,7 @@ def search_bottleneck(
                 best_value, best_stages = float(value), tuple(beam or ())
             else:
                 floor = tau
-        floor = lower
+        floor = max(lower, min(floor, best_value) * (1 - 0.01))
     tell(bound)
     # Phase A: LP bisection without hop rows (a relaxation: hops only restrict plans), each
     # feasible threshold also tried by the beam; phase C: MILP bisection on a model with every
@@ -295,6 +297,7 @@ def search_bottleneck(
         hi = int(np.searchsorted(candidates, best_value, side="right")) - 1
         # Invariant: candidates[:lo] are infeasible; candidates[hi] is feasible.
         probes = 0
+        refuted = False
         while lo < hi:
             remaining = deadline - time.perf_counter()
             if remaining <= 0:
@@ -305,13 +308,18 @@ def search_bottleneck(
             low_value, high_value = float(candidates[lo]), float(candidates[hi])
             if probes == 0 and target_gap < 1e-4:
                 mid = hi - 1  # is the incumbent optimal? (one LP when it is)
-            elif probes <= 1:
+            elif probes == 0 or (phase == "C" and probes == 1):
                 # Just inside the gap asked: one infeasible answer settles it.
                 aim = (
                     best_value / (1 + target_gap)
                     if phase == "A"
                     else low_value * (1 + target_gap / 2)
                 )
+                mid = int(np.searchsorted(candidates, aim, "right")) - 1
+            elif phase == "A" and not refuted:
+                # Gallop down from the incumbent (it is usually within a few 0.1 %) until a
+                # threshold is refuted, rather than bisecting up from a weak bound.
+                aim = best_value * (1 - 2e-4 * 3 ** (probes - 1))
                 mid = int(np.searchsorted(candidates, aim, "right")) - 1
             elif high_value > low_value * (1 + 1e-3):
                 # Bisect on value while the bracket is wide (candidates are dense at the top).
@@ -342,6 +350,7 @@ def search_bottleneck(
                 hi = min(mid, int(np.searchsorted(candidates, best_value, side="right")) - 1)
             else:
                 lo = mid + 1
+                refuted = True
             bound = max(bound, float(candidates[lo]))
             tell(bound)
             logger.debug(
