@@ -429,10 +429,11 @@ def distributed_check(
     deadline_s: float = 30.0,
     batch_size: int = 8,
 ) -> DistributedCheck:
-    """Start one Ray shard actor per device, run a batch, kill `kill`, run it again; compare
-    with the intact model and with the masked evaluation of the same lost set."""
+    """Start one shard stage per device (Ray actors on the authenticated channel), run a batch,
+    kill `kill`, run it again; compare with the intact model and with the masked evaluation of
+    the same lost set."""
     from edgesplit.runtime.robust import RobustCoordinator, shard_payloads
-    from edgesplit.runtime.robust_ray import RayShardBackend
+    from edgesplit.runtime.shards import ChannelShardBackend
 
     start = time.perf_counter()
     unknown = sorted(set(kill) - set(plan.devices))
@@ -440,7 +441,9 @@ def distributed_check(
         raise ConfigError(f"cannot kill {unknown}: the plan's devices are {list(plan.devices)}")
     replicas = plan.replica_indices()
     inputs = {k: v[:batch_size] for k, v in task.evaluation[0][0].items()}
-    backend = RayShardBackend(plan.devices, shard_payloads(task.model, replicas, len(plan.devices)))
+    backend = ChannelShardBackend(
+        plan.devices, shard_payloads(task.model, replicas, len(plan.devices))
+    )
     try:
         coordinator = RobustCoordinator(
             task.model, plan.devices, replicas, backend, deadline_s=deadline_s

@@ -2,8 +2,9 @@
 
 Owns `Executor` (the protocol: one input frame's tensors + meta -> output tensors + meta; caches
 but no request state) and its implementations: `ForwardExecutor` (a unit range, batch pipeline),
-`DecodeExecutor` (a unit range with per-sequence KV caches; the last stage picks the token) and
-their emulated variants (sleep the profiled time, send real-size tensors). The module an executor
+`DecodeExecutor` (a unit range with per-sequence KV caches; the last stage picks the token),
+`ShardExecutor` (width-split units of a robust plan returning partial sums) and their emulated
+variants (sleep the profiled time, send real-size tensors). The module an executor
 runs is built in one place, `StageWorker._module` in runtime/stage.py. torch is imported lazily
 (emulated executors need none); never ray, never planners.
 
@@ -11,6 +12,10 @@ Decode frames: request_id = sequence id; meta {"pos": first position, "step": th
 id, "sampling": [temperature, top_k, seed]}; tensors {"input_ids"} into the first stage,
 {"hidden"} between stages, {"token"} out of the last. A stage whose cache does not continue the
 step answers meta {"error": "cache_mismatch"} (the driver replays that sequence from position 0).
+
+Shard frames: meta {"layer": index, "kind": "attn" | "ffn", "slots": [unit slots]}; tensors
+{"hidden": (B, T, C) already normed, + the context arrays "attn_bias", "rope_cos", "rope_sin"
+when the model has them}; the answer is {"partial": (B, T, C)}, the sum of those units' terms.
 """
 
 from __future__ import annotations
@@ -25,9 +30,11 @@ __all__ = [
     "DecodeExecutor",
     "EmulatedDecodeExecutor",
     "EmulatedForwardExecutor",
+    "EmulatedShardExecutor",
     "Executor",
     "ExecutorOutput",
     "ForwardExecutor",
+    "ShardExecutor",
 ]
 
 Arrays = dict[str, np.ndarray]
@@ -149,3 +156,43 @@ class EmulatedDecodeExecutor:
             token = (request_id * 7919 + position + num_new) % max(self.vocab_size, 1)
             return {"token": np.array([token], dtype=np.int64)}, meta
         return {"hidden": np.zeros((1, num_new, self.hidden_size), dtype=np.float32)}, meta
+
+
+def _shard_step(meta: dict[str, Any]) -> tuple[int, str, list[int]]:
+    kind = str(meta["kind"])
+    if kind not in ("attn", "ffn"):
+        raise ValueError(f"shard step of unknown kind {kind!r}")
+    return int(meta["layer"]), kind, [int(s) for s in meta["slots"]]
+
+
+@dataclass
+class ShardExecutor:
+    """A `WidthShard`: this device's width units; answers partial sums."""
+
+    shard: Any  # models.width.WidthShard
+
+    def run(self, request_id: int, tensors: Arrays, meta: dict[str, Any]) -> ExecutorOutput:
+        import torch
+
+        from edgesplit.models.width import WidthContext
+
+        layer, kind, slots = _shard_step(meta)
+        inputs = _torch_inputs(tensors)
+        ctx = WidthContext(inputs.get("attn_bias"), inputs.get("rope_cos"), inputs.get("rope_sin"))
+        with torch.inference_mode():
+            out = self.shard.partial(layer, kind, inputs["hidden"], ctx, slots)
+        return {"partial": out.contiguous().numpy()}, meta
+
+
+@dataclass
+class EmulatedShardExecutor:
+    """Sleeps `unit_s` per unit asked for; a zero partial sum of the hidden state's shape."""
+
+    unit_s: float
+    stopped: threading.Event
+
+    def run(self, request_id: int, tensors: Arrays, meta: dict[str, Any]) -> ExecutorOutput:
+        _, _, slots = _shard_step(meta)
+        hidden = tensors["hidden"]
+        self.stopped.wait(self.unit_s * len(slots))
+        return {"partial": np.zeros(hidden.shape, dtype=hidden.dtype)}, meta

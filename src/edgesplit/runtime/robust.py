@@ -1,11 +1,12 @@
 """Executing a robust width plan: shard workers return partial sums, the coordinator combines.
 
-Owns `ShardWorker` (a plain class holding one device's width units, made a Ray actor in
-runtime/robust_ray.py), the `ShardBackend` seam (in-process `LocalShardBackend` here; Ray in
-robust_ray.py) and `RobustCoordinator`, which runs the shared parts (embeddings, norms, shared
-biases, head) and, per layer part, sends the hidden state to the first live replica of every
-unit, sums what arrived before the deadline, marks silent or dead devices failed and fails
-their units over to the next live replica. Never imports planners; plans arrive as replica lists.
+Owns `ShardWorker` (one device's width units in this process, for `LocalShardBackend`), the
+`ShardBackend` seam (in-process `LocalShardBackend` here; the stage workers over the channel in
+runtime/shards.py, with emulation and link shaping) and `RobustCoordinator`, which runs the
+shared parts (embeddings, norms, shared biases, head) and, per layer part, sends the hidden
+state to the first live replica of every unit, sums what arrived before the deadline, marks
+silent or dead devices failed and fails their units over to the next live replica. Never
+imports planners; plans arrive as replica lists.
 
 [Note: failover equals masking] A unit contributes iff some live device holds it; when every
 holder is failed its term is absent from the sum, which is exactly `keep[u] = 0` in
@@ -24,6 +25,7 @@ import numpy as np
 import torch
 
 from edgesplit.models.width import WidthContext, WidthLayer, WidthModel, WidthShard
+from edgesplit.runtime.executors import ShardExecutor
 
 __all__ = [
     "CombineReport",
@@ -46,14 +48,6 @@ def context_arrays(ctx: WidthContext) -> dict[str, np.ndarray]:
         if value is not None:
             out[name] = value.detach().numpy()
     return out
-
-
-def _context(arrays: dict[str, np.ndarray]) -> WidthContext:
-    def get(name: str) -> torch.Tensor | None:
-        value = arrays.get(name)
-        return None if value is None else torch.from_numpy(np.asarray(value))
-
-    return WidthContext(get("attn_bias"), get("rope_cos"), get("rope_sin"))
 
 
 class ShardWorker:
@@ -88,9 +82,9 @@ class ShardWorker:
     ) -> np.ndarray:
         """Σ over `slots` of layer part (layer_index, kind); hidden (B, T, C) already normed."""
         assert kind in ("attn", "ffn")
-        x = torch.from_numpy(np.array(hidden))  # copy: Ray arrays are read-only
-        out = self.shard.partial(layer_index, kind, x, _context(ctx), slots)  # type: ignore[arg-type]
-        return out.numpy()
+        meta = {"layer": layer_index, "kind": kind, "slots": slots}
+        out, _ = ShardExecutor(self.shard).run(0, {"hidden": hidden, **ctx}, meta)
+        return out["partial"]
 
 
 def shard_payloads(

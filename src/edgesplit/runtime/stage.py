@@ -46,8 +46,10 @@ from edgesplit.runtime.executors import (
     DecodeExecutor,
     EmulatedDecodeExecutor,
     EmulatedForwardExecutor,
+    EmulatedShardExecutor,
     Executor,
     ForwardExecutor,
+    ShardExecutor,
 )
 from edgesplit.runtime.transport import Frame, FrameLimits, TcpConnection, connect
 
@@ -55,7 +57,7 @@ __all__ = ["ExecutorKind", "FaultKind", "StageSpec", "StageWorker"]
 
 logger = logging.getLogger(__name__)
 _POLL_S = 0.05
-ExecutorKind = Literal["forward", "decode"]
+ExecutorKind = Literal["forward", "decode", "shard"]
 FaultKind = Literal["kill", "stop", "crash", "cut"]
 
 
@@ -80,6 +82,7 @@ class StageSpec(FrozenModel):
     vocab_size: int = 0  # emulated decode: range of the (meaningless) tokens picked
     decode_s: float = 0.0  # emulated decode: seconds per decode step of this stage
     prefill_s_per_token: float = 0.0  # emulated decode: seconds per prompt token in a prefill
+    shard_unit_s: float = 0.0  # emulated shard: seconds per width unit asked for
     bandwidth_bytes_per_s: float | None = None  # shaping of the link out; None = unshaped
     latency_s: float = 0.0
     max_in_flight: int = 4
@@ -284,6 +287,7 @@ class StageWorker:
         self.host = host
         self._runner: _StageRunner | None = None
         self._modules: dict[tuple[str, str, int, int], Any] = {}
+        self._shard_payload: tuple[dict[str, Any], dict[str, np.ndarray]] | None = None
         self._stop = threading.Event()
         self._timelines: list[dict[str, Any]] = []
 
@@ -291,8 +295,15 @@ class StageWorker:
         return {"device": self.device, "pid": os.getpid(), "host": self.host}
 
     # -- building a stage ------------------------------------------------------------------
+    def load_shard(self, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> int:
+        """Receive this device's width units (plain arrays over Ray); returns their bytes."""
+        self._shard_payload = (meta, arrays)
+        self._modules.clear()
+        return int(sum(a.nbytes for a in arrays.values()))
+
     def _module(self, spec: StageSpec) -> Any:
-        """The one place a stage's module is built: units [start, end) of `spec.model_spec`.
+        """The one place a stage's module is built: units [start, end) of `spec.model_spec`, or
+        the width units sent by `load_shard`.
 
         Kept across epochs while the range is unchanged (only the current stage's weights).
         """
@@ -300,8 +311,16 @@ class StageWorker:
 
         from edgesplit.models import ModelSpec, build_stage
         from edgesplit.models.kv_stage import KvStage
+        from edgesplit.models.width import WidthShard
 
         torch.set_num_threads(spec.num_threads)
+        if spec.executor == "shard":
+            if self._shard_payload is None:
+                raise ValueError(f"no width units were loaded on '{self.device}'")
+            key = ("shard", "", 0, 0)
+            if key not in self._modules:
+                self._modules[key] = WidthShard.from_arrays(*self._shard_payload)
+            return self._modules[key]
         assert spec.model_spec is not None
         key = (spec.executor, repr(sorted(spec.model_spec.items())), spec.start, spec.end)
         if key not in self._modules:
@@ -314,6 +333,10 @@ class StageWorker:
         return self._modules[key]
 
     def _executor(self, spec: StageSpec, stopped: threading.Event) -> Executor:
+        if spec.executor == "shard":
+            if spec.compute == "emulated":
+                return EmulatedShardExecutor(spec.shard_unit_s, stopped)
+            return ShardExecutor(self._module(spec))
         if spec.executor == "forward":
             if spec.compute == "emulated":
                 return EmulatedForwardExecutor(
@@ -349,13 +372,19 @@ class StageWorker:
         self._runner.start((str(host), int(port)), connect_timeout_s)
 
     def warm(self) -> None:
-        """Import torch and the model code now, so a standby's takeover costs a stage build."""
+        """Import torch and transformers and run one tiny GPT-2 and Llama step now, so that a
+        standby's takeover costs its weights, not seconds of lazy imports and kernel warm-up."""
         import torch
 
-        from edgesplit.models import build_stage  # noqa: F401
-        from edgesplit.models.kv_stage import KvStage  # noqa: F401
+        from edgesplit.models import model_spec_from_name
+        from edgesplit.models.kv_stage import KvStage
 
         torch.set_num_threads(1)
+        for name in ("gpt2-tiny", "llama-tiny"):
+            stage = KvStage.build(model_spec_from_name(name), 0, 3)
+            with torch.inference_mode():
+                stage.step(0, {"input_ids": torch.tensor([[1, 2]])}, 0)
+                stage.step(0, {"input_ids": torch.tensor([[3]])}, 2)
 
     # -- health and faults -------------------------------------------------------------------
     def ping(self) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from edgesplit.errors import ConfigError, DeviceUnavailableError
 from edgesplit.runtime.channel import Inbound, Sender
@@ -64,7 +64,7 @@ class StageGroup:
         self.devices: tuple[str, ...] = ()  # the current epoch's stage devices, in order
         self.addresses: dict[str, tuple[str, int]] = {}  # their stream listeners
         self.epoch = -1
-        self.source: Sender | None = None
+        self.sources: dict[str, Sender] = {}
         self.detector = FailureDetector(
             config.hang_timeout_s, config.batch_deadline_s, config.stream_loss_grace_s
         )
@@ -136,10 +136,17 @@ class StageGroup:
         specs: Sequence[StageSpec],
         *,
         source_in_flight: int,
-        source_shaper: LinkShaper | None,
+        source_shaper: LinkShaper | None = None,
         expected_compute_s: Mapping[str, float],
+        topology: Literal["chain", "star"] = "chain",
+        source_shapers: Mapping[str, LinkShaper | None] | None = None,
     ) -> None:
-        """Build every stage of a new epoch and wire driver -> stages -> driver."""
+        """Build every stage of a new epoch and wire its streams.
+
+        chain (pipelines): driver -> stage 0 -> ... -> last stage -> driver. star (width
+        shards): driver -> every stage -> driver, one source per stage, shaped by
+        `source_shapers[device]`.
+        """
         self.stop_source()
         self.ensure(s.device for s in specs)
         refs = [self.actors[s.device].call("configure", s.model_dump()) for s in specs]
@@ -157,18 +164,30 @@ class StageGroup:
         self.addresses = {
             s.device: (str(a[0]), int(a[1])) for s, a in zip(specs, addresses, strict=True)
         }
-        downstream = [*addresses[1:], self.sink.address]
+        if topology == "chain":
+            downstream = [*addresses[1:], self.sink.address]
+            entries = {self.devices[0]: source_shaper}
+        else:
+            downstream = [self.sink.address] * len(specs)
+            entries = {d: (source_shapers or {}).get(d) for d in self.devices}
         starts = [
             self.actors[s.device].call("start", target, self.config.startup_timeout_s)
             for s, target in zip(specs, downstream, strict=True)
         ]
         self.session.get(starts, self.config.startup_timeout_s)
-        host, port = addresses[0]
-        conn = connect((str(host), int(port)), self.config.startup_timeout_s, key=self.run_key)
-        conn.send(Frame("hello", epoch=self.epoch, meta={"from": "driver"}))
-        self.source = Sender(conn, source_in_flight, source_shaper, name="driver-source")
-        self.source.start()
+        for device, shaper in entries.items():
+            host, port = self.addresses[device]
+            conn = connect((host, port), self.config.startup_timeout_s, key=self.run_key)
+            conn.send(Frame("hello", epoch=self.epoch, meta={"from": "driver"}))
+            sender = Sender(conn, source_in_flight, shaper, name=f"driver-source-{device}")
+            sender.start()
+            self.sources[device] = sender
         self.watch(expected_compute_s)
+
+    @property
+    def source(self) -> Sender | None:
+        """The driver's stream into stage 0 (chain)."""
+        return self.sources.get(self.devices[0]) if self.devices else None
 
     def watch(self, expected_compute_s: Mapping[str, float]) -> None:
         """(Re)start heartbeat clocks: silence is counted from the moment the stages are live."""
@@ -180,13 +199,14 @@ class StageGroup:
             self.detector.watch(device, now, expected_compute_s.get(device, 0.0))
 
     def stop_source(self) -> None:
-        if self.source is not None:
-            self.source.stop()
-            self.source = None
+        for sender in self.sources.values():
+            sender.stop()
+        self.sources.clear()
 
-    def send(self, frame: Frame) -> bool:
-        """Into stage 0 of the current epoch (blocks for a credit); False if the link stopped."""
-        source = self.source
+    def send(self, frame: Frame, device: str | None = None) -> bool:
+        """Into stage 0 (or `device`'s stage) of the current epoch, blocking for a credit;
+        False if that stream stopped."""
+        source = self.source if device is None else self.sources.get(device)
         return source is not None and source.send(frame)
 
     def _on_sink_frame(self, frame: Frame, conn: TcpConnection) -> None:
@@ -248,8 +268,9 @@ class StageGroup:
             if actor.device not in self._pings and now >= due:
                 self._pings[actor.device] = actor.call("ping")
                 self._pinged_s[actor.device] = now
-        if self.source is not None and self.source.lost_s is not None and self.devices:
-            self.detector.unreachable(self.devices[0], self.source.lost_s)
+        for device, sender in self.sources.items():
+            if sender.lost_s is not None:
+                self.detector.unreachable(device, sender.lost_s)
         if self._sink_lost is not None and self._sink_lost[0] == self.epoch and self.devices:
             self.detector.unreachable(self.devices[-1], self._sink_lost[1])
         return self.detector.check(now_s)
