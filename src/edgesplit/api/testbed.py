@@ -57,6 +57,7 @@ def start_testbed(
     state_dir: Path = DEFAULT_STATE_DIR,
     timeout_s: float = 300.0,
     cpu_shares: int = 1024,
+    cfs_period_us: int = 100_000,
     progress: Callable[[str], None] | None = None,
 ) -> TestbedState:
     """Stand up `cluster_file` as testbed `name`; see `edgesplit.testbed.up`.
@@ -72,6 +73,7 @@ def start_testbed(
         state_dir=state_dir,
         timeout_s=timeout_s,
         cpu_shares=cpu_shares,
+        cfs_period_us=cfs_period_us,
         progress=progress,
     )
 

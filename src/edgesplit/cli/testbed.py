@@ -61,6 +61,9 @@ def register(app: typer.Typer) -> None:
                 "raise it on a busy host so every device gets its full quota."
             ),
         ] = 1024,
+        cfs_period_ms: Annotated[
+            float, typer.Option(help="CFS period of the quotas (shorter = smoother throttling).")
+        ] = 100.0,
     ) -> None:
         """Create namespaces, links, cgroups and one Ray node per device; print the address."""
         state = api_testbed.start_testbed(
@@ -69,6 +72,7 @@ def register(app: typer.Typer) -> None:
             subnet=subnet,
             timeout_s=timeout,
             cpu_shares=cpu_shares,
+            cfs_period_us=round(cfs_period_ms * 1000),
             progress=lambda message: console.print(f"[dim]{message}[/dim]"),
         )
         console.print(_devices_table(api_testbed.describe_testbed(name)))

@@ -41,19 +41,26 @@ def create_group(
     cpu_quota: float | None,
     mount: Path = CPU_CGROUP_MOUNT,
     cpu_shares: int | None = None,
+    period_us: int = CFS_PERIOD_US,
 ) -> Path:
-    """mkdir the group (and its parent), set its quota and, if given, its CFS weight."""
+    """mkdir the group (and its parent), set its period, quota and, if given, CFS weight."""
     path = mount / relative
     path.mkdir(parents=True, exist_ok=True)
-    (path / "cpu.cfs_period_us").write_text(str(CFS_PERIOD_US))
-    (path / "cpu.cfs_quota_us").write_text(str(quota_us(cpu_quota)))
+    (path / "cpu.cfs_quota_us").write_text("-1")  # a period may not undercut a set quota
+    (path / "cpu.cfs_period_us").write_text(str(period_us))
+    (path / "cpu.cfs_quota_us").write_text(str(quota_us(cpu_quota, period_us)))
     if cpu_shares is not None:
         (path / "cpu.shares").write_text(str(cpu_shares))
     return path
 
 
-def set_quota(relative: str, cpu_quota: float | None, mount: Path = CPU_CGROUP_MOUNT) -> None:
-    (mount / relative / "cpu.cfs_quota_us").write_text(str(quota_us(cpu_quota)))
+def set_quota(
+    relative: str,
+    cpu_quota: float | None,
+    mount: Path = CPU_CGROUP_MOUNT,
+    period_us: int = CFS_PERIOD_US,
+) -> None:
+    (mount / relative / "cpu.cfs_quota_us").write_text(str(quota_us(cpu_quota, period_us)))
 
 
 def join_group(relative: str, mount: Path = CPU_CGROUP_MOUNT) -> None:

@@ -208,12 +208,15 @@ def up(
     state_dir: Path = DEFAULT_STATE_DIR,
     timeout_s: float = 300.0,
     cpu_shares: int = 1024,
+    cfs_period_us: int = cgroups.CFS_PERIOD_US,
     progress: Progress | None = None,
 ) -> TestbedState:
     """Stand the cluster up (see the module docstring); on any failure, tear down what was made.
 
     `cpu_shares` is the CFS weight of the whole testbed against the host's other processes
     (each weighs 1024); raise it on a busy host so that every device gets its full quota.
+    `cfs_period_us` is the quota's period: a throttled device stalls for up to
+    period x (1 - quota) at a time, so a shorter period (20 ms) makes it smoother.
 
     Raises:
         ConfigError: not root, a tool or the cpu cgroup controller missing, a bad cluster file,
@@ -248,7 +251,7 @@ def up(
             # [Note: quota after join] Nodes start without a quota: `ray start` gives a raylet
             # 30 s to register (hard-coded), which a 0.1-core node cannot meet. The quota is
             # set once every node has joined, before any stage or survey work runs.
-            cgroups.create_group(node.cgroup, None)
+            cgroups.create_group(node.cgroup, None, period_us=cfs_period_us)
         temp_dir = Path(state.temp_dir)
         temp_dir.mkdir(parents=True, exist_ok=True)
         ray = _ray_binary()
@@ -332,7 +335,7 @@ def up(
         say("waiting for every device to join")
         _wait_for_devices(state.address, token, [n.device for n in layout.nodes], timeout_s)
         for node in layout.nodes:
-            cgroups.set_quota(node.cgroup, node.cpu_quota)
+            cgroups.set_quota(node.cgroup, node.cpu_quota, period_us=cfs_period_us)
         state = state.model_copy(update={"phase": "up"})
         save_state(state, state_dir)
         return state
