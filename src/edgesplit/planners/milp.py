@@ -14,15 +14,14 @@ this generalises when devices are all distinct):
     sum part (latency, generation L): transition T[d, e, p] >= 0 with Σ_e T = E[d, p] and
         Σ_d T = S[e, p] over the *relevant* triples (those the relaxed DP cannot rule out against
         the incumbent), cost H[d, e, p] each; an irrelevant successor is thereby forbidden.
-    max part (period, generation P): Z >= Σ_{a,b} C[d, a, b] x[d, a, b] per device (at most one
-        stage each, so this is its compute), Z >= in/out of the first/last stage, and for hops
-        either Z >= Hmax T (when T exists) or conflict rows E[d, p] + Σ_{e: Hmax > UB} S[e, p] <= 1
-        plus threshold rows Z >= h (E[d, p] + Σ_{e: Hmax[d, e, p] >= h} S[e, p] - 1), added lazily
-        for the cuts where a solution's true hop exceeded Z (then re-solved from the incumbent).
+    max part of a mixed goal (generation P): Z >= Σ_{a,b} C[d, a, b] x[d, a, b] per device (at
+        most one stage each, so this is its compute), Z >= in/out of the first/last stage,
+        Z >= Hmax T per transition that could bind.
     objective: Σ costs (pure sum) or Z with Z >= sum_weight * total (mixed).
-Every model solved is the true problem restricted to plans that could beat the incumbent, or a
-relaxation of it (lazy rows not yet added), so HiGHS's dual bound is a valid lower bound on every
-plan, and the incumbent (always evaluated exactly by `StageGraph.evaluate`) is an upper bound.
+Pure bottleneck goals (the period) go to planners.period_search instead. Every model solved is
+the true problem restricted to plans that could beat the incumbent, so HiGHS's dual bound is a
+valid lower bound on every plan, and the incumbent (always evaluated exactly by
+`StageGraph.evaluate`) is an upper bound.
 """
 
 from __future__ import annotations
@@ -190,41 +189,21 @@ def solve_stage_graph(
     upper = best.value * (1 + _SLACK) if np.isfinite(best.value) else INF
     model = _Model(graph, goal, compute, hop_sum, hop_max, bound_sum, bound_max, upper, lower)
     stats.update(num_stage_vars=model.num_x, num_transition_vars=model.num_t)
-    lazy_rounds = 0
-    while True:
-        remaining = deadline - time.perf_counter()
-        if remaining <= 0:
-            break
+    remaining = deadline - time.perf_counter()
+    if remaining > 0:
         outcome = model.solve(
             best.stages, remaining, target_gap, progress, progress_interval_s, started, best.value
         )
         if outcome.stages:
             best.offer(outcome.stages)
-        lower = max(lower, min(outcome.dual_bound, best.value))
-        report(lower)
         if outcome.infeasible:
             if not best.stages:
                 return GraphSolution((), INF, INF, False, {**stats, "infeasible": True})
             # Nothing beats the incumbent (within slack): it is optimal.
             lower = max(lower, best.value / (1 + _SLACK))
-            break
-        violated = model.violated_hops(outcome.stages, outcome.objective) if outcome.stages else []
-        if violated and outcome.complete:
-            # The model's optimum is only a relaxation's: add the missing hop rows and re-solve.
-            lazy_rounds += 1
-            model.add_threshold_rows(violated, outcome.objective)
-            logger.info(
-                "milp: round %d added hop rows for %d cuts (model %.4g, plan %.4g)",
-                lazy_rounds,
-                len(violated),
-                outcome.objective,
-                best.value,
-            )
-            continue
-        if outcome.complete and not violated:
+        else:
             lower = max(lower, min(outcome.dual_bound, best.value))
-        break
-    stats.update(lazy_rounds=lazy_rounds)
+        report(lower)
     return _finish(best, lower, stats, started)
 
 
@@ -503,66 +482,10 @@ class _Model:
         last = [i for i in range(self.num_x) if self.arc_b[i] == num_units]
         values = [-weight * float(graph.out_max_s[self.arc_d[i]]) for i in last]
         rows.add([*last, z], [*values, 1.0], 0.0, INF)
-        if self.goal.has_sum:
-            # Transitions exist: Z >= Hmax T for those that could bind.
-            hops = weight * self.hop_max[self.t_d, self.t_e, self.t_p]
-            for j in np.nonzero(hops > lower)[0]:
-                rows.add([self.num_x + int(j), z], [-float(hops[j]), 1.0], 0.0, INF)
-            return
-        # No transitions: forbid hops above the incumbent outright (conflict rows).
-        if not np.isfinite(self.upper):
-            return
-        too_slow = weight * self.hop_max > self.upper
-        for (d, p), cols in self.ends.items():
-            if p == num_units or p == 0:
-                continue
-            bad = np.nonzero(too_slow[d, :, p])[0]
-            followers = [i for e in bad for i in self.starts.get((int(e), p), [])]
-            if followers:
-                rows.add(cols + followers, [1.0] * (len(cols) + len(followers)), -INF, 1.0)
-
-    # -- lazy hop rows -------------------------------------------------------------------------
-
-    def violated_hops(
-        self, stages: Sequence[tuple[int, int, int]], objective: float
-    ) -> list[tuple[int, int, int]]:
-        """Cuts (d, e, p) of a solution whose true bottleneck hop exceeds the model's Z."""
-        if self.goal.has_sum or not self.has_z:
-            return []
-        weight = self.goal.max_weight
-        tolerance = objective * 1e-7 + 1e-12
-        found = []
-        for (d, _, b), (e, _, _) in itertools.pairwise(stages):
-            if weight * self.hop_max[d, e, b] > objective + tolerance:
-                found.append((d, e, b))
-        return found
-
-    def add_threshold_rows(self, cuts: Sequence[tuple[int, int, int]], objective: float) -> None:
-        """Z >= h (E[d,p] + Σ_{e: H >= h} S[e,p] - 1) for every hop value h of the cut's d and e
-        above the current objective (so one round settles the whole cut, not one pair)."""
-        weight = self.goal.max_weight
-        limit = self.upper if np.isfinite(self.upper) else INF
-        for d, e, p in cuts:
-            for side in ("out", "in"):
-                values = (
-                    weight * self.hop_max[d, :, p]
-                    if side == "out"
-                    else weight * self.hop_max[:, e, p]
-                )
-                anchor = self.ends.get((d, p), []) if side == "out" else self.starts.get((e, p), [])
-                for h in np.unique(values[(values > objective) & (values <= limit)]):
-                    others = np.nonzero(values >= h)[0]
-                    if side == "out":
-                        cols = [i for o in others for i in self.starts.get((int(o), p), [])]
-                    else:
-                        cols = [i for o in others for i in self.ends.get((int(o), p), [])]
-                    self.rows.add(
-                        [*anchor, *cols, self.z],
-                        [-float(h)] * (len(anchor) + len(cols)) + [1.0],
-                        -float(h),
-                        INF,
-                    )
-        self.rows.flush(self.highs)
+        # Transitions exist (mixed goals only reach this model): Z >= Hmax T where it can bind.
+        hops = weight * self.hop_max[self.t_d, self.t_e, self.t_p]
+        for j in np.nonzero(hops > lower)[0]:
+            rows.add([self.num_x + int(j), z], [-float(hops[j]), 1.0], 0.0, INF)
 
     # -- solving -------------------------------------------------------------------------------
 

@@ -150,6 +150,7 @@ def test_generation_plan_equals_brute_force(
     assert all(s.memory_bytes <= s.memory_capacity_bytes for s in g.stages)
 
 
+@pytest.mark.slow
 def test_generation_scales_to_distinct_devices_with_a_certified_gap() -> None:
     """12 distinct devices, 26 units: a plan with a certificate, within a time limit."""
     profile, cluster = _instance(4, 12, 26)
