@@ -35,4 +35,6 @@ def new_highs() -> highspy.Highs:
             os.close(saved)
     highs.setOptionValue("output_flag", False)
     highs.setOptionValue("random_seed", 0)
+    # One thread, as everywhere in edgesplit (shared 2-core machines; CPU time = quiet time).
+    highs.setOptionValue("threads", 1)
     return highs
