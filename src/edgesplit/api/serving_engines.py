@@ -38,7 +38,7 @@ from edgesplit.core.cluster import Cluster, DeviceSpec
 from edgesplit.core.cost import CostModel
 from edgesplit.core.plan import Plan, PlannerInfo, StagePlacement
 from edgesplit.core.profile import ModelProfile
-from edgesplit.errors import ConfigError, EdgesplitError
+from edgesplit.errors import ConfigError, DeviceUnavailableError, EdgesplitError
 from edgesplit.serving import (
     DecodeRequest,
     EmbeddingCodec,
@@ -154,7 +154,12 @@ class PipelineDecodeEngine:
                 if batch:
                     self._batch_sizes.append(len(batch))
             if batch:
-                self._round(batch)
+                try:
+                    self._round(batch)
+                except Exception as e:  # a bad request must not end the engine's thread
+                    logger.exception("decode round failed")
+                    for live in batch:
+                        self._finish(live, "error", f"{type(e).__name__}: {e}")
                 self._wake.set()  # others may have arrived meanwhile
 
     def _round(self, batch: list[_Live]) -> None:
@@ -182,7 +187,7 @@ class PipelineDecodeEngine:
         faults, self._faults = self._faults, []
         try:
             report = self.pipeline.generate(requests, on_token=on_token, faults=faults)
-        except (EdgesplitError, RuntimeError) as e:
+        except DeviceUnavailableError as e:  # no stage can replace a failed one: stop serving
             self._broken = f"{type(e).__name__}: {e}"
             logger.error("generation pipeline failed: %s", self._broken)
             with self._lock:

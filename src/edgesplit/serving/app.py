@@ -440,7 +440,7 @@ async def _complete(
     asked = body.max_completion_tokens if isinstance(body, ChatCompletionRequest) else None
     asked = asked or body.max_tokens
     max_tokens = asked or (min(server.config.default_max_tokens, room) if chat else 16)
-    if max_tokens > room:
+    if max_tokens > room or room < 1:
         raise ApiError(
             400,
             f"this model's maximum context length is {codec.context_length} tokens; you asked "

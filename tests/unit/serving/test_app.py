@@ -166,6 +166,10 @@ def test_context_bound(client: TestClient) -> None:
     assert _error(response)["code"] == "context_length_exceeded"
     ok = client.post("/v1/completions", json={"prompt": "a" * 60, "max_tokens": 4})
     assert ok.status_code == 200
+    too_long_chat = client.post(
+        "/v1/chat/completions", json={"messages": [{"role": "user", "content": "a" * 80}]}
+    )
+    assert too_long_chat.status_code == 400  # the default max_tokens never goes negative
     chat_default = client.post(
         "/v1/chat/completions", json={"messages": [{"role": "user", "content": "a" * 40}]}
     )
