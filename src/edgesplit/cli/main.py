@@ -40,6 +40,7 @@ def _register() -> None:
     from edgesplit.cli import quality as quality_cli
     from edgesplit.cli import robust as robust_cli
     from edgesplit.cli import run as run_cli
+    from edgesplit.cli import serve as serve_cli
     from edgesplit.cli import testbed as testbed_cli
 
     profile.register(app)
@@ -55,6 +56,7 @@ def _register() -> None:
     cluster_cli.register(app)
     testbed_cli.register(app)
     quality_cli.register(app)
+    serve_cli.register(app)
 
 
 def main() -> None:

@@ -116,8 +116,38 @@ def register(app: typer.Typer) -> None:
             typer.Option(help="HEAD:PORT of a Ray cluster (default: embedded local Ray)."),
         ] = None,
         batch_size: Annotated[int, typer.Option(help="Micro-batch for pipeedge: profiles.")] = 8,
+        inputs: Annotated[
+            Path | None,
+            typer.Option(
+                help="Real inputs instead of the synthetic drill: a directory of PNG/JPEG "
+                "images (classifiers) or a text file, one input per line (text encoders).",
+            ),
+        ] = None,
+        predictions: Annotated[
+            Path | None,
+            typer.Option(help="With --inputs: write the JSON lines here (default: stdout)."),
+        ] = None,
     ) -> None:
         """Run a plan: stages as Ray actors, micro-batches streaming, failover on failure."""
+        if inputs is not None:  # real inputs through the plan (api.serving), predictions out
+            from edgesplit.api import serving
+
+            loaded = api.load_plan(plan)
+            found = serving.predict_inputs(
+                loaded.model,
+                inputs,
+                plan=loaded,
+                cluster=api.load_cluster(cluster),
+                profile=load_profile_arg(profile, batch_size),
+                faults=[api.parse_fault(f) for f in fault or []],
+            )
+            lines = "".join(p.to_json() + "\n" for p in found)
+            if predictions is None:
+                print(lines, end="")
+            else:
+                predictions.write_text(lines, encoding="utf-8")
+                console.print(f"{len(found)} predictions: {predictions}")
+            return
         if compute not in ("real", "emulated"):
             raise ConfigError(f"--compute must be 'real' or 'emulated', not {compute!r}")
         loaded_plan = api.load_plan(plan)
