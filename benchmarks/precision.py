@@ -370,8 +370,7 @@ def sensitivity(num_windows: int) -> dict[str, Any]:
             spec = {
                 name: per_channel_dynamic_qconfig
                 for name, module in stage.named_modules()
-                if isinstance(module, nn.Linear)
-                and (parts is None or any(p in name for p in parts))
+                if isinstance(module, nn.Linear) and _selected(name, parts)
             }
             quantize_dynamic(stage, spec, dtype=torch.qint8, inplace=True)
             ours = [task.summarize(stage(b), i) for i, b in enumerate(task.batches)]
