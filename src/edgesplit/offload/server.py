@@ -72,7 +72,9 @@ class ServerConfig(FrozenModel):
     max_body_bytes: int = Field(default=256 * 1024, gt=0)
     token: str | None = None  # bearer token; None = no auth
     session_ttl_s: float = Field(default=60.0, gt=0)
-    max_sessions: int = Field(default=4096, gt=0)
+    # A kept session (round 1 with extra_k > 0) holds ~250 KiB (64 patches, bundled model):
+    # max_sessions bounds that memory (docs/offload.md, "Resource bounds").
+    max_sessions: int = Field(default=1024, gt=0)
     max_remembered_responses: int = Field(default=4096, gt=0)
     reuse: Literal["incremental", "recompute"] = "incremental"
     # Slow clients (issue 19; enforced by http_guard under `serve`, not by the app itself):
@@ -283,7 +285,7 @@ def create_app(
             session_id = header.session_id
             store.close(session_id, result)
         else:
-            session_id = store.open(header.request_id, result)
+            session_id = store.open(header.request_id, result, keep=header.extra_k > 0)
         requested: list[int] = []
         if header.extra_k > 0 and header.round_index == 1:
             requested = OffloadPipeline.most_uncertain(result, header.extra_k)[0].tolist()

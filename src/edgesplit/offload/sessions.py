@@ -117,11 +117,16 @@ class SessionStore(Generic[ResultT, AnswerT]):
             raise SessionConflictError("round_done", "this session already had its round 2")
         return session
 
-    def open(self, request_id: str, result: ResultT) -> str:
-        """Keep a round-1 result for round 2 under a new server-made session id."""
+    def open(self, request_id: str, result: ResultT, *, keep: bool) -> str:
+        """A new server-made session id; with `keep`, the round-1 result is held for round 2.
+
+        A round 1 that asks for no round 2 (extra_k 0) is not kept: a session holds the
+        encoder state of every received patch (~250 KiB for 64 patches of the bundled model).
+        """
         session_id = secrets.token_hex(16)
-        self._sessions[session_id] = Session(result, request_id, self._deadline(), 1)
-        self.expire()
+        if keep:
+            self._sessions[session_id] = Session(result, request_id, self._deadline(), 1)
+            self.expire()
         return session_id
 
     def close(self, session_id: str, result: ResultT) -> None:

@@ -243,3 +243,16 @@ def test_every_500_is_json_and_counted() -> None:
     assert 'edgesplit_offload_requests_total{round="1",status="500"} 1.0' in metrics
     assert 'edgesplit_offload_requests_total{round="?",status="500"} 1.0' in metrics
     assert client.get("/health").status_code == 200
+
+
+def test_round1_without_extra_k_keeps_no_session(client: TestClient) -> None:
+    first = post(client, image_frame(IMAGE, [0, 9], request_id="one-round")).json()
+    again = post(
+        client,
+        image_frame(
+            IMAGE, [1], request_id="one-round", round_index=2, session_id=first["session_id"]
+        ),
+    )
+    assert again.status_code == 409
+    assert again.json()["error"] == "unknown_session"
+    assert "edgesplit_offload_sessions 0.0" in client.get("/metrics").text
