@@ -22,8 +22,6 @@ import socket
 import sys
 import threading
 import time
-from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,11 +30,6 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
-
 from common import DOCS, write_result
 from edgesplit.core.schema import write_json_file
 from edgesplit.offload.calibrate import (
@@ -44,7 +37,6 @@ from edgesplit.offload.calibrate import (
     K2_VALUES,
     REUSE_CODEC,
     Outcome,
-    ProgressiveOutcome,
     Setting,
     build_tables,
     measure_all,
@@ -59,28 +51,38 @@ from edgesplit.offload.emulation import BandwidthTrace, TokenBucket, make_trace
 from edgesplit.offload.pipeline import OffloadPipeline
 from edgesplit.offload.policy import (
     HTTP_OVERHEAD_BYTES,
-    BandwidthEstimate,
-    Decision,
     OffloadOption,
     PolicyConfig,
-    choose,
-    observe_upload,
-    segment_fits,
-    should_request_round2,
 )
+from edgesplit.offload.replay import MAIN_POLICIES, LinkScenario, Policy, feasible_frames, replay
 from edgesplit.offload.server import DEFAULT_WEIGHTS_DIR, load_pipeline
 from edgesplit.offload.training import VALIDATION_SIZE
+from edgesplit.offload.verdicts import (
+    RunFrames,
+    best_fixed_meeting_as_many,
+    network_blind_verdicts,
+    paired_gain,
+    slo_verdicts,
+)
+from offload_plots import (
+    curves_from_results,
+    plot_accuracy_vs_bytes,
+    plot_network_blind,
+    plot_reconstructions,
+    plot_slo,
+)
 
 # The emulated weak device is PipeEdge's Minnowboard (Atom E3845, 4 cores): its measured
 # ViT-Base profile (src/edgesplit/data/pipeedge) over ViT-Base timed here on one core gives how much
 # slower it runs the same network; a camera-class board is slower still (a floor, not a guess).
 WEAK_DEVICE = "Minnowboard-E3845"
 TRACES = ("step", "random_walk", "wifi", "lte")
-MEAN_BANDWIDTH_BYTES_PER_S = 12_500.0  # 100 kbit/s: a weak uplink (NB-IoT/LTE-M/poor Wi-Fi)
-ONE_WAY_LATENCY_S = 0.02
-BURST_BYTES = 300.0
+SCENARIO = LinkScenario()  # 100 kbit/s mean, one-way 20 ms, 300 B burst, a frame every 0.5 s
+MEAN_BANDWIDTH_BYTES_PER_S = SCENARIO.mean_bandwidth_bytes_per_s
+ONE_WAY_LATENCY_S = SCENARIO.one_way_latency_s
+BURST_BYTES = SCENARIO.burst_bytes
 SLOS_S = (0.15, 0.25, 0.4)
-FRAME_PERIOD_S = 0.5
+FRAME_PERIOD_S = SCENARIO.frame_period_s
 
 
 REPORTED_SEED = 100  # the reported runs use trace seeds 100-103; pilots never do
@@ -219,252 +221,6 @@ def reuse_costs(
     }
 
 
-# -- SLO replay in virtual time ---------------------------------------------------------------------
-@dataclass
-class Policy:
-    name: str
-    kind: str  # "fixed" | "adaptive1" | "adaptive2" | "local"
-    outcome: Outcome | None = None
-    local_s: float = 0.0
-    local_correct: np.ndarray | None = None
-    robust: bool = False  # round 1 must also fit the pessimistic bandwidth
-    progressive: bool = False  # may choose a progressive (deadline-cut) round 1
-
-
-# The adaptive policies the issue asks about: choose among one-shot and progressive round 1
-# (segments cut at the deadline), round 1 planned to fit even after a drop like those seen.
-MAIN_POLICIES = (
-    Policy("adaptive two-round", "adaptive2", robust=True, progressive=True),
-    Policy("adaptive one-round", "adaptive1", robust=True, progressive=True),
-)
-
-
-def replay(
-    policy: Policy,
-    trace: BandwidthTrace,
-    slo_s: float,
-    *,
-    num_frames: int,
-    val_options: list[OffloadOption],
-    test_outcomes: dict[tuple[str, int, str, int | None], Outcome],
-    server_samples: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]],
-    seed: int,
-    progressive: ProgressiveOutcome | None = None,
-    policy_config: PolicyConfig | None = None,
-) -> dict[str, np.ndarray]:
-    """Latency, correctness, bytes and rounds of each frame under one policy."""
-    rng = np.random.default_rng(seed)
-    bucket = TokenBucket(trace, burst_bytes=BURST_BYTES)
-    estimate = BandwidthEstimate(MEAN_BANDWIDTH_BYTES_PER_S / 2)  # a cautious first guess
-    rtt = 2 * ONE_WAY_LATENCY_S
-    latency = np.zeros(num_frames)
-    correct = np.zeros(num_frames, bool)
-    sent = np.zeros(num_frames)
-    rounds = np.zeros(num_frames, int)
-    device_free = 0.0
-    num_images = len(next(iter(test_outcomes.values())).correct1)
-    for f in range(num_frames):
-        arrival = f * FRAME_PERIOD_S
-        i = f % num_images
-        t = max(arrival, device_free)
-        if policy.kind == "local":
-            assert policy.local_correct is not None
-            t += policy.local_s
-            latency[f], correct[f] = t - arrival, policy.local_correct[i]
-            device_free = t
-            continue
-        decision = None
-        if policy.kind == "fixed":
-            assert policy.outcome is not None
-            outcome, k2 = policy.outcome, 0
-        else:
-            options = [
-                o
-                for o in val_options
-                if (policy.kind == "adaptive2" or o.k2 == 0)
-                and (policy.progressive or not o.progressive)
-            ]
-            decision = choose(
-                options,
-                bandwidth_bytes_per_s=estimate.planning_bytes_per_s,
-                rtt_s=rtt,
-                slo_s=slo_s,
-                config=policy_config,
-                pessimistic_bytes_per_s=estimate.pessimistic_ladder if policy.robust else None,
-                expected_bytes_per_s=estimate.bytes_per_s,
-            )
-            o = decision.option
-            # Robust policies ask for round 2 only if it fits after a drop like those seen.
-            round2_rate = estimate.planning_bytes_per_s
-            if policy.robust:
-                round2_rate = min(round2_rate, estimate.pessimistic_bytes_per_s)
-            if o.progressive:
-                assert progressive is not None
-                pf = _replay_progressive(
-                    decision,
-                    progressive,
-                    i,
-                    t,
-                    arrival,
-                    slo_s,
-                    rtt,
-                    bucket,
-                    rng,
-                    server_samples,
-                    round2_rate,
-                    round2_rate,
-                )
-                estimate = observe_upload(estimate, pf.sent - pf.sent2, pf.upload_s)
-                latency[f], correct[f], sent[f], rounds[f] = (
-                    pf.done - arrival,
-                    pf.correct,
-                    pf.sent - HTTP_OVERHEAD_BYTES * pf.rounds,
-                    pf.rounds,
-                )
-                if pf.rounds == 2:
-                    estimate = observe_upload(estimate, pf.sent2, pf.upload2_s)
-                device_free = pf.done
-                continue
-            outcome = test_outcomes[(o.sampling, o.k1, o.codec, o.quality)]
-            k2 = o.k2
-        s = outcome.setting
-        body = float(outcome.bytes1[i]) + HTTP_OVERHEAD_BYTES
-        done = bucket.transmit(body, t)
-        estimate = observe_upload(estimate, body, done - t)
-        samples1, samples2 = server_samples[(s.k1, k2 if k2 else 0)]
-        t = done + rtt + float(rng.choice(samples1))
-        sent[f], rounds[f], correct[f] = body - HTTP_OVERHEAD_BYTES, 1, outcome.correct1[i]
-        if (
-            decision is not None
-            and k2
-            and should_request_round2(
-                decision,
-                confidence=float(outcome.confidence1[i]),
-                elapsed_s=t - arrival,
-                slo_s=slo_s,
-                bandwidth_bytes_per_s=round2_rate,
-                rtt_s=rtt,
-            )
-        ):
-            body2 = float(outcome.bytes2[k2][i]) + HTTP_OVERHEAD_BYTES
-            start = t
-            done = bucket.transmit(body2, start)
-            estimate = observe_upload(estimate, body2, done - start)
-            t = done + rtt + float(rng.choice(samples2))
-            sent[f] += body2 - HTTP_OVERHEAD_BYTES
-            rounds[f] = 2
-            correct[f] = outcome.correct2[k2][i]
-        latency[f] = t - arrival
-        device_free = t
-    return {"latency_s": latency, "correct": correct, "bytes": sent, "rounds": rounds}
-
-
-@dataclass
-class _ProgressiveFrame:
-    done: float
-    correct: bool
-    sent: float  # round-1 wire bytes (HTTP framing included) + round 2's
-    upload_s: float
-    rounds: int
-    sent2: float = 0.0
-    upload2_s: float = 0.0
-
-
-def _replay_progressive(
-    decision: Decision,
-    outcome: ProgressiveOutcome,
-    i: int,
-    start: float,
-    arrival: float,
-    slo_s: float,
-    rtt: float,
-    bucket: TokenBucket,
-    rng: np.random.Generator,
-    server_samples: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]],
-    rate: float,
-    round2_rate: float,
-) -> _ProgressiveFrame:
-    """One frame whose round 1 is progressive: segments go out while `segment_fits` says so
-    (decided at each segment boundary from what this upload achieved, as the client does)."""
-    option = decision.option
-    cap = len(option.prefix_ends) - 1
-    t, sent, last = start, 0.0, 0
-    for j in range(cap + 1):
-        wire = float(outcome.segment_bytes[i, j])
-        if j == 0:
-            wire += float(outcome.header_bytes[i, cap]) + HTTP_OVERHEAD_BYTES
-        elif not segment_fits(
-            option,
-            j,
-            sent_bytes=sent,
-            upload_s=t - start,
-            elapsed_s=t - arrival,
-            segment_bytes=wire,
-            bandwidth_bytes_per_s=rate,
-            slo_s=slo_s,
-            rtt_s=rtt,
-        ):
-            break
-        t = bucket.transmit(wire, t)
-        sent += wire
-        last = j
-    upload_s = t - start
-    k = option.prefix_ends[last]
-    k2 = option.k2 if last == cap else 0
-    samples1, samples2 = server_samples[(k, k2)]
-    t += rtt + float(rng.choice(samples1))
-    frame = _ProgressiveFrame(t, bool(outcome.correct[i, last]), sent, upload_s, 1)
-    if (
-        k2
-        and (last, k2) in outcome.correct2
-        and should_request_round2(
-            decision,
-            confidence=float(outcome.confidence[i, last]),
-            elapsed_s=t - arrival,
-            slo_s=slo_s,
-            bandwidth_bytes_per_s=round2_rate,
-            rtt_s=rtt,
-        )
-    ):
-        body2 = float(outcome.bytes2[(last, k2)][i]) + HTTP_OVERHEAD_BYTES
-        begin = t
-        done = bucket.transmit(body2, begin)
-        frame.sent2, frame.upload2_s = body2, done - begin
-        frame.done = done + rtt + float(rng.choice(samples2))
-        frame.sent += body2
-        frame.rounds = 2
-        frame.correct = bool(outcome.correct2[(last, k2)][i])
-    return frame
-
-
-def feasible_frames(
-    trace: BandwidthTrace,
-    slo_s: float,
-    num_frames: int,
-    fixed: list[Outcome],
-    server_p50: dict[int, float],
-) -> np.ndarray:
-    """A frame's SLO is feasible if some fixed setting's round 1, sent at arrival over an idle
-    link (full token bucket: an idle link refills its 300 B burst in a few ms) with median
-    server time, would meet it: an oracle that knows the link's future."""
-    feasible = np.zeros(num_frames, bool)
-    num_images = len(fixed[0].correct1)
-    for f in range(num_frames):
-        arrival = f * FRAME_PERIOD_S
-        i = f % num_images
-        best = min(
-            trace.time_to_carry(
-                arrival, max(0.0, float(o.bytes1[i]) + HTTP_OVERHEAD_BYTES - BURST_BYTES)
-            )
-            - arrival
-            + 2 * ONE_WAY_LATENCY_S
-            + server_p50[o.setting.k1]
-            for o in fixed
-        )
-        feasible[f] = best <= slo_s
-    return feasible
-
-
 # -- real HTTP check ----------------------------------------------------------------------------------
 def real_http_run(
     pipeline: OffloadPipeline,
@@ -524,325 +280,6 @@ def real_http_run(
         "round2_share": float(np.mean(np.array(rounds) == 2)),
         "mean_body_bytes": float(np.mean(nbytes)),
     }
-
-
-# -- plots --------------------------------------------------------------------------------------------
-def plot_accuracy_vs_bytes(points: dict[str, list[tuple[float, float, str]]], path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(9, 5.5))
-    markers = {"full image": "s", "fixed ratio": "o", "two rounds": "^"}
-    colors = plt.get_cmap("tab20").colors
-    for index, (family, pts) in enumerate(points.items()):
-        pts = sorted(pts)
-        if family.startswith("local"):
-            for _, accuracy, name in pts:  # 0 bytes: drawn as reference lines
-                ax.axhline(100 * accuracy, color="grey", linestyle=":", linewidth=1)
-                ax.text(205, 100 * accuracy + 0.3, f"{name} on the device (0 B)", fontsize=7)
-            continue
-        adaptive = family.startswith("adaptive")
-        ax.plot(
-            [p[0] for p in pts],
-            [100 * p[1] for p in pts],
-            marker="D" if adaptive else markers.get(family.split(" (")[0], "o"),
-            linestyle="none" if adaptive else "-",
-            markersize=7 if adaptive else 4,
-            color=colors[index % len(colors)],
-            label=family,
-            alpha=0.85,
-        )
-    ax.set_xscale("log")
-    ax.set_xlim(200, 5000)
-    ax.set_ylim(35, 90)
-    ax.set_xlabel("request body bytes per image (frame header + payload; HTTP framing excluded)")
-    ax.set_ylabel("top-1 accuracy on Fashion-MNIST test (%)")
-    ax.set_title("Accuracy vs bytes per image (64x64 upscaled Fashion-MNIST, 8x8 patches)")
-    ax.grid(alpha=0.3, which="both")
-    ax.legend(fontsize=6.5, loc="lower right", ncol=2)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-
-
-def plot_slo(rows: list[dict[str, Any]], path: Path) -> None:
-    names = [
-        ("adaptive two-round", "adaptive two-round (robust guard, progressive round 1)"),
-        ("adaptive one-round", "adaptive one-round"),
-        ("adaptive two-round, one-shot round 1", "adaptive two-round, one-shot, no guard"),
-        ("best fixed (same attainment)", "best fixed meeting as many SLOs"),
-        ("fixed grid-k64-webp10", "fixed: full image WebP q10"),
-        ("local ViT (weak device)", "local ViT (weak device)"),
-    ]
-    panels = [
-        ("slo_attainment_feasible", "SLO met\n(% of feasible frames)", (80, 100.5)),
-        ("accuracy", "accuracy\n(% of frames)", (50, 90)),
-        ("correct_and_on_time", "correct and on time\n(% of frames)", (40, 90)),
-    ]
-    fig, axes = plt.subplots(len(panels), 1, figsize=(13, 10.5))
-    labels = [
-        f"{r['trace'].replace('random_walk', 'rand. walk')}\n{int(1000 * r['slo_s'])} ms"
-        for r in rows
-    ]
-    x = np.arange(len(rows))
-    width = 0.8 / len(names)
-    for j, (key, label) in enumerate(names):
-        offset = x + (j - (len(names) - 1) / 2) * width
-        for ax, (field, _, _) in zip(axes, panels, strict=True):
-            values = [(r["policies"].get(key) or {}).get(field, np.nan) for r in rows]
-            ax.bar(offset, 100 * np.array(values, dtype=float), width, label=label)
-    axes[0].axhline(99, color="black", linewidth=0.8, linestyle="--")
-    for ax, (_, ylabel, ylim) in zip(axes, panels, strict=True):
-        ax.set_ylabel(ylabel)
-        ax.set_ylim(*ylim)
-        ax.set_xticks(x, labels, fontsize=8)
-        ax.grid(alpha=0.3, axis="y")
-    axes[0].legend(fontsize=7, loc="lower right", ncol=3)
-    fig.suptitle("Bandwidth traces (mean 100 kbit/s, one-way 20 ms) x latency SLOs; dashed: 99 %")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def plot_reconstructions(
-    pipeline: OffloadPipeline, images: np.ndarray, order: np.ndarray, path: Path
-) -> None:
-    from edgesplit.offload.patches import paste_patches, patchify
-
-    ks = (4, 8, 16, 32)
-    fig, axes = plt.subplots(len(images), 2 * len(ks) + 1, figsize=(2 * len(ks) + 1, len(images)))
-    for r, image in enumerate(images):
-        axes[r, 0].imshow(image, cmap="gray", vmin=0, vmax=255)
-        for c, k in enumerate(ks):
-            idx = order[:k]
-            result = pipeline.run(patchify(image, 8)[idx][None], idx[None])
-            seen = paste_patches(np.full_like(image, 64), idx, patchify(image, 8)[idx])
-            axes[r, 1 + 2 * c].imshow(seen, cmap="gray", vmin=0, vmax=255)
-            axes[r, 2 + 2 * c].imshow(result.image[0], cmap="gray", vmin=0, vmax=255)
-            if r == 0:
-                axes[r, 1 + 2 * c].set_title(f"sent k={k}", fontsize=7)
-                axes[r, 2 + 2 * c].set_title("reconstructed", fontsize=7)
-    axes[0, 0].set_title("original", fontsize=7)
-    for ax in axes.ravel():
-        ax.axis("off")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def curves_from_results(result: dict[str, Any]) -> dict[str, list[tuple[float, float, str]]]:
-    """Plot series from a results JSON (so `--replot` redraws without re-measuring)."""
-    curves: dict[str, list[tuple[float, float, str]]] = {}
-    for name, v in result["accuracy_vs_bytes"].items():
-        point = (v["bytes_mean"], v["accuracy"], name)
-        if name.startswith("local"):
-            family = "local"
-            point = (0.0, v["accuracy"], name.split(" (")[0])
-        elif name.startswith("progressive prefix"):
-            family = "progressive prefix (server order, webp50 segments)"
-        else:
-            base, _, extra = name.partition("+")
-            sampling, k, codec = base.split("-", 2)
-            if extra:
-                if codec not in ("webp50", "zlib"):
-                    continue
-                family = f"two rounds (+{extra[1:]} requested, {codec})"
-            elif sampling == "grid" and k == "k64":
-                family = f"full image ({codec.rstrip('0123456789')})"
-            else:
-                order = "server order" if sampling == "server" else sampling
-                family = f"fixed ratio ({order}, {codec})"
-        curves.setdefault(family, []).append(point)
-    for label in ("adaptive one-round", "adaptive two-round"):
-        curves[f"{label} (per trace x SLO)"] = [
-            (row["policies"][label]["mean_bytes"], row["policies"][label]["accuracy"], "")
-            for row in result["slo"]
-        ]
-    return curves
-
-
-def paired_gain(a: np.ndarray, b: np.ndarray, resamples: int = 2000) -> dict[str, float]:
-    """Accuracy of `a` minus `b` on the same frames, with a paired bootstrap 95 % interval.
-
-    The two policies classify the same images, so their difference is judged per frame: an
-    interval containing 0 means the replay cannot tell them apart (a tie).
-    """
-    diff = a.astype(np.float64) - b.astype(np.float64)
-    rng = np.random.default_rng(0)
-    means = diff[rng.integers(0, len(diff), (resamples, len(diff)))].mean(axis=1)
-    low, high = np.percentile(means, [2.5, 97.5])
-    return {"gain": float(diff.mean()), "ci95_low": float(low), "ci95_high": float(high)}
-
-
-def best_fixed_meeting_as_many(
-    policies: dict[str, dict[str, Any]], attainment: float
-) -> str | None:
-    """The rival the target compares with: the most accurate fixed setting ("fixed ..." among
-    `policies`, each with `accuracy` and `slo_attainment_feasible`) whose attainment on feasible
-    frames is at least `attainment` (the adaptive policy's); None if none is."""
-    rivals = [
-        (v["accuracy"], k)
-        for k, v in policies.items()
-        if k.startswith("fixed ") and (v["slo_attainment_feasible"] or 0) >= attainment - 1e-9
-    ]
-    return max(rivals)[1] if rivals else None
-
-
-def _verdict(attainment: float, gain: dict[str, float] | None) -> str:
-    """met / tie / less accurate / missed attainment, from the adaptive policy's attainment on
-    feasible frames and its paired accuracy gain over the best fixed setting meeting as many."""
-    if attainment < 0.99:
-        return "missed attainment"
-    if gain is None or gain["ci95_low"] > 0:
-        return "met"
-    if gain["ci95_high"] >= 0:
-        return "tie"
-    return "less accurate"
-
-
-def slo_verdicts(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """The issue's target per trace x SLO run, and how often each outcome occurred.
-
-    met: adaptive two-round meets >= 99 % of the feasible SLOs and is more accurate than every
-    fixed setting that meets as many, with the paired 95 % interval above 0. tie: it meets 99 %
-    and the interval contains 0 (the replay cannot tell it from the best fixed setting). Otherwise
-    "missed attainment" or "less accurate". The fixed setting here is picked per run, i.e. with
-    hindsight of the trace: see `network_blind_verdicts` for a fixed setting per SLO.
-    """
-    per_run = {
-        f"{row['trace']} {row['slo_s']}": _verdict(
-            row["policies"]["adaptive two-round"]["slo_attainment_feasible"],
-            row.get("accuracy_gain_vs_best_fixed"),
-        )
-        for row in rows
-    }
-    counts = dict(Counter(per_run.values()))
-    return {"per_run": per_run, "counts": counts}
-
-
-@dataclass(frozen=True)
-class RunFrames:
-    """Per-frame outcomes of one trace x SLO run: feasible mask, and per policy correct / met."""
-
-    trace: str
-    slo_s: float
-    feasible: np.ndarray
-    correct: dict[str, np.ndarray]
-    met: dict[str, np.ndarray]
-
-
-def network_blind_verdicts(runs: list[RunFrames]) -> list[dict[str, Any]]:
-    """The issue's target with one fixed setting per SLO, over the frames of every trace.
-
-    A fixed setting cannot know which network it will meet, so here it is one setting for an
-    SLO across all traces (pooled frames), against the adaptive policy on the same frames. This is
-    the deployment question "which single setting would I configure for this SLO?"; the per-run
-    verdicts (`slo_verdicts`) instead let each trace have its own best setting in hindsight.
-    Per SLO: pooled attainment on feasible frames and accuracy of every fixed setting; the most
-    accurate one meeting at least as many feasible SLOs as adaptive two-round (the rival), the
-    paired gain over it, the verdict, and the most accurate fixed setting that met fewer (how
-    many frames short it fell).
-    """
-    rows = []
-    for slo_s in sorted({run.slo_s for run in runs}):
-        group = [run for run in runs if run.slo_s == slo_s]
-        feasible = np.concatenate([run.feasible for run in group])
-
-        def pooled(name: str, group: list[RunFrames] = group) -> tuple[np.ndarray, np.ndarray]:
-            return (
-                np.concatenate([run.correct[name] for run in group]),
-                np.concatenate([run.met[name] for run in group]),
-            )
-
-        stats: dict[str, dict[str, Any]] = {}
-        for name in group[0].correct:
-            correct, met = pooled(name)
-            stats[name] = {
-                "slo_attainment_feasible": float(met[feasible].mean()),
-                "met_feasible_frames": int(met[feasible].sum()),
-                "accuracy": float(correct.mean()),
-            }
-        adaptive_name = "adaptive two-round"
-        adaptive = stats[adaptive_name]
-        fixed = {k: v for k, v in stats.items() if k.startswith("fixed ")}
-        # the same feasible frames for every policy: attainment orders them as met frames do
-        rival = best_fixed_meeting_as_many(fixed, adaptive["slo_attainment_feasible"])
-        gain = (
-            paired_gain(pooled(adaptive_name)[0], pooled(rival)[0]) if rival is not None else None
-        )
-        fewer = [
-            (v["accuracy"], k)
-            for k, v in fixed.items()
-            if v["met_feasible_frames"] < adaptive["met_feasible_frames"]
-            and v["accuracy"] > adaptive["accuracy"]
-        ]
-        nearest = max(fewer, key=lambda t: fixed[t[1]]["met_feasible_frames"])[1] if fewer else None
-        rows.append(
-            {
-                "slo_s": slo_s,
-                "traces": [run.trace for run in group],
-                "frames": len(feasible),
-                "feasible_frames": int(feasible.sum()),
-                "adaptive_two_round": adaptive,
-                "adaptive_one_round": stats.get("adaptive one-round"),
-                "rival_meeting_as_many": rival,
-                "rival": fixed.get(rival) if rival else None,
-                "accuracy_gain_vs_rival": gain,
-                "more_accurate_fixed_meeting_fewer": nearest,
-                "more_accurate_fixed_meeting_fewer_stats": fixed.get(nearest) if nearest else None,
-                "verdict": _verdict(adaptive["slo_attainment_feasible"], gain),
-                "fixed_settings": {
-                    k: [round(v["slo_attainment_feasible"], 5), round(v["accuracy"], 4)]
-                    for k, v in fixed.items()
-                },
-            }
-        )
-    return rows
-
-
-def plot_network_blind(rows: list[dict[str, Any]], path: Path) -> None:
-    """Per SLO: every fixed setting (pooled over traces) and adaptive two-round, missed SLOs (log
-    scale, fewer to the right) vs accuracy; the target region is right of the 1 % line and of the
-    adaptive policy."""
-    floor = 0.005  # % missed drawn for settings that missed none
-    fig, axes = plt.subplots(1, len(rows), figsize=(5 * len(rows), 4.8), squeeze=False)
-    for ax, row in zip(axes[0], rows, strict=True):
-
-        def missed(attainment: float) -> float:
-            return max(100 * (1 - attainment), floor)
-
-        points = np.array(list(row["fixed_settings"].values()), dtype=float)
-        ax.scatter(
-            [missed(a) for a in points[:, 0]], 100 * points[:, 1], s=14, color="grey", label="fixed"
-        )
-        for name, color in (
-            (row["rival_meeting_as_many"], "tab:blue"),
-            (row["more_accurate_fixed_meeting_fewer"], "tab:orange"),
-        ):
-            if name:
-                att, acc = row["fixed_settings"][name]
-                ax.scatter(missed(att), 100 * acc, s=45, color=color, label=name)
-        adaptive = row["adaptive_two_round"]
-        ax.scatter(
-            missed(adaptive["slo_attainment_feasible"]),
-            100 * adaptive["accuracy"],
-            marker="*",
-            s=200,
-            color="tab:red",
-            label="adaptive two-round",
-        )
-        ax.axvline(1.0, color="black", linewidth=0.8, linestyle="--")
-        ax.set_xscale("log")
-        ax.set_xlim(100, floor / 1.5)  # fewer misses to the right
-        ax.set_ylim(55, 90)
-        ax.set_xlabel(f"SLOs missed, % of feasible frames (4 traces pooled; 0 drawn at {floor})")
-        ax.set_ylabel("accuracy, %")
-        ax.set_title(f"SLO {int(1000 * row['slo_s'])} ms: {row['verdict']}")
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="lower left")
-    fig.suptitle(
-        "One fixed setting per SLO over all traces vs adaptive two-round; dashed: 1 % missed"
-    )
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 # -- main ---------------------------------------------------------------------------------------------

@@ -1,31 +1,12 @@
-"""The offload benchmark's verdicts on the issue's SLO target, on hand-made frames.
-
-benchmarks/offload.py is a script, not package code; its verdict functions decide what the
-closing note reports, so they are checked here on frames whose answer is known.
-"""
+"""The verdicts on the offload issue's SLO target (edgesplit.offload.verdicts), on hand-made
+frames whose answer is known: they decide what the benchmark and the closing note report."""
 
 from __future__ import annotations
-
-import importlib.util
-import sys
-from pathlib import Path
-from types import ModuleType
 
 import numpy as np
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[3] / "benchmarks" / "offload.py"
-
-
-@pytest.fixture(scope="module")
-def bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("offload_benchmark", SCRIPT)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve their module by name
-    spec.loader.exec_module(module)
-    return module
+from edgesplit.offload import verdicts
 
 
 def _frames(n: int, correct_every: int) -> np.ndarray:
@@ -36,23 +17,25 @@ def _frames(n: int, correct_every: int) -> np.ndarray:
     return out
 
 
-def _run(bench: ModuleType, trace: str, correct: dict, met: dict, n: int = 400):
-    return bench.RunFrames(trace, 0.15, np.ones(n, dtype=bool), correct, met)
+def _run(
+    trace: str, correct: dict[str, np.ndarray], met: dict[str, np.ndarray], n: int = 400
+) -> verdicts.RunFrames:
+    return verdicts.RunFrames(trace, 0.15, np.ones(n, dtype=bool), correct, met)
 
 
-def test_verdict_thresholds(bench: ModuleType) -> None:
-    assert bench._verdict(0.989, {"gain": 0.1, "ci95_low": 0.05, "ci95_high": 0.2}) == (
+def test_verdict_thresholds() -> None:
+    assert verdicts.verdict(0.989, {"gain": 0.1, "ci95_low": 0.05, "ci95_high": 0.2}) == (
         "missed attainment"
     )
-    assert bench._verdict(0.99, {"gain": 0.1, "ci95_low": 0.05, "ci95_high": 0.2}) == "met"
-    assert bench._verdict(0.99, None) == "met"  # nothing fixed meets as many
-    assert bench._verdict(0.995, {"gain": 0.0, "ci95_low": -0.01, "ci95_high": 0.01}) == "tie"
-    assert bench._verdict(1.0, {"gain": -0.1, "ci95_low": -0.2, "ci95_high": -0.05}) == (
+    assert verdicts.verdict(0.99, {"gain": 0.1, "ci95_low": 0.05, "ci95_high": 0.2}) == "met"
+    assert verdicts.verdict(0.99, None) == "met"  # nothing fixed meets as many
+    assert verdicts.verdict(0.995, {"gain": 0.0, "ci95_low": -0.01, "ci95_high": 0.01}) == "tie"
+    assert verdicts.verdict(1.0, {"gain": -0.1, "ci95_low": -0.2, "ci95_high": -0.05}) == (
         "less accurate"
     )
 
 
-def test_network_blind_pools_traces_per_slo(bench: ModuleType) -> None:
+def test_network_blind_pools_traces_per_slo() -> None:
     """A full image is punctual on the fast trace only; per trace it would win there, but one
     setting for both traces meets fewer SLOs than the adaptive policy, whose rival is then the
     small, inaccurate setting."""
@@ -60,7 +43,6 @@ def test_network_blind_pools_traces_per_slo(bench: ModuleType) -> None:
     late_half = np.arange(n) % 2 == 0
     runs = [
         _run(
-            bench,
             "fast",
             correct={
                 "adaptive two-round": _frames(n, 8),  # 87.5 %
@@ -74,7 +56,6 @@ def test_network_blind_pools_traces_per_slo(bench: ModuleType) -> None:
             },
         ),
         _run(
-            bench,
             "slow",
             correct={
                 "adaptive two-round": _frames(n, 4),  # 75 %
@@ -88,7 +69,7 @@ def test_network_blind_pools_traces_per_slo(bench: ModuleType) -> None:
             },
         ),
     ]
-    (row,) = bench.network_blind_verdicts(runs)
+    (row,) = verdicts.network_blind_verdicts(runs)
     assert row["frames"] == 2 * n
     assert row["feasible_frames"] == 2 * n
     assert row["adaptive_two_round"]["met_feasible_frames"] == 2 * n - 1
@@ -100,19 +81,18 @@ def test_network_blind_pools_traces_per_slo(bench: ModuleType) -> None:
     assert row["fixed_settings"]["fixed full"] == [0.75, 0.9]
 
 
-def test_network_blind_less_accurate_when_a_fixed_setting_matches(bench: ModuleType) -> None:
+def test_network_blind_less_accurate_when_a_fixed_setting_matches() -> None:
     n = 400
     everything = np.ones(n, dtype=bool)
     runs = [
         _run(
-            bench,
             trace,
             correct={"adaptive two-round": _frames(n, 4), "fixed full": _frames(n, 10)},
             met={"adaptive two-round": everything, "fixed full": everything},
         )
         for trace in ("a", "b")
     ]
-    (row,) = bench.network_blind_verdicts(runs)
+    (row,) = verdicts.network_blind_verdicts(runs)
     assert row["rival_meeting_as_many"] == "fixed full"
     assert row["more_accurate_fixed_meeting_fewer"] is None
     assert row["verdict"] == "less accurate"
