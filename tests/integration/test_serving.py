@@ -294,7 +294,7 @@ def test_minilm_embeddings_three_stages_match_sentence_embedding(ray_cluster: ob
     )
     from transformers import AutoTokenizer, BertModel
 
-    path = minilm.get_model_path()
+    path = str(minilm.get_model_path())
     sentences = ["Split transformers across edge devices.", "hello", "A cat sat on the mat."]
     tokenizer = AutoTokenizer.from_pretrained(path)
     reference = BertModel.from_pretrained(path).eval()
@@ -303,12 +303,14 @@ def test_minilm_embeddings_three_stages_match_sentence_embedding(ray_cluster: ob
         states = reference(**encoded).last_hidden_state
         mask = encoded["attention_mask"].unsqueeze(-1).float()
         want = torch.nn.functional.normalize((states * mask).sum(1) / mask.sum(1), dim=-1)
+    options = serving.ServeOptions(served_name="all-minilm-l6-v2")
     with (
-        serving.open_app(path, devices=["a", "b", "c"], options=serving.ServeOptions()) as app,
+        serving.open_app(path, devices=["a", "b", "c"], options=options) as app,
         http_server(app) as url,
     ):
         client = openai.OpenAI(base_url=f"{url}/v1", api_key="none", max_retries=0, timeout=120)
-        result = client.embeddings.create(model=path, input=sentences)
+        assert [m.id for m in client.models.list().data] == ["all-minilm-l6-v2"]
+        result = client.embeddings.create(model="all-minilm-l6-v2", input=sentences)
     for index, item in enumerate(result.data):
         got = torch.tensor(item.embedding, dtype=torch.float32)
         cosine = float(torch.nn.functional.cosine_similarity(got, want[index], dim=0))

@@ -16,7 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -75,6 +75,7 @@ class ServeOptions:
     standby_devices: tuple[str, ...] = ()
     batch_size: int = 8  # encoder micro-batch when the profile is measured here
     keepalive_s: float = 1.0
+    served_name: str | None = None  # the model's id in the API (default: as given)
 
 
 # -- the app -------------------------------------------------------------------------------------
@@ -102,9 +103,10 @@ def open_app(
         max_batch_wait_s=options.max_batch_wait_ms / 1000.0,
     )
     kind = model_kind(model)
+    name = options.served_name or model
     if kind == "text":
         with _decoder(model, devices, stages, cluster, options) as (codec, engine):
-            yield make_app(config, text=(codec, engine))
+            yield make_app(config, text=(replace(codec, name=name), engine))
         return
     spec, plan, cluster, profile = encoder_parts(
         model,
@@ -128,9 +130,10 @@ def open_app(
     try:
         if kind == "embeddings":
             embed = embedding_codec(model, spec, profile_seq_len(spec, profile))
-            yield make_app(config, embeddings=(embed, batch_engine))
+            yield make_app(config, embeddings=(replace(embed, name=name), batch_engine))
         else:
-            yield make_app(config, classify=(image_codec(model, spec), batch_engine))
+            image = replace(image_codec(model, spec), name=name)
+            yield make_app(config, classify=(image, batch_engine))
     finally:
         batch_engine.close()
 

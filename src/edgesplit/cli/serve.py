@@ -63,6 +63,9 @@ def register(app: typer.Typer) -> None:
                 help="KIND:DEVICE@SECONDS, KIND in kill, stop, crash, cut (repeat; drills).",
             ),
         ] = None,
+        served_model_name: Annotated[
+            str | None, typer.Option(help="The model's id in the API (default: --model).")
+        ] = None,
         standby: Annotated[
             list[str] | None,
             typer.Option("--standby", help="Spare device that takes a failed stage (repeat)."),
@@ -82,6 +85,7 @@ def register(app: typer.Typer) -> None:
             batch_size=batch_size,
             faults=tuple(api.parse_fault(f) for f in fault or []),
             standby_devices=tuple(standby or ()),
+            served_name=served_model_name,
         )
         names = [d.strip() for d in (devices or "").split(",") if d.strip()]
         loaded_cluster = load_cluster(cluster) if cluster is not None else None
