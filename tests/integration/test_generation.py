@@ -133,6 +133,9 @@ def test_hung_stage_is_detected_and_replaced(
             stopped.append(pipeline.worker_pid("d3"))
             pipeline.fault("d3", "stop")
 
+    # The scenario includes idle time between calls longer than the hang timeout: heartbeats
+    # must count from the call, not declare every stage hung (a regression seen once).
+    threading.Event().wait(pipeline.runtime.hang_timeout_s + 0.5)
     try:
         report = pipeline.generate(REQUESTS, on_token=on_token)
     finally:

@@ -340,6 +340,7 @@ class GenerationPipeline:
                 )
         while not self._results.empty():  # nothing from an earlier call may be delivered now
             self._results.get_nowait()
+        group.watch({})  # silence between calls is not a hang: heartbeats count from now
         start_s = time.time()
         waiting = list(enumerate(requests))
         waiting.reverse()
