@@ -1,0 +1,174 @@
+"""The engine adapters of api/serving_engines.py over fake runtime pipelines (no Ray).
+
+Decode: requests arriving mid-round start with the next round; abort finishes the sink at once;
+a pipeline that cannot continue marks the engine unhealthy and fails what waits. Batch: the
+queue-fed generator sends keep-alive rows when idle and a micro-batch the runtime never answered
+is failed as soon as a later one is answered (delivery is in order).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pytest
+
+from edgesplit.api import pipeline as api_pipeline
+from edgesplit.api.serving_engines import PipelineBatchEngine, PipelineDecodeEngine
+from edgesplit.errors import DeviceUnavailableError
+from edgesplit.serving import DecodeRequest
+
+
+def wait_until(predicate: Callable[[], bool], timeout_s: float = 10.0) -> None:
+    pause = threading.Event()
+    for _ in range(int(timeout_s / 0.01)):
+        if predicate():
+            return
+        pause.wait(0.01)
+    raise AssertionError("condition not met in time")
+
+
+@dataclass
+class Sink:
+    tokens: list[int] = field(default_factory=list)
+    finished: list[tuple[str, str]] = field(default_factory=list)
+
+    def token(self, token_id: int) -> None:
+        self.tokens.append(token_id)
+
+    def finish(self, reason: str, detail: str = "") -> None:
+        self.finished.append((reason, detail))
+
+
+@dataclass
+class Result:
+    finished: str
+    error: str = ""
+
+
+@dataclass
+class Report:
+    sequences: list[Result]
+
+
+@dataclass
+class FakePipeline:
+    """`generate` emits max_new_tokens tokens per request; `gate` holds a round open."""
+
+    gate: threading.Event | None = None
+    fail: bool = False
+    rounds: list[int] = field(default_factory=list)
+    stages: list[tuple[str, int, int]] = field(default_factory=lambda: [("a", 0, 2), ("b", 2, 4)])
+
+    def generate(self, requests: Sequence[Any], on_token: Any, faults: Any = ()) -> Report:
+        self.rounds.append(len(requests))
+        if self.fail:
+            raise DeviceUnavailableError("stage b failed and nothing can replace it")
+        if self.gate is not None:
+            self.gate.wait(10)
+        for index, request in enumerate(requests):
+            for step in range(request.max_new_tokens):
+                on_token(index, 100 + step)
+        return Report([Result("length") for _ in requests])
+
+
+def _request(name: str, tokens: int = 3) -> DecodeRequest:
+    return DecodeRequest(request_id=name, prompt_ids=(1, 2), max_new_tokens=tokens)
+
+
+def test_decode_rounds_abort_and_failure() -> None:
+    pipeline = FakePipeline(gate=threading.Event())
+    engine = PipelineDecodeEngine(pipeline, max_concurrent=2)  # type: ignore[arg-type]
+    try:
+        sinks = {name: Sink() for name in "abc"}
+        engine.submit(_request("a"), sinks["a"])
+        wait_until(lambda: pipeline.rounds == [1])
+        engine.submit(_request("b"), sinks["b"])
+        engine.submit(_request("c"), sinks["c"])
+        engine.abort("c")  # still waiting: finished at once, never computed
+        assert sinks["c"].finished == [("abort", "")]
+        assert engine.stats().waiting == 1
+        pipeline.gate.set()  # type: ignore[union-attr]
+        wait_until(lambda: bool(sinks["b"].finished))
+        assert pipeline.rounds == [1, 1]
+        assert sinks["a"].tokens == [100, 101, 102]
+        assert sinks["a"].finished == [("length", "")]
+        assert engine.health().ok
+        pipeline.fail = True
+        broken = Sink()
+        engine.submit(_request("d"), broken)
+        wait_until(lambda: bool(broken.finished))
+        assert broken.finished[0][0] == "error"
+        assert not engine.health().ok
+        later = Sink()
+        engine.submit(_request("e"), later)
+        assert later.finished[0][0] == "error"
+    finally:
+        engine.close()
+
+
+def test_batch_engine_keepalive_and_inferred_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    answered: list[int] = []
+    keepalives = threading.Event()
+
+    def fake_run(
+        plan: Any,
+        cluster: Any,
+        profile: Any,
+        *,
+        requests: Iterable[Mapping[str, np.ndarray]],
+        on_result: Callable[[int, dict[str, np.ndarray]], None],
+        **_: Any,
+    ) -> Any:
+        for index, row in enumerate(requests):
+            if "keepalive" in row:
+                keepalives.set()
+            if float(np.asarray(row["x"]).ravel()[0]) == 13.0:
+                continue  # the runtime answered this micro-batch with an error
+            answered.append(index)
+            on_result(index, {"y": np.asarray(row["x"]) * 2})
+
+        @dataclass
+        class Counts:
+            lost: int = 0
+
+        @dataclass
+        class FakeReport:
+            notes: str = ""
+            requests: Counts = field(default_factory=Counts)
+
+        return FakeReport()
+
+    monkeypatch.setattr(api_pipeline, "run", fake_run)
+
+    @dataclass
+    class Plan:
+        batch_size: int = 4
+        stages: tuple[Any, ...] = ()
+
+    engine = PipelineBatchEngine(
+        Plan(),  # type: ignore[arg-type]
+        None,  # type: ignore[arg-type]
+        None,  # type: ignore[arg-type]
+        None,  # type: ignore[arg-type]
+        keepalive={"x": np.zeros((1, 1)), "keepalive": np.zeros(1)},
+        keepalive_s=0.05,
+    )
+    engine.start()
+    try:
+        wait_until(keepalives.is_set)
+        results: list[tuple[Any, str]] = []
+        engine.submit({"x": np.full((2, 1), 13.0)}, lambda out, err: results.append((out, err)))
+        engine.submit({"x": np.full((2, 1), 3.0)}, lambda out, err: results.append((out, err)))
+        wait_until(lambda: len(results) == 2)
+        assert results[0][0] is None
+        assert "error" in results[0][1]
+        np.testing.assert_array_equal(results[1][0]["y"], np.full((2, 1), 6.0))
+        assert engine.health().ok
+        assert engine.max_batch == 4
+    finally:
+        engine.close()
+    assert not engine.health().ok
