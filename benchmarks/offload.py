@@ -48,6 +48,7 @@ from edgesplit.offload.calibrate import (
 )
 from edgesplit.offload.data import load_fashion_mnist, upscale
 from edgesplit.offload.emulation import BandwidthTrace, TokenBucket, make_trace
+from edgesplit.offload.live import classify_frames
 from edgesplit.offload.pipeline import OffloadPipeline
 from edgesplit.offload.policy import (
     HTTP_OVERHEAD_BYTES,
@@ -247,7 +248,6 @@ def real_http_run(
     while not server.started and time.monotonic() < deadline:
         time.sleep(0.05)
     link = LinkEmulator(TokenBucket(trace, burst_bytes=BURST_BYTES), ONE_WAY_LATENCY_S)
-    latency, correct, rounds, nbytes = [], [], [], []
     with OffloadClient(
         f"http://127.0.0.1:{port}",
         link=link,
@@ -255,30 +255,27 @@ def real_http_run(
         initial_bandwidth_bytes_per_s=MEAN_BANDWIDTH_BYTES_PER_S / 2,
     ) as client:
         client.info()
-        start = time.monotonic()
-        for f in range(num_frames):
-            arrival = start + f * FRAME_PERIOD_S
-            wait = arrival - time.monotonic()
-            if wait > 0:
-                time.sleep(wait)
-            result = client.classify(images[f], options, slo_s=slo_s, policy=policy)
-            latency.append(time.monotonic() - arrival)
-            correct.append(result.response.label == int(labels[f]))
-            rounds.append(len(result.rounds))
-            nbytes.append(result.total_bytes)
+        run = classify_frames(
+            client,
+            images[:num_frames],
+            labels[:num_frames],
+            options,
+            slo_s=slo_s,
+            period_s=FRAME_PERIOD_S,
+            policy=policy,
+        )
     server.should_exit = True
     thread.join(timeout=10)
-    lat = np.array(latency)
     return {
         "trace": trace.name,
         "slo_s": slo_s,
         "num_frames": num_frames,
-        "slo_attainment": float((lat <= slo_s).mean()),
-        "accuracy": float(np.mean(correct)),
-        "latency_p50_s": float(np.percentile(lat, 50)),
-        "latency_p95_s": float(np.percentile(lat, 95)),
-        "round2_share": float(np.mean(np.array(rounds) == 2)),
-        "mean_body_bytes": float(np.mean(nbytes)),
+        "slo_attainment": run.slo_attainment(slo_s),
+        "accuracy": float(run.correct.mean()),
+        "latency_p50_s": run.latency_percentile_s(50),
+        "latency_p95_s": run.latency_percentile_s(95),
+        "round2_share": float((run.rounds == 2).mean()),
+        "mean_body_bytes": float(run.body_bytes.mean()),
     }
 
 

@@ -14,6 +14,7 @@ from edgesplit.offload.client import LinkEmulator, OffloadClient
 from edgesplit.offload.codec import CODEC_NAMES, CodecName
 from edgesplit.offload.data import CLASS_NAMES, load_fashion_mnist, upscale
 from edgesplit.offload.emulation import TokenBucket, make_trace
+from edgesplit.offload.live import LiveRun, classify_frames
 from edgesplit.offload.patches import SamplingName, sample_indices
 from edgesplit.offload.server import ServerConfig
 
@@ -22,10 +23,12 @@ __all__ = [
     "CODEC_NAMES",
     "CodecName",
     "LinkEmulator",
+    "LiveRun",
     "OffloadClient",
     "SamplingName",
     "ServerConfig",
     "TokenBucket",
+    "classify_frames",
     "load_fashion_mnist",
     "load_tables",
     "make_trace",

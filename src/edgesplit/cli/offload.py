@@ -257,12 +257,11 @@ def register(app: typer.Typer) -> None:
         seed: Annotated[int, typer.Option(help="Trace seed.")] = 0,
     ) -> None:
         """Send Fashion-MNIST test frames over an emulated link; report SLO attainment."""
-        import time
-
         from edgesplit.api.offload import (
             LinkEmulator,
             OffloadClient,
             TokenBucket,
+            classify_frames,
             load_fashion_mnist,
             load_tables,
             make_trace,
@@ -277,7 +276,6 @@ def register(app: typer.Typer) -> None:
         )
         images, labels = load_fashion_mnist("test")
         x, y = upscale(images[:frames]), labels[:frames]
-        latency, correct, nbytes, rounds = [], [], [], []
         with OffloadClient(
             url,
             token=token,
@@ -286,17 +284,9 @@ def register(app: typer.Typer) -> None:
             initial_bandwidth_bytes_per_s=rate / 2,
         ) as client:
             client.info()
-            start = time.monotonic()
-            for f in range(frames):
-                arrival = start + f * period_ms / 1000
-                if arrival > time.monotonic():
-                    time.sleep(arrival - time.monotonic())
-                result = client.classify(x[f], options, slo_s=slo_ms / 1000)
-                latency.append(time.monotonic() - arrival)
-                correct.append(result.response.label == int(y[f]))
-                nbytes.append(result.total_bytes)
-                rounds.append(len(result.rounds))
-        lat = np.array(latency)
+            run = classify_frames(
+                client, x, y, options, slo_s=slo_ms / 1000, period_s=period_ms / 1000
+            )
         table = Table(title=f"offload bench: {trace} {mean_kbps:g} kbit/s, SLO {slo_ms:g} ms")
         for column in (
             "frames",
@@ -311,11 +301,11 @@ def register(app: typer.Typer) -> None:
             table.add_column(column)
         table.add_row(
             str(frames),
-            f"{100 * (lat <= slo_ms / 1000).mean():.1f} %",
-            f"{100 * np.mean(correct):.1f} %",
-            *(f"{1000 * np.percentile(lat, q):.0f}" for q in (50, 95, 99)),
-            f"{np.mean(nbytes):.0f}",
-            f"{100 * np.mean(np.array(rounds) == 2):.0f} %",
+            f"{100 * run.slo_attainment(slo_ms / 1000):.1f} %",
+            f"{100 * run.correct.mean():.1f} %",
+            *(f"{1000 * run.latency_percentile_s(q):.0f}" for q in (50, 95, 99)),
+            f"{run.body_bytes.mean():.0f}",
+            f"{100 * (run.rounds == 2).mean():.0f} %",
         )
         console.print(table)
 
