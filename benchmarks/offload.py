@@ -36,7 +36,6 @@ from edgesplit.offload.calibrate import (
     K1_VALUES,
     K2_VALUES,
     REUSE_CODEC,
-    Outcome,
     Setting,
     build_tables,
     measure_all,
@@ -66,6 +65,7 @@ from edgesplit.offload.verdicts import (
     slo_verdicts,
 )
 from offload_plots import (
+    accuracy_vs_bytes,
     curves_from_results,
     plot_accuracy_vs_bytes,
     plot_network_blind,
@@ -420,46 +420,7 @@ def main() -> None:
     linear_local_s = linear_s * slowdown
 
     # 4. Accuracy vs bytes (test) for the plot and the JSON.
-    def acc_bytes(o: Outcome) -> dict[str, float]:
-        return {"accuracy": float(o.correct1.mean()), "bytes_mean": float(o.bytes1.mean())}
-
-    curves: dict[str, list[tuple[float, float, str]]] = {}
-    summary_bytes: dict[str, dict[str, float]] = {}
-    for o in test_outcomes:
-        s = o.setting
-        if s.k1 == 64 and s.sampling == "grid":
-            family = f"full image ({s.codec})"
-        else:
-            family = f"fixed ratio (server order, {s.codec}{s.quality or ''})"
-        curves.setdefault(family, []).append(
-            (float(o.bytes1.mean()), float(o.correct1.mean()), s.name)
-        )
-        summary_bytes[s.name] = acc_bytes(o)
-    for sampling, outs in fixed_ratio.items():
-        for o in outs:
-            curves.setdefault(f"fixed ratio ({sampling}, zlib)", []).append(
-                (float(o.bytes1.mean()), float(o.correct1.mean()), o.setting.name)
-            )
-            summary_bytes[o.setting.name] = acc_bytes(o)
-    for o in test_outcomes:
-        if o.setting.sampling == "server" and o.setting.codec in ("webp", "zlib"):
-            for k2, correct2 in o.correct2.items():
-                name = f"{o.setting.name}+k{k2}"
-                point = (float(o.bytes1.mean() + o.bytes2[k2].mean()), float(correct2.mean()), name)
-                curves.setdefault(
-                    f"two rounds (+{k2} requested, {o.setting.codec}{o.setting.quality or ''})", []
-                ).append(point)
-                summary_bytes[name] = {"accuracy": point[1], "bytes_mean": point[0]}
-    codec, quality = test_progressive.codec, test_progressive.quality
-    curves[f"progressive prefix (server order, {codec}{quality} segments)"] = []
-    for j, end in enumerate(test_progressive.ends):
-        point = (
-            float(test_progressive.body_bytes(len(test_progressive.ends) - 1, j).mean()),
-            float(test_progressive.correct[:, j].mean()),
-            f"progressive prefix k{end}",
-        )
-        curves[f"progressive prefix (server order, {codec}{quality} segments)"].append(point)
-        summary_bytes[point[2]] = {"accuracy": point[1], "bytes_mean": point[0]}
+    curves, summary_bytes = accuracy_vs_bytes(test_outcomes, fixed_ratio, test_progressive)
     curves["local (weak device, 0 bytes)"] = [
         (0.0, float(full_raw.correct1.mean()), "local ViT"),
         (0.0, float(linear_correct.mean()), "local linear"),
