@@ -70,6 +70,15 @@ def register(app: typer.Typer) -> None:
         token: TokenOpt = None,
         weights: WeightsOpt = None,
         max_body_bytes: Annotated[int, typer.Option(help="Request body limit.")] = 256 * 1024,
+        max_connections: Annotated[
+            int, typer.Option(min=1, help="Open connections admitted (the next gets a 503).")
+        ] = 64,
+        header_timeout_s: Annotated[
+            float, typer.Option(help="A request's headers must arrive within this many s.")
+        ] = 10.0,
+        body_timeout_s: Annotated[
+            float, typer.Option(help="A request's body must arrive within this many s.")
+        ] = 30.0,
         reuse: Annotated[
             str, typer.Option(help="Round-2 reuse: incremental or recompute.")
         ] = "incremental",
@@ -115,6 +124,9 @@ def register(app: typer.Typer) -> None:
             port=port,
             token=token,
             max_body_bytes=max_body_bytes,
+            max_connections=max_connections,
+            header_timeout_s=header_timeout_s,
+            body_timeout_s=body_timeout_s,
             reuse=reuse,  # type: ignore[arg-type]
         )
         auth = "bearer token" if token else "none"
