@@ -20,10 +20,7 @@ real activation bytes over our TCP streams, links shaped by token bucket + laten
 from __future__ import annotations
 
 import argparse
-import socket
-import statistics
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -34,11 +31,12 @@ from common import DOCS, write_result
 from edgesplit.core.cluster import Cluster, DeviceSpec, LinkDefaults, load_cluster
 from edgesplit.core.cost import CostModel
 from edgesplit.core.plan import Plan, PlannerInfo, StagePlacement
-from edgesplit.core.profile import ModelProfile, UnitProfile
+from edgesplit.core.profile import ModelProfile
 from edgesplit.planners import make_plan
 from edgesplit.profile.pipeedge import import_pipeedge
 from edgesplit.runtime import RuntimeConfig, run_plan
 from edgesplit.runtime.cluster import RaySession
+from runtime_hops import hop_overhead
 
 ROOT = Path(__file__).resolve().parent.parent
 TARGET_PERIOD_S = 0.2
@@ -154,78 +152,6 @@ def scale_scenario(requests: int) -> dict[str, Any]:
     }
 
 
-def raw_loopback_s(num_bytes: int, repeats: int) -> float:
-    """Median time to push `num_bytes` through a loopback TCP socket and get a 1-byte ack."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(1)
-    payload = bytes(num_bytes)
-
-    def serve() -> None:
-        conn, _ = server.accept()
-        buffer = bytearray(num_bytes)
-        for _ in range(repeats):
-            view, got = memoryview(buffer), 0
-            while got < num_bytes:
-                got += conn.recv_into(view[got:])
-            conn.sendall(b"k")
-        conn.close()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    client = socket.create_connection(server.getsockname())
-    client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        client.sendall(payload)
-        client.recv(1)
-        times.append(time.perf_counter() - started)
-    client.close()
-    thread.join()
-    server.close()
-    return statistics.median(times)
-
-
-def hop_overhead(requests: int) -> dict[str, Any]:
-    num_bytes = 600_000
-    units = tuple(
-        UnitProfile(name=f"u{i}", param_bytes=1.0, output_bytes=num_bytes, time_s={"k": 0.0})
-        for i in range(4)
-    )
-    profile = ModelProfile(model="hop", batch_size=1, input_bytes=num_bytes, units=units)
-    names = ["h0", "h1", "h2", "h3"]
-    cluster = Cluster(
-        source="h0", devices=tuple(DeviceSpec(name=n, kind="k", memory_mb=1000) for n in names)
-    )
-    config = RuntimeConfig(placement="local", shape_links=False, max_in_flight=1)
-    latencies = {}
-    for count in (1, 4):
-        cuts = [round(i * 4 / count) for i in range(count + 1)]
-        stages = [
-            StagePlacement(device=names[i], start=cuts[i], end=cuts[i + 1]) for i in range(count)
-        ]
-        report = run_plan(
-            manual_plan(profile, cluster, stages),
-            cluster,
-            profile,
-            config=config,
-            requests=requests,
-        )
-        latencies[count] = report.measured.latency_s.p50
-    per_hop = (latencies[4] - latencies[1]) / 3
-    raw = raw_loopback_s(num_bytes, 200)
-    print(f"per hop {per_hop * 1e3:.2f} ms vs raw loopback {raw * 1e3:.2f} ms")
-    return {
-        "activation_bytes": num_bytes,
-        "latency_p50_1_stage_s": latencies[1],
-        "latency_p50_4_stages_s": latencies[4],
-        "per_hop_overhead_s": per_hop,
-        "raw_loopback_socket_s": raw,
-        "per_hop_over_raw": per_hop / raw,
-    }
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--quick", action="store_true", help="fewer requests (smoke run)")
@@ -233,7 +159,7 @@ def main() -> None:
     requests = 16 if args.quick else 40
     session = RaySession.open(RuntimeConfig(), [])
     periods = period_scenarios(requests)
-    overhead = hop_overhead(60 if args.quick else 200)
+    overhead = hop_overhead(1, 60 if args.quick else 150)
     scale = scale_scenario(requests)
     command = "python benchmarks/runtime_efficiency.py" + (" --quick" if args.quick else "")
     # Written before Ray shuts down: ray.shutdown() may end the process on this Ray build.

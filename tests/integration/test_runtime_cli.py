@@ -22,7 +22,13 @@ def _app():  # type: ignore[no-untyped-def]
     return main.app
 
 
-def test_run_with_a_kill_writes_the_report_contract(ray_cluster: object, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("flag", "fault", "cause"),
+    [("--kill", "{victim}@1.5", "actor_died"), ("--fault", "stop:{victim}@1.5", "hang")],
+)
+def test_run_with_a_fault_writes_the_report_contract(
+    ray_cluster: object, tmp_path: Path, flag: str, fault: str, cause: str
+) -> None:
     cluster_file = ROOT / "examples" / "pipeedge-4+4.toml"
     profile = api.import_pipeedge_profile("google/vit-base-patch16-224", 8)
     plan = api.plan(profile, api.load_cluster(cluster_file))
@@ -43,8 +49,8 @@ def test_run_with_a_kill_writes_the_report_contract(ray_cluster: object, tmp_pat
             "30",
             "--time-scale",
             "0.1",
-            "--kill",
-            f"{victim}@1.5",
+            flag,
+            fault.format(victim=victim),
             "--report",
             str(report_path),
         ],
@@ -59,8 +65,17 @@ def test_run_with_a_kill_writes_the_report_contract(ray_cluster: object, tmp_pat
     assert report["requests"]["submitted"] == report["requests"]["completed"] == 30
     assert (report["requests"]["lost"], report["requests"]["duplicated"]) == (0, 0)
     (failure,) = report["failures"]
-    assert set(failure) >= {"device", "at_s", "detected_after_s", "recovered_after_s"}
+    assert set(failure) >= {
+        "device",
+        "cause",
+        "at_s",
+        "detected_after_s",
+        "recovered_after_s",
+        "action",
+    }
     assert failure["device"] == victim
+    assert failure["cause"] == cause
+    assert failure["fault"] == ("kill" if flag == "--kill" else "stop")
     assert Path(report["timeline_plot"]).is_file()
 
 

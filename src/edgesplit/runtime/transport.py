@@ -30,7 +30,7 @@ import socket
 import struct
 import threading
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import numpy as np
 
@@ -39,13 +39,11 @@ from edgesplit.errors import ProtocolVersionError, TransportError
 __all__ = [
     "MAGIC",
     "PROTOCOL_VERSION",
-    "Connection",
     "Frame",
     "FrameError",
     "FrameLimits",
     "FrameType",
     "HandshakeError",
-    "Listener",
     "TcpConnection",
     "TcpListener",
     "connect",
@@ -152,26 +150,6 @@ def _tensor_specs(
             )
         result.append((name, dtype, shape))
     return result
-
-
-class Connection(Protocol):
-    """A bidirectional, ordered stream of frames."""
-
-    def send(self, frame: Frame) -> None: ...
-
-    def recv(self) -> Frame | None:
-        """The next frame, or None when the peer closed the stream."""
-        ...
-
-    def close(self) -> None: ...
-
-
-class Listener(Protocol):
-    address: tuple[str, int]
-
-    def accept(self, timeout_s: float) -> Connection | None: ...
-
-    def close(self) -> None: ...
 
 
 class TcpConnection:
