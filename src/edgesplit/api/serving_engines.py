@@ -91,9 +91,11 @@ class PipelineDecodeEngine:
         pipeline: GenerationPipeline,
         max_concurrent: int,
         faults: Sequence[ScheduledFault] = (),
+        gather_s: float = 0.02,
     ) -> None:
         self.pipeline = pipeline
         self.max_concurrent = max_concurrent
+        self.gather_s = gather_s
         self._faults = list(faults)
         self._waiting: deque[_Live] = deque()
         self._by_id: dict[str, _Live] = {}
@@ -143,7 +145,11 @@ class PipelineDecodeEngine:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            self._wake.wait(0.5)
+            if not self._wake.wait(0.5):
+                continue
+            # Requests sent together (a burst of clients) should share one round: a short wait
+            # costs `gather_s` of time to first token and saves a whole round for the others.
+            self._stop.wait(self.gather_s)
             self._wake.clear()
             with self._lock:
                 batch = [
