@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 from edgesplit.errors import ConfigError
 from edgesplit.testbed import TestbedState, TestbedStatus
 from edgesplit.testbed import down as _down
+from edgesplit.testbed import restart_node as _restart_node
 from edgesplit.testbed import status as _status
 from edgesplit.testbed import up as _up
 from edgesplit.testbed.latency import planning_cluster, sender_delay_cluster
@@ -40,6 +41,7 @@ __all__ = [
     "TestbedStatus",
     "describe_testbed",
     "planning_cluster",
+    "restart_device",
     "sender_delay_cluster",
     "start_testbed",
     "stop_testbed",
@@ -86,6 +88,11 @@ def describe_testbed(name: str = "tb", state_dir: Path = DEFAULT_STATE_DIR) -> T
 def stop_testbed(name: str = "tb", state_dir: Path = DEFAULT_STATE_DIR) -> list[str]:
     """Remove every trace of testbed `name` (also after a crash); returns what was removed."""
     return _down(name, state_dir)
+
+
+def restart_device(name: str, device: str, state_dir: Path = DEFAULT_STATE_DIR) -> None:
+    """Start a crashed, hung or cut-off device's Ray node again (its link back up)."""
+    _restart_node(name, device, state_dir)
 
 
 def survey_options(

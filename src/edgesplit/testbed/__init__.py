@@ -8,7 +8,15 @@ through runtime/cluster.py and the `ray` command. See docs/testbed.md.
 from __future__ import annotations
 
 from edgesplit.testbed.layout import LinkClass, NodeLayout, TestbedLayout, plan_layout
-from edgesplit.testbed.lifecycle import DeviceStatus, TestbedStatus, down, ray_env, status, up
+from edgesplit.testbed.lifecycle import (
+    DeviceStatus,
+    TestbedStatus,
+    down,
+    ray_env,
+    restart_node,
+    status,
+    up,
+)
 from edgesplit.testbed.state import TestbedDevice, TestbedLink, TestbedState, load_state
 
 __all__ = [
@@ -24,6 +32,7 @@ __all__ = [
     "load_state",
     "plan_layout",
     "ray_env",
+    "restart_node",
     "status",
     "up",
 ]

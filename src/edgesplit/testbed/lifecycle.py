@@ -43,7 +43,7 @@ from edgesplit.testbed.state import (
 )
 from edgesplit.testbed.system import CPU_CGROUP_MOUNT, TestbedCommandError, check_host, run_tool
 
-__all__ = ["DeviceStatus", "TestbedStatus", "down", "ray_env", "status", "up"]
+__all__ = ["DeviceStatus", "TestbedStatus", "down", "ray_env", "restart_node", "status", "up"]
 
 logger = logging.getLogger(__name__)
 _OBJECT_STORE_BYTES = 80 * 1024 * 1024  # Ray's minimum is 75 MiB; 16 nodes fit in 1.3 GB of shm
@@ -288,38 +288,10 @@ def up(
         starting = threading.Semaphore(_PARALLEL_STARTS)
 
         def start_node(index: int) -> None:
-            node = layout.nodes[index]
-            command = [
-                "ip", "netns", "exec", node.namespace, ray, "start",
-                "--address", state.address, "--node-ip-address", node.ip,
-                "--num-cpus", "1", "--resources", json.dumps({node.device: 1}),
-                "--object-store-memory", str(_OBJECT_STORE_BYTES),
-                "--temp-dir", str(temp_dir / f"node{index}"), "--disable-usage-stats",
-            ]  # fmt: skip
-            env = ray_env(
-                token,
-                {
-                    "EDGESPLIT_DEVICE": node.device,
-                    "EDGESPLIT_DEVICE_MEMORY_MB": f"{node.memory_mb:g}",
-                },
-            )
-            log = temp_dir / f"testbed-node{index}.log"
-            for attempt in range(1, _START_ATTEMPTS + 1):
-                try:
-                    with starting:
-                        _start_ray(command, env, node.cgroup, log, timeout_s)
-                    return
-                except DeviceUnavailableError as e:
-                    # `ray start` gives a raylet 30 s (hard-coded) to register; on a loaded
-                    # host that can fail. Clear the node's cgroup and try again.
-                    logger.warning("node %s, attempt %d: %s", node.device, attempt, e)
-                    with contextlib.suppress(TestbedCommandError):
-                        cgroups.empty_group(CPU_CGROUP_MOUNT / node.cgroup)
-                    if attempt == _START_ATTEMPTS:
-                        errors.append(e)
-                except BaseException as e:  # reported after every thread is done
-                    errors.append(e)
-                    return
+            try:
+                _start_node(state, index, token, timeout_s, starting)
+            except BaseException as e:  # reported after every thread is done
+                errors.append(e)
 
         say(f"starting {len(layout.nodes)} device nodes (each in its namespace and cgroup)")
         threads = [
@@ -343,6 +315,77 @@ def up(
         with contextlib.suppress(Exception):
             down(name, state_dir=state_dir)
         raise
+
+
+def _start_node(
+    state: TestbedState,
+    index: int,
+    token: str,
+    timeout_s: float,
+    gate: threading.Semaphore | None = None,
+) -> None:
+    """`ray start` device `index` in its namespace and cgroup; retried, see [Note: quota after
+    join]. Raises DeviceUnavailableError after the last attempt."""
+    node = state.devices[index]
+    temp_dir = Path(state.temp_dir)
+    command = [
+        "ip", "netns", "exec", node.namespace, _ray_binary(), "start",
+        "--address", state.address, "--node-ip-address", node.ip,
+        "--num-cpus", "1", "--resources", json.dumps({node.name: 1}),
+        "--object-store-memory", str(_OBJECT_STORE_BYTES),
+        "--temp-dir", str(temp_dir / f"node{index}"), "--disable-usage-stats",
+    ]  # fmt: skip
+    env = ray_env(
+        token,
+        {"EDGESPLIT_DEVICE": node.name, "EDGESPLIT_DEVICE_MEMORY_MB": f"{node.memory_mb:g}"},
+    )
+    log = temp_dir / f"testbed-node{index}.log"
+    for attempt in range(1, _START_ATTEMPTS + 1):
+        try:
+            with gate or contextlib.nullcontext():
+                _start_ray(command, env, node.cgroup, log, timeout_s)
+            return
+        except DeviceUnavailableError as e:
+            # `ray start` gives a raylet 30 s (hard-coded) to register; on a loaded host that
+            # can fail. Clear the node's cgroup and try again.
+            logger.warning("node %s, attempt %d: %s", node.name, attempt, e)
+            with contextlib.suppress(TestbedCommandError):
+                cgroups.empty_group(CPU_CGROUP_MOUNT / node.cgroup)
+            if attempt == _START_ATTEMPTS:
+                raise
+
+
+def restart_node(
+    name: str,
+    device: str,
+    state_dir: Path = DEFAULT_STATE_DIR,
+    timeout_s: float = 300.0,
+    cfs_period_us: int = cgroups.CFS_PERIOD_US,
+) -> None:
+    """Kill whatever is left of `device`'s node (crashed, hung, cut off) and start it again:
+    a device rejoining the cluster. Its link is brought up if it was down.
+
+    Raises:
+        ConfigError: no such testbed or device.
+        DeviceUnavailableError: the node did not rejoin within `timeout_s`.
+    """
+    state = load_state(name, state_dir)
+    if state is None:
+        raise ConfigError(f"no testbed '{name}' is up")
+    index = next((i for i, d in enumerate(state.devices) if d.name == device), None)
+    if index is None:
+        raise ConfigError(
+            f"testbed '{name}' has no device '{device}'; devices: {[d.name for d in state.devices]}"
+        )
+    node = state.devices[index]
+    run_tool(["ip", "link", "set", node.host_veth, "up"])
+    group = CPU_CGROUP_MOUNT / node.cgroup
+    cgroups.empty_group(group)
+    cgroups.set_quota(node.cgroup, None, period_us=cfs_period_us)
+    token = Path(state.token_path).read_text().strip()
+    _start_node(state, index, token, timeout_s)
+    _wait_for_devices(state.address, token, [device], timeout_s)
+    cgroups.set_quota(node.cgroup, node.cpu_quota, period_us=cfs_period_us)
 
 
 @dataclass(frozen=True, slots=True)
