@@ -304,6 +304,10 @@ class PipelineBatchEngine:
     def max_batch(self) -> int:
         return self.plan.batch_size
 
+    @property
+    def max_in_flight(self) -> int:
+        return len(self.plan.stages)
+
     def start(self) -> None:
         self._thread = threading.Thread(target=self._run, daemon=True, name="batch-engine")
         self._thread.start()

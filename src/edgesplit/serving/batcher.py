@@ -1,8 +1,10 @@
 """Dynamic micro-batching of encoder requests in front of a `BatchEngine`.
 
 Owns `MicroBatcher`: rows queue on the event loop; a batch leaves when it holds the engine's
-`max_batch` rows or when its oldest row has waited `max_wait_s`; the engine's answer is split
-back into rows. Accepted-but-unanswered rows are bounded (`QueueFullError` -> HTTP 429); a row
+`max_batch` rows, or when its oldest row has waited `max_wait_s` and fewer than the engine's
+`max_in_flight` batches are in flight (while every stage is busy, rows wait and batches grow,
+as vLLM's scheduler keeps one batch per pipeline stage); the engine's answer is split back into
+rows. Accepted-but-unanswered rows are bounded (`QueueFullError` -> HTTP 429); a row
 whose client went away before its batch left is dropped from the batch. No torch, no runtime.
 """
 
@@ -62,6 +64,7 @@ class MicroBatcher:
         self.on_batch = on_batch
         self._queue: deque[_Row] = deque()
         self._pending = 0
+        self._in_flight = 0
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
 
@@ -115,11 +118,11 @@ class MicroBatcher:
             deadline = loop.time() + self.max_wait_s
             while self._live_rows() < self.engine.max_batch:
                 remaining = deadline - loop.time()
-                if remaining <= 0:
+                if remaining <= 0 and self._in_flight < max(1, self.engine.max_in_flight):
                     break
                 self._wake.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), remaining)
+                with contextlib.suppress(TimeoutError):  # a row or a finished batch wakes us
+                    await asyncio.wait_for(self._wake.wait(), max(remaining, 0.001))
             rows: list[_Row] = []
             while self._queue and len(rows) < self.engine.max_batch:
                 row = self._queue.popleft()
@@ -137,8 +140,12 @@ class MicroBatcher:
         if self.on_batch is not None:
             self.on_batch(len(rows))
         batch = stack_rows([r.inputs for r in rows], self.pad_tokens)
+        self._in_flight += 1
 
         def deliver(outputs: Arrays | None, error: str) -> None:
+            self._in_flight -= 1
+            if self._wake is not None:
+                self._wake.set()
             for index, row in enumerate(rows):
                 if row.future.done():
                     continue  # its client went away meanwhile

@@ -102,6 +102,11 @@ class BatchEngine(Protocol):
     @property
     def max_batch(self) -> int: ...
 
+    @property
+    def max_in_flight(self) -> int:
+        """Micro-batches worth having in flight at once (one per pipeline stage)."""
+        ...
+
     def submit(self, inputs: Mapping[str, np.ndarray], done: BatchDone) -> None:
         """Run one micro-batch (rows along axis 0); `done` gets the outputs, rows in order."""
         ...

@@ -118,6 +118,10 @@ class FakeBatchEngine:
     def max_batch(self) -> int:
         return self.max_batch_rows
 
+    @property
+    def max_in_flight(self) -> int:
+        return 2
+
     def submit(self, inputs: Mapping[str, np.ndarray], done: BatchDone) -> None:
         self.batches.append(int(next(iter(inputs.values())).shape[0]))
 
