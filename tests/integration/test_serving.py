@@ -238,6 +238,37 @@ def test_schemathesis_finds_no_5xx(
         assert after.json()["choices"][0]["text"] == reference("Hello", 8)
 
 
+@pytest.mark.parametrize("kind", ["kill", "stop"])
+def test_concurrent_streams_survive_a_stage_fault(
+    ray_cluster: object, reference: Callable[[str, int], str], kind: str
+) -> None:
+    """`--fault kind:b@0.5` mid-stream: all 8 streams complete, each identical to the unsplit
+    output (the decode driver replays every live sequence on the restarted stage)."""
+    from edgesplit.runtime.config import ScheduledFault
+
+    fault = ScheduledFault("b", 0.5, kind)  # type: ignore[arg-type]
+    options = serving.ServeOptions(token=TOKEN, max_concurrent=8, faults=(fault,))
+    with (
+        serving.open_app(TEXT_MODEL, devices=["a", "b"], options=options) as app,
+        http_server(app) as url,
+    ):
+        client = _client(url)
+
+        def stream(prompt: str) -> str:
+            chunks = client.completions.create(
+                model=TEXT_MODEL, prompt=prompt, max_tokens=48, temperature=0, stream=True
+            )
+            return "".join(c.choices[0].text for c in chunks if c.choices)
+
+        with ThreadPoolExecutor(8) as pool:
+            texts = list(pool.map(stream, PROMPTS))
+        engine = app.server.text[1]  # type: ignore[index]
+        failures = list(engine.failures)
+        assert texts == [reference(p, 48) for p in PROMPTS]
+        assert app.server.healths()[0][1].ok
+    assert failures, "the fault was not injected (the round ended first?)"
+
+
 # -- encoders --------------------------------------------------------------------------------------
 def _png(seed: int, size: int = 40) -> bytes:
     from PIL import Image

@@ -54,6 +54,7 @@ if TYPE_CHECKING:
     from edgesplit.models.spec import ModelSpec
     from edgesplit.runtime.config import ScheduledFault
     from edgesplit.runtime.generation import GenerationPipeline, GenerationRequest
+    from edgesplit.runtime.report import FailureRecord
 
 __all__ = [
     "ModelKind",
@@ -105,6 +106,7 @@ class PipelineDecodeEngine:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._broken = ""
+        self.failures: list[FailureRecord] = []  # stage failures survived (from round reports)
         self._thread = threading.Thread(target=self._loop, daemon=True, name="decode-engine")
         self._thread.start()
 
@@ -202,6 +204,10 @@ class PipelineDecodeEngine:
             for live in stranded:
                 self._finish(live, "error", self._broken)
             return
+        if report.failures:
+            self.failures.extend(report.failures)
+            for record in report.failures:
+                logger.warning("decode round survived a failure: %s", record)
         for live, result in zip(batch, report.sequences, strict=True):
             self._finish(live, result.finished, result.error)
 

@@ -52,6 +52,7 @@ class Result:
 @dataclass
 class Report:
     sequences: list[Result]
+    failures: list[Any] = field(default_factory=list)
 
 
 @dataclass
