@@ -218,7 +218,9 @@ def _routes(app: FastAPI, server: _Server) -> None:
     @app.middleware("http")
     async def count(request: Request, call_next: Callable[[Request], Any]) -> Response:
         response: Response = await call_next(request)
-        metrics.requests.labels(request.url.path[:64], str(response.status_code)).inc()
+        # The route's template, never the raw path: label values stay a fixed, small set.
+        route = getattr(request.scope.get("route"), "path", "unmatched")
+        metrics.requests.labels(str(route), str(response.status_code)).inc()
         return response
 
     @app.get("/health")

@@ -307,6 +307,11 @@ def test_metrics_report_tokens_and_batches(client: TestClient) -> None:
     assert "edgesplit_serving_time_to_first_token_seconds_count 1.0" in text
     assert "edgesplit_serving_batch_size_count" in text
     assert 'edgesplit_serving_requests_total{route="/v1/completions",status="200"}' in text
+    for index in range(3):
+        client.get(f"/random/{index}")
+    text = client.get("/metrics").text
+    assert "/random/" not in text  # unknown paths share one label value
+    assert 'route="unmatched",status="404"' in text
 
 
 def test_serves_only_what_it_has() -> None:
