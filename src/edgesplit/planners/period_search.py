@@ -115,12 +115,14 @@ class _Feasibility:
         # (low, high] one switchable pair row each (upper 1 = active, 2 = slack).
         hop_rows: list[int] = []
         hop_values: list[float] = []
+        self.num_conflict_rows = 0
         for (d, p), cols in ends.items():
             if p == 0 or p == num_units or not with_hops:
                 continue
             row = hop_max[d, :, p]
             bad = [i for e in np.nonzero(row > high)[0] for i in starts.get((int(e), p), [])]
             if bad:
+                self.num_conflict_rows += 1
                 add(cols + bad, [1.0] * (len(cols) + len(bad)), -INF, 1.0)
             for e in np.nonzero((row > low) & (row <= high))[0]:
                 following = starts.get((int(e), p), [])
@@ -294,15 +296,21 @@ def search_bottleneck(
         floor = max(lower, min(floor, best_value) * (1 - 0.01))
     tell(bound)
     # Phase A: LP bisection without hop rows (a relaxation: hops only restrict plans), each
-    # feasible threshold also tried by the beam; phase C: MILP bisection on a model with every
-    # hop row that can matter.
-    for phase in ("A", "C"):
+    # feasible threshold also tried by the beam; phase B: the same with pair rows for the hops
+    # inside (bound, best] (skipped when there are none); phase C: MILP bisection on that model.
+    band_model: _Feasibility | None = None
+    for phase in ("A", "B", "C"):
         if timed_out or best_value <= bound * (1 + target_gap):
             break
         if phase == "A":
             model = _Feasibility(graph, compute, hop_max, best_value, best_value, with_hops=False)
+        elif band_model is None:
+            band_model = _Feasibility(graph, compute, hop_max, bound * (1 - 1e-12), best_value)
+            model = band_model
+            if phase == "B" and not (band_model.hop_rows.size or band_model.num_conflict_rows):
+                continue  # no hop can bind: phase A's bound is phase B's
         else:
-            model = _Feasibility(graph, compute, hop_max, bound * (1 - 1e-12), best_value)
+            model = band_model
         lo = int(np.searchsorted(candidates, bound, side="left"))
         hi = int(np.searchsorted(candidates, best_value, side="right")) - 1
         # Invariant: candidates[:lo] are infeasible; candidates[hi] is feasible.
@@ -316,17 +324,19 @@ def search_bottleneck(
             if best_value <= bound * (1 + target_gap):
                 break
             low_value, high_value = float(candidates[lo]), float(candidates[hi])
+            if phase != "C" and high_value <= low_value * (1 + 1e-9):
+                break  # near-equal candidates: the LP cannot separate them any further
             if probes == 0 and target_gap < 1e-4:
                 mid = hi - 1  # is the incumbent optimal? (one LP when it is)
             elif probes == 0 or (phase == "C" and probes == 1):
                 # Just inside the gap asked: one infeasible answer settles it.
                 aim = (
                     best_value / (1 + target_gap)
-                    if phase == "A"
+                    if phase != "C"
                     else low_value * (1 + target_gap / 2)
                 )
                 mid = int(np.searchsorted(candidates, aim, "right")) - 1
-            elif phase == "A" and not refuted:
+            elif phase != "C" and not refuted:
                 # Gallop down from the incumbent (it is usually within a few 0.1 %) until a
                 # threshold is refuted, rather than bisecting up from a weak bound.
                 aim = best_value * (1 - 2e-4 * 3 ** (probes - 1))
@@ -392,4 +402,9 @@ def _candidates(
     values.append(inner[np.isfinite(inner)].ravel())
     every = np.concatenate(values)
     every = every[(every >= lower) & (every <= upper)]
-    return np.unique(np.concatenate([every, [upper]]))
+    values = np.unique(np.concatenate([every, [upper]]))
+    # Values within 1e-9 of the next one (sums in another order, equal links) cannot be told
+    # apart by a 1e-7-tolerant LP: keep the largest of each run. A bound may then be 1e-9 high,
+    # far inside the 1e-6 at which a plan is called optimal.
+    distinct = np.append(values[1:] > values[:-1] * (1 + 1e-9), True)
+    return values[distinct]
