@@ -48,6 +48,7 @@ class RuntimeConfig(FrozenModel):
     health_check_period_ms: Annotated[int, Field(ge=50)] = 500
     health_check_timeout_ms: Annotated[int, Field(ge=50)] = 500
     health_check_failure_threshold: Annotated[int, Field(ge=1)] = 3
+    worker_niceness: Annotated[int, Field(ge=0, le=19)] = 0  # Ray's default, 15, starves stages
     heartbeat_period_s: Positive = 0.25
     hang_timeout_s: Positive = 2.0  # an actor silent this long is declared hung and killed
     stream_loss_grace_s: Positive = 0.5  # a stream closed by its peer this long -> peer failed
