@@ -39,6 +39,7 @@ __all__ = ["BottleneckResult", "search_bottleneck"]
 logger = logging.getLogger(__name__)
 
 INF = np.inf
+TAU_SLACK = 1e-9
 BEAM_WIDTHS = (64, 512)
 """Beam widths tried in turn: the wider one costs ~0.1 s at 64 devices and 128 units."""
 
@@ -163,6 +164,7 @@ class _Feasibility:
         self.tau = INF
 
     def set_threshold(self, tau: float) -> None:
+        tau = tau * (1 + TAU_SLACK)  # admit the run of near-equal values (see _candidates)
         self.tau = tau
         upper = (self.key <= tau).astype(np.float64)
         self.highs.changeColsBounds(self.num_x, self.columns, np.zeros(self.num_x), upper)
@@ -403,8 +405,8 @@ def _candidates(
     every = np.concatenate(values)
     every = every[(every >= lower) & (every <= upper)]
     values = np.unique(np.concatenate([every, [upper]]))
-    # Values within 1e-9 of the next one (sums in another order, equal links) cannot be told
-    # apart by a 1e-7-tolerant LP: keep the largest of each run. A bound may then be 1e-9 high,
-    # far inside the 1e-6 at which a plan is called optimal.
-    distinct = np.append(values[1:] > values[:-1] * (1 + 1e-9), True)
+    # Values within 1e-9 of each other (sums in another order, equal links) cannot be told
+    # apart by a 1e-7-tolerant LP: keep the smallest of each run; thresholds admit the run
+    # (`_Feasibility.set_threshold` adds TAU_SLACK), so a bound is never above a plan's value.
+    distinct = np.insert(values[1:] > values[:-1] * (1 + TAU_SLACK), 0, True)
     return values[distinct]
