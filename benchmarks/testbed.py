@@ -105,6 +105,7 @@ def run_model(
     requests: int,
     single_requests: int,
     window_s: float,
+    prefix: str = NAME,
 ) -> dict[str, Any]:
     load_before = _loadavg()
     started = time.monotonic()
@@ -144,7 +145,7 @@ def run_model(
         profile,
         config=config,
         requests=requests,
-        timeline_path=DOCS / f"testbed_gantt_{label}.png",
+        timeline_path=DOCS / f"{prefix}_gantt_{label}.png",
     )
     # Best single device: the fastest surveyed device, the whole model on it.
     best = min(result.devices, key=lambda d: d.total_s)
@@ -235,7 +236,7 @@ def link_accuracy(rows: list[dict[str, Any]], testbed: Cluster) -> list[dict[str
     return out
 
 
-def plot(rows: list[dict[str, Any]], links: list[dict[str, Any]]) -> list[str]:
+def plot(rows: list[dict[str, Any]], links: list[dict[str, Any]], prefix: str = NAME) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -264,7 +265,7 @@ def plot(rows: list[dict[str, Any]], links: list[dict[str, Any]]) -> list[str]:
     ax.set_title("testbed: plan vs real compute")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    path = DOCS / "testbed_periods.png"
+    path = DOCS / f"{prefix}_periods.png"
     fig.savefig(path, dpi=120)
     plt.close(fig)
     paths.append(str(path.relative_to(ROOT)))
@@ -280,7 +281,7 @@ def plot(rows: list[dict[str, Any]], links: list[dict[str, Any]]) -> list[str]:
     ax.set_title("survey link bandwidth vs kernel shaping")
     ax.legend(fontsize=7)
     fig.tight_layout()
-    path = DOCS / "testbed_links.png"
+    path = DOCS / f"{prefix}_links.png"
     fig.savefig(path, dpi=120)
     plt.close(fig)
     paths.append(str(path.relative_to(ROOT)))
@@ -588,6 +589,7 @@ def main() -> int:
                         requests,
                         args.single_requests,
                         args.window,
+                        args.results_name,
                     )
                 )
             except Exception as e:  # recorded; the other models still run
@@ -597,7 +599,7 @@ def main() -> int:
         removed = api_testbed.stop_testbed(args.name)
         print(f"testbed down: removed {len(removed)} items", flush=True)
     links = link_accuracy(rows, testbed)
-    plots = plot(rows, links) if rows else []
+    plots = plot(rows, links, args.results_name) if rows else []
     quotas = {d.name: d.cpu_quota for d in testbed.devices}
     data = {
         "method": {
