@@ -399,14 +399,15 @@ def _candidates(
 ) -> np.ndarray:
     """Sorted distinct values in [lower, upper] that a plan's bottleneck can take."""
     num_units = graph.num_units
-    values = [compute[np.isfinite(compute)].ravel(), graph.in_max_s, graph.out_max_s]
+    parts = [compute[np.isfinite(compute)].ravel(), graph.in_max_s, graph.out_max_s]
     inner = hop_max[:, :, 1:num_units]
-    values.append(inner[np.isfinite(inner)].ravel())
-    every = np.concatenate(values)
+    parts.append(inner[np.isfinite(inner)].ravel())
+    every = np.concatenate(parts)
     every = every[(every >= lower) & (every <= upper)]
-    values = np.unique(np.concatenate([every, [upper]]))
+    values: np.ndarray = np.unique(np.concatenate([every, [upper]]))
     # Values within 1e-9 of each other (sums in another order, equal links) cannot be told
     # apart by a 1e-7-tolerant LP: keep the smallest of each run; thresholds admit the run
     # (`_Feasibility.set_threshold` adds TAU_SLACK), so a bound is never above a plan's value.
     distinct = np.insert(values[1:] > values[:-1] * (1 + TAU_SLACK), 0, True)
-    return values[distinct]
+    kept: np.ndarray = values[distinct]
+    return kept
