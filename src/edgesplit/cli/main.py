@@ -68,6 +68,9 @@ def main() -> None:
         level=os.environ.get("EDGESPLIT_LOG", "DEBUG" if debug else "WARNING"),
         format="%(levelname)s %(name)s: %(message)s",
     )
+    # Ray reads its auth mode when first imported, and registering commands may import it:
+    # every edgesplit cluster (embedded, testbed, boards) uses token auth.
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
     _register()
     try:
         # Standalone mode: typer/click print usage errors themselves and exit with code 2.
