@@ -55,18 +55,24 @@ models: $(STAMP)  ## build checkpoints that are not committed (SmolLM2 conversio
 	 $(BIN)/python scripts/train_photo_mae.py; \
 	 else echo "A-MOT checkpoints are committed (src/edgesplit/offload/weights); FORCE=1 retrains"; fi
 
-bench: $(STAMP)  ## run every benchmark (tens of minutes; writes benchmarks/results/*.json + docs/ plots)
+bench: $(STAMP)  ## run every benchmark (an hour or more; writes benchmarks/results/*.json + docs/ plots)
 	$(BIN)/python benchmarks/planner.py
 	$(BIN)/python benchmarks/runtime_efficiency.py
+	$(BIN)/python benchmarks/runtime_hops.py
 	$(BIN)/python benchmarks/runtime_crossnode.py
 	$(BIN)/python benchmarks/runtime_failures.py
 	$(BIN)/python benchmarks/robustness.py
 	$(BIN)/python benchmarks/offload.py
 	$(BIN)/python benchmarks/offload_photos.py
 	$(BIN)/python benchmarks/offload_serve.py
-	-$(BIN)/python benchmarks/offload_tbf.py  # needs root or user namespaces; skips otherwise
+	$(BIN)/python benchmarks/offload_bombs.py
 	$(BIN)/python benchmarks/cosearch.py
 	$(BIN)/python benchmarks/generation.py
+	$(BIN)/python benchmarks/precision.py
+	$(BIN)/python benchmarks/serving.py
+	# these two need root (network namespaces, tc, cgroups); each says why and skips otherwise
+	-$(BIN)/python benchmarks/offload_tbf.py
+	-$(BIN)/python benchmarks/testbed.py
 
 clean:
 	rm -rf out .pytest_cache .mypy_cache .ruff_cache
