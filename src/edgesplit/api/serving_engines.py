@@ -26,9 +26,10 @@ import json
 import logging
 import queue
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -82,6 +83,7 @@ class _Live:
     sink: TokenSink
     aborted: bool = False
     finished: bool = False
+    generated: list[int] = field(default_factory=list)
 
 
 class PipelineDecodeEngine:
@@ -93,10 +95,13 @@ class PipelineDecodeEngine:
         max_concurrent: int,
         faults: Sequence[ScheduledFault] = (),
         gather_s: float = 0.02,
+        chunk_tokens: int = 16,
     ) -> None:
         self.pipeline = pipeline
         self.max_concurrent = max_concurrent
         self.gather_s = gather_s
+        self.chunk_tokens = chunk_tokens
+        self._t0: float | None = None
         self._faults = list(faults)
         self._waiting: deque[_Live] = deque()
         self._by_id: dict[str, _Live] = {}
@@ -146,31 +151,34 @@ class PipelineDecodeEngine:
         self._thread.join(timeout=30)
 
     def _loop(self) -> None:
+        running: list[_Live] = []
         while not self._stop.is_set():
-            if not self._wake.wait(0.5):
-                continue
-            # Requests sent together (a burst of clients) should share one round: a short wait
-            # costs `gather_s` of time to first token and saves a whole round for the others.
-            self._stop.wait(self.gather_s)
+            if not running:
+                if not self._wake.wait(0.5):
+                    continue
+                # Requests sent together (a burst of clients) should share one round: a short
+                # wait costs `gather_s` of time to first token and saves a round for the others.
+                self._stop.wait(self.gather_s)
             self._wake.clear()
             with self._lock:
-                batch = [
-                    self._waiting.popleft()
-                    for _ in range(min(len(self._waiting), self.max_concurrent))
-                ]
-                self._running = batch
-                if batch:
-                    self._batch_sizes.append(len(batch))
-            if batch:
-                try:
-                    self._round(batch)
-                except Exception as e:  # a bad request must not end the engine's thread
-                    logger.exception("decode round failed")
-                    for live in batch:
-                        self._finish(live, "error", f"{type(e).__name__}: {e}")
-                self._wake.set()  # others may have arrived meanwhile
+                running = [live for live in running if not live.finished]
+                while self._waiting and len(running) < self.max_concurrent:
+                    running.append(self._waiting.popleft())
+                self._running = running
+                if running:
+                    self._batch_sizes.append(len(running))
+            if not running:
+                continue
+            try:
+                self._round(running)
+            except Exception as e:  # a bad request must not end the engine's thread
+                logger.exception("decode round failed")
+                for live in running:
+                    self._finish(live, "error", f"{type(e).__name__}: {e}")
 
     def _round(self, batch: list[_Live]) -> None:
+        """Every live sequence decodes up to `chunk_tokens` more tokens (its prompt and the
+        tokens so far are prefilled again: a new round starts fresh caches)."""
         from edgesplit.runtime.generation import GenerationRequest
 
         requests: list[GenerationRequest] = []
@@ -178,8 +186,8 @@ class PipelineDecodeEngine:
             r = live.request
             requests.append(
                 GenerationRequest(
-                    prompt_ids=list(r.prompt_ids),
-                    max_new_tokens=r.max_new_tokens,
+                    prompt_ids=[*r.prompt_ids, *live.generated],
+                    max_new_tokens=min(self.chunk_tokens, r.max_new_tokens - len(live.generated)),
                     temperature=r.temperature,
                     top_k=r.top_k,
                     seed=r.seed,
@@ -190,9 +198,15 @@ class PipelineDecodeEngine:
         def on_token(index: int, token: int) -> None:
             live = batch[index]
             if not live.aborted:
+                live.generated.append(token)
                 live.sink.token(token)
 
-        faults, self._faults = self._faults, []
+        now = time.monotonic()
+        if self._t0 is None:
+            self._t0 = now
+        # Faults are scheduled from the first round; each round gets those still ahead.
+        elapsed = now - self._t0
+        faults = [replace(f, at_s=f.at_s - elapsed) for f in self._faults if f.at_s >= elapsed]
         try:
             report = self.pipeline.generate(requests, on_token=on_token, faults=faults)
         except DeviceUnavailableError as e:  # no stage can replace a failed one: stop serving
@@ -204,12 +218,19 @@ class PipelineDecodeEngine:
             for live in stranded:
                 self._finish(live, "error", self._broken)
             return
+        finally:
+            ended = time.monotonic() - self._t0
+            self._faults = [f for f in self._faults if f.at_s > ended]
         if report.failures:
             self.failures.extend(report.failures)
             for record in report.failures:
                 logger.warning("decode round survived a failure: %s", record)
         for live, result in zip(batch, report.sequences, strict=True):
-            self._finish(live, result.finished, result.error)
+            if result.finished != "length":
+                self._finish(live, result.finished, result.error)
+            elif len(live.generated) >= live.request.max_new_tokens:
+                self._finish(live, "length", "")
+            # else: it goes on in the next round (unless aborted meanwhile)
 
     def _finish(self, live: _Live, reason: Literal["stop", "length", "error"], detail: str) -> None:
         with self._lock:

@@ -71,8 +71,8 @@ class FakePipeline:
         if self.gate is not None:
             self.gate.wait(10)
         for index, request in enumerate(requests):
-            for step in range(request.max_new_tokens):
-                on_token(index, 100 + step)
+            for step in range(request.max_new_tokens):  # continues the prompt: 2, 3, 4, ...
+                on_token(index, len(request.prompt_ids) + step)
         return Report([Result("length") for _ in requests])
 
 
@@ -95,7 +95,7 @@ def test_decode_rounds_abort_and_failure() -> None:
         pipeline.gate.set()  # type: ignore[union-attr]
         wait_until(lambda: bool(sinks["b"].finished))
         assert pipeline.rounds == [1, 1]
-        assert sinks["a"].tokens == [100, 101, 102]
+        assert sinks["a"].tokens == [2, 3, 4]
         assert sinks["a"].finished == [("length", "")]
         assert engine.health().ok
         pipeline.fail = True
@@ -173,3 +173,19 @@ def test_batch_engine_keepalive_and_inferred_errors(monkeypatch: pytest.MonkeyPa
     finally:
         engine.close()
     assert not engine.health().ok
+
+
+def test_chunked_rounds_admit_new_requests_between_chunks() -> None:
+    pipeline = FakePipeline()
+    engine = PipelineDecodeEngine(pipeline, max_concurrent=4, chunk_tokens=2)  # type: ignore[arg-type]
+    try:
+        long, short = Sink(), Sink()
+        engine.submit(_request("long", tokens=5), long)
+        engine.submit(_request("short", tokens=1), short)
+        wait_until(lambda: bool(long.finished))
+        assert long.tokens == [2, 3, 4, 5, 6]  # the same as one uninterrupted call
+        assert long.finished == [("length", "")]
+        assert short.tokens == [2]
+        assert pipeline.rounds[:3] == [2, 1, 1]  # chunks of 2 tokens; short left after one
+    finally:
+        engine.close()
