@@ -6,9 +6,12 @@ codecs the front end is given, and `encoder_parts` (spec, plan, cluster, profile
 to serve). Wiring only; imported by api/serving.py.
 
 [Note: engine adapters] `PipelineDecodeEngine` drives `GenerationPipeline.generate`, which takes
-a fixed list of requests and returns when all are done: requests that arrive meanwhile start
-with the next call (rounds of up to `max_concurrent`, interleaved on the stages), and an abort
-stops delivery at once but the sequence's compute goes on until its round ends.
+a fixed list of requests and returns when all are done, in *chunked rounds*: every live sequence
+decodes up to `chunk_tokens` (16) more tokens per call, then the next call re-prefills each one
+(prompt + tokens so far; the call starts fresh caches) and goes on. New requests join, and
+aborted ones leave, between chunks; greedy output equals one uninterrupted call (the tokens are
+a function of the context only); a seeded sample is drawn per (seed, round index, position), so
+it is reproducible only for the same arrival pattern.
 `PipelineBatchEngine` runs one long `run_plan` whose `requests` is a generator fed by a queue; it
 yields a keep-alive row after `keepalive_s` without traffic, because the batch driver gives up
 after 60 s without a completed micro-batch and replays after a failure only between two items of
