@@ -1,8 +1,8 @@
 """Lean hops: the runtime's per-hop overhead next to a raw loopback send of the same bytes.
 
 Method (issue 15, item 7): zero-compute emulated stages (real actors in their own processes, real
-sockets on 127.0.0.1, the authenticated channel), unshaped links, one 0.6 MB micro-batch in
-flight. per-hop = (p50 latency through 4 stages - p50 through 1 stage) / 3: the cost of one
+sockets on 127.0.0.1, the authenticated channel), unshaped links, one 0.6 MB micro-batch in the
+whole pipeline at a time (the next enters when the previous has been answered). per-hop = (p50 latency through 4 stages - p50 through 1 stage) / 3: the cost of one
 more stage, i.e. one more receive + hand-off + send + ack. raw = p50 time to push the same bytes
 through one loopback TCP connection to a thread that reads them all and answers 1 byte. Rounds
 interleave (ours 1 stage, ours 4 stages, raw) so the machine's load hits all three alike; the
@@ -21,8 +21,11 @@ import statistics
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
@@ -103,7 +106,26 @@ def chain_latency_s(num_stages: int, requests: int, num_bytes: int = ACTIVATION_
         predicted=CostModel(profile, cluster).predict(stages),
     )
     config = RuntimeConfig(placement="local", shape_links=False, max_in_flight=1)
-    report = run_plan(plan, cluster, profile, config=config, requests=requests)
+    answered = threading.Event()
+    payload = np.zeros(num_bytes, dtype=np.uint8)
+
+    def one_at_a_time() -> Iterator[dict[str, np.ndarray]]:
+        # The source pulls lazily: the next micro-batch enters only when the previous one has
+        # left the pipeline, so a latency is one item's trip alone (no queueing behind another).
+        for index in range(requests):
+            if index and not answered.wait(60.0):
+                return
+            answered.clear()
+            yield {"input": payload}
+
+    report = run_plan(
+        plan,
+        cluster,
+        profile,
+        config=config,
+        requests=one_at_a_time(),
+        on_result=lambda rid, out: answered.set(),
+    )
     assert report.requests.lost == 0
     return report.measured.latency_s.p50
 
