@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,7 @@ from edgesplit.runtime import RuntimeConfig, ScheduledFault, run_plan
 from edgesplit.runtime.cluster import EmulatedCluster
 from edgesplit.runtime.config import FAULT_ACTIONS
 from edgesplit.runtime.generation import GenerationConfig, GenerationPipeline, GenerationRequest
+from edgesplit.runtime.report import FailureRecord
 
 TARGETS_S = {"kill": 0.5, "crash": 2.0, "stop": 3.0, "cut": 3.0}
 TARGET_PERIOD_S = 0.2
@@ -95,26 +97,47 @@ def batch_trial(emulated: EmulatedCluster, kind: str, trial: int) -> dict[str, A
         on_result=lambda rid, out: order.append(rid),
         timeline_path=gantt,
     )
-    if kind == "crash":
-        emulated.crash(victim)  # forget the dead node; the next trial starts a fresh one
-    elif victim in emulated.devices() and not emulated.raylet_alive(victim):
-        emulated.crash(victim)
-    failure = report.failures[0] if report.failures else None
+    _forget_dead_node(emulated, victim, kind)
+    return _row(
+        "batch",
+        kind,
+        trial,
+        victim,
+        report.failures,
+        submitted=report.requests.submitted,
+        lost=report.requests.lost,
+        duplicated=report.requests.duplicated,
+        replayed=report.requests.replayed,
+        in_order=order == list(range(BATCH_REQUESTS)),
+        same_output=None,
+    )
+
+
+def _forget_dead_node(emulated: EmulatedCluster, device: str, kind: str) -> None:
+    """After a crash the device's node is gone: forget it (the next trial starts a fresh one)."""
+    if device in emulated.devices() and (kind == "crash" or not emulated.raylet_alive(device)):
+        emulated.crash(device)
+
+
+def _row(
+    workload: str,
+    kind: str,
+    trial: int,
+    device: str,
+    failures: Sequence[FailureRecord],
+    **counts: Any,
+) -> dict[str, Any]:
+    failure = failures[0] if failures else None
     return {
-        "workload": "batch",
+        "workload": workload,
         "kind": kind,
         "trial": trial,
-        "device": victim,
+        "device": device,
         "cause": failure.cause if failure else None,
         "action": failure.action if failure else None,
         "detected_after_s": failure.detected_after_s if failure else None,
         "recovered_after_s": failure.recovered_after_s if failure else None,
-        "submitted": report.requests.submitted,
-        "lost": report.requests.lost,
-        "duplicated": report.requests.duplicated,
-        "replayed": report.requests.replayed,
-        "in_order": order == list(range(BATCH_REQUESTS)),
-        "same_output": None,
+        **counts,
     }
 
 
@@ -151,26 +174,21 @@ def decode_trial(
                 pipe.fault(victim, kind)  # type: ignore[arg-type]
 
         report = pipe.generate(_decode_requests(), on_token=on_token)
-    if victim in emulated.devices() and (kind == "crash" or not emulated.raylet_alive(victim)):
-        emulated.crash(victim)
-    failure = report.failures[0] if report.failures else None
+    _forget_dead_node(emulated, victim, kind)
     outputs = [s.new_ids for s in report.sequences]
-    row = {
-        "workload": "decode",
-        "kind": kind,
-        "trial": trial,
-        "device": victim,
-        "cause": failure.cause if failure else None,
-        "action": failure.action if failure else None,
-        "detected_after_s": failure.detected_after_s if failure else None,
-        "recovered_after_s": failure.recovered_after_s if failure else None,
-        "submitted": len(outputs),
-        "lost": sum(1 for o in outputs if len(o) < DECODE_TOKENS),
-        "duplicated": 0 if all(len(o) == DECODE_TOKENS for o in outputs) else None,
-        "replayed": failure.replayed if failure else 0,
-        "in_order": True,
-        "same_output": outputs == reference,
-    }
+    row = _row(
+        "decode",
+        kind,
+        trial,
+        victim,
+        report.failures,
+        submitted=len(outputs),
+        lost=sum(1 for o in outputs if len(o) < DECODE_TOKENS),
+        duplicated=0 if all(len(o) == DECODE_TOKENS for o in outputs) else None,
+        replayed=report.failures[0].replayed if report.failures else 0,
+        in_order=True,
+        same_output=outputs == reference,
+    )
     return row, reference
 
 

@@ -8,22 +8,21 @@ around it and later ones are correct — for the batch and the decode driver.
 
 from __future__ import annotations
 
-import json
 import socket
-import struct
 import threading
 from collections.abc import Iterator
 
 import numpy as np
 import pytest
 import torch
+from tests.unit.runtime.test_channel import declared_frame
 
 from conftest import make_plan, toy_cluster, toy_profile
 from edgesplit.models import build_model, model_spec_from_name, unit_names
 from edgesplit.models.kv_stage import Sampling, generate_unsplit
 from edgesplit.runtime import RuntimeConfig, run_plan
 from edgesplit.runtime.generation import GenerationConfig, GenerationPipeline, GenerationRequest
-from edgesplit.runtime.transport import MAGIC, PROTOCOL_VERSION, Frame, encode_header
+from edgesplit.runtime.transport import MAGIC, Frame, encode_header
 
 pytestmark = pytest.mark.integration
 
@@ -38,18 +37,7 @@ GOOD = [
 def _attacks() -> list[bytes]:
     frame = Frame("data", 0, 0, 0, {"input_ids": np.array([[1, 2, 3]], dtype=np.int64)}, {"pos": 0})
     well_formed = encode_header(frame) + frame.tensors["input_ids"].tobytes()
-    huge = json.dumps(
-        {
-            "v": PROTOCOL_VERSION,
-            "type": "data",
-            "request_id": 0,
-            "boundary": 0,
-            "epoch": 0,
-            "tensors": [{"name": "x", "dtype": "<u1", "shape": [256 << 20]}],
-            "meta": {},
-        }
-    ).encode()
-    return [b"\xde\xad\xbe\xef" * 100, well_formed, struct.pack(">I", len(huge)) + huge]
+    return [b"\xde\xad\xbe\xef" * 100, well_formed, declared_frame([256 << 20])]
 
 
 def _attack(address: tuple[str, int], payload: bytes, outcome: list[str]) -> None:

@@ -1,8 +1,10 @@
 """Runtime: executes a Plan on Ray (stage actors, micro-batch pipeline, failover, emulation).
 
-`run_plan` is the entry point api.py wraps. Ray is imported only in runtime/cluster.py; the
-runtime never imports planners (re-planning goes through an injected callable). Names are
-resolved lazily so that `import edgesplit.runtime.config` does not start importing Ray.
+`run_plan` is the entry point `api.run` wraps; `generation.GenerationPipeline` and
+`shards.ChannelShardBackend` run decode and width shards on the same stage worker. Ray is
+imported only in runtime/cluster.py; the runtime never imports planners (re-planning goes
+through an injected callable). Names are resolved lazily so that
+`import edgesplit.runtime.config` does not start importing Ray.
 """
 
 from __future__ import annotations
@@ -11,16 +13,18 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from edgesplit.runtime.config import RuntimeConfig, ScheduledFault, parse_kill
+    from edgesplit.runtime.config import RuntimeConfig, ScheduledFault, parse_fault, parse_kill
     from edgesplit.runtime.pipeline import Activation, Replanner, run_plan
-    from edgesplit.runtime.report import RunReport
+    from edgesplit.runtime.report import FailureRecord, RunReport
 
 __all__ = [
     "Activation",
+    "FailureRecord",
     "Replanner",
     "RunReport",
     "RuntimeConfig",
     "ScheduledFault",
+    "parse_fault",
     "parse_kill",
     "run_plan",
 ]
@@ -29,9 +33,11 @@ _WHERE = {
     "Activation": "pipeline",
     "Replanner": "pipeline",
     "run_plan": "pipeline",
+    "FailureRecord": "report",
     "RunReport": "report",
     "RuntimeConfig": "config",
     "ScheduledFault": "config",
+    "parse_fault": "config",
     "parse_kill": "config",
 }
 

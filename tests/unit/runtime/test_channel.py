@@ -30,6 +30,22 @@ from edgesplit.runtime.transport import (
 KEY = bytes(range(32))
 
 
+def declared_frame(shape: list[int], dtype: str = "<u1") -> bytes:
+    """Length + header of a data frame declaring one tensor (no payload follows)."""
+    header = json.dumps(
+        {
+            "v": PROTOCOL_VERSION,
+            "type": "data",
+            "request_id": 0,
+            "boundary": 0,
+            "epoch": 0,
+            "tensors": [{"name": "x", "dtype": dtype, "shape": shape}],
+            "meta": {},
+        }
+    ).encode()
+    return struct.pack(">I", len(header)) + header
+
+
 def _wait_until(predicate: Callable[[], bool], timeout_s: float = 5.0) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -99,21 +115,10 @@ def test_stranger_garbage_and_frames_without_handshake_never_reach_the_handler()
     inbound = Inbound("127.0.0.1", KEY, on_frame, name="t")
     frame = Frame("data", 1, 0, 0, {"input_ids": np.array([[1, 2, 3]], dtype=np.int64)})
     well_formed = encode_header(frame) + frame.tensors["input_ids"].tobytes()
-    huge = json.dumps(
-        {
-            "v": PROTOCOL_VERSION,
-            "type": "data",
-            "request_id": 0,
-            "boundary": 0,
-            "epoch": 0,
-            "tensors": [{"name": "x", "dtype": "<f4", "shape": [64, 1024, 1024]}],
-            "meta": {},
-        }
-    ).encode()
     attacks = [
         b"\x00garbage" * 64,
         well_formed,
-        struct.pack(">I", len(huge)) + huge,
+        declared_frame([64, 1024, 1024], "<f4"),
     ]
     try:
         for attack in attacks:
@@ -143,21 +148,10 @@ def test_header_declaring_256_mib_is_refused_before_allocating() -> None:
         on_closed=closed.append,
         name="t",
     )
-    header = json.dumps(
-        {
-            "v": PROTOCOL_VERSION,
-            "type": "data",
-            "request_id": 0,
-            "boundary": 0,
-            "epoch": 0,
-            "tensors": [{"name": "x", "dtype": "<u1", "shape": [256 << 20]}],
-            "meta": {},
-        }
-    ).encode()
     tracemalloc.start()
     try:
         conn = connect(inbound.address, 5.0, key=KEY)  # a peer holding the key, misbehaving
-        conn._sock.sendall(struct.pack(">I", len(header)) + header)
+        conn._sock.sendall(declared_frame([256 << 20]))
         assert _wait_until(lambda: inbound.refused == 1)
         _, peak_bytes = tracemalloc.get_traced_memory()
         assert peak_bytes < 16 << 20, peak_bytes
