@@ -19,6 +19,7 @@ import socket
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import hypothesis
@@ -346,3 +347,21 @@ def test_minilm_embeddings_three_stages_match_sentence_embedding(ray_cluster: ob
         got = torch.tensor(item.embedding, dtype=torch.float32)
         cosine = float(torch.nn.functional.cosine_similarity(got, want[index], dim=0))
         assert cosine >= 0.9999, (index, cosine)
+
+
+def test_run_inputs_predicts_real_images(ray_cluster: object, tmp_path: Path) -> None:
+    """`run --inputs DIR` wiring: PNG files through a 3-stage plan, predictions per file."""
+    spec = model_spec_from_name("vit-tiny")
+    model = build_model(spec)
+    codec = image_codec("vit-tiny", spec)
+    for seed in range(5):
+        (tmp_path / f"img{seed}.png").write_bytes(_png(seed))
+    predictions = serving.predict_inputs("vit-tiny", tmp_path, devices=["a", "b", "c"], top_k=3)
+    assert [p.input for p in predictions] == [f"img{seed}.png" for seed in range(5)]
+    for seed, prediction in enumerate(predictions):
+        pixels = torch.from_numpy(codec.preprocess(_png(seed))["pixel_values"])
+        with torch.no_grad():
+            want = torch.softmax(model(pixel_values=pixels).logits[0].double(), -1)
+        label, score = prediction.labels[0]
+        assert label == codec.labels[int(torch.argmax(want))]
+        assert score == pytest.approx(float(want.max()), abs=1e-5)
