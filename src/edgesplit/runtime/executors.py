@@ -105,16 +105,26 @@ class DecodeExecutor:
     """A `KvStage`: units [start, end) of a decoder with one KV cache per live sequence."""
 
     stage: Any  # models.kv_stage.KvStage
+    batch: Any = None  # models.kv_batch.KvBatch over the same module, made on first use (#16)
 
     def reset(self) -> None:
         for sequence_id in self.stage.sequences():
             self.stage.drop(sequence_id)
+        if self.batch is not None:
+            for sequence_id in self.batch.sequences():
+                self.batch.drop(sequence_id)
 
     def run(self, request_id: int, tensors: Arrays, meta: dict[str, Any]) -> ExecutorOutput:
         import torch
 
         from edgesplit.models.kv_stage import CacheMismatchError, Sampling, choose_token
 
+        for done in meta.get("done", ()):  # finished or aborted sequences: free their caches now
+            self.stage.drop(int(done))
+            if self.batch is not None:
+                self.batch.drop(int(done))
+        if "seqs" in meta:
+            return self._run_batch(tensors, meta)
         position, sampling = _step(meta)
         try:
             with torch.inference_mode():
@@ -128,6 +138,42 @@ class DecodeExecutor:
             )
             return {"token": np.array([token], dtype=np.int64)}, meta
         return {"hidden": out["hidden"].contiguous().numpy()}, meta
+
+    # -- continuous batching (issue #16; models/kv_batch.py) -----------------------------------
+    def _run_batch(self, tensors: Arrays, meta: dict[str, Any]) -> ExecutorOutput:
+        """One forward pass over several sequences: meta {"seqs": [ids], "pos": [positions],
+        "sampling": [[temperature, top_k, seed] per row]}; tensors {"input_ids"} (B, T) into
+        the first stage, {"hidden"} (B, T, C) after it; T > 1 (prefill) takes one sequence.
+        Out: {"hidden"} or {"token"} (B,). Rows whose step does not continue this stage's
+        cache: the whole frame answers {"error": "cache_mismatch", "mismatched": [ids]}."""
+        import torch
+
+        from edgesplit.models.kv_batch import KvBatch
+        from edgesplit.models.kv_stage import Sampling, choose_token
+
+        if self.batch is None:
+            self.batch = KvBatch(self.stage.module, self.stage.num_units)
+        ids = [int(s) for s in meta["seqs"]]
+        positions = [int(p) for p in meta["pos"]]
+        mismatched = self.batch.mismatched(ids, positions)
+        if mismatched:
+            return {}, {**meta, "error": "cache_mismatch", "mismatched": mismatched}
+        with torch.inference_mode():
+            out = self.batch.step(ids, _torch_inputs(tensors), positions)
+        if "logits" not in out:
+            return {"hidden": out["hidden"].contiguous().numpy()}, meta
+        num_new = int(next(iter(tensors.values())).shape[1])
+        sampling = meta.get("sampling") or [[0.0, 0, 0]] * len(ids)
+        tokens = [
+            choose_token(
+                out["logits"][row],
+                Sampling(float(sampling[row][0]), int(sampling[row][1]), int(sampling[row][2])),
+                sequence_id,
+                positions[row] + num_new - 1,
+            )
+            for row, sequence_id in enumerate(ids)
+        ]
+        return {"token": np.array(tokens, dtype=np.int64)}, meta
 
 
 @dataclass
