@@ -1,7 +1,8 @@
 """`edgesplit cosearch profile -> fit -> search -> refine` end to end, in subprocesses.
 
 Uses a synthetic ProTran folder (same file format, FLOP-proportional latencies) so that the test
-does not depend on the bundled ProTran data; profiles 6 small configs here and trains tiny proxies on digits.
+does not depend on the bundled ProTran data; profiles 6 small configs here and trains tiny
+proxies on digits.
 """
 
 from __future__ import annotations

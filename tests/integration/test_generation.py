@@ -7,15 +7,12 @@ Ray) serves every test here; `restage` re-splits the model over the running acto
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import socket
 import threading
 from collections.abc import Iterator
-from typing import Any
 
-import httpx
 import pytest
 import torch
 
@@ -154,53 +151,3 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def test_http_endpoint_streams_to_httpx(
-    pipeline: GenerationPipeline, references: list[list[int]]
-) -> None:
-    import uvicorn
-
-    from edgesplit.runtime.generation_server import GenerationService, make_app
-
-    service = GenerationService(
-        pipeline=pipeline,
-        model_name=MODEL,
-        encode=lambda text: list(text.encode()),
-        decode=lambda ids: bytes(i % 256 for i in ids).decode("latin-1"),
-        vocab_size=256,
-        max_tokens_limit=NEW_TOKENS,
-    )
-    port = _free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(make_app(service), host="127.0.0.1", port=port, log_level="warning")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    base = f"http://127.0.0.1:{port}"
-    try:
-        with httpx.Client(base_url=base, timeout=60) as client:
-            for _ in range(200):  # wait (bounded) until the server accepts connections
-                try:
-                    client.get("/health")
-                    break
-                except httpx.TransportError:
-                    threading.Event().wait(0.05)
-            body: dict[str, Any] = {"prompt": [5, 6, 7], "max_tokens": NEW_TOKENS, "stream": True}
-            tokens: list[int] = []
-            with client.stream("POST", "/v1/completions", json=body) as reply:
-                assert reply.status_code == 200
-                for line in reply.iter_lines():
-                    if not line.startswith("data: ") or line == "data: [DONE]":
-                        continue
-                    chunk = json.loads(line[6:])
-                    tokens += chunk["choices"][0].get("token_ids", [])
-            assert tokens == references[0]
-            plain = client.post("/v1/completions", json={**body, "stream": False}).json()
-            assert plain["choices"][0]["token_ids"] == references[0]
-            assert client.post("/v1/completions", json={"max_tokens": 3}).status_code == 422
-            too_many = {"prompt": [1], "max_tokens": NEW_TOKENS + 1}
-            assert client.post("/v1/completions", json=too_many).status_code == 400
-    finally:
-        server.should_exit = True
-        thread.join(10)

@@ -13,8 +13,7 @@ Example:
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -33,7 +32,6 @@ from edgesplit.planners.generation import (
 if TYPE_CHECKING:
     from edgesplit.runtime.config import ScheduledFault
     from edgesplit.runtime.generation import GenerationReport
-    from edgesplit.runtime.generation_server import GenerationService
 
 __all__ = [
     "GenerationPlan",
@@ -43,9 +41,7 @@ __all__ = [
     "generate",
     "load_generation_plan",
     "measure_generation_profile",
-    "open_service",
     "plan_generation",
-    "serve",
     "stages_of",
     "tokenizer_for",
 ]
@@ -240,74 +236,3 @@ def even_stages(model: str, devices: Sequence[str]) -> list[tuple[str, int, int]
         raise ConfigError(f"need between 1 and {n} devices for '{model}', got {len(devices)}")
     cuts = [round(i * n / len(devices)) for i in range(len(devices) + 1)]
     return [(d, cuts[i], cuts[i + 1]) for i, d in enumerate(devices)]
-
-
-def open_service(
-    model: str,
-    stages: Sequence[tuple[str, int, int]],
-    *,
-    cluster: Cluster | None = None,
-    max_tokens_limit: int = 512,
-    standby_devices: Sequence[str] = (),
-) -> AbstractContextManager[GenerationService]:
-    """A started pipeline wrapped for the HTTP endpoint (a context manager yielding the service).
-
-    Example:
-        >>> with open_service("gpt2-tiny", even_stages("gpt2-tiny", ["a", "b"])) as service:
-        ...     app = make_app(service)  # doctest: +SKIP
-    """
-    from contextlib import contextmanager
-
-    from edgesplit.models import model_spec_from_name, unit_names
-    from edgesplit.runtime.config import RuntimeConfig
-    from edgesplit.runtime.generation import GenerationConfig, GenerationPipeline
-    from edgesplit.runtime.generation_server import GenerationService
-
-    spec = model_spec_from_name(model)
-    tokenizer = tokenizer_for(model)
-
-    @contextmanager
-    def service() -> Iterator[GenerationService]:
-        pipeline = GenerationPipeline(
-            spec,
-            stages,
-            GenerationConfig(
-                runtime=RuntimeConfig(compute="real", standby_devices=tuple(standby_devices))
-            ),
-            num_units=len(unit_names(spec)),
-            source=cluster.source if cluster is not None else None,
-            link=_link(cluster) if cluster is not None else None,
-        )
-        try:
-            pipeline.start()
-            yield GenerationService(
-                pipeline=pipeline,
-                model_name=model,
-                encode=tokenizer.encode,
-                decode=tokenizer.decode,
-                eos_token_id=tokenizer.eos_token_id,
-                vocab_size=tokenizer.vocab_size,
-                max_tokens_limit=max_tokens_limit,
-            )
-        finally:
-            pipeline.close()
-
-    return service()
-
-
-def serve(
-    model: str,
-    stages: Sequence[tuple[str, int, int]],
-    *,
-    host: str = "127.0.0.1",
-    port: int = 8000,
-    cluster: Cluster | None = None,
-    standby_devices: Sequence[str] = (),
-) -> None:
-    """Run the OpenAI-style endpoint until interrupted (blocking)."""
-    import uvicorn
-
-    from edgesplit.runtime.generation_server import make_app
-
-    with open_service(model, stages, cluster=cluster, standby_devices=standby_devices) as service:
-        uvicorn.run(make_app(service), host=host, port=port, log_level="warning")

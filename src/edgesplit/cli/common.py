@@ -6,8 +6,9 @@ from rich.console import Console
 from rich.table import Table
 
 from edgesplit.core.plan import Plan
+from edgesplit.errors import ConfigError
 
-__all__ = ["console", "plan_table"]
+__all__ = ["console", "parse_stages", "plan_table"]
 
 console = Console()
 
@@ -55,3 +56,16 @@ def plan_table(plan: Plan, title: str | None = None) -> Table:
             style="bold red" if bottleneck else None,
         )
     return table
+
+
+def parse_stages(text: str) -> list[tuple[str, int, int]]:
+    """'a:0-10,b:10-22' -> [("a", 0, 10), ("b", 10, 22)]."""
+    stages = []
+    for part in text.split(","):
+        device, _, span = part.partition(":")
+        start, _, end = span.partition("-")
+        try:
+            stages.append((device.strip(), int(start), int(end)))
+        except ValueError:
+            raise ConfigError(f"--stages expects DEVICE:START-END,..., got {part!r}") from None
+    return stages

@@ -16,8 +16,9 @@ from rich.table import Table
 
 from edgesplit import api
 from edgesplit.api import generation as gen
-from edgesplit.cli.common import console, plan_table
+from edgesplit.cli.common import console, parse_stages, plan_table
 from edgesplit.cli.groups import DefaultCommandGroup
+from edgesplit.cli.serve import serve_command
 from edgesplit.core.cluster import Cluster, load_cluster
 from edgesplit.core.schema import read_json_file, write_json_file
 from edgesplit.errors import ConfigError
@@ -31,19 +32,6 @@ FAULT_HELP = (
 )
 
 
-def _parse_stages(text: str) -> list[tuple[str, int, int]]:
-    """'a:0-10,b:10-22' -> [("a", 0, 10), ("b", 10, 22)]."""
-    stages = []
-    for part in text.split(","):
-        device, _, span = part.partition(":")
-        start, _, end = span.partition("-")
-        try:
-            stages.append((device.strip(), int(start), int(end)))
-        except ValueError:
-            raise ConfigError(f"--stages expects DEVICE:START-END,..., got {part!r}") from None
-    return stages
-
-
 def _stages_and_model(
     plan: Path | None, model: str | None, stages: str | None, devices: str | None
 ) -> tuple[str, list[tuple[str, int, int]]]:
@@ -53,7 +41,7 @@ def _stages_and_model(
     if model is None:
         raise ConfigError("give --plan, or --model with --stages or --devices")
     if stages:
-        return model, _parse_stages(stages)
+        return model, parse_stages(stages)
     names = [d.strip() for d in (devices or "local").split(",") if d.strip()]
     return model, gen.even_stages(model, names)
 
@@ -207,26 +195,6 @@ def register(app: typer.Typer) -> None:
             f"{'optimal' if g.optimal else 'heuristic'} -> {output}"
         )
 
-    @group.command("serve")
-    @app.command("generate-serve", hidden=True)  # the old spelling, kept for one release
-    def generate_serve(
-        plan: Annotated[Path | None, typer.Option()] = None,
-        cluster: Annotated[Path | None, typer.Option("--cluster", "-c")] = None,
-        model: Annotated[str | None, typer.Option(help=MODEL_HELP)] = None,
-        stages: Annotated[str | None, typer.Option()] = None,
-        devices: Annotated[str | None, typer.Option()] = None,
-        host: str = "127.0.0.1",
-        port: int = 8000,
-        standby: Annotated[list[str] | None, typer.Option()] = None,
-    ) -> None:
-        """Serve POST /v1/completions (OpenAI-style, `stream: true` supported)."""
-        model_name, placed = _stages_and_model(plan, model, stages, devices)
-        console.print(f"serving {model_name} on http://{host}:{port}/v1/completions")
-        gen.serve(
-            model_name,
-            placed,
-            host=host,
-            port=port,
-            cluster=load_cluster(cluster) if cluster else None,
-            standby_devices=standby or [],
-        )
+    # `generate serve` and the old `generate-serve` are the one `edgesplit serve` command.
+    group.command("serve")(serve_command)
+    app.command("generate-serve", hidden=True)(serve_command)  # old spelling, one release

@@ -13,111 +13,114 @@ import typer
 
 from edgesplit import api
 from edgesplit.api import serving
-from edgesplit.cli.common import console
+from edgesplit.cli.common import console, parse_stages
 from edgesplit.core.cluster import load_cluster
 from edgesplit.errors import ConfigError
 
-__all__ = ["register"]
+__all__ = ["register", "serve_command"]
 
 MODEL_HELP = "Preset (gpt2-tiny, vit-tiny, ...) or a checkpoint directory."
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("serve")
-    def serve(
-        plan: Annotated[
-            Path | None, typer.Option(help="Plan (edgesplit plan or generate plan).")
-        ] = None,
-        cluster: Annotated[
-            Path | None, typer.Option("--cluster", "-c", help="cluster.toml")
-        ] = None,
-        model: Annotated[str | None, typer.Option(help=MODEL_HELP)] = None,
-        devices: Annotated[
-            str | None, typer.Option(help="Comma-separated devices: an even split, no plan.")
-        ] = None,
-        profile: Annotated[
-            Path | None, typer.Option(help="Encoders with --plan: its profile (else measured).")
-        ] = None,
-        host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-        port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
-        token: Annotated[
-            str | None,
-            typer.Option(help="Bearer token required on every route but /health."),
-        ] = None,
-        max_batch_wait_ms: Annotated[
-            float, typer.Option(help="How long an encoder request waits for a fuller batch.")
-        ] = 10.0,
-        queue_size: Annotated[
-            int, typer.Option(help="Requests accepted and unfinished; more are answered 429.")
-        ] = 64,
-        max_concurrent: Annotated[
-            int, typer.Option(help="Decode sequences interleaved on the stages.")
-        ] = 8,
-        batch_size: Annotated[
-            int, typer.Option(help="Encoder micro-batch when the profile is measured here.")
-        ] = 8,
-        fault: Annotated[
-            list[str] | None,
-            typer.Option(
-                "--fault",
-                help="KIND:DEVICE@SECONDS, KIND in kill, stop, crash, cut (repeat; drills).",
-            ),
-        ] = None,
-        served_model_name: Annotated[
-            str | None, typer.Option(help="The model's id in the API (default: --model).")
-        ] = None,
-        standby: Annotated[
-            list[str] | None,
-            typer.Option("--standby", help="Spare device that takes a failed stage (repeat)."),
-        ] = None,
-    ) -> None:
-        """Serve a split model over HTTP (OpenAI-compatible routes, /health, /metrics)."""
-        if queue_size < 1 or max_concurrent < 1 or batch_size < 1 or max_batch_wait_ms < 0:
-            raise ConfigError(
-                "--queue-size, --max-concurrent and --batch-size must be >= 1 and "
-                "--max-batch-wait-ms >= 0"
-            )
-        options = serving.ServeOptions(
-            token=token,
-            max_batch_wait_ms=max_batch_wait_ms,
-            queue_size=queue_size,
-            max_concurrent=max_concurrent,
-            batch_size=batch_size,
-            faults=tuple(api.parse_fault(f) for f in fault or []),
-            standby_devices=tuple(standby or ()),
-            served_name=served_model_name,
+    app.command("serve")(serve_command)
+
+
+def serve_command(
+    plan: Annotated[
+        Path | None, typer.Option(help="Plan (edgesplit plan or generate plan).")
+    ] = None,
+    cluster: Annotated[Path | None, typer.Option("--cluster", "-c", help="cluster.toml")] = None,
+    model: Annotated[str | None, typer.Option(help=MODEL_HELP)] = None,
+    devices: Annotated[
+        str | None, typer.Option(help="Comma-separated devices: an even split, no plan.")
+    ] = None,
+    stages: Annotated[
+        str | None, typer.Option(help="Decoders without a plan: DEVICE:START-END,...")
+    ] = None,
+    profile: Annotated[
+        Path | None, typer.Option(help="Encoders with --plan: its profile (else measured).")
+    ] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    token: Annotated[
+        str | None,
+        typer.Option(help="Bearer token required on every route but /health."),
+    ] = None,
+    max_batch_wait_ms: Annotated[
+        float, typer.Option(help="How long an encoder request waits for a fuller batch.")
+    ] = 10.0,
+    queue_size: Annotated[
+        int, typer.Option(help="Requests accepted and unfinished; more are answered 429.")
+    ] = 64,
+    max_concurrent: Annotated[
+        int, typer.Option(help="Decode sequences interleaved on the stages.")
+    ] = 8,
+    batch_size: Annotated[
+        int, typer.Option(help="Encoder micro-batch when the profile is measured here.")
+    ] = 8,
+    fault: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--fault",
+            help="KIND:DEVICE@SECONDS, KIND in kill, stop, crash, cut (repeat; drills).",
+        ),
+    ] = None,
+    served_model_name: Annotated[
+        str | None, typer.Option(help="The model's id in the API (default: --model).")
+    ] = None,
+    standby: Annotated[
+        list[str] | None,
+        typer.Option("--standby", help="Spare device that takes a failed stage (repeat)."),
+    ] = None,
+) -> None:
+    """Serve a split model over HTTP (OpenAI-compatible routes, /health, /metrics)."""
+    if queue_size < 1 or max_concurrent < 1 or batch_size < 1 or max_batch_wait_ms < 0:
+        raise ConfigError(
+            "--queue-size, --max-concurrent and --batch-size must be >= 1 and "
+            "--max-batch-wait-ms >= 0"
         )
-        names = [d.strip() for d in (devices or "").split(",") if d.strip()]
-        loaded_cluster = load_cluster(cluster) if cluster is not None else None
+    options = serving.ServeOptions(
+        token=token,
+        max_batch_wait_ms=max_batch_wait_ms,
+        queue_size=queue_size,
+        max_concurrent=max_concurrent,
+        batch_size=batch_size,
+        faults=tuple(api.parse_fault(f) for f in fault or []),
+        standby_devices=tuple(standby or ()),
+        served_name=served_model_name,
+    )
+    names = [d.strip() for d in (devices or "").split(",") if d.strip()]
+    loaded_cluster = load_cluster(cluster) if cluster is not None else None
+    loaded_plan = None
+    if plan is not None:
+        from edgesplit.api import generation
+
+        loaded_plan = generation.load_generation_plan(plan)
+        model = model or loaded_plan.model
+        if loaded_cluster is None:
+            raise ConfigError("--plan needs its cluster (-c cluster.toml)")
+    elif model is None or not (names or stages):
+        raise ConfigError("give --plan P -c C.toml, or --model M --devices a,b (or --stages)")
+    assert model is not None
+    placed = parse_stages(stages) if stages else None
+    if loaded_plan is not None and serving.model_kind(model) == "text":
+        placed = [(s.device, s.start, s.end) for s in loaded_plan.stages]
         loaded_plan = None
-        if plan is not None:
-            from edgesplit.api import generation
+    loaded_profile = api.load_profile(profile) if profile is not None else None
 
-            loaded_plan = generation.load_generation_plan(plan)
-            model = model or loaded_plan.model
-            if loaded_cluster is None:
-                raise ConfigError("--plan needs its cluster (-c cluster.toml)")
-        elif model is None or not names:
-            raise ConfigError("give --plan P -c C.toml, or --model M --devices a,b")
-        assert model is not None
-        stages = None
-        if loaded_plan is not None and serving.model_kind(model) == "text":
-            stages = [(s.device, s.start, s.end) for s in loaded_plan.stages]
-            loaded_plan = None
-        loaded_profile = api.load_profile(profile) if profile is not None else None
+    def ready(url: str) -> None:
+        console.print(f"serving {model} on {url} (/v1, /health, /metrics)")
 
-        def ready(url: str) -> None:
-            console.print(f"serving {model} on {url} (/v1, /health, /metrics)")
-
-        serving.serve(
-            model,
-            host=host,
-            port=port,
-            devices=names,
-            stages=stages,
-            plan=loaded_plan,
-            cluster=loaded_cluster,
-            profile=loaded_profile,
-            options=options,
-            on_ready=ready,
-        )
+    serving.serve(
+        model,
+        host=host,
+        port=port,
+        devices=names,
+        stages=placed,
+        plan=loaded_plan,
+        cluster=loaded_cluster,
+        profile=loaded_profile,
+        options=options,
+        on_ready=ready,
+    )

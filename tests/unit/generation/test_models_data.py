@@ -6,9 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from edgesplit.cli.generate import _parse_stages
+from edgesplit.cli.common import parse_stages as _parse_stages
 from edgesplit.errors import ConfigError
-from edgesplit.runtime.config import ScheduledFault, parse_fault, parse_kill
 from edgesplit.models import smollm2
 from edgesplit.models.textdata import (
     decode_bytes,
@@ -17,6 +16,7 @@ from edgesplit.models.textdata import (
     kjv_text,
     split_text,
 )
+from edgesplit.runtime.config import ScheduledFault, parse_fault, parse_kill
 
 
 def test_byte_tokenizer_round_trips() -> None:
