@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import threading
 import time
@@ -442,6 +443,42 @@ def _plot(rows: list[dict[str, Any]]) -> None:
     plt.close(fig)
 
 
+def decode_speed(rounds: int = 3, new_tokens: int = 64) -> dict[str, Any]:
+    """SmolLM2-135M (real weights, float32) ms/token: the pipeline on 1 and 2 stages vs unsplit.
+
+    Interleaved rounds, the same prompt, greedy; the unsplit model decoding in this process with
+    its own cache is the side-by-side reference (the issue's "40-41 ms" was both on a quiet box).
+    """
+    from edgesplit.api import generation as gen
+
+    model = str(find_smollm2_checkpoint() or "")
+    if not model:
+        return {"skipped": "SmolLM2 checkpoint missing (make models)"}
+    prompt = [504, 3575, 282, 4649, 314]
+    spec = model_spec_from_name(model)
+    unsplit = build_model(spec).eval()
+    rows: dict[str, list[float]] = {"unsplit": [], "1 stage": [], "2 stages": []}
+    for _ in range(rounds):
+        began = time.perf_counter()
+        with torch.no_grad():
+            generate_unsplit(unsplit, prompt, new_tokens)
+        rows["unsplit"].append((time.perf_counter() - began) / new_tokens * 1e3)
+        for label, devices in (("1 stage", ["a"]), ("2 stages", ["a", "b"])):
+            report = gen.generate(
+                model, gen.even_stages(model, devices), [prompt], new_tokens, stop_at_eos=False
+            )
+            rows[label].append(report.time_per_token_s * 1e3)
+    medians = {k: float(np.median(v)) for k, v in rows.items()}
+    return {
+        "model": "smollm2-135m (float32, one torch thread per process)",
+        "new_tokens": new_tokens,
+        "ms_per_token_rounds": rows,
+        "ms_per_token_median": medians,
+        "ratio_to_unsplit": {k: medians[k] / medians["unsplit"] for k in ("1 stage", "2 stages")},
+        "load_average_1m": os.getloadavg()[0],
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sections", default="correctness,failures,emulated")
@@ -452,7 +489,12 @@ def main() -> None:
     path = RESULTS / "generation.json"
     if path.is_file():
         previous = json.loads(path.read_text()).get("sections", {})
-    runners = {"correctness": correctness, "failures": failures, "emulated": emulated}
+    runners = {
+        "correctness": correctness,
+        "failures": failures,
+        "emulated": emulated,
+        "decode_speed": decode_speed,
+    }
     results = dict(previous)
     for section in sections:
         began = time.perf_counter()
@@ -468,7 +510,10 @@ def main() -> None:
         "keeps the tokens). Emulated: each stage sleeps its profiled decode (or prefill) time "
         "measured here for GPT-2 124M, sends a zero hidden state of the real size over links "
         "shaped at the sender (token bucket + latency); decode tokens/s = sum over sequences of "
-        "1 / mean gap between their tokens; prediction = planners.generation cost model."
+        "1 / mean gap between their tokens; prediction = planners.generation cost model. "
+        "decode_speed: SmolLM2-135M real weights, float32, greedy, same prompt, 64 new tokens; "
+        "the one-runtime pipeline on 1 and 2 stages (real compute, embedded Ray) interleaved "
+        "round by round with the unsplit model decoding in this process; medians of the rounds."
     )
     out = write_result(
         "generation",

@@ -1,25 +1,19 @@
 """edgesplit's one public API: one submodule per capability, all typed.
 
 - `edgesplit.api.pipeline` (re-exported here): profile, plan, compare, simulate, run (EdgePipe).
-- `edgesplit.api.generation`: KV-cached decoding across devices, its planner and HTTP endpoint.
+- `edgesplit.api.generation`: KV-cached decoding across devices and its planner.
 - `edgesplit.api.robust`: width-split robust placements and failure-aware fine-tuning (EASTER).
 - `edgesplit.api.offload`: the adaptive-offloading edge server and device client (A-MOT).
 - `edgesplit.api.cosearch`: device-aware co-search (EdgeTran).
-- `edgesplit.api.cluster`: multi-machine Ray clusters; `edgesplit.api.testbed`: a described
-  cluster on one machine (namespaces, cgroups); `edgesplit.api.precision`: stage dtypes, quality.
+- `edgesplit.api.cluster`: multi-machine Ray clusters.
+- `edgesplit.api.testbed`: a described cluster on one machine (namespaces, cgroups, survey).
 - `edgesplit.api.precision`: stage dtypes, link encodings, quality tables (issue 17).
 - `edgesplit.api.serving`: `edgesplit serve` (OpenAI-compatible HTTP) and `run --inputs`.
 
 The CLI reaches every capability through this package only (tests/unit/test_layering.py).
 Submodules other than `pipeline` load on first use, so `import edgesplit.api` stays light.
 
-Example:
-    >>> from edgesplit import api
-    >>> profile = api.import_pipeedge_profile("google/vit-large-patch16-224")
-    >>> cluster = api.load_cluster("examples/pipeedge-4+4.toml")
-    >>> plan = api.plan(profile, cluster)
-    >>> round(plan.predicted.period_s, 2)
-    5.04
+Example: see `edgesplit.api.pipeline` (profile -> plan -> run in five lines).
 """
 
 from __future__ import annotations

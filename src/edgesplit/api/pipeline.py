@@ -23,6 +23,7 @@ from pydantic import BaseModel
 
 from edgesplit.core.cluster import Cluster, load_cluster
 from edgesplit.core.plan import Objective, Plan
+from edgesplit.core.precision import StageDtype
 from edgesplit.core.profile import ModelProfile
 from edgesplit.core.schema import read_json_file, write_json_file
 from edgesplit.errors import EdgesplitError
@@ -87,10 +88,12 @@ def profile(
     device_kind: str | None = None,
     progress: Callable[[int, int, str], None] | None = None,
     seq_len: int | None = None,
+    dtypes: Sequence[StageDtype] = ("float32",),
 ) -> ModelProfile:
     """Measure every unit of `model` (a preset name or a checkpoint directory) on this host.
 
-    `seq_len` sets the token count of text models' example inputs (default: the preset's).
+    `seq_len` sets the token count of text models' example inputs (default: the preset's);
+    `dtypes` beyond float32 add each unit's weight bytes and times in those dtypes.
     """
     from edgesplit.models import model_spec_from_name
     from edgesplit.profile.measure import profile_model
@@ -104,6 +107,7 @@ def profile(
         device_kind=device_kind,
         progress=progress,
         seq_len=seq_len,
+        dtypes=dtypes,
     )
 
 

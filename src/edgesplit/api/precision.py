@@ -64,11 +64,10 @@ def profile_dtypes(
         >>> p.dtypes
         ('float32', 'int8')
     """
-    from edgesplit.models import model_spec_from_name
-    from edgesplit.profile.measure import profile_model
+    from edgesplit.api.pipeline import profile
 
-    return profile_model(
-        model_spec_from_name(model),
+    return profile(
+        model,
         batch_size,
         repeats=repeats,
         warmup=warmup,
