@@ -45,7 +45,7 @@ test: $(STAMP) lint typecheck  ## lint, type-check and run every test but GPU on
 	$(BIN)/python scripts/build_generation_models.py  # SmolLM2 from its GGUF, KJV GPT-2 (~2 min once)
 	$(BIN)/python -m pytest -m "not gpu" -q
 
-test-quick: $(STAMP)  ## the quick loop: no slow or multi-process tests
+test-quick: $(STAMP)  ## the quick loop: pytest -m "not slow" (multi-process tests that take > ~5 s are marked slow)
 	$(BIN)/python -m pytest -m "not slow and not gpu" -q
 
 models: $(STAMP)  ## build checkpoints that are not committed (SmolLM2 conversion, KJV GPT-2); retrain A-MOT with FORCE=1
