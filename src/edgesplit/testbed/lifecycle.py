@@ -114,32 +114,54 @@ def _start_ray(
         raise DeviceUnavailableError(f"`{' '.join(command[:3])}` failed; {log}:\n{tail}")
 
 
-def _wait_for_devices(address: str, token: str, devices: list[str], timeout_s: float) -> None:
-    saved = {k: os.environ.get(k) for k in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN")}
-    # Before ray is imported: it reads the auth mode from the environment once.
-    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=token)
-    from edgesplit.runtime.cluster import ray_status  # imports ray: only when needed
+_ALIVE_PROBE = (
+    "import json, sys\n"
+    "from edgesplit.runtime.cluster import ray_status\n"
+    "print(json.dumps(ray_status(sys.argv[1])))\n"
+)
 
-    deadline = time.monotonic() + timeout_s
+
+def _alive_devices(address: str, token: str) -> set[str]:
+    """Devices with a live node, asked from a fresh interpreter.
+
+    Ray reads its auth mode and token once per process, when first imported: a caller that has
+    already used Ray (a test session, a notebook) could not authenticate with this testbed's
+    token in-process, so the probe runs in its own process. An unreachable head -> empty set.
+    """
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}
+    env.pop("RAY_AUTH_TOKEN_PATH", None)
+    env.pop("RAY_ADDRESS", None)
     try:
-        while True:
-            nodes = ray_status(address)["nodes"]
-            alive = {d for n in nodes if n["alive"] for d in n["devices"]}
-            missing = [d for d in devices if d not in alive]
-            if not missing:
-                return
-            if time.monotonic() > deadline:
-                raise DeviceUnavailableError(
-                    f"devices {missing} did not join the testbed's Ray cluster within "
-                    f"{timeout_s:g} s; see the logs under the testbed's temp dir"
-                )
-            time.sleep(1.0)
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+        done = subprocess.run(
+            [sys.executable, "-c", _ALIVE_PROBE, address],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=90,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return set()
+    lines = done.stdout.strip().splitlines()
+    if done.returncode != 0 or not lines:
+        return set()
+    nodes = json.loads(lines[-1])["nodes"]
+    return {d for n in nodes if n["alive"] for d in n["devices"]}
+
+
+def _wait_for_devices(address: str, token: str, devices: list[str], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        alive = _alive_devices(address, token)
+        missing = [d for d in devices if d not in alive]
+        if not missing:
+            return
+        if time.monotonic() > deadline:
+            raise DeviceUnavailableError(
+                f"devices {missing} did not join the testbed's Ray cluster within "
+                f"{timeout_s:g} s; see the logs under the testbed's temp dir"
+            )
+        time.sleep(1.0)
 
 
 def _state(
