@@ -13,7 +13,6 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from edgesplit.api import cluster as api
 from edgesplit.cli.common import console
 
 __all__ = ["register"]
@@ -47,6 +46,8 @@ def register(app: typer.Typer) -> None:
         dry_run: Annotated[bool, typer.Option(help="Print the ray command only.")] = False,
     ) -> None:
         """Start this machine's Ray node (token auth, tuned health checks, device resources)."""
+        from edgesplit.api import cluster as api  # Ray loads only when a command runs
+
         command = api.cluster_up_command(
             head=head, address=address, devices=device or [], port=port, node_ip=node_ip
         )
@@ -62,6 +63,8 @@ def register(app: typer.Typer) -> None:
     @group.command("status")
     def status(address: Annotated[str | None, typer.Option(help="HEAD_IP:PORT")] = None) -> None:
         """Nodes, their IPs and the devices they carry."""
+        from edgesplit.api import cluster as api  # Ray loads only when a command runs
+
         for node in api.cluster_status(address):
             state = "alive" if node.alive else "dead"
             devices = ", ".join(node.devices) or "-"
@@ -70,6 +73,8 @@ def register(app: typer.Typer) -> None:
     @group.command("down")
     def down() -> None:
         """Stop the Ray processes on this machine (`ray stop`)."""
+        from edgesplit.api import cluster as api  # Ray loads only when a command runs
+
         completed = api.run_ray_command(api.cluster_down_command())
         console.print(completed.stdout or completed.stderr)
 

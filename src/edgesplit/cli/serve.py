@@ -12,7 +12,6 @@ from typing import Annotated
 import typer
 
 from edgesplit import api
-from edgesplit.api import serving
 from edgesplit.cli.common import console, parse_stages
 from edgesplit.core.cluster import load_cluster
 from edgesplit.errors import ConfigError
@@ -80,6 +79,8 @@ def serve_command(
             "--queue-size, --max-concurrent and --batch-size must be >= 1 and "
             "--max-batch-wait-ms >= 0"
         )
+    from edgesplit.api import serving  # FastAPI and the models load only when serving
+
     options = serving.ServeOptions(
         token=token,
         max_batch_wait_ms=max_batch_wait_ms,

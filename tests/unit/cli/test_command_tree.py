@@ -69,3 +69,18 @@ def test_old_spellings_still_work(runner_app, old: str, new: list[str]) -> None:
     assert old_help.exit_code == new_help.exit_code == 0
     options = re.compile(r"--[a-z][a-z-]+")
     assert set(options.findall(old_help.output)) == set(options.findall(new_help.output))
+
+
+def test_registering_commands_loads_no_extra() -> None:
+    """`edgesplit --help` works on a board without the serve extra, and without starting Ray."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import sys; from edgesplit.cli import main; main._register(); "
+        "print(sorted(m for m in ('fastapi', 'uvicorn', 'ray', 'matplotlib') if m in sys.modules))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert done.stdout.strip() == "[]", done.stdout
