@@ -79,7 +79,13 @@ def serve_command(
             "--queue-size, --max-concurrent and --batch-size must be >= 1 and "
             "--max-batch-wait-ms >= 0"
         )
-    from edgesplit.api import serving  # FastAPI and the models load only when serving
+    try:
+        from edgesplit.api import serving  # FastAPI and the models load only when serving
+    except ModuleNotFoundError as e:  # a board installed without the extra
+        raise ConfigError(
+            f"`edgesplit serve` needs the serve extra ({e.name} is missing): "
+            "pip install 'edgesplit[serve]'"
+        ) from e
 
     options = serving.ServeOptions(
         token=token,
