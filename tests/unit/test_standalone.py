@@ -1,4 +1,4 @@
-"""The checkout stands alone: no product file cites `../shared`, and the guard catches reads."""
+"""The checkout stands alone: no product file cites the sibling `shared` folder; reads caught."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ PRODUCT_PATHS = ["src", "tests", "benchmarks", "docs", "README.md", "Makefile", 
 
 
 def test_no_product_file_cites_the_sibling_shared_folder() -> None:
-    # `../shared` literally, or a path built to the sibling folder (`ROOT.parent / "shared"`).
+    # The relative path written out, or one built to the sibling folder from a parent path.
     pattern = r'\.\./shared|/ "shared"|/shared/data'
     found = subprocess.run(
         ["git", "grep", "-nE", pattern, "--", *PRODUCT_PATHS],
