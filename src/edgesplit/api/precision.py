@@ -1,8 +1,8 @@
 """The low-precision capability: stage dtypes, link encodings and what they cost in quality.
 
-Owns the glue `edgesplit profile --dtype` and `edgesplit quality` call: `profile_dtypes`
-(per-unit time and bytes per dtype), `measure_quality` (a `QualityTable` for one task on real
-weights) and the parsers of the CLI's comma lists. Used as `edgesplit.api.precision`.
+Owns the glue `edgesplit quality` calls: `measure_quality` (a `QualityTable` for one task on
+real weights) and the parsers of the CLI's comma lists. Per-dtype unit profiles come from
+`api.profile(..., dtypes=...)`. Used as `edgesplit.api.precision`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from pathlib import Path
 
 from edgesplit.core.link_codec import parse_link_encoding
 from edgesplit.core.precision import LINK_ENCODINGS, STAGE_DTYPES, LinkEncoding, StageDtype
-from edgesplit.core.profile import ModelProfile
 from edgesplit.core.quality import QualityTable
 from edgesplit.core.schema import read_json_file
 from edgesplit.errors import ConfigError
@@ -25,7 +24,6 @@ __all__ = [
     "measure_quality",
     "parse_dtypes",
     "parse_link_encodings",
-    "profile_dtypes",
 ]
 
 QUALITY_TASKS: tuple[str, ...] = ("smollm2", "minilm", "vit-digits", "vit-fashion")
@@ -42,40 +40,6 @@ def parse_link_encodings(text: str) -> tuple[LinkEncoding, ...]:
     """ "float16,int8-token" -> ("float16", "int8-token")."""
     return tuple(
         dict.fromkeys(parse_link_encoding(p.strip()) for p in text.split(",") if p.strip())
-    )
-
-
-def profile_dtypes(
-    model: str,
-    batch_size: int = 1,
-    *,
-    dtypes: Sequence[StageDtype] = STAGE_DTYPES,
-    repeats: int = 5,
-    warmup: int = 2,
-    num_threads: int = 1,
-    device_kind: str | None = None,
-    progress: Callable[[int, int, str], None] | None = None,
-    seq_len: int | None = None,
-) -> ModelProfile:
-    """`api.profile` plus each unit's weight bytes and times in every dtype of `dtypes`.
-
-    Example:
-        >>> p = profile_dtypes("llama-tiny", dtypes=("float32", "int8"), repeats=1)
-        >>> p.dtypes
-        ('float32', 'int8')
-    """
-    from edgesplit.api.pipeline import profile
-
-    return profile(
-        model,
-        batch_size,
-        repeats=repeats,
-        warmup=warmup,
-        num_threads=num_threads,
-        device_kind=device_kind,
-        progress=progress,
-        seq_len=seq_len,
-        dtypes=dtypes,
     )
 
 

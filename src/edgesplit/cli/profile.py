@@ -40,20 +40,6 @@ def profile_with_progress(
         def report(done: int, total: int, name: str) -> None:
             progress.update(task, completed=done, total=total, description=f"{model}: {name}")
 
-        if dtypes != ("float32",):
-            from edgesplit.api import precision
-
-            return precision.profile_dtypes(
-                model,
-                batch_size,
-                dtypes=dtypes,
-                repeats=repeats,
-                warmup=warmup,
-                num_threads=threads,
-                device_kind=device_kind,
-                progress=report,
-                seq_len=seq_len,
-            )
         return api.profile(
             model,
             batch_size,
@@ -63,6 +49,7 @@ def profile_with_progress(
             device_kind=device_kind,
             progress=report,
             seq_len=seq_len,
+            dtypes=dtypes,
         )
 
 
