@@ -115,7 +115,7 @@ def tcp_rate(num_bytes: int, in_flight: int, requests: int) -> float:
         stages=stages,
         predicted=CostModel(profile, cluster).predict(stages),
     )
-    config = RuntimeConfig(placement="resource", shape_links=False, max_in_flight=in_flight)
+    config = RuntimeConfig(placement="resource", link_shaping="off", max_in_flight=in_flight)
     report = run_plan(plan, cluster, profile, config=config, requests=requests)
     assert report.requests.lost == 0
     return 1.0 / report.measured.period_s

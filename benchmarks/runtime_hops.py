@@ -105,7 +105,7 @@ def chain_latency_s(num_stages: int, requests: int, num_bytes: int = ACTIVATION_
         stages=stages,
         predicted=CostModel(profile, cluster).predict(stages),
     )
-    config = RuntimeConfig(placement="local", shape_links=False, max_in_flight=1)
+    config = RuntimeConfig(placement="local", link_shaping="off", max_in_flight=1)
     answered = threading.Event()
     payload = np.zeros(num_bytes, dtype=np.uint8)
 

@@ -107,6 +107,13 @@ def register(app: typer.Typer) -> None:
             ),
         ] = 1.0,
         in_flight: Annotated[int, typer.Option(help="Unacknowledged micro-batches per link.")] = 4,
+        link_shaping: Annotated[
+            str,
+            typer.Option(
+                help="full (emulate cluster.toml's bandwidth and latency), latency (only the "
+                "latency: bandwidth shaped by the kernel, e.g. the testbed's htb) or off.",
+            ),
+        ] = "full",
         standby: Annotated[
             list[str] | None,
             typer.Option("--standby", help="Spare device that takes a failed stage (repeat)."),
@@ -150,6 +157,8 @@ def register(app: typer.Typer) -> None:
             return
         if compute not in ("real", "emulated"):
             raise ConfigError(f"--compute must be 'real' or 'emulated', not {compute!r}")
+        if link_shaping not in ("full", "latency", "off"):
+            raise ConfigError(f"--link-shaping must be full, latency or off, not {link_shaping!r}")
         loaded_plan = api.load_plan(plan)
         loaded_cluster = api.load_cluster(cluster)
         loaded_profile = load_profile_arg(profile, batch_size)
@@ -157,6 +166,7 @@ def register(app: typer.Typer) -> None:
             compute=compute,
             time_scale=time_scale,
             max_in_flight=in_flight,
+            link_shaping=link_shaping,
             standby_devices=tuple(standby or ()),
             ray_address=ray_address,
         )

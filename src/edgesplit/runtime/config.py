@@ -19,6 +19,7 @@ from edgesplit.errors import ConfigError
 __all__ = [
     "ComputeMode",
     "FaultAction",
+    "LinkShaping",
     "RuntimeConfig",
     "ScheduledFault",
     "parse_fault",
@@ -26,6 +27,9 @@ __all__ = [
 ]
 
 ComputeMode = Literal["real", "emulated"]
+# full: bandwidth and latency of cluster.toml emulated by the sender; latency: only the latency
+# (the links' bandwidth is shaped elsewhere, e.g. by the kernel's htb on the testbed); off: none.
+LinkShaping = Literal["full", "latency", "off"]
 Positive = Annotated[float, Field(gt=0)]
 
 
@@ -40,7 +44,7 @@ class RuntimeConfig(FrozenModel):
     compute: ComputeMode = "emulated"
     max_in_flight: Annotated[int, Field(ge=1, le=256)] = 4  # unacked micro-batches per link
     time_scale: Positive = 1.0
-    shape_links: bool = True
+    link_shaping: LinkShaping = "full"
     ray_address: str | None = None  # None: embedded local cluster (or the one already running)
     placement: Literal["auto", "resource", "local"] = "auto"
     host: str = "127.0.0.1"  # address the driver and local stages bind; node IP across machines
@@ -69,6 +73,18 @@ class RuntimeConfig(FrozenModel):
     max_retries: Annotated[int, Field(ge=0, le=3)] = 1
     failing_after_errors: Annotated[int, Field(ge=1)] = 5
     progress_period_s: Positive = 0.5
+
+    def shaped_link(
+        self, bandwidth_bytes_per_s: float, latency_s: float
+    ) -> tuple[float | None, float] | None:
+        """What the sender emulates of a link (`link_shaping`, time-scaled): (bytes/s or None
+        = no bandwidth limit, latency seconds), or None for an unshaped link."""
+        if self.link_shaping == "off":
+            return None
+        latency = latency_s * self.time_scale
+        if self.link_shaping == "latency":
+            return (None, latency) if latency > 0 else None
+        return bandwidth_bytes_per_s / self.time_scale, latency
 
 
 FaultAction = Literal["kill", "stop", "crash", "cut"]

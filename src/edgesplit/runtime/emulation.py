@@ -67,16 +67,25 @@ class LinkShaper:
 
     The cost model's transfer(x) = latency + x / bandwidth (docs/architecture.md §4.1) is what one
     frame sees; back-to-back frames queue behind each other on the bucket, and their latencies
-    overlap (a link carries several frames in flight, as a wire does).
+    overlap (a link carries several frames in flight, as a wire does). `bandwidth_bytes_per_s`
+    None adds the latency only (`RuntimeConfig.link_shaping = "latency"`: the bandwidth is
+    shaped elsewhere, e.g. by the kernel).
     """
 
-    bandwidth_bytes_per_s: float
+    bandwidth_bytes_per_s: float | None
     latency_s: float
     burst_bytes: float = 0.0
-    _bucket: TokenBucket = field(init=False)
+    _bucket: TokenBucket | None = field(init=False)
 
     def __post_init__(self) -> None:
-        self._bucket = TokenBucket(self.bandwidth_bytes_per_s, self.burst_bytes)
+        bandwidth = self.bandwidth_bytes_per_s
+        self._bucket = None if bandwidth is None else TokenBucket(bandwidth, self.burst_bytes)
+
+    @classmethod
+    def of(cls, link: tuple[float | None, float] | None) -> LinkShaper | None:
+        """The shaper of `RuntimeConfig.shaped_link`'s answer (None: an unshaped link)."""
+        return None if link is None else cls(link[0], link[1])
 
     def due_s(self, num_bytes: float, now: float) -> float:
-        return self._bucket.reserve(num_bytes, now) + self.latency_s
+        sent_s = now if self._bucket is None else self._bucket.reserve(num_bytes, now)
+        return sent_s + self.latency_s

@@ -180,8 +180,11 @@ class _Driver:
         specs = []
         for index, stage in enumerate(stages):
             nxt = stages[index + 1].device if index + 1 < len(stages) else self.cluster.source
-            bandwidth, latency = self.cluster.link(stage.device, nxt)
-            shaped = config.shape_links and stage.device != nxt
+            link = (
+                None
+                if stage.device == nxt
+                else config.shaped_link(*self.cluster.link(stage.device, nxt))
+            )
             device = self.cluster.device(stage.device)
             input_bytes = int(self.cost.in_bytes(stage.start))
             specs.append(
@@ -200,8 +203,8 @@ class _Driver:
                     * config.time_scale,
                     input_bytes=input_bytes,
                     output_bytes=int(self.profile.units[stage.end - 1].output_bytes),
-                    bandwidth_bytes_per_s=bandwidth / config.time_scale if shaped else None,
-                    latency_s=latency * config.time_scale if shaped else 0.0,
+                    bandwidth_bytes_per_s=None if link is None else link[0],
+                    latency_s=0.0 if link is None else link[1],
                     max_in_flight=config.max_in_flight,
                     model_spec=None if self.spec is None else self.spec.model_dump(mode="json"),
                     num_threads=1 if config.compute == "emulated" else device.num_threads,
@@ -215,9 +218,10 @@ class _Driver:
         config = self.config
         first = stages[0].device
         shaper = None
-        if config.shape_links and first != self.cluster.source:
-            bandwidth, latency = self.cluster.link(self.cluster.source, first)
-            shaper = LinkShaper(bandwidth / config.time_scale, latency * config.time_scale)
+        if first != self.cluster.source:
+            shaper = LinkShaper.of(
+                config.shaped_link(*self.cluster.link(self.cluster.source, first))
+            )
         self.group.configure(
             self.stage_specs(stages, epoch),
             source_in_flight=config.max_in_flight,

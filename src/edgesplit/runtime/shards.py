@@ -40,7 +40,7 @@ class ChannelShardBackend:
         devices: device names, in the order of the plan's replica lists.
         payloads: per device, (meta, arrays) of its width units (`robust.shard_payloads`).
         config: runtime knobs; `compute="emulated"` sleeps `unit_s` per unit asked for.
-        cluster: when given (with `config.shape_links`), links between its source (the
+        cluster: when given (shaped as `config.link_shaping` says), links between its source (the
             coordinator) and each device are shaped as in a pipeline run.
         unit_s: emulated seconds per width unit (already time-scaled).
         frame_bytes: the largest hidden state a request sends (bounds every stream).
@@ -89,14 +89,10 @@ class ChannelShardBackend:
         specs = []
         for index, device in enumerate(self.devices):
             link_out = link_in = None
-            if cluster is not None and config.shape_links and device != cluster.source:
-                link_out = cluster.link(device, cluster.source)
-                link_in = cluster.link(cluster.source, device)
-            shapers[device] = (
-                None
-                if link_in is None
-                else LinkShaper(link_in[0] / config.time_scale, link_in[1] * config.time_scale)
-            )
+            if cluster is not None and device != cluster.source:
+                link_out = config.shaped_link(*cluster.link(device, cluster.source))
+                link_in = config.shaped_link(*cluster.link(cluster.source, device))
+            shapers[device] = LinkShaper.of(link_in)
             specs.append(
                 StageSpec(
                     index=index,
@@ -110,10 +106,8 @@ class ChannelShardBackend:
                     max_frame_bytes=bound,
                     max_connections=config.max_connections,
                     shard_unit_s=unit_s,
-                    bandwidth_bytes_per_s=None
-                    if link_out is None
-                    else link_out[0] / config.time_scale,
-                    latency_s=0.0 if link_out is None else link_out[1] * config.time_scale,
+                    bandwidth_bytes_per_s=None if link_out is None else link_out[0],
+                    latency_s=0.0 if link_out is None else link_out[1],
                     max_in_flight=config.max_in_flight,
                 )
             )

@@ -83,8 +83,8 @@ class StageSpec(FrozenModel):
     decode_s: float = 0.0  # emulated decode: seconds per decode step of this stage
     prefill_s_per_token: float = 0.0  # emulated decode: seconds per prompt token in a prefill
     shard_unit_s: float = 0.0  # emulated shard: seconds per width unit asked for
-    bandwidth_bytes_per_s: float | None = None  # shaping of the link out; None = unshaped
-    latency_s: float = 0.0
+    bandwidth_bytes_per_s: float | None = None  # shaping of the link out; None: latency only
+    latency_s: float = 0.0  # (no bandwidth and no latency: an unshaped link)
     max_in_flight: int = 4
     model_spec: dict[str, Any] | None = None  # real: edgesplit.models.ModelSpec as a dict
     num_threads: int = 1
@@ -143,7 +143,7 @@ class _StageRunner:
         conn = connect(downstream_address, connect_timeout_s, key=spec.run_key)
         conn.send(Frame("hello", epoch=spec.epoch, meta={"from": spec.device}))
         shaper = None
-        if spec.bandwidth_bytes_per_s is not None:
+        if spec.bandwidth_bytes_per_s is not None or spec.latency_s > 0:
             shaper = LinkShaper(spec.bandwidth_bytes_per_s, spec.latency_s)
         self.sender = Sender(
             conn, spec.max_in_flight, shaper, self._acked, f"stage{spec.index}-send"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from edgesplit.errors import ConfigError
-from edgesplit.runtime.config import parse_kill
+from edgesplit.runtime.config import RuntimeConfig, parse_kill
 from edgesplit.runtime.emulation import LinkShaper, TokenBucket
 from edgesplit.runtime.report import steady_period_s
 
@@ -21,6 +21,23 @@ def test_back_to_back_frames_queue_on_bandwidth_but_overlap_latency() -> None:
     second = shaper.due_s(100_000, now=0.0)
     assert first == pytest.approx(0.3)
     assert second == pytest.approx(0.4)  # serialized after the first, latency overlapped
+
+
+def test_link_shaping_modes_full_latency_off() -> None:
+    link = (1e6, 0.01)  # 1 MB/s, 10 ms, as cluster.toml describes it
+    full = RuntimeConfig(link_shaping="full", time_scale=0.5).shaped_link(*link)
+    assert full == pytest.approx((2e6, 0.005))  # time-scaled both ways
+    latency_only = RuntimeConfig(link_shaping="latency").shaped_link(*link)
+    assert latency_only == (None, 0.01)
+    assert RuntimeConfig(link_shaping="off").shaped_link(*link) is None
+    assert RuntimeConfig(link_shaping="latency").shaped_link(1e6, 0.0) is None
+    shaper = LinkShaper.of(latency_only)
+    assert shaper is not None
+    # The bandwidth is someone else's (the kernel's htb): 500 kB waits only the latency, and
+    # back-to-back frames do not queue behind each other.
+    assert shaper.due_s(500_000, now=10.0) == pytest.approx(10.01)
+    assert shaper.due_s(500_000, now=10.0) == pytest.approx(10.01)
+    assert LinkShaper.of(None) is None
 
 
 def test_idle_link_refills_up_to_the_burst() -> None:
