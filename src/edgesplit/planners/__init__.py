@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from edgesplit.planners.base import (
     PlanOptions,
+    PrecisionChoices,
     available_planners,
     get_planner,
     make_plan,
@@ -13,6 +14,7 @@ from edgesplit.planners.progress import ProgressFn, SolveProgress
 
 __all__ = [
     "PlanOptions",
+    "PrecisionChoices",
     "ProgressFn",
     "SolveProgress",
     "available_planners",

@@ -13,7 +13,9 @@ from dataclasses import dataclass
 from edgesplit.core.cluster import Cluster
 from edgesplit.core.cost import CostModel
 from edgesplit.core.plan import Objective, Plan, PlannerInfo, StagePlacement
+from edgesplit.core.precision import LinkEncoding, StageDtype
 from edgesplit.core.profile import ModelProfile
+from edgesplit.core.quality import PredictedQuality, QualityTable
 from edgesplit.errors import ConfigError, PlanInfeasibleError
 from edgesplit.planners.progress import ProgressFn
 
@@ -21,6 +23,7 @@ __all__ = [
     "PlanOptions",
     "PlannerFn",
     "PlannerResult",
+    "PrecisionChoices",
     "available_planners",
     "get_planner",
     "make_plan",
@@ -50,6 +53,27 @@ class PlanOptions:
     time_limit_s: float | None = None
     target_gap: float = 0.0
     progress: ProgressFn | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PrecisionChoices:
+    """Which stage dtypes and link encodings a plan may use, and the quality budget (issue 17).
+
+    One dtype and one encoding: every planner plans in that precision (core.cost [Note:
+    precision in the cost model]). Several: the 'optimal' planner chooses per stage and per
+    link jointly with the partition (planners.precision_dp). `quality` (a QualityTable for
+    the profile's model and units) lets the plan record its predicted loss; `max_quality_loss`
+    (in the table's loss unit: percent or points) bounds it.
+    """
+
+    dtypes: tuple[StageDtype, ...] = ("float32",)
+    link_encodings: tuple[LinkEncoding, ...] = ("float32",)
+    quality: QualityTable | None = None
+    max_quality_loss: float | None = None
+
+    @property
+    def single(self) -> bool:
+        return len(self.dtypes) == 1 and len(self.link_encodings) == 1
 
 
 PlannerFn = Callable[[CostModel, Objective, PlanOptions], PlannerResult]
@@ -97,6 +121,7 @@ def make_plan(
     time_limit_s: float | None = None,
     target_gap: float = 0.0,
     progress: ProgressFn | None = None,
+    precision: PrecisionChoices | None = None,
 ) -> Plan:
     """Run a registered planner and wrap its stages into a validated Plan with predictions.
 
@@ -105,6 +130,8 @@ def make_plan(
             with `predicted.optimal` false and `predicted.gap` to the certified lower bound.
         target_gap: accept a plan within this relative gap of the lower bound (0: optimal).
         progress: called with `SolveProgress` about once a second during long searches.
+        precision: allowed stage dtypes / link encodings and the quality budget
+            (`PrecisionChoices`); None plans float32 as before.
     """
     if time_limit_s is not None and time_limit_s <= 0:
         raise ConfigError(f"time limit must be positive, not {time_limit_s} s")
@@ -113,18 +140,32 @@ def make_plan(
     if objective not in ("throughput", "latency"):
         raise ConfigError(f"objective must be 'throughput' or 'latency', not {objective!r}")
     fn, version = get_planner(planner)
-    cost = CostModel(profile, cluster)
+    choices = _checked(precision or PrecisionChoices(), profile)
     started = time.perf_counter()
     options = PlanOptions(time_limit_s=time_limit_s, target_gap=target_gap, progress=progress)
-    result = fn(cost, objective, options)
+    if choices.single:
+        cost = CostModel(profile, cluster, choices.dtypes[0], choices.link_encodings[0])
+        result = _stamped(fn(cost, objective, options), choices)
+    else:
+        if planner != "optimal":
+            raise ConfigError(
+                f"planner '{planner}' plans one dtype and one link encoding; the 'optimal' "
+                "planner chooses among several"
+            )
+        from edgesplit.planners.precision_dp import solve_joint
+
+        cost = CostModel(profile, cluster)
+        result = solve_joint(cost, objective, choices)
     elapsed_s = time.perf_counter() - started
     if check_memory:
         _raise_if_overfull(cost, result.stages, planner)
+    quality = _predicted_quality(choices, result.stages)
     predicted = cost.predict(
         result.stages,
         optimal=result.optimal,
         lower_bound_s=result.lower_bound_s,
         objective=objective,
+        quality=quality,
     )
     return Plan(
         model=profile.model,
@@ -137,6 +178,86 @@ def make_plan(
         ),
         stages=result.stages,
         predicted=predicted,
+    )
+
+
+def _checked(choices: PrecisionChoices, profile: ModelProfile) -> PrecisionChoices:
+    if not choices.dtypes or not choices.link_encodings:
+        raise ConfigError("allow at least one dtype and one link encoding")
+    if len(set(choices.dtypes)) != len(choices.dtypes) or len(set(choices.link_encodings)) != len(
+        choices.link_encodings
+    ):
+        raise ConfigError("each dtype and link encoding may be listed once")
+    if choices.max_quality_loss is not None:
+        if choices.quality is None:
+            raise ConfigError(
+                "--max-quality-loss needs a quality table (--quality TABLE.json, written by "
+                "`edgesplit quality`)"
+            )
+        if choices.max_quality_loss < 0:
+            raise ConfigError(f"max quality loss must be >= 0, not {choices.max_quality_loss}")
+    table = choices.quality
+    if table is not None and table.num_units != profile.num_units:
+        raise ConfigError(
+            f"quality table of '{table.model}' has {table.num_units} units but the profile of "
+            f"'{profile.model}' has {profile.num_units}; measure the table at the profile's "
+            "unit granularity (edgesplit quality)"
+        )
+    missing = [d for d in choices.dtypes if d not in profile.dtypes]
+    if missing:
+        raise ConfigError(
+            f"profile of '{profile.model}' has no figures for dtype(s) {missing} (present: "
+            f"{list(profile.dtypes)}); run `edgesplit profile --dtype "
+            f"{','.join(dict.fromkeys([profile.dtype, *choices.dtypes]))}`"
+        )
+    return choices
+
+
+def _stamped(result: PlannerResult, choices: PrecisionChoices) -> PlannerResult:
+    """A single-precision planner's stages with that dtype and encoding (final output float32)."""
+    dtype, encoding = choices.dtypes[0], choices.link_encodings[0]
+    if dtype == "float32" and encoding == "float32":
+        return result
+    last = len(result.stages) - 1
+    stages = tuple(
+        StagePlacement(
+            device=s.device,
+            start=s.start,
+            end=s.end,
+            dtype=dtype,
+            link_encoding=encoding if i < last else "float32",
+        )
+        for i, s in enumerate(result.stages)
+    )
+    options = (*result.options, ("dtype", dtype), ("link_encoding", encoding))
+    return PlannerResult(stages, result.optimal, result.lower_bound_s, options)
+
+
+def _predicted_quality(
+    choices: PrecisionChoices, stages: Sequence[StagePlacement]
+) -> PredictedQuality | None:
+    """The plan's predicted loss under the table ([Note: quality loss]); raises past the budget."""
+    table = choices.quality
+    if table is None:
+        return None
+    loss = table.predicted_loss(
+        [(s.start, s.end, s.dtype) for s in stages],
+        [(s.end, s.link_encoding) for s in stages[:-1]],
+    )
+    budget = choices.max_quality_loss
+    if budget is not None and loss > budget + 1e-9:
+        raise PlanInfeasibleError(
+            f"every plan within memory in {list(choices.dtypes)} with link encodings "
+            f"{list(choices.link_encodings)} predicts a quality loss above {budget:g} "
+            f"{table.loss_unit} (this one: {loss:.4g}); allow float32 or a larger "
+            "--max-quality-loss"
+        )
+    return PredictedQuality(
+        metric=table.metric,
+        loss=loss,
+        loss_unit=table.loss_unit,
+        max_loss=budget,
+        table_hash=table.digest(),
     )
 
 
