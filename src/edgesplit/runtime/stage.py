@@ -39,6 +39,8 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import Field
 
+from edgesplit.core.link_codec import decode_tensors, encode_tensors
+from edgesplit.core.precision import LinkEncoding, StageDtype
 from edgesplit.core.schema import FrozenModel
 from edgesplit.runtime.channel import Inbound, Sender
 from edgesplit.runtime.emulation import LinkShaper
@@ -88,6 +90,8 @@ class StageSpec(FrozenModel):
     max_in_flight: int = 4
     model_spec: dict[str, Any] | None = None  # real: edgesplit.models.ModelSpec as a dict
     num_threads: int = 1
+    dtype: StageDtype = "float32"  # real: weights of the stage's units (models.precision)
+    link_encoding: LinkEncoding = "float32"  # what this stage sends on (core.link_codec)
 
     @property
     def run_key(self) -> bytes:
@@ -217,7 +221,9 @@ class _StageRunner:
                     f"request {item.request_id} arrived at unit {item.boundary} but this stage "
                     f"starts at unit {spec.start}"
                 )
-            tensors, meta = self.executor.run(item.request_id, item.tensors, meta)
+            # Frames arrive in the upstream's link encoding and leave in this stage's.
+            tensors, meta = self.executor.run(item.request_id, decode_tensors(item.tensors), meta)
+            tensors = encode_tensors(tensors, spec.link_encoding)
         except Exception as e:
             self.errors += 1
             self.errors_in_a_row += 1
@@ -322,14 +328,15 @@ class StageWorker:
                 self._modules[key] = WidthShard.from_arrays(*self._shard_payload)
             return self._modules[key]
         assert spec.model_spec is not None
-        key = (spec.executor, repr(sorted(spec.model_spec.items())), spec.start, spec.end)
+        kind = f"{spec.executor}/{spec.dtype}"
+        key = (kind, repr(sorted(spec.model_spec.items())), spec.start, spec.end)
         if key not in self._modules:
             self._modules.clear()
             model_spec = ModelSpec.model_validate(spec.model_spec)
             if spec.executor == "decode":
-                self._modules[key] = KvStage.build(model_spec, spec.start, spec.end)
+                self._modules[key] = KvStage.build(model_spec, spec.start, spec.end, spec.dtype)
             else:
-                self._modules[key] = build_stage(model_spec, spec.start, spec.end)
+                self._modules[key] = build_stage(model_spec, spec.start, spec.end, spec.dtype)
         return self._modules[key]
 
     def _executor(self, spec: StageSpec, stopped: threading.Event) -> Executor:
