@@ -25,6 +25,7 @@ import numpy as np
 
 from edgesplit.core.cluster import Cluster
 from edgesplit.core.cost import CostModel
+from edgesplit.core.link_codec import decode_tensors
 from edgesplit.core.plan import Plan, StagePlacement
 from edgesplit.core.profile import ModelProfile
 from edgesplit.errors import ConfigError, DeviceUnavailableError, EdgesplitError
@@ -187,6 +188,10 @@ class _Driver:
             )
             device = self.cluster.device(stage.device)
             input_bytes = int(self.cost.in_bytes(stage.start))
+            # [Note: precision in the cost model]: the wire bytes of the link into this stage.
+            wire_in = self.cost.in_bytes(
+                stage.start, stages[index - 1].link_encoding if index else None
+            )
             specs.append(
                 StageSpec(
                     index=index,
@@ -199,18 +204,27 @@ class _Driver:
                     run_key_hex=self.group.run_key.hex(),
                     max_frame_bytes=frame_bound_bytes(input_bytes, config),
                     max_connections=config.max_connections,
-                    compute_s=self.cost.compute_s(stage.device, stage.start, stage.end)
-                    * config.time_scale,
-                    input_bytes=input_bytes,
-                    output_bytes=int(self.profile.units[stage.end - 1].output_bytes),
+                    compute_s=self._compute_s(stage) * config.time_scale,
+                    input_bytes=int(wire_in),
+                    output_bytes=int(self.cost.wire_bytes(stage.end, stage.link_encoding)),
                     bandwidth_bytes_per_s=None if link is None else link[0],
                     latency_s=0.0 if link is None else link[1],
                     max_in_flight=config.max_in_flight,
                     model_spec=None if self.spec is None else self.spec.model_dump(mode="json"),
                     num_threads=1 if config.compute == "emulated" else device.num_threads,
+                    dtype=stage.dtype,
+                    link_encoding=stage.link_encoding,
                 )
             )
         return specs
+
+    def _compute_s(self, stage: StagePlacement) -> float:
+        """Profiled compute of a stage in its dtype (real compute without figures for that
+        dtype: the float32 figure, only used as an allowance)."""
+        dtype: str = stage.dtype
+        if self.config.compute == "real" and dtype not in self.profile.dtypes:
+            dtype = self.profile.dtype
+        return self.cost.compute_s(stage.device, stage.start, stage.end, dtype)
 
     def configure(self, stages: tuple[StagePlacement, ...], epoch: int) -> None:
         """Build every stage of `stages` (weights of its units only) and wire the streams."""
@@ -235,10 +249,7 @@ class _Driver:
     def _expected(self, stages: Sequence[StagePlacement]) -> dict[str, float]:
         # Real compute may run slower than a profile taken elsewhere: triple its allowance.
         slack = 3.0 if self.config.compute == "real" else 1.0
-        return {
-            s.device: self.cost.compute_s(s.device, s.start, s.end) * self.config.time_scale * slack
-            for s in stages
-        }
+        return {s.device: self._compute_s(s) * self.config.time_scale * slack for s in stages}
 
     # -- the source and the sink ---------------------------------------------------------------
     def _source(self) -> None:
@@ -286,7 +297,7 @@ class _Driver:
         now = time.time()
         error = frame.meta.get("error")
         if error is None:
-            self._answer(frame.request_id, frame.tensors, now)
+            self._answer(frame.request_id, decode_tensors(frame.tensors), now)
             return
         detail = str(frame.meta.get("detail", error))
         if self.ledger.retry(frame.request_id, self.config.max_retries):
