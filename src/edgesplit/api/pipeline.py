@@ -23,11 +23,12 @@ from pydantic import BaseModel
 
 from edgesplit.core.cluster import Cluster, load_cluster
 from edgesplit.core.plan import Objective, Plan
-from edgesplit.core.precision import StageDtype
+from edgesplit.core.precision import LinkEncoding, StageDtype
 from edgesplit.core.profile import ModelProfile
+from edgesplit.core.quality import QualityTable
 from edgesplit.core.schema import read_json_file, write_json_file
 from edgesplit.errors import EdgesplitError
-from edgesplit.planners import available_planners, make_plan
+from edgesplit.planners import PrecisionChoices, available_planners, make_plan
 from edgesplit.planners.progress import ProgressFn
 from edgesplit.runtime.config import RuntimeConfig, ScheduledFault, parse_fault, parse_kill
 from edgesplit.runtime.report import RunReport
@@ -131,12 +132,19 @@ def plan(
     time_limit_s: float | None = None,
     target_gap: float = 0.0,
     progress: ProgressFn | None = None,
+    dtypes: Sequence[StageDtype] = ("float32",),
+    link_encodings: Sequence[LinkEncoding] = ("float32",),
+    quality: QualityTable | None = None,
+    max_quality_loss: float | None = None,
 ) -> Plan:
     """Partition the profile's units over the cluster (see docs/architecture.md §4).
 
     `time_limit_s` bounds the search (the best plan found is returned with its certified gap),
     `target_gap` accepts a plan that close to the lower bound, `progress` receives
-    `SolveProgress` reports on long searches (docs/planner.md).
+    `SolveProgress` reports on long searches (docs/planner.md). `dtypes` / `link_encodings`
+    are the stage dtypes and link encodings allowed (several: chosen per stage and per link
+    with the partition; docs/precision.md "Planning with dtypes"), `quality` a quality table
+    whose predicted loss the plan records and `max_quality_loss` bounds.
     """
     return make_plan(
         prepare_profile(profile, cluster),
@@ -146,6 +154,7 @@ def plan(
         time_limit_s=time_limit_s,
         target_gap=target_gap,
         progress=progress,
+        precision=PrecisionChoices(tuple(dtypes), tuple(link_encodings), quality, max_quality_loss),
     )
 
 
