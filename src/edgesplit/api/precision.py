@@ -2,7 +2,9 @@
 
 Owns the glue `edgesplit quality` calls: `measure_quality` (a `QualityTable` for one task on
 real weights) and the parsers of the CLI's comma lists. Per-dtype unit profiles come from
-`api.profile(..., dtypes=...)`. Used as `edgesplit.api.precision`.
+`api.profile(..., dtypes=...)`; planning with dtypes is `api.plan(..., dtypes=,
+link_encodings=, quality=, max_quality_loss=)`; `with_stage_dtype` is `--dtype` on run, generate
+and serve (one dtype for every stage of a plan). Used as `edgesplit.api.precision`.
 """
 
 from __future__ import annotations
@@ -10,8 +12,12 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from edgesplit.core.cluster import Cluster
+from edgesplit.core.cost import CostModel
 from edgesplit.core.link_codec import parse_link_encoding
+from edgesplit.core.plan import Plan, StagePlacement
 from edgesplit.core.precision import LINK_ENCODINGS, STAGE_DTYPES, LinkEncoding, StageDtype
+from edgesplit.core.profile import ModelProfile
 from edgesplit.core.quality import QualityTable
 from edgesplit.core.schema import read_json_file
 from edgesplit.errors import ConfigError
@@ -24,6 +30,7 @@ __all__ = [
     "measure_quality",
     "parse_dtypes",
     "parse_link_encodings",
+    "with_stage_dtype",
 ]
 
 QUALITY_TASKS: tuple[str, ...] = ("smollm2", "minilm", "vit-digits", "vit-fashion")
@@ -31,9 +38,14 @@ QUALITY_TASKS: tuple[str, ...] = ("smollm2", "minilm", "vit-digits", "vit-fashio
 
 def parse_dtypes(text: str) -> tuple[StageDtype, ...]:
     """ "float32,int8" -> ("float32", "int8"); a ConfigError names an unknown entry."""
-    from edgesplit.models.precision import parse_dtype
+    return tuple(dict.fromkeys(_parse_dtype(p.strip()) for p in text.split(",") if p.strip()))
 
-    return tuple(dict.fromkeys(parse_dtype(p.strip()) for p in text.split(",") if p.strip()))
+
+def _parse_dtype(name: str) -> StageDtype:
+    for dtype in STAGE_DTYPES:  # torch-free, so `plan --dtype` does not import torch
+        if name == dtype:
+            return dtype
+    raise ConfigError(f"unknown stage dtype '{name}'; choose one of {', '.join(STAGE_DTYPES)}")
 
 
 def parse_link_encodings(text: str) -> tuple[LinkEncoding, ...]:
@@ -78,3 +90,40 @@ def measure_quality(
 
 def load_quality_table(path: Path | str) -> QualityTable:
     return read_json_file(QualityTable, Path(path))
+
+
+def with_stage_dtype(
+    plan: Plan,
+    dtype: StageDtype,
+    profile: ModelProfile | None = None,
+    cluster: Cluster | None = None,
+) -> Plan:
+    """`plan` with every stage's weights in `dtype` (`--dtype` on run / generate / serve).
+
+    Link encodings are kept. With `profile` and `cluster` the predictions are recomputed when
+    the profile has figures for `dtype` (otherwise the plan's own stay, as for real compute the
+    runtime uses them only as time allowances); the predicted quality is dropped (the table's
+    rule would need the table again).
+    """
+    stages = tuple(
+        StagePlacement(
+            device=s.device,
+            start=s.start,
+            end=s.end,
+            dtype=dtype,
+            link_encoding=s.link_encoding,
+        )
+        for s in plan.stages
+    )
+    predicted = plan.predicted.model_copy(update={"quality": None})
+    if profile is not None and cluster is not None and dtype in profile.dtypes:
+        predicted = CostModel(profile, cluster).predict(
+            stages,
+            optimal=False,
+            lower_bound_s=plan.predicted.lower_bound_s,
+            objective=plan.objective,
+        )
+    data = plan.model_dump()
+    data["stages"] = [s.model_dump() for s in stages]
+    data["predicted"] = predicted.model_dump()
+    return Plan.model_validate(data)

@@ -19,42 +19,44 @@ def plan_table(plan: Plan, title: str | None = None) -> Table:
     optimality = "optimal" if predicted.optimal else "heuristic"
     if predicted.gap is not None and not predicted.optimal:
         optimality += f", gap to lower bound ≤ {predicted.gap:.1%}"
+    caption = (
+        f"period {predicted.period_s:.4f} s · throughput {predicted.throughput_per_s:.3f}/s · "
+        f"latency {predicted.latency_s:.4f} s · in {predicted.input_transfer_s:.4f} s · "
+        f"out {predicted.output_transfer_s:.4f} s · planned in {plan.planner.elapsed_s:.3f} s"
+    )
+    quality = predicted.quality
+    if quality is not None:
+        unit = "%" if quality.loss_unit == "percent" else " points"
+        budget = "" if quality.max_loss is None else f" (budget {quality.max_loss:g}{unit})"
+        caption += f"\npredicted {quality.metric} loss {quality.loss:.3g}{unit}{budget}"
+    precision = quality is not None or any(
+        s.dtype != "float32" or s.link_encoding != "float32" for s in plan.stages
+    )
     table = Table(
         title=title
         or (
             f"{plan.model} (batch {plan.batch_size}) — planner '{plan.planner.name}' "
             f"({optimality}), objective {plan.objective}"
         ),
-        caption=(
-            f"period {predicted.period_s:.4f} s · throughput {predicted.throughput_per_s:.3f}/s · "
-            f"latency {predicted.latency_s:.4f} s · in {predicted.input_transfer_s:.4f} s · "
-            f"out {predicted.output_transfer_s:.4f} s · planned in {plan.planner.elapsed_s:.3f} s"
-        ),
+        caption=caption,
     )
-    for column in (
-        "stage",
-        "device",
-        "units",
-        "#",
-        "compute s",
-        "hop out s",
-        "memory MB",
-        "cap MB",
-    ):
-        table.add_column(column, justify="right" if column not in ("device", "units") else "left")
+    columns = ["stage", "device", "units", "#"]
+    columns += ["dtype", "link out"] if precision else []
+    columns += ["compute s", "hop out s", "memory MB", "cap MB"]
+    for column in columns:
+        left = column in ("device", "units", "dtype", "link out")
+        table.add_column(column, justify="left" if left else "right")
     for index, (stage, pred) in enumerate(zip(plan.stages, predicted.stages, strict=True)):
         bottleneck = max(pred.compute_s, pred.transfer_s) >= predicted.period_s * 0.999
-        table.add_row(
-            str(index),
-            stage.device,
-            f"[{stage.start}, {stage.end})",
-            str(stage.num_units),
+        cells = [str(index), stage.device, f"[{stage.start}, {stage.end})", str(stage.num_units)]
+        cells += [stage.dtype, stage.link_encoding] if precision else []
+        cells += [
             f"{pred.compute_s:.4f}",
             f"{pred.transfer_s:.4f}",
             f"{pred.memory_bytes / 1e6:.1f}",
             f"{pred.memory_capacity_bytes / 1e6:.0f}",
-            style="bold red" if bottleneck else None,
-        )
+        ]
+        table.add_row(*cells, style="bold red" if bottleneck else None)
     return table
 
 

@@ -103,6 +103,37 @@ def register(app: typer.Typer) -> None:
             float,
             typer.Option(help="Accept a plan within this relative gap of the bound (0.01 = 1 %)."),
         ] = 0.0,
+        dtype: Annotated[
+            str,
+            typer.Option(
+                "--dtype",
+                help="Stage dtypes allowed, e.g. float32,int8 (several: chosen per stage with "
+                "the partition; the profile needs their figures: `edgesplit profile --dtype`).",
+            ),
+        ] = "float32",
+        link_encoding: Annotated[
+            str,
+            typer.Option(
+                "--link-encoding",
+                help="Link encodings allowed between stages, e.g. float32,float16,int8-token.",
+            ),
+        ] = "float32",
+        quality: Annotated[
+            Path | None,
+            typer.Option(
+                "--quality",
+                help="Quality table (from `edgesplit quality`): the plan records its predicted "
+                "loss.",
+            ),
+        ] = None,
+        max_quality_loss: Annotated[
+            float | None,
+            typer.Option(
+                "--max-quality-loss",
+                help="Largest predicted quality loss, in the table's unit (percent perplexity "
+                "or cosine distance, accuracy points); needs --quality.",
+            ),
+        ] = None,
     ) -> None:
         """Plan (when called without a subcommand)."""
         if ctx.invoked_subcommand is not None:
@@ -121,6 +152,10 @@ def register(app: typer.Typer) -> None:
             time_limit_s=time_limit,
             target_gap=gap,
             progress=_print_progress,
+            dtypes=api.precision.parse_dtypes(dtype),
+            link_encodings=api.precision.parse_link_encodings(link_encoding),
+            quality=None if quality is None else api.precision.load_quality_table(quality),
+            max_quality_loss=max_quality_loss,
         )
         console.print(plan_table(the_plan))
         predicted = the_plan.predicted
