@@ -142,18 +142,22 @@ class DecodeExecutor:
     # -- continuous batching (issue #16; models/kv_batch.py) -----------------------------------
     def _run_batch(self, tensors: Arrays, meta: dict[str, Any]) -> ExecutorOutput:
         """One forward pass over several sequences: meta {"seqs": [ids], "pos": [positions],
-        "sampling": [[temperature, top_k, seed] per row]}; tensors {"input_ids"} (B, T) into
-        the first stage, {"hidden"} (B, T, C) after it; T > 1 (prefill) takes one sequence.
-        Out: {"hidden"} or {"token"} (B,). Rows whose step does not continue this stage's
-        cache: the whole frame answers {"error": "cache_mismatch", "mismatched": [ids]}."""
+        "sampling": [[temperature, top_k, seed(, key)] per row]}; tensors {"input_ids"} (B, T)
+        into the first stage, {"hidden"} (B, T, C) after it; T > 1 (prefill) takes one
+        sequence. Out: {"hidden"} or {"token"} (B,), the token picked with `choose_token`
+        keyed by the row's `key` (default: its sequence id). Rows whose step does not continue
+        this stage's cache: the whole frame answers {"error": "cache_mismatch", "mismatched":
+        [ids]}. No rows (`seqs` empty): only the frame's `done` is applied."""
         import torch
 
         from edgesplit.models.kv_batch import KvBatch
         from edgesplit.models.kv_stage import Sampling, choose_token
 
+        ids = [int(s) for s in meta["seqs"]]
+        if not ids:
+            return {}, meta
         if self.batch is None:
             self.batch = KvBatch(self.stage.module, self.stage.num_units)
-        ids = [int(s) for s in meta["seqs"]]
         positions = [int(p) for p in meta["pos"]]
         mismatched = self.batch.mismatched(ids, positions)
         if mismatched:
@@ -164,15 +168,19 @@ class DecodeExecutor:
             return {"hidden": out["hidden"].contiguous().numpy()}, meta
         num_new = int(next(iter(tensors.values())).shape[1])
         sampling = meta.get("sampling") or [[0.0, 0, 0]] * len(ids)
-        tokens = [
-            choose_token(
-                out["logits"][row],
-                Sampling(float(sampling[row][0]), int(sampling[row][1]), int(sampling[row][2])),
-                sequence_id,
-                positions[row] + num_new - 1,
-            )
-            for row, sequence_id in enumerate(ids)
-        ]
+        logits = out["logits"]
+        if all(float(s[0]) == 0 for s in sampling):  # greedy rows: one argmax for the batch
+            tokens = logits.float().argmax(dim=-1).tolist()
+        else:
+            tokens = [
+                choose_token(
+                    logits[row],
+                    Sampling(float(s[0]), int(s[1]), int(s[2])),
+                    int(s[3]) if len(s) > 3 else sequence_id,
+                    positions[row] + num_new - 1,
+                )
+                for row, (sequence_id, s) in enumerate(zip(ids, sampling, strict=True))
+            ]
         return {"token": np.array(tokens, dtype=np.int64)}, meta
 
 

@@ -1,20 +1,34 @@
 """Generative decoding across devices: the decode driver on the one stage worker.
 
 Owns `GenerationPipeline` (decode executors on the `StageWorker` actors of a `StageGroup`, wired
-driver -> stage 0 -> ... -> last stage -> driver over the authenticated channel; many sequences
-interleaved; failures detected by the group's one detector and recovered by a standby, an
-injected re-plan or a restart; sequences replayed), `GenerationRequest`, `SequenceResult`,
-`GenerationReport` and `GenerationConfig`. Control goes only through Ray actor calls (via
-stages.py and cluster.py). Never imports planners: re-planning is an injected callable.
+driver -> stage 0 -> ... -> last stage -> driver over the authenticated channel; continuous
+batching of many sequences; failures detected by the group's one detector and recovered by a
+standby, an injected re-plan or a restart; sequences replayed), `GenerationRequest`,
+`SequenceResult`, `GenerationReport`, `GenerationConfig` and the long-lived engine view
+(`submit`/`abort`/`serve_forever`/`health`/`stats`). Control goes only through Ray actor calls
+(via stages.py and cluster.py). Never imports planners: re-planning is an injected callable.
 
 [Note: the driver keeps the tokens] Stages keep only KV caches; the driver keeps every sequence's
 tokens (prompt + generated). When a stage fails, a replacement gets an empty cache, every live
 sequence is replayed from position 0 (one prefill of its tokens so far) on the new epoch, and
 decoding continues. Because the last stage picks tokens with `choose_token` (a function of
-logits, seed, sequence and position) the output equals an uninterrupted run's, greedy or
-sampled. Every step carries a step id unique over the pipeline's life; an answer whose step is
-not the one its sequence waits for (a step given up on, an earlier call's, an older epoch's) is
-dropped, so no token is delivered twice or to another caller.
+logits, seed, sampling key and position) the output equals an uninterrupted run's, greedy or
+sampled. Every frame carries a step id unique over the pipeline's life; an answer whose step is
+not in flight (given up on, an older epoch's) is dropped, so no token is delivered twice or to
+another caller.
+
+[Note: continuous batching] (issue 16; the executor side is `DecodeExecutor._run_batch`.) A new
+sequence is prefilled alone (a one-row `seqs` frame of its tokens so far); once its first token
+is back it joins one of `micro_batches` slots (default: one per stage) — the smallest. A slot
+whose frame is not in flight sends one frame with one row per member (each at its own position),
+so at most one frame per slot is in flight: with as many slots as stages, every stage has a
+micro-batch to work on while the others are elsewhere in the chain. Slot membership changes only
+when a sequence joins (after its prefill) or leaves (finished, aborted), so each stage's
+`KvBatch` re-packs its cache groups only then. Answers are routed back by `seqs`; a finished or
+aborted sequence's id rides in the next frame's `done` (or a rows-less frame when nothing else
+goes), and every stage frees its cache there. An errored frame (a cache mismatch, an executor
+error) replays each of its rows alone from position 0. Emulated stages
+(`EmulatedDecodeExecutor`) take one sequence per frame: a slot then sends one frame per member.
 """
 
 from __future__ import annotations
@@ -23,6 +37,7 @@ import gc
 import itertools
 import logging
 import queue
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -45,10 +60,13 @@ from edgesplit.runtime.stages import StageGroup, frame_bound_bytes
 from edgesplit.runtime.transport import Frame
 
 __all__ = [
+    "FinishCallback",
     "GenerationConfig",
+    "GenerationHealth",
     "GenerationPipeline",
     "GenerationReport",
     "GenerationRequest",
+    "GenerationStats",
     "LinkFn",
     "Replanner",
     "SequenceResult",
@@ -58,6 +76,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 _TICK_S = 0.02
+_DETECT_EVERY_S = 0.05  # failure detection runs at least this often, even while tokens flow
 _MAX_HIDDEN_BYTES_PER_TOKEN = 4 * 8192  # float32 hidden states up to 8192 wide
 
 StageAssignment = tuple[str, int, int]  # (device, start unit, end unit), half-open
@@ -65,6 +84,7 @@ Replanner = Callable[[Sequence[str]], Sequence[StageAssignment]]  # survivors ->
 LinkFn = Callable[[str, str], tuple[float, float] | None]  # (a, b) -> (bytes/s, latency s)
 EmulationFn = Callable[[str, int, int], tuple[float, float]]  # -> (decode s, prefill s/token)
 TokenCallback = Callable[[int, int], None]  # (sequence id, token)
+Finished = Literal["length", "stop", "error", "abort"]
 
 
 class GenerationRequest(FrozenModel):
@@ -85,8 +105,11 @@ class SequenceResult(FrozenModel):
     text: str = ""  # new_ids decoded (filled by the façade, which owns the tokenizer)
     first_token_s: float  # submission -> first new token (prefill latency)
     time_per_token_s: float  # mean gap between consecutive new tokens (decode)
-    finished: Literal["length", "stop", "error"]
+    finished: Finished
     error: str = ""  # why, when finished == "error" (an executor error after one retry)
+
+
+FinishCallback = Callable[[SequenceResult], None]
 
 
 class GenerationReport(FrozenModel):
@@ -99,6 +122,24 @@ class GenerationReport(FrozenModel):
     stages: list[dict[str, Any]] = Field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class GenerationHealth:
+    """Whether the pipeline can decode now; `detail` says why not."""
+
+    ok: bool
+    detail: str = ""
+    stages: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class GenerationStats:
+    """Sequences decoding, waiting for a slot, and rows per decode frame since the last call."""
+
+    running: int = 0
+    waiting: int = 0
+    step_batch_sizes: tuple[int, ...] = ()
+
+
 def _real_runtime() -> RuntimeConfig:
     return RuntimeConfig(compute="real")
 
@@ -106,23 +147,30 @@ def _real_runtime() -> RuntimeConfig:
 class GenerationConfig(FrozenModel):
     """Decode scheduling knobs; everything shared with the batch runtime is in `runtime`."""
 
-    max_concurrent: int = Field(default=4, ge=1, le=1024)  # sequences in flight
+    max_concurrent: int = Field(default=4, ge=1, le=1024)  # sequences decoding at once
     max_context: int = Field(default=2048, ge=1)  # prompt + new tokens of one sequence
     restart_failed: bool = True  # no standby/re-planner: restart the stage on the same device
+    # Decode frames in flight at once ([Note: continuous batching]); 0 = one per stage.
+    micro_batches: int = Field(default=0, ge=0, le=64)
     runtime: RuntimeConfig = Field(default_factory=_real_runtime)
 
 
 @dataclass
 class _Sequence:
-    sequence_id: int
+    sequence_id: int  # the stages' id for it: unique over the pipeline's life
+    key: int  # sampling key (`choose_token`'s sequence id) and the caller's id
     request: GenerationRequest
     tokens: list[int]
     submitted_s: float
+    on_token: TokenCallback | None = None
+    on_finish: FinishCallback | None = None
     fed: int = 0  # tokens whose keys/values the stages hold
-    step: int = -1  # id of the step in flight; answers to other steps are dropped
+    in_flight: bool = False  # a frame holding this sequence is on its way
+    slot: int = -1  # its micro-batch; -1 until its prefill answered
     attempts: int = 0  # executor errors so far
+    aborted: bool = False
     token_times_s: list[float] = field(default_factory=list)
-    done: Literal["length", "stop", "error"] | None = None
+    done: Finished | None = None
     error: str = ""
 
     @property
@@ -130,8 +178,19 @@ class _Sequence:
         return self.tokens[len(self.request.prompt_ids) :]
 
 
+@dataclass
+class _Flight:
+    slot: int  # -1: a prefill/replay or a rows-less "done" frame
+    ids: list[int]
+    done: list[int]
+
+
 class GenerationPipeline:
     """A chain of KV-cached stages, one `StageWorker` actor per device (see module docstring).
+
+    Two ways to drive it (never both at once): `generate(requests)` runs a fixed list to
+    completion; `submit`/`abort` from any thread plus `serve_forever(stop)` in one thread is a
+    long-lived engine (sequences join and leave between steps; idling is fine).
 
     Example:
         >>> with GenerationPipeline(spec, [("a", 0, 5), ("b", 5, 10)]) as pipe:  # doctest: +SKIP
@@ -168,13 +227,33 @@ class GenerationPipeline:
         self.replanner = replanner
         if self.runtime.compute == "emulated" and emulation is None:
             raise ConfigError("compute='emulated' needs an emulation function (profiled times)")
+        self._batched = self.runtime.compute == "real"
         self._spare = list(self.runtime.standby_devices)
         self._session: RaySession | None = None
         self._group: StageGroup | None = None
         self._epoch = -1
         self._steps = itertools.count()
-        self._results: queue.Queue[Frame] = queue.Queue()
+        self._ids = itertools.count()
+        self._results: queue.Queue[Frame | None] = queue.Queue()  # None: wake the driver
         self._outbox: deque[Frame] = deque()
+        # Driver state (the driving thread only, except what `_lock` guards).
+        self._lock = threading.Lock()
+        self._submitted: deque[_Sequence] = deque()  # guarded: from submit()
+        self._aborts: list[int] = []  # guarded: from abort()
+        self._known: set[int] = set()  # guarded: submitted and not finished
+        self._batch_sizes: list[int] = []  # guarded
+        self._waiting: deque[_Sequence] = deque()
+        self._live: dict[int, _Sequence] = {}
+        self._flights: dict[int, _Flight] = {}
+        self._slots: list[list[int]] = []
+        self._slot_flights: list[int] = []
+        self._done_ids: list[int] = []
+        self._token_times: list[float] = []
+        self._faults: list[ScheduledFault] = []
+        self._faults_t0: float | None = None
+        self._driving = False
+        self._recovering = False
+        self._broken = ""
 
     # -- lifecycle -------------------------------------------------------------------------------
     def __enter__(self) -> GenerationPipeline:
@@ -238,6 +317,8 @@ class GenerationPipeline:
         decode_s, prefill_s = self.emulation(device, start, end) if self.emulation else (0.0, 0.0)
         spec = self.model_spec.model_dump() if hasattr(self.model_spec, "model_dump") else None
         per_token = 4 * self.hidden_size if self.hidden_size else _MAX_HIDDEN_BYTES_PER_TOKEN
+        # A frame holds a prefill of up to max_context tokens or one decode row per sequence.
+        tokens = max(self.config.max_context, self.config.max_concurrent)
         return StageSpec(
             index=index,
             device=device,
@@ -247,7 +328,7 @@ class GenerationPipeline:
             executor="decode",
             compute=self.runtime.compute,
             run_key_hex=self.group.run_key.hex(),
-            max_frame_bytes=frame_bound_bytes(self.config.max_context * per_token, self.runtime),
+            max_frame_bytes=frame_bound_bytes(tokens * per_token, self.runtime),
             max_connections=self.runtime.max_connections,
             num_units=self.num_units,
             hidden_size=self.hidden_size,
@@ -263,8 +344,13 @@ class GenerationPipeline:
 
     @property
     def _in_flight(self) -> int:
-        # Each sequence has at most one step in flight, plus a replay's stale steps.
-        return max(self.runtime.max_in_flight, 2 * self.config.max_concurrent)
+        # Every sequence may have one frame in flight (prefills, emulated rows), plus a "done"
+        # frame and a replay's stale frames.
+        return max(self.runtime.max_in_flight, 2 * self.config.max_concurrent + 2)
+
+    @property
+    def micro_batches(self) -> int:
+        return self.config.micro_batches or len(self.stages)
 
     def _configure_epoch(self) -> None:
         """Configure every stage for a new epoch and wire driver -> s0 -> ... -> sN -> driver."""
@@ -279,36 +365,102 @@ class GenerationPipeline:
             source_shaper=LinkShaper(link[0], link[1]) if link is not None else None,
             expected_compute_s={},
         )
+        # Nothing of an older epoch is in flight any more; every live sequence restarts.
+        self._flights.clear()
+        self._done_ids.clear()
+        self._slots = [[] for _ in range(self.micro_batches)]
+        self._slot_flights = [0] * self.micro_batches
+        for sequence in self._live.values():
+            sequence.fed, sequence.in_flight, sequence.slot = 0, False, -1
 
-    def _send_step(self, sequence: _Sequence) -> None:
-        new = sequence.tokens[sequence.fed :]
-        request = sequence.request
-        sequence.step = next(self._steps)
-        frame = Frame(
-            "data",
-            sequence.sequence_id,
-            0,
-            self._epoch,
-            {"input_ids": np.array([new], dtype=np.int64)},
-            {
-                "pos": sequence.fed,
-                "step": sequence.step,
-                "sampling": [request.temperature, request.top_k, request.seed],
-            },
+    # -- the engine view (thread-safe) -------------------------------------------------------------
+    def submit(
+        self,
+        request: GenerationRequest,
+        on_token: TokenCallback | None = None,
+        on_finish: FinishCallback | None = None,
+        *,
+        key: int = 0,
+    ) -> int:
+        """Queue a sequence; returns its id. Callbacks run on the driving thread.
+
+        `on_token(id, token)` per new token, then `on_finish(result)` exactly once. `key` is the
+        sampling key: the same request with the same key samples the same tokens.
+
+        Raises:
+            ConfigError: prompt + new tokens exceed `max_context`.
+            DeviceUnavailableError: the pipeline has failed for good (`health()`).
+        """
+        length = len(request.prompt_ids) + request.max_new_tokens
+        if length > self.config.max_context:
+            raise ConfigError(
+                f"{len(request.prompt_ids)} prompt + {request.max_new_tokens} new tokens exceed "
+                f"the context of {self.config.max_context}; shorten the prompt or max_new_tokens"
+            )
+        if self._broken:
+            raise DeviceUnavailableError(self._broken)
+        sequence_id = next(self._ids)
+        sequence = _Sequence(
+            sequence_id,
+            key,
+            request,
+            list(request.prompt_ids),
+            time.time(),
+            on_token=on_token,
+            on_finish=on_finish,
         )
-        sequence.fed = len(sequence.tokens)
-        self._outbox.append(frame)
-        self._flush()
+        with self._lock:
+            self._submitted.append(sequence)
+            self._known.add(sequence_id)
+        self._results.put(None)
+        return sequence_id
 
-    def _flush(self) -> None:
-        """Send queued steps while credits last (never blocks the driver's loop)."""
-        source = self.group.source
-        while self._outbox and source is not None and not source.stopped.is_set():
-            if source.unacked >= source.max_in_flight:
+    def abort(self, sequence_id: int) -> None:
+        """Stop a sequence between steps and free its caches on every stage (unknown: no-op).
+        Its `on_finish` gets `finished="abort"`."""
+        with self._lock:
+            if sequence_id not in self._known:
                 return
-            if not source.send(self._outbox[0]):
-                return
-            self._outbox.popleft()
+            self._aborts.append(sequence_id)
+        self._results.put(None)
+
+    def health(self) -> GenerationHealth:
+        stages = tuple(f"{d}[{s},{e})" for d, s, e in self.stages)
+        if self._broken:
+            return GenerationHealth(False, self._broken, stages)
+        if self._recovering:
+            return GenerationHealth(False, "recovering from a stage failure", stages)
+        return GenerationHealth(True, "", stages)
+
+    def stats(self) -> GenerationStats:
+        with self._lock:
+            sizes, self._batch_sizes = tuple(self._batch_sizes), []
+            waiting = len(self._submitted)
+        return GenerationStats(
+            running=len(self._live), waiting=waiting + len(self._waiting), step_batch_sizes=sizes
+        )
+
+    def serve_forever(
+        self, stop: threading.Event, faults: Sequence[ScheduledFault | tuple[str, float]] = ()
+    ) -> None:
+        """Drive submitted sequences until `stop` is set; idle time is fine.
+
+        `faults` are counted from the first submitted sequence. When a stage fails and nothing
+        can replace it, every sequence finishes with an error, `health()` turns false, later
+        submits raise, and this returns.
+        """
+        self._begin(faults)
+        try:
+            while not stop.is_set():
+                self._pump()
+            self._take_control()
+            for sequence in [*self._live.values(), *self._waiting]:
+                self._finish(sequence, "abort")  # stopped: nothing more will be decoded
+            self._waiting.clear()
+        except DeviceUnavailableError as e:
+            self._fail_all(f"{type(e).__name__}: {e}")
+        finally:
+            self._driving = False
 
     # -- generation ------------------------------------------------------------------------------
     def generate(
@@ -317,10 +469,10 @@ class GenerationPipeline:
         on_token: TokenCallback | None = None,
         faults: Sequence[ScheduledFault | tuple[str, float]] = (),
     ) -> GenerationReport:
-        """Run every request to completion, `max_concurrent` sequences interleaved.
+        """Run every request to completion, up to `max_concurrent` sequences batched.
 
         Args:
-            requests: sequences to continue; sequence ids are their indices.
+            requests: sequences to continue; sequence ids (and sampling keys) are their indices.
             on_token: called (sequence id, token) as each token is produced, in order per sequence.
             faults: `ScheduledFault`s (or (device, at_s) kills) counted from the start of this
                 call (fault injection for tests, benchmarks and `--fault`).
@@ -329,7 +481,6 @@ class GenerationPipeline:
             ConfigError: a prompt plus its new tokens exceeds `max_context`.
             DeviceUnavailableError: a stage failed and nothing can replace it.
         """
-        group = self.group
         for index, request in enumerate(requests):
             length = len(request.prompt_ids) + request.max_new_tokens
             if length > self.config.max_context:
@@ -338,57 +489,36 @@ class GenerationPipeline:
                     f"{request.max_new_tokens} new tokens exceed the context of "
                     f"{self.config.max_context}; shorten the prompt or max_new_tokens"
                 )
-        while not self._results.empty():  # nothing from an earlier call may be delivered now
-            self._results.get_nowait()
-        group.watch({})  # silence between calls is not a hang: heartbeats count from now
         start_s = time.time()
-        waiting = list(enumerate(requests))
-        waiting.reverse()
-        live: dict[int, _Sequence] = {}
-        finished: dict[int, _Sequence] = {}
-        token_times: list[float] = []
-        scheduled = sorted(
-            (f if isinstance(f, ScheduledFault) else ScheduledFault(f[0], f[1]) for f in faults),
-            key=lambda f: f.at_s,
-        )
-        last_progress_s = time.time()
-        while waiting or live:
-            while waiting and len(live) < self.config.max_concurrent:
-                sequence_id, request = waiting.pop()
-                sequence = _Sequence(sequence_id, request, list(request.prompt_ids), time.time())
-                live[sequence_id] = sequence
-                self._send_step(sequence)
-            now = time.time()
-            while scheduled and now - start_s >= scheduled[0].at_s:
-                group.inject(scheduled.pop(0))
-            self._flush()
-            try:
-                frame: Frame | None = self._results.get(timeout=_TICK_S)
-            except queue.Empty:
-                frame = None
-            if frame is not None:
-                sequence = live.get(frame.request_id)  # type: ignore[assignment]
-                if sequence is None or frame.meta.get("step") != sequence.step:
-                    continue  # an answer to a step given up on (replayed since)
-                last_progress_s = time.time()
-                self._on_answer(sequence, frame, on_token, token_times)
-                if sequence.done is not None:
-                    finished[sequence.sequence_id] = live.pop(sequence.sequence_id)
-                continue
-            suspicions = group.detect(time.time())
-            if suspicions:
-                self._recover(suspicions, list(live.values()))
-                last_progress_s = time.time()
-            elif time.time() - last_progress_s > max(60.0, 20 * self.runtime.hang_timeout_s):
-                raise DeviceUnavailableError(
-                    f"no token for {time.time() - last_progress_s:.0f} s and no stage reported "
-                    "failed; check the stages' logs"
-                )
+        self._begin(faults, now_s=start_s)
+        finished: dict[int, SequenceResult] = {}
+        self._token_times = []
+
+        def token_to(index: int) -> TokenCallback | None:
+            if on_token is None:
+                return None
+            callback = on_token
+            return lambda _, token: callback(index, token)
+
+        def finish_to(index: int) -> FinishCallback:
+            return lambda result: finished.__setitem__(index, result)
+
+        try:
+            for index, request in enumerate(requests):
+                self.submit(request, token_to(index), finish_to(index), key=index)
+            while len(finished) < len(requests):
+                self._pump()
+        except BaseException:
+            self._forget_sequences()
+            raise
+        finally:
+            self._driving = False
         elapsed_s = time.time() - start_s
-        results = [_result(finished[i]) for i in sorted(finished)]
+        results = [finished[i].model_copy(update={"sequence_id": i}) for i in sorted(finished)]
         new_tokens = sum(len(r.new_ids) for r in results)
         per_token = [r.time_per_token_s for r in results if len(r.new_ids) > 1]
-        records = group.failures.records(start_s, token_times, detected_since_s=start_s)
+        group = self.group
+        records = group.failures.records(start_s, self._token_times, detected_since_s=start_s)
         return GenerationReport(
             sequences=results,
             elapsed_s=elapsed_s,
@@ -399,46 +529,293 @@ class GenerationPipeline:
             stages=[{"device": d, "start": s, "end": e} for d, s, e in self.stages],
         )
 
-    def _on_answer(
-        self,
-        sequence: _Sequence,
-        frame: Frame,
-        on_token: TokenCallback | None,
-        token_times: list[float],
+    # -- the driving loop --------------------------------------------------------------------------
+    def _begin(
+        self, faults: Sequence[ScheduledFault | tuple[str, float]], now_s: float | None = None
     ) -> None:
-        error = frame.meta.get("error")
-        if error == "cache_mismatch":
-            # A stage's cache does not continue this step (it missed the prefix): replay.
-            sequence.fed = 0
-            self._send_step(sequence)
-            return
-        if error is not None:
-            sequence.attempts += 1
-            detail = str(frame.meta.get("detail", error))
-            if sequence.attempts <= self.runtime.max_retries:
-                logger.warning("sequence %d: %s; retrying once", sequence.sequence_id, detail)
-                sequence.fed = 0
-                self._send_step(sequence)
-            else:
-                logger.error("sequence %d failed again: %s", sequence.sequence_id, detail)
-                sequence.done, sequence.error = "error", detail
-            return
-        token = int(frame.tensors["token"][0])
-        now = time.time()
-        sequence.tokens.append(token)
-        sequence.token_times_s.append(now)
-        token_times.append(now)
-        if on_token is not None:
-            on_token(sequence.sequence_id, token)
-        request = sequence.request
-        if request.stop_token_id is not None and token == request.stop_token_id:
-            sequence.done = "stop"
-        elif len(sequence.new_ids) >= request.max_new_tokens:
-            sequence.done = "length"
-        else:
-            self._send_step(sequence)
+        if self._driving:
+            raise ConfigError("the generation pipeline is already being driven by another call")
+        self._driving = True
+        if self._broken:
+            raise DeviceUnavailableError(self._broken)
+        while True:  # nothing from an earlier call may be delivered now
+            try:
+                frame = self._results.get_nowait()
+            except queue.Empty:
+                break
+            if frame is not None:
+                self._answer(frame)  # an earlier call's rows-less "done" frame, at most
+        self.group.watch({})  # silence between calls is not a hang: heartbeats count from now
+        self._faults = sorted(
+            (f if isinstance(f, ScheduledFault) else ScheduledFault(f[0], f[1]) for f in faults),
+            key=lambda f: f.at_s,
+        )
+        self._faults_t0 = now_s
+        self._last_progress_s = self._last_detect_s = time.time()
 
-    def _recover(self, suspicions: list[Suspicion], live: list[_Sequence]) -> None:
+    def _pump(self) -> None:
+        """One turn of the driver: take submits/aborts, send what can go, handle one answer,
+        watch for failures."""
+        group = self.group
+        self._take_control()
+        while self._waiting and len(self._live) < self.config.max_concurrent:
+            sequence = self._waiting.popleft()
+            self._live[sequence.sequence_id] = sequence
+            self._prefill(sequence)
+        self._dispatch()
+        now = time.time()
+        if self._faults_t0 is None and self._live:
+            self._faults_t0 = now
+        while self._faults and self._faults_t0 is not None:
+            if now - self._faults_t0 < self._faults[0].at_s:
+                break
+            group.inject(self._faults.pop(0))
+        self._flush()
+        try:
+            frame = self._results.get(timeout=_TICK_S)
+        except queue.Empty:
+            frame = None
+        if frame is not None:
+            if self._answer(frame):
+                self._last_progress_s = time.time()
+            if time.time() - self._last_detect_s < _DETECT_EVERY_S:
+                return
+        now = time.time()
+        self._last_detect_s = now
+        suspicions = group.detect(now)
+        if suspicions:
+            self._recovering = True
+            try:
+                self._recover(suspicions)
+            finally:
+                self._recovering = False
+            self._last_progress_s = time.time()
+        elif not self._flights:
+            self._last_progress_s = now  # idle: nothing is owed
+        elif now - self._last_progress_s > max(60.0, 20 * self.runtime.hang_timeout_s):
+            raise DeviceUnavailableError(
+                f"no token for {now - self._last_progress_s:.0f} s and no stage reported "
+                "failed; check the stages' logs"
+            )
+
+    def _take_control(self) -> None:
+        with self._lock:
+            submitted = list(self._submitted)
+            self._submitted.clear()
+            aborts, self._aborts = self._aborts, []
+        self._waiting.extend(submitted)
+        for sequence_id in aborts:
+            waiting = next((s for s in self._waiting if s.sequence_id == sequence_id), None)
+            if waiting is not None:
+                self._waiting.remove(waiting)
+                waiting.aborted = True
+                self._finish(waiting, "abort")
+                continue
+            sequence = self._live.get(sequence_id)
+            if sequence is None or sequence.done is not None:
+                continue
+            sequence.aborted = True
+            if not sequence.in_flight:
+                self._finish(sequence, "abort")
+            # else: finished when its frame comes back (its rows must not be freed mid-step)
+
+    def _prefill(self, sequence: _Sequence) -> None:
+        """(Re)start a sequence alone: one row of all its tokens from position 0."""
+        self._leave_slot(sequence)
+        sequence.fed = 0
+        self._send([sequence], -1)
+
+    def _dispatch(self) -> None:
+        """Send every slot that has nothing in flight and members to step; "done" ids that no
+        frame carried go in a rows-less frame."""
+        for slot, members in enumerate(self._slots):
+            if self._slot_flights[slot] or not members:
+                continue
+            rows = [self._live[i] for i in members]
+            if any(s.in_flight for s in rows):  # cannot happen: members return together
+                continue
+            self._send(rows, slot)
+        if self._done_ids and self._batched:
+            self._send([], -1)
+        elif not self._batched:
+            self._done_ids.clear()  # emulated stages keep no caches worth freeing
+
+    def _send(self, rows: list[_Sequence], slot: int) -> None:
+        if not self._batched:
+            for sequence in rows:
+                self._send_legacy(sequence, slot)
+            return
+        step = next(self._steps)
+        ids = [s.sequence_id for s in rows]
+        tensors: dict[str, np.ndarray] = {}
+        if rows:
+            tensors["input_ids"] = np.array([s.tokens[s.fed :] for s in rows], dtype=np.int64)
+        meta: dict[str, Any] = {
+            "seqs": ids,
+            "pos": [s.fed for s in rows],
+            "step": step,
+            "sampling": [
+                [s.request.temperature, s.request.top_k, s.request.seed, s.key] for s in rows
+            ],
+        }
+        done, self._done_ids = self._done_ids, []
+        if done:
+            meta["done"] = done
+        for sequence in rows:
+            sequence.fed = len(sequence.tokens)
+            sequence.in_flight = True
+        self._flights[step] = _Flight(slot, ids, done)
+        if slot >= 0:
+            self._slot_flights[slot] += 1
+            with self._lock:
+                self._batch_sizes.append(len(rows))
+        self._outbox.append(Frame("data", step, 0, self._epoch, tensors, meta))
+        self._flush()
+
+    def _send_legacy(self, sequence: _Sequence, slot: int) -> None:
+        """One sequence per frame (emulated stages), request id = sequence id."""
+        step = next(self._steps)
+        request = sequence.request
+        frame = Frame(
+            "data",
+            sequence.sequence_id,
+            0,
+            self._epoch,
+            {"input_ids": np.array([sequence.tokens[sequence.fed :]], dtype=np.int64)},
+            {
+                "pos": sequence.fed,
+                "step": step,
+                "sampling": [request.temperature, request.top_k, request.seed],
+            },
+        )
+        sequence.fed = len(sequence.tokens)
+        sequence.in_flight = True
+        self._flights[step] = _Flight(slot, [sequence.sequence_id], [])
+        if slot >= 0:
+            self._slot_flights[slot] += 1
+        self._outbox.append(frame)
+        self._flush()
+
+    def _flush(self) -> None:
+        """Send queued frames while credits last (never blocks the driver's loop)."""
+        source = self.group.source
+        while self._outbox and source is not None and not source.stopped.is_set():
+            if source.unacked >= source.max_in_flight:
+                return
+            if not source.send(self._outbox[0]):
+                return
+            self._outbox.popleft()
+
+    def _answer(self, frame: Frame) -> bool:
+        """Route one answer; True when it was one the driver waited for."""
+        flight = self._flights.pop(int(frame.meta.get("step", -1)), None)
+        if flight is None:
+            return False  # a frame given up on (replayed since, or an older epoch's)
+        if flight.slot >= 0:
+            self._slot_flights[flight.slot] -= 1
+        rows = [self._live[i] for i in flight.ids if i in self._live]
+        for sequence in rows:
+            sequence.in_flight = False
+        error = frame.meta.get("error")
+        if error is not None:
+            # Stages after the failing one never saw this frame's "done": send it again.
+            self._done_ids.extend(flight.done)
+            detail = str(frame.meta.get("detail", error))
+            for sequence in rows:
+                if sequence.aborted:
+                    self._finish(sequence, "abort")
+                elif error == "cache_mismatch":
+                    # A stage's cache does not continue the step (it missed the prefix).
+                    self._prefill(sequence)
+                else:
+                    sequence.attempts += 1
+                    if sequence.attempts <= self.runtime.max_retries:
+                        logger.warning("sequence %d: %s; retrying", sequence.sequence_id, detail)
+                        self._prefill(sequence)
+                    else:
+                        logger.error("sequence %d failed again: %s", sequence.sequence_id, detail)
+                        sequence.error = detail
+                        self._finish(sequence, "error")
+            return True
+        if not flight.ids:
+            return True  # a rows-less "done" frame
+        tokens = frame.tensors["token"].reshape(-1)
+        now = time.time()
+        for sequence_id, token in zip(flight.ids, tokens.tolist(), strict=True):
+            found = self._live.get(sequence_id)
+            if found is None:
+                continue
+            sequence = found
+            if sequence.aborted:
+                self._finish(sequence, "abort")
+                continue
+            sequence.tokens.append(int(token))
+            sequence.token_times_s.append(now)
+            self._token_times.append(now)
+            if sequence.on_token is not None:
+                sequence.on_token(sequence.sequence_id, int(token))
+            request = sequence.request
+            if request.stop_token_id is not None and token == request.stop_token_id:
+                self._finish(sequence, "stop")
+            elif len(sequence.new_ids) >= request.max_new_tokens:
+                self._finish(sequence, "length")
+            elif sequence.slot < 0:
+                self._join_slot(sequence)
+            elif not self._batched:
+                self._send_legacy(sequence, sequence.slot)  # emulated: each row goes on alone
+        return True
+
+    def _join_slot(self, sequence: _Sequence) -> None:
+        slot = min(range(len(self._slots)), key=lambda i: (len(self._slots[i]), i))
+        self._slots[slot].append(sequence.sequence_id)
+        sequence.slot = slot
+        if not self._batched:
+            self._send_legacy(sequence, slot)
+
+    def _leave_slot(self, sequence: _Sequence) -> None:
+        if sequence.slot >= 0:
+            members = self._slots[sequence.slot]
+            if sequence.sequence_id in members:
+                members.remove(sequence.sequence_id)
+            sequence.slot = -1
+
+    def _finish(self, sequence: _Sequence, how: Finished) -> None:
+        if sequence.done is not None:
+            return
+        sequence.done = how
+        self._leave_slot(sequence)
+        if self._live.pop(sequence.sequence_id, None) is not None and sequence.fed:
+            self._done_ids.append(sequence.sequence_id)  # free its caches on every stage
+        with self._lock:
+            self._known.discard(sequence.sequence_id)
+        if sequence.on_finish is not None:
+            sequence.on_finish(_result(sequence))
+
+    def _forget_sequences(self) -> None:
+        """A call ended by an error: its sequences are dropped without callbacks (ids are
+        never reused, so caches the stages still hold are only freed at the next epoch)."""
+        with self._lock:
+            self._submitted.clear()
+            self._aborts.clear()
+            self._known.clear()
+        self._waiting.clear()
+        self._live.clear()
+        self._flights.clear()
+        self._done_ids.clear()
+        self._slots = [[] for _ in range(self.micro_batches)]
+        self._slot_flights = [0] * self.micro_batches
+
+    def _fail_all(self, detail: str) -> None:
+        """Nothing can replace a failed stage: every sequence ends with an error."""
+        self._broken = detail
+        logger.error("generation pipeline failed: %s", detail)
+        self._take_control()
+        for sequence in [*self._live.values(), *self._waiting]:
+            sequence.error = detail
+            self._finish(sequence, "error")
+        self._waiting.clear()
+
+    def _recover(self, suspicions: list[Suspicion]) -> None:
         """Replace the failed stages, start a new epoch and replay every live sequence."""
         group = self.group
         detected_s = time.time()
@@ -476,10 +853,12 @@ class GenerationPipeline:
             group.drop(extra)
         self._configure_epoch()
         replayed = 0
-        for sequence in live:
+        for sequence in list(self._live.values()):
+            if sequence.aborted:
+                self._finish(sequence, "abort")
+                continue
             replayed += len(sequence.tokens)
-            sequence.fed = 0
-            self._send_step(sequence)
+            self._prefill(sequence)
         group.failures.detected(
             suspicions,
             detected_s,
