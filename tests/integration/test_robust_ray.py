@@ -5,6 +5,7 @@ meet the link's latency."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -90,3 +91,67 @@ def test_emulated_shards_on_shaped_links(ray_cluster: object) -> None:
         assert wall_s >= parts * 2 * 0.02, wall_s
     finally:
         backend.close()
+
+
+def test_robust_run_cli_emulated_on_a_described_cluster_with_a_fault(
+    ray_cluster: object, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`edgesplit robust run --compute emulated --fault kill:…`: a width plan runs like a
+    pipeline plan (shard stages, shaped links); the killed device's units fail over."""
+    from test_robust_width import tiny_task
+    from typer.testing import CliRunner
+
+    from edgesplit.api import robust as api_robust
+    from edgesplit.cli.main import _register, app
+    from edgesplit.core.cluster import load_cluster
+    from edgesplit.core.schema import write_json_file
+
+    task = tiny_task()
+    cluster_toml = tmp_path / "cluster.toml"
+    cluster_toml.write_text(
+        'source = "coord"\n[defaults]\nbandwidth_mbps = 100\nlatency_ms = 2.0\n'
+        + "".join(
+            f'[[devices]]\nname = "{d}"\nkind = "host"\nmemory_mb = 1000\n'
+            for d in ("coord", "dev0", "dev1", "dev2")
+        )
+    )
+    cluster = load_cluster(cluster_toml)
+    plan, _, _ = api_robust.robust_plan(
+        synthetic_problem(task.model),
+        cluster,
+        memory_copies=1.0,
+        strategies=[StrategySpec(name="uniform", replication=2)],
+    )
+    write_json_file(plan, tmp_path / "plan.json")
+    monkeypatch.setattr(api_robust, "load_task", lambda name, seed=0: task)
+    _register()
+    result = CliRunner().invoke(
+        app,
+        [
+            "robust",
+            "run",
+            "--plan",
+            str(tmp_path / "plan.json"),
+            "-c",
+            str(cluster_toml),
+            "--requests",
+            "40",
+            "--fault",
+            "kill:dev1@0.2",
+            "--report",
+            str(tmp_path / "r.json"),
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    report = api_robust.RobustRunReport.model_validate_json((tmp_path / "r.json").read_text())
+    assert report.compute == "emulated"
+    assert report.completed == 40
+    assert report.failed_devices == ("dev1",)
+    assert report.lost_units == ()  # every unit has a second replica
+    assert report.failovers > 0
+    (failure,) = report.failures
+    assert (failure.device, failure.fault, failure.cause) == ("dev1", "kill", "actor_died")
+    assert failure.detected_after_s < 2.0
+    assert failure.recovered_after_s is not None
+    # every request pays both shaped links (2 ms each way) per layer part
+    assert report.latency_s.p50 >= 2 * len(task.model.layers) * 2 * 0.002

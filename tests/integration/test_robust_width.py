@@ -23,7 +23,7 @@ from transformers import (
 
 from edgesplit.models.importance import ablation_importance, finetune, gradient_importance
 from edgesplit.models.robust_tasks import RobustTask
-from edgesplit.models.width import WidthModel, find_block_list
+from edgesplit.models.width import WidthModel, WidthShard, find_block_list
 from edgesplit.planners.robust import (
     RobustProblem,
     RobustUnit,
@@ -31,12 +31,8 @@ from edgesplit.planners.robust import (
     place,
 )
 from edgesplit.planners.robust_objective import SurrogateCalibration
-from edgesplit.runtime.robust import (
-    LocalShardBackend,
-    RobustCoordinator,
-    ShardWorker,
-    shard_payloads,
-)
+from edgesplit.runtime.executors import ShardExecutor
+from edgesplit.runtime.robust import LocalShardBackend, RobustCoordinator, shard_payloads
 
 FAMILIES = ["vit", "bert", "gpt2", "llama"]
 
@@ -239,8 +235,8 @@ def test_no_failure_output_of_every_strategy_equals_intact(family: str) -> None:
     for spec in SPECS:
         replicas = place(spec, problem, 4, [0.1] * 4)
         payloads = shard_payloads(wm, replicas, 4)
-        workers = {d: ShardWorker(d, *payloads[i]) for i, d in enumerate(devices)}
-        coordinator = RobustCoordinator(wm, devices, replicas, LocalShardBackend(workers))
+        shards = {d: WidthShard.from_arrays(*payloads[i]) for i, d in enumerate(devices)}
+        coordinator = RobustCoordinator(wm, devices, replicas, LocalShardBackend(shards))
         out, report = coordinator.forward(inputs)
         assert not report.failed_devices
         torch.testing.assert_close(
@@ -261,8 +257,8 @@ def test_silent_device_fails_over_and_equals_masked_evaluation(family: str) -> N
     )
     devices = [f"dev{i}" for i in range(4)]
     payloads = shard_payloads(wm, replicas, 4)
-    workers = {d: ShardWorker(d, *payloads[i]) for i, d in enumerate(devices)}
-    backend = LocalShardBackend(workers, silent=["dev1", "dev3"])
+    shards = {d: WidthShard.from_arrays(*payloads[i]) for i, d in enumerate(devices)}
+    backend = LocalShardBackend(shards, silent=["dev1", "dev3"])
     coordinator = RobustCoordinator(wm, devices, replicas, backend, deadline_s=0.01)
     out, report = coordinator.forward(inputs)
     lost = {u for u, r in enumerate(replicas) if set(r) <= {1, 3}}
@@ -280,9 +276,10 @@ def test_shard_holds_only_its_units() -> None:
     wm = WidthModel(model, num_ffn_groups=4)
     shard = wm.shard([0, 5])
     assert shard.param_bytes == wm.units[0].param_bytes + wm.units[5].param_bytes
-    worker = ShardWorker("d", *shard.to_arrays())
+    executor = ShardExecutor(WidthShard.from_arrays(*shard.to_arrays()))
+    meta = {"layer": 0, "kind": "attn", "slots": [1]}
     with pytest.raises(KeyError, match="does not hold"):
-        worker.partial(0, "attn", [1], np.zeros((1, 7, 32), np.float32), {})
+        executor.run(0, {"hidden": np.zeros((1, 7, 32), np.float32)}, meta)
 
 
 def tiny_task() -> RobustTask:

@@ -11,6 +11,7 @@ import os
 import signal
 import socket
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +20,7 @@ import pytest
 from conftest import even_replanner, make_plan, toy_cluster, toy_profile
 from edgesplit.errors import ConfigError, DeviceUnavailableError, ProfileMissingError
 from edgesplit.runtime import RuntimeConfig, ScheduledFault, run_plan
-from edgesplit.runtime.report import RunReport
+from edgesplit.runtime.report import RunHealth, RunReport
 
 pytestmark = pytest.mark.integration
 
@@ -163,6 +164,42 @@ def test_sigstopped_stage_is_detected_killed_and_replaced_by_a_standby(ray_clust
     assert failure.action == "standby"
     assert [s.device for s in failure.new_stages] == ["d0", "d3", "d2"]
     assert failure.replayed_from_stage_output >= 1  # resumed from d0's retained outputs
+
+
+@pytest.mark.slow
+def test_a_served_source_idles_hears_of_errors_and_follows_health(ray_cluster: object) -> None:
+    """docs/serving.md items 3-5: None = nothing now, on_error in order, on_health changes."""
+    profile, cluster = toy_profile(time_s=0.02), toy_cluster(DEVICES)
+    plan = make_plan(profile, cluster, STAGES)
+    size = int(profile.input_bytes)
+
+    def source() -> Iterator[dict[str, np.ndarray] | None]:
+        for index in range(30):
+            yield {"input": np.zeros(size - (index == 5), dtype=np.uint8)}  # 5: raises
+            yield None  # an idle server: nothing now (the driver waits a tick)
+
+    events: list[tuple[str, int]] = []
+    health: list[RunHealth] = []
+    report = run_plan(
+        plan,
+        cluster,
+        profile,
+        config=LOCAL,
+        requests=source(),
+        replanner=even_replanner(profile),
+        faults=[ScheduledFault("d1", 1.0)],
+        on_result=lambda rid, out: events.append(("result", rid)),
+        on_error=lambda rid, message: events.append(("error", rid)),
+        on_health=health.append,
+    )
+    assert events == [("error" if i == 5 else "result", i) for i in range(30)]
+    assert (report.requests.lost, report.requests.errored) == (0, 1)
+    states = [h.state for h in health]
+    assert states == ["running", "recovering", "running", "stopped"], states
+    assert "d1 lost (actor_died)" in health[1].detail
+    assert health[2].ok
+    assert health[2].failures == 1
+    assert "d1" not in {s.device for s in health[2].stages}
 
 
 def test_plan_profile_and_cluster_mismatches_fail_before_anything_starts() -> None:

@@ -31,12 +31,13 @@ from edgesplit.errors import EdgesplitError
 from edgesplit.planners import PrecisionChoices, available_planners, make_plan
 from edgesplit.planners.progress import ProgressFn
 from edgesplit.runtime.config import RuntimeConfig, ScheduledFault, parse_fault, parse_kill
-from edgesplit.runtime.report import RunReport
+from edgesplit.runtime.report import RunHealth, RunReport
 from edgesplit.sim import SimConfig, SimResult
 from edgesplit.sim import simulate as _simulate
 
 __all__ = [
     "PlannerOutcome",
+    "RunHealth",
     "RunReport",
     "RuntimeConfig",
     "ScheduledFault",
@@ -196,10 +197,12 @@ def run(
     profile: ModelProfile,
     *,
     config: RuntimeConfig | None = None,
-    requests: int | Iterable[Mapping[str, np.ndarray]] = 64,
+    requests: int | Iterable[Mapping[str, np.ndarray] | None] = 64,
     faults: Sequence[ScheduledFault] = (),
     planner: str = "optimal",
     on_result: Callable[[int, dict[str, np.ndarray]], None] | None = None,
+    on_error: Callable[[int, str], None] | None = None,
+    on_health: Callable[[RunHealth], None] | None = None,
     progress: Callable[[int, int | None, float], None] | None = None,
     timeline_path: Path | str | None = None,
     metrics_port: int | None = None,
@@ -207,7 +210,9 @@ def run(
     """Run a plan on Ray (embedded locally, or the cluster in `config.ray_address`).
 
     After a device fails and no standby is left, the runtime calls back here to re-plan over
-    the survivors with `planner` (the runtime itself never imports planners).
+    the survivors with `planner` (the runtime itself never imports planners). A server feeds
+    `requests` from its queue (None = nothing now) and follows `on_error` / `on_health`
+    (see `runtime.pipeline.run_plan`).
     """
     from edgesplit.runtime import run_plan
 
@@ -228,6 +233,8 @@ def run(
         replanner,
         faults=faults,
         on_result=on_result,
+        on_error=on_error,
+        on_health=on_health,
         progress=progress,
         timeline_path=timeline_path,
         metrics_port=metrics_port,

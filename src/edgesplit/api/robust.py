@@ -12,12 +12,14 @@ from __future__ import annotations
 import itertools
 import logging
 import math
+import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Literal
 
 import numpy as np
+import torch
 from pydantic import Field
 
 from edgesplit.core.cluster import Cluster, DeviceSpec
@@ -30,6 +32,7 @@ from edgesplit.models.importance import (
     measure_lost_sets,
 )
 from edgesplit.models.robust_tasks import RobustTask, build_task
+from edgesplit.models.width import WidthModel
 from edgesplit.planners.robust import (
     DEFAULT_PROBABILITIES,
     RobustPlan,
@@ -44,6 +47,8 @@ from edgesplit.planners.robust_objective import (
     expected_from_k,
     failure_table,
 )
+from edgesplit.runtime.config import RuntimeConfig, ScheduledFault, parse_fault
+from edgesplit.runtime.report import FailureRecord, LatencyStats, latency_stats
 
 __all__ = [
     "DistributedCheck",
@@ -51,6 +56,9 @@ __all__ = [
     "MeasuredPlan",
     "RobustPlan",
     "RobustProblem",
+    "RobustRunReport",
+    "RuntimeConfig",
+    "ScheduledFault",
     "build_problem",
     "build_task",
     "distributed_check",
@@ -60,13 +68,16 @@ __all__ = [
     "load_task",
     "lost_units",
     "measure_plan",
+    "parse_fault",
     "robust_plan",
+    "run_robust",
     "synthetic_cluster",
 ]
 
 log = logging.getLogger(__name__)
 
 ImportanceMethod = Literal["ablation", "gradient"]
+_DEVICE_FLOPS = 1e10  # per device, as planners.robust.predicted_latency_s assumes
 
 
 def synthetic_cluster(
@@ -468,6 +479,122 @@ def distributed_check(
         max_abs_diff_masked=diff_masked,
         wall_s=time.perf_counter() - start,
     )
+
+
+class RobustRunReport(FrozenModel):
+    """A width plan run on shard stages (the one stage worker and channel), emulated or real.
+
+    latency_s: per request, device seconds (wall / time_scale); predicted_latency_s: the plan's.
+    failures: the same `FailureRecord`s as a pipeline run (detected by the coordinator's
+    deadline or a dead actor; recovered = the end of the first request after detection).
+    """
+
+    model: str
+    strategy: str
+    coordinator: str
+    devices: tuple[str, ...]
+    compute: Literal["real", "emulated"]
+    link_shaping: str
+    time_scale: float
+    requests: int
+    completed: int
+    latency_s: LatencyStats
+    predicted_latency_s: float
+    failed_devices: tuple[str, ...]
+    failovers: int
+    lost_units: tuple[int, ...]
+    failures: tuple[FailureRecord, ...]
+    wall_s: float
+
+
+def run_robust(
+    plan: RobustPlan,
+    cluster: Cluster,
+    model: WidthModel,
+    inputs: Mapping[str, torch.Tensor],
+    *,
+    config: RuntimeConfig | None = None,
+    requests: int = 16,
+    faults: Sequence[ScheduledFault] = (),
+    deadline_s: float | None = None,
+) -> RobustRunReport:
+    """Run `plan` like a pipeline plan: one shard stage per device on Ray, the coordinator here
+    (the cluster's source), links shaped as `config.link_shaping` says, `faults` injected at
+    their times (`--fault KIND:DEVICE@S`), `requests` requests of `inputs` one after another.
+
+    `compute="emulated"` (the default) sends no weights: each shard sleeps the planner's time
+    per unit (its mean FLOPs per token x tokens / 1e10 FLOP/s) and returns real-size zeros.
+    """
+    from edgesplit.runtime.failover import Suspicion
+    from edgesplit.runtime.robust import RobustCoordinator, shard_payloads
+    from edgesplit.runtime.shards import ChannelShardBackend
+
+    config = config or RuntimeConfig()
+    replicas = plan.replica_indices()
+    if len(replicas) != model.num_units:
+        raise ConfigError(f"plan has {len(replicas)} units, the model {model.num_units}")
+    for device in (*plan.devices, plan.coordinator):
+        cluster.device(device)
+    unknown = sorted({f.device for f in faults} - set(plan.devices))
+    if unknown:
+        raise ConfigError(f"faults for {unknown}; the plan's devices are {list(plan.devices)}")
+    with torch.no_grad():
+        tokens = int(model.embed(dict(inputs))[0].shape[1])
+    unit_s = float(np.mean([u.flops_per_token for u in model.units])) * tokens / _DEVICE_FLOPS
+    n = len(plan.devices)
+    payloads = (
+        [({}, {})] * n if config.compute == "emulated" else shard_payloads(model, replicas, n)
+    )
+    backend = ChannelShardBackend(
+        plan.devices, payloads, config, cluster=cluster, unit_s=unit_s * config.time_scale
+    )
+    deadline = deadline_s or max(config.hang_timeout_s, 10 * plan.predicted.latency_s)
+    coordinator = RobustCoordinator(model, plan.devices, replicas, backend, deadline)
+    timers = [threading.Timer(f.at_s, backend.group.inject, (f,)) for f in sorted(faults, key=_at)]
+    latencies, ends, failovers, lost = [], [], 0, set()
+    try:
+        backend.group.check_faults(faults)
+        t0 = time.time()
+        for timer in timers:
+            timer.start()
+        for _ in range(requests):
+            started = time.time()
+            _, combined = coordinator.forward(dict(inputs))
+            ends.append(time.time())
+            latencies.append((ends[-1] - started) / config.time_scale)
+            failovers += combined.failovers
+            lost |= combined.lost_units
+        log_ = backend.group.failures
+        for device, cause, wall_s in coordinator.detections:
+            suspicion = Suspicion(device, cause, wall_s, "no partial sum")  # type: ignore[arg-type]
+            log_.detected([suspicion], wall_s, "standby")
+        records = log_.records(t0, ends)
+    finally:
+        for timer in timers:
+            timer.cancel()
+        backend.close()
+    return RobustRunReport(
+        model=plan.model,
+        strategy=plan.strategy.label,
+        coordinator=plan.coordinator,
+        devices=plan.devices,
+        compute=config.compute,
+        link_shaping=config.link_shaping,
+        time_scale=config.time_scale,
+        requests=requests,
+        completed=len(ends),
+        latency_s=latency_stats(latencies),
+        predicted_latency_s=plan.predicted.latency_s,
+        failed_devices=tuple(d for d, _, _ in coordinator.detections),
+        failovers=failovers,
+        lost_units=tuple(sorted(lost)),
+        failures=tuple(records),
+        wall_s=time.time() - t0,
+    )
+
+
+def _at(fault: ScheduledFault) -> float:
+    return fault.at_s
 
 
 def load_robust_plan(path: Path | str) -> RobustPlan:

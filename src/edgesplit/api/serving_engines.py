@@ -13,11 +13,9 @@ aborted ones leave, between chunks; greedy output equals one uninterrupted call 
 a function of the context only); a seeded sample is drawn per (seed, round index, position), so
 it is reproducible only for the same arrival pattern.
 `PipelineBatchEngine` runs one long `run_plan` whose `requests` is a generator fed by a queue; it
-yields a keep-alive row after `keepalive_s` without traffic, because the batch driver gives up
-after 60 s without a completed micro-batch and replays after a failure only between two items of
-the generator; an errored micro-batch is never passed to `on_result`, so a later answer (results
-arrive in order) tells that the earlier ones failed. notes/issue-16.md lists the runtime calls
-that remove each workaround.
+yields None ("nothing now") after `idle_poll_s` without a request, so the run idles and a
+recovery goes on between two yields; errored micro-batches come back through `on_error` and the
+health view through `on_health` (a stage being replaced or lost is not ok).
 """
 
 from __future__ import annotations
@@ -42,7 +40,7 @@ from edgesplit.core.cluster import Cluster, DeviceSpec
 from edgesplit.core.cost import CostModel
 from edgesplit.core.plan import Plan, PlannerInfo, StagePlacement
 from edgesplit.core.profile import ModelProfile
-from edgesplit.errors import ConfigError, DeviceUnavailableError, EdgesplitError
+from edgesplit.errors import ConfigError, DeviceUnavailableError
 from edgesplit.serving import (
     DecodeRequest,
     EmbeddingCodec,
@@ -58,7 +56,7 @@ if TYPE_CHECKING:
     from edgesplit.models.spec import ModelSpec
     from edgesplit.runtime.config import ScheduledFault
     from edgesplit.runtime.generation import GenerationPipeline, GenerationRequest
-    from edgesplit.runtime.report import FailureRecord
+    from edgesplit.runtime.report import FailureRecord, RunHealth
 
 __all__ = [
     "ModelKind",
@@ -306,12 +304,6 @@ def text_codec(model: str, max_context: int = 4096) -> TextCodec:
 
 # -- encoders ------------------------------------------------------------------------------------
 @dataclass
-class _Pending:
-    done: BatchDone
-    rows: int
-
-
-@dataclass
 class PipelineBatchEngine:
     """A `BatchEngine` over one long `run_plan` fed by a queue ([Note: engine adapters])."""
 
@@ -319,16 +311,16 @@ class PipelineBatchEngine:
     cluster: Cluster
     profile: ModelProfile
     spec: ModelSpec
-    keepalive: Arrays  # one cheap row sent when idle
-    keepalive_s: float = 1.0
+    keepalive: Arrays | None = None  # unused: the runtime idles on None (api/serving.py passes it)
+    idle_poll_s: float = 0.05  # how long the source waits for a request before saying "nothing"
     faults: tuple[ScheduledFault, ...] = ()
     standby_devices: tuple[str, ...] = ()
     _queue: queue.Queue[tuple[Arrays, BatchDone] | None] = field(default_factory=queue.Queue)
-    _pending: dict[int, _Pending | None] = field(default_factory=dict)  # None: a keep-alive
+    _pending: dict[int, BatchDone] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _broken: str = ""
+    _health: RunHealth | None = None
     _thread: threading.Thread | None = None
-    _started: threading.Event = field(default_factory=threading.Event)
 
     @property
     def max_batch(self) -> int:
@@ -349,44 +341,39 @@ class PipelineBatchEngine:
         self._queue.put(({k: np.ascontiguousarray(v) for k, v in inputs.items()}, done))
 
     def health(self) -> EngineHealth:
-        alive = self._thread is not None and self._thread.is_alive()
-        stages = tuple(f"{s.device}[{s.start},{s.end})" for s in self.plan.stages)
-        ok = alive and not self._broken
-        return EngineHealth(
-            ok, self._broken or ("" if alive else "the pipeline is not running"), stages
-        )
+        """The runtime's own view: a stage being replaced or lost is not ok (and says why)."""
+        now = self._health
+        stages = now.stages if now is not None and now.stages else self.plan.stages
+        names = tuple(f"{s.device}[{s.start},{s.end})" for s in stages)
+        if self._broken or now is None:
+            return EngineHealth(False, self._broken or "the pipeline is starting", names)
+        return EngineHealth(now.ok, "" if now.ok else f"{now.state}: {now.detail}", names)
 
     def close(self) -> None:
         self._queue.put(None)
         if self._thread is not None:
             self._thread.join(timeout=60)
 
-    def _requests(self) -> Iterator[Arrays]:
+    def _requests(self) -> Iterator[Arrays | None]:
         for index in itertools.count():
-            try:
-                item = self._queue.get(timeout=self.keepalive_s)
-            except queue.Empty:
-                with self._lock:
-                    self._pending[index] = None
-                yield self.keepalive
-                continue
-            if item is None:
-                return
-            inputs, done = item
+            item: tuple[Arrays, BatchDone] | None = None
+            while item is None:
+                try:
+                    item = self._queue.get(timeout=self.idle_poll_s)
+                except queue.Empty:
+                    yield None  # nothing now: the runtime idles (and may recover meanwhile)
+                    continue
+                if item is None:
+                    return
             with self._lock:
-                self._pending[index] = _Pending(done, int(next(iter(inputs.values())).shape[0]))
-            yield inputs
+                self._pending[index] = item[1]
+            yield item[0]
 
-    def _on_result(self, index: int, outputs: dict[str, np.ndarray]) -> None:
+    def _answer(self, index: int, outputs: Arrays | None, error: str) -> None:
         with self._lock:
-            earlier = [i for i in self._pending if i < index]
-            failed = [self._pending.pop(i) for i in earlier]
-            mine = self._pending.pop(index, None)
-        for pending in failed:  # answered in order: an earlier one left unanswered failed
-            if pending is not None:
-                pending.done(None, "the pipeline answered this micro-batch with an error")
-        if mine is not None:
-            mine.done(outputs, "")
+            done = self._pending.pop(index, None)
+        if done is not None:
+            done(outputs, error)
 
     def _run(self) -> None:
         from edgesplit.api.pipeline import run
@@ -400,12 +387,14 @@ class PipelineBatchEngine:
                 config=RuntimeConfig(compute="real", standby_devices=self.standby_devices),
                 requests=self._requests(),
                 faults=self.faults,
-                on_result=self._on_result,
+                on_result=lambda index, outputs: self._answer(index, outputs, ""),
+                on_error=lambda index, message: self._answer(index, None, message),
+                on_health=lambda health: setattr(self, "_health", health),
             )
             if report.notes:
                 logger.warning("encoder pipeline: %s", report.notes)
             error = "the pipeline stopped" if report.requests.lost else ""
-        except (EdgesplitError, RuntimeError) as e:
+        except Exception as e:  # any error: answer what waits, never hang the callers
             error = f"{type(e).__name__}: {e}"
         self._broken = error or "the pipeline stopped"
         with self._lock:
@@ -417,10 +406,9 @@ class PipelineBatchEngine:
             except queue.Empty:
                 break
             if item is not None:
-                stranded.append(_Pending(item[1], 0))
-        for pending in stranded:
-            if pending is not None:
-                pending.done(None, self._broken)
+                stranded.append(item[1])
+        for done in stranded:
+            done(None, self._broken)
 
 
 def uses_head(spec: ModelSpec) -> bool:

@@ -1,7 +1,8 @@
-"""`edgesplit robust plan|eval|finetune`: robust width placement (EASTER) from the command line.
+"""`edgesplit robust plan|eval|run|finetune`: robust width placement (EASTER) from the command line.
 
 Plans a width placement for a model over a cluster, evaluates a plan under device failures
-(masked evaluation, optionally on Ray with killed shard actors) and compares failure-aware
+(masked evaluation, optionally on Ray with killed shard actors), runs a plan on shard stages
+like a pipeline plan (emulated or real, shaped links, `--fault`) and compares failure-aware
 fine-tuning with a control. Imports the robust façade (api_robust) and core types only.
 """
 
@@ -209,6 +210,75 @@ def finetune_command(
     console.print(table)
     if output is not None:
         write_json_file(report, output)
+
+
+@robust_app.command("run")
+def run_command(
+    plan: Annotated[Path, typer.Option("--plan", help="Robust plan JSON (robust plan -o).")],
+    cluster: Annotated[Path, typer.Option("--cluster", "-c", help="cluster.toml of the plan.")],
+    model: Annotated[str | None, typer.Option("--model", "-m", help=MODEL_HELP)] = None,
+    compute: Annotated[
+        str, typer.Option(help="emulated (sleep the planner's unit time) or real (weights).")
+    ] = "emulated",
+    requests: Annotated[int, typer.Option(min=1, help="Requests, one after another.")] = 16,
+    fault: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--fault", help="KIND:DEVICE@SECONDS, KIND in kill, stop, crash, cut (repeat)."
+        ),
+    ] = None,
+    time_scale: Annotated[float, typer.Option(help="Emulated seconds -> wall seconds.")] = 1.0,
+    link_shaping: Annotated[
+        str, typer.Option(help="full, latency (bandwidth shaped by the kernel) or off.")
+    ] = "full",
+    ray_address: Annotated[str | None, typer.Option(help="HEAD:PORT of a Ray cluster.")] = None,
+    seed: int = 0,
+    report: Annotated[Path | None, typer.Option(help="Write the run report JSON here.")] = None,
+) -> None:
+    """Run a width plan on shard stages (Ray actors) like a pipeline plan: emulated or real,
+    links shaped from cluster.toml, faults injected; failures, failovers and latency."""
+    if compute not in ("real", "emulated") or link_shaping not in ("full", "latency", "off"):
+        raise typer.BadParameter("--compute real|emulated, --link-shaping full|latency|off")
+    the_plan = api_robust.load_robust_plan(plan)
+    task = api_robust.load_task(model or the_plan.model, seed=seed)
+    inputs = {k: v[:1] for k, v in task.evaluation[0][0].items()}  # one sample per request
+    config = api_robust.RuntimeConfig(
+        compute=compute,  # type: ignore[arg-type]  # checked above
+        time_scale=time_scale,
+        link_shaping=link_shaping,  # type: ignore[arg-type]
+        ray_address=ray_address,
+    )
+    result = api_robust.run_robust(
+        the_plan,
+        load_cluster(cluster),
+        task.model,
+        inputs,
+        config=config,
+        requests=requests,
+        faults=[api_robust.parse_fault(f) for f in fault or []],
+    )
+    table = Table(
+        title=f"{result.model} · {result.strategy} · {compute} on {len(result.devices)} devices"
+    )
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    table.add_row("requests completed", f"{result.completed} / {result.requests}")
+    table.add_row(
+        "latency p50 / max (predicted)",
+        f"{result.latency_s.p50 * 1e3:.2f} / {result.latency_s.max * 1e3:.2f} ms "
+        f"({result.predicted_latency_s * 1e3:.2f} ms)",
+    )
+    table.add_row("failovers / lost units", f"{result.failovers} / {len(result.lost_units)}")
+    for f in result.failures:
+        recovered = f"{f.recovered_after_s:.2f} s" if f.recovered_after_s is not None else "never"
+        table.add_row(
+            f"{f.fault or 'failure'} of {f.device} at {f.at_s:.2f} s ({f.cause})",
+            f"detected after {f.detected_after_s:.2f} s, recovered after {recovered}",
+        )
+    console.print(table)
+    if report is not None:
+        write_json_file(result, report)
+        console.print(f"report: {report}")
 
 
 def register(app: typer.Typer) -> None:

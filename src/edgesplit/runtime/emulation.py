@@ -1,28 +1,15 @@
 """Device and link emulation: one machine standing in for a heterogeneous cluster.
 
-Owns the `Clock` protocol, the sender-side link shaper (a token bucket for bandwidth plus a fixed
-propagation delay for latency) and the emulated compute time of a stage. Pure Python; no ray,
-no torch. docs/architecture.md §6.3 (emulation).
+Owns the sender-side link shaper (a token bucket for bandwidth plus a fixed propagation delay
+for latency); emulated compute is the executors' (executors.py). Pure Python; no ray, no
+torch. docs/architecture.md §6.3 (emulation).
 """
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
-from typing import Protocol
 
-__all__ = ["Clock", "LinkShaper", "MonotonicClock", "TokenBucket"]
-
-
-class Clock(Protocol):
-    def now(self) -> float: ...
-
-
-class MonotonicClock:
-    """Wall-clock seconds (time.time, shared by every process on one host)."""
-
-    def now(self) -> float:
-        return time.time()
+__all__ = ["LinkShaper", "TokenBucket"]
 
 
 @dataclass

@@ -37,29 +37,37 @@ from edgesplit.runtime.metrics import RunMetrics
 from edgesplit.runtime.report import (
     Action,
     FailureRecord,
-    Measured,
-    PredictedFigures,
+    HealthState,
     RequestCounts,
+    RunHealth,
     RunReport,
-    StageStats,
-    TimelineEntry,
-    latency_stats,
-    plot_timeline,
-    steady_period_s,
+    run_report,
 )
 from edgesplit.runtime.stage import StageSpec
 from edgesplit.runtime.stages import StageGroup, frame_bound_bytes
 from edgesplit.runtime.transport import Frame
 
-__all__ = ["Activation", "ProgressCallback", "Replanner", "ResultCallback", "run_plan"]
+__all__ = [
+    "Activation",
+    "ErrorCallback",
+    "HealthCallback",
+    "ProgressCallback",
+    "Replanner",
+    "ResultCallback",
+    "run_plan",
+]
 
 logger = logging.getLogger(__name__)
 
 Activation = dict[str, np.ndarray]
 Replanner = Callable[[Cluster], Plan]
 ResultCallback = Callable[[int, Activation], None]
+ErrorCallback = Callable[[int, str], None]
 ProgressCallback = Callable[[int, int | None, float], None]
 _TICK_S = 0.05
+
+
+HealthCallback = Callable[[RunHealth], None]
 
 
 def prepared_profile(profile: ModelProfile, cluster: Cluster) -> ModelProfile:
@@ -76,6 +84,7 @@ class _Ledger:
     """Every accepted micro-batch from submission to its one delivery (thread-safe)."""
 
     on_result: ResultCallback | None
+    on_error: ErrorCallback | None = None
     lock: threading.Lock = field(default_factory=threading.Lock)
     inputs: dict[int, Activation] = field(default_factory=dict)  # accepted, not yet answered
     sent_s: dict[int, float] = field(default_factory=dict)
@@ -112,8 +121,10 @@ class _Ledger:
             while self.next_to_deliver in self.waiting:
                 rid = self.next_to_deliver
                 output = self.waiting.pop(rid)
-                if self.on_result is not None and output is not None:
+                if output is not None and self.on_result is not None:
                     self.on_result(rid, output)
+                elif output is None and self.on_error is not None:
+                    self.on_error(rid, self.errors.get(rid, "no result"))
                 self.delivered.append(rid)
                 self.next_to_deliver += 1
             return True
@@ -141,13 +152,15 @@ class _Driver:
         profile: ModelProfile,
         spec: Any,
         config: RuntimeConfig,
-        requests: Iterator[Activation],
+        requests: Iterator[Activation | None],
         num_requests: int | None,
         replanner: Replanner | None,
         faults: Sequence[ScheduledFault],
         on_result: ResultCallback | None,
         progress: ProgressCallback | None,
         metrics: RunMetrics | None,
+        on_error: ErrorCallback | None = None,
+        on_health: HealthCallback | None = None,
     ) -> None:
         self.plan = plan
         self.cluster = cluster
@@ -160,7 +173,8 @@ class _Driver:
         self.faults = sorted(faults, key=lambda f: f.at_s)
         self.progress = progress
         self.metrics = metrics
-        self.ledger = _Ledger(on_result)
+        self.ledger = _Ledger(on_result, on_error)
+        self.on_health = on_health
         self.cost = CostModel(profile, cluster)
         self.failed: set[str] = set()
         self.resend: deque[int] = deque()
@@ -173,6 +187,10 @@ class _Driver:
         self.group: StageGroup | None = None
         self.failure_log = FailureLog()
         self.stages: tuple[StagePlacement, ...] = ()
+
+    def health(self, state: HealthState, detail: str = "") -> None:
+        if self.on_health is not None:
+            self.on_health(RunHealth(state, self.stages, detail, len(self.failed)))
 
     # -- set-up -------------------------------------------------------------------------------
     def stage_specs(self, stages: Sequence[StagePlacement], epoch: int) -> list[StageSpec]:
@@ -280,6 +298,8 @@ class _Driver:
             except StopIteration:
                 self.source_done.set()
                 return None
+            if tensors is None:  # the source has nothing now: idle
+                return False
             request_id = next(counter)
             self.ledger.accept(request_id, tensors)
             if self.metrics is not None:
@@ -326,6 +346,7 @@ class _Driver:
         self.group.check_faults(self.faults)
         self.configure(self.plan.stages, 0)
         self.num_nodes = self.group.session.num_nodes()
+        self.health("running")
         self.t0_s = time.time()
         threading.Thread(target=self._source, daemon=True, name="source").start()
         self.group.watch(self._expected(self.plan.stages))
@@ -341,7 +362,7 @@ class _Driver:
                 unfinished = len(self.ledger.inputs)
             if self.source_done.is_set() and unfinished == 0:
                 break
-            if done != last_done:
+            if done != last_done or unfinished == 0:  # idle is not a lack of progress
                 last_done, last_change_s = done, now
             while pending_faults and now - self.t0_s >= pending_faults[0].at_s:
                 self.group.inject(pending_faults.pop(0))
@@ -382,6 +403,7 @@ class _Driver:
             logger.warning(
                 "[failover] %s failed (%s: %s)", suspicion.device, suspicion.cause, suspicion.detail
             )
+        self.health("recovering", ", ".join(f"{s.device} lost ({s.cause})" for s in suspicions))
         # 1. Pause the source and ban the failed devices.
         self.source_paused.set()
         group.stop_source()
@@ -404,6 +426,7 @@ class _Driver:
         if stages is None:
             if self.replanner is None or not self.config.replan:
                 group.failures.detected(suspicions, detected_wall_s, "none")
+                self.health("failed", f"{sorted(self.failed)} failed; no standby or re-planner")
                 raise DeviceUnavailableError(
                     f"device(s) {sorted(self.failed)} failed and there is no standby device or "
                     "re-planner; pass standby devices or a replanner (api.run does)"
@@ -450,6 +473,7 @@ class _Driver:
         # Replays may have taken a while on a loaded host: count silence from now on.
         group.watch(self._expected(stages))
         self.source_paused.clear()
+        self.health("running", f"recovered from {sorted(failed_now)} by {action}")
 
     def failure_records(self) -> list[FailureRecord]:
         with self.ledger.lock:
@@ -471,7 +495,9 @@ def _real_requests(spec: Any, batch_size: int, count: int, seed: int) -> Iterato
         yield {k: v.detach().contiguous().numpy() for k, v in activation.items()}
 
 
-def _as_numpy(activation: Mapping[str, Any]) -> Activation:
+def _as_numpy(activation: Mapping[str, Any] | None) -> Activation | None:
+    if activation is None:  # "nothing now" (see run_plan)
+        return None
     result = {}
     for name, value in activation.items():
         if hasattr(value, "detach"):
@@ -508,56 +534,19 @@ def _check_inputs(
     return profile
 
 
-def _stage_stats(
-    timelines: list[dict[str, Any]], t0_s: float, makespan_s: float, scale: float
-) -> tuple[list[StageStats], list[TimelineEntry]]:
-    stats = []
-    entries: list[TimelineEntry] = []
-    for timeline in sorted(timelines, key=lambda t: (t["epoch"], t["index"])):
-        rows = np.asarray(timeline["entries"], dtype=np.float64).reshape(-1, 6)
-        device, index, epoch = timeline["device"], int(timeline["index"]), int(timeline["epoch"])
-        if len(rows) == 0:
-            continue
-        _rid, received, c0, c1, _due, sent = rows.T
-        stats.append(
-            StageStats(
-                index=index,
-                device=device,
-                start=int(timeline["start"]),
-                end=int(timeline["end"]),
-                epoch=epoch,
-                items=len(rows),
-                compute_s=float(np.mean(c1 - c0)) / scale,
-                queue_s=float(np.mean(c0 - received)) / scale,
-                transfer_s=float(np.mean(sent - c1)) / scale,
-                busy_fraction=float(np.sum(c1 - c0) / max(makespan_s, 1e-9)),
-            )
-        )
-        for row in rows:
-            entries.append(
-                TimelineEntry(
-                    index, device, epoch, int(row[0]), "compute", row[2] - t0_s, row[3] - t0_s
-                )
-            )
-            entries.append(
-                TimelineEntry(
-                    index, device, epoch, int(row[0]), "transfer", row[3] - t0_s, row[5] - t0_s
-                )
-            )
-    return stats, entries
-
-
 def run_plan(
     plan: Plan,
     cluster: Cluster,
     profile: ModelProfile,
     spec: Any = None,
     config: RuntimeConfig | None = None,
-    requests: int | Iterable[Mapping[str, Any]] = 64,
+    requests: int | Iterable[Mapping[str, Any] | None] = 64,
     replanner: Replanner | None = None,
     *,
     faults: Sequence[ScheduledFault] = (),
     on_result: ResultCallback | None = None,
+    on_error: ErrorCallback | None = None,
+    on_health: HealthCallback | None = None,
     progress: ProgressCallback | None = None,
     timeline_path: Path | str | None = None,
     metrics_port: int | None = None,
@@ -571,11 +560,17 @@ def run_plan(
         spec: an `edgesplit.models.ModelSpec` for `compute="real"` (default: from `plan.model`).
         config: runtime knobs (`RuntimeConfig`).
         requests: a number of synthetic micro-batches, or an iterable of input activations
-            (name -> array/tensor), consumed lazily under back-pressure.
+            (name -> array/tensor), consumed lazily under back-pressure. A long-lived source
+            (a server's queue) yields None for "nothing now": the run idles (no give-up while
+            nothing is unfinished) and recovery can go on between two yields, so it should
+            not block for long in between.
         replanner: `cluster_without_failed -> Plan`, called after a failure when no standby
             device is left (api.py injects the planner; the runtime never imports planners).
         faults: scheduled fault injections (`--kill DEVICE@SECONDS`).
         on_result: called once per micro-batch, in request order, with its output.
+        on_error: called instead of `on_result`, in the same order, for a micro-batch answered
+            with an error (its executor raised twice).
+        on_health: called with a `RunHealth` on each change (running, recovering, failed, ...).
         progress: called as (completed, total or None, samples/s) about every 0.5 s.
         timeline_path: where to write the Gantt plot (PNG), if given.
         metrics_port: serve Prometheus text on 127.0.0.1:PORT while running.
@@ -593,6 +588,7 @@ def run_plan(
         from edgesplit.models import model_spec_from_name
 
         spec = model_spec_from_name(plan.model)
+    stream: Iterator[Activation | None]
     if isinstance(requests, int):
         num_requests: int | None = requests
         stream = (
@@ -620,6 +616,8 @@ def run_plan(
         on_result,
         progress,
         metrics,
+        on_error,
+        on_health,
     )
     error: BaseException | None = None
     session: RaySession | None = None
@@ -647,6 +645,7 @@ def run_plan(
         gc.collect()
         if session is not None:
             session.close()
+    driver.health("stopped" if error is None else "failed", "" if error is None else str(error))
     if error is not None and not driver.t0_s:
         raise error
     report = _build_report(driver, timelines, timeline_path, error)
@@ -661,77 +660,34 @@ def _build_report(
     timeline_path: Path | str | None,
     error: BaseException | None,
 ) -> RunReport:
-    plan, config, ledger = driver.plan, driver.config, driver.ledger
-    scale = config.time_scale
-    done = sorted(ledger.done_s.values())
-    makespan_s = (max(done) - driver.t0_s) if done else 0.0
-    warmup = min(len(plan.stages) + 1, max(0, len(done) // 4))
-    # Measured period from the steady state only when no failure interrupted it.
-    records = driver.failure_records() if driver.t0_s else []
-    if records:
-        first_fail = driver.t0_s + min(r.at_s for r in records)
-        before = [t for t in done if t <= first_fail]
-        series = before if len(before) >= warmup + 3 else done
-    else:
-        series = done
-    wall_period_s = steady_period_s(series, warmup)
-    period_s = wall_period_s / scale
-    delivered = ledger.delivered
-    stats, entries = _stage_stats(timelines, driver.t0_s, makespan_s, scale)
-    plot = None
-    if timeline_path is not None and entries:
-        plot = str(
-            plot_timeline(
-                entries,
-                Path(timeline_path),
-                failures=records,
-                title=f"{plan.model}: {len(plan.stages)} stages, compute="
-                f"{config.compute}, time_scale={scale:g}",
-            )
-        )
-    notes = ""
-    if error is not None:
-        notes = f"run ended early: {type(error).__name__}: {error}"
+    ledger = driver.ledger
+    notes = f"run ended early: {type(error).__name__}: {error}" if error is not None else ""
     if ledger.errors:
         first = min(ledger.errors)
         notes += (
             f"{'; ' if notes else ''}{len(ledger.errors)} request(s) answered with an error, "
             f"e.g. {first}: {ledger.errors[first]}"
         )
-    return RunReport(
-        model=plan.model,
-        plan_stages=plan.stages,
-        batch_size=plan.batch_size,
-        compute=config.compute,
-        transport="tcp-direct",
-        time_scale=scale,
-        max_in_flight=config.max_in_flight,
-        measured=Measured(
-            period_s=period_s,
-            throughput_per_s=plan.batch_size / period_s if period_s > 0 else 0.0,
-            requests_per_s=len(done) / (makespan_s / scale) if makespan_s > 0 else 0.0,
-            latency_s=latency_stats([v / scale for v in ledger.latency_s.values()]),
-            makespan_s=makespan_s / scale,
-            warmup_requests=warmup,
-            wall_period_s=wall_period_s,
-        ),
-        predicted=PredictedFigures(
-            period_s=plan.predicted.period_s,
-            throughput_per_s=plan.predicted.throughput_per_s,
-            latency_s=plan.predicted.latency_s,
-        ),
-        requests=RequestCounts(
-            submitted=ledger.submitted,
-            completed=len(ledger.done_s),
-            lost=ledger.submitted - len(ledger.done_s),
-            duplicated=len(delivered) - len(set(delivered)),
-            replayed=ledger.replayed,
-            duplicates_suppressed=ledger.duplicates_suppressed,
-            errored=len(ledger.errors),
-        ),
-        stages=tuple(stats),
-        failures=tuple(records),
-        timeline_plot=plot,
-        ray_nodes=driver.num_nodes,
+    delivered = ledger.delivered
+    counts = RequestCounts(
+        submitted=ledger.submitted,
+        completed=len(ledger.done_s),
+        lost=ledger.submitted - len(ledger.done_s),
+        duplicated=len(delivered) - len(set(delivered)),
+        replayed=ledger.replayed,
+        duplicates_suppressed=ledger.duplicates_suppressed,
+        errored=len(ledger.errors),
+    )
+    return run_report(
+        driver.plan,
+        driver.config,
+        t0_s=driver.t0_s,
+        done_s=list(ledger.done_s.values()),
+        latency_s=list(ledger.latency_s.values()),
+        counts=counts,
+        failures=driver.failure_records() if driver.t0_s else [],
+        timelines=timelines,
+        timeline_path=timeline_path,
         notes=notes,
+        ray_nodes=driver.num_nodes,
     )

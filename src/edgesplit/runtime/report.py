@@ -2,7 +2,8 @@
 
 Scripts depend on: measured.period_s, measured.throughput_per_s, measured.latency_s.{p50,p95,p99},
 predicted.period_s, requests.{submitted,completed,lost,duplicated} and failures[{device, at_s,
-detected_after_s, recovered_after_s}]. Everything else is additive. Imports core and matplotlib.
+detected_after_s, recovered_after_s}]. Everything else is additive. `run_report` builds a batch
+run's report from what its driver recorded. Imports core, runtime.config and matplotlib.
 """
 
 from __future__ import annotations
@@ -10,25 +11,29 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 
-from edgesplit.core.plan import StagePlacement
+from edgesplit.core.plan import Plan, StagePlacement
 from edgesplit.core.schema import FrozenModel, VersionedFile
+from edgesplit.runtime.config import RuntimeConfig
 
 __all__ = [
     "Action",
     "Cause",
     "FailureRecord",
+    "HealthState",
     "LatencyStats",
     "Measured",
     "PredictedFigures",
     "RequestCounts",
+    "RunHealth",
     "RunReport",
     "StageStats",
     "TimelineEntry",
     "plot_timeline",
+    "run_report",
     "steady_period_s",
 ]
 
@@ -133,6 +138,27 @@ class RunReport(VersionedFile):
     notes: str = ""
 
 
+HealthState = Literal["starting", "running", "recovering", "failed", "stopped"]
+
+
+@dataclass(frozen=True)
+class RunHealth:
+    """What the batch driver is doing (for a serving front end's /health), sent on each change.
+
+    state: starting, running, recovering (a stage is being replaced: `detail` says which and
+    why), failed (no way to go on) or stopped. `failures`: failures detected so far.
+    """
+
+    state: HealthState
+    stages: tuple[StagePlacement, ...] = ()
+    detail: str = ""
+    failures: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return self.state == "running"
+
+
 @dataclass(frozen=True, slots=True)
 class TimelineEntry:
     """One bar of the Gantt chart (wall seconds since the run started)."""
@@ -223,3 +249,112 @@ def plot_timeline(
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def run_report(
+    plan: Plan,
+    config: RuntimeConfig,
+    *,
+    t0_s: float,
+    done_s: Sequence[float],
+    latency_s: Sequence[float],
+    counts: RequestCounts,
+    failures: Sequence[FailureRecord],
+    timelines: list[dict[str, Any]],
+    timeline_path: Path | str | None,
+    notes: str,
+    ray_nodes: int,
+) -> RunReport:
+    """The batch run's report: steady period (before the first failure, when there was one),
+    latency, per-stage figures and the Gantt plot from the stages' timelines."""
+    scale = config.time_scale
+    done = sorted(done_s)
+    makespan_s = (max(done) - t0_s) if done else 0.0
+    warmup = min(len(plan.stages) + 1, max(0, len(done) // 4))
+    series = done
+    if failures:
+        first_fail = t0_s + min(r.at_s for r in failures)
+        before = [t for t in done if t <= first_fail]
+        series = before if len(before) >= warmup + 3 else done
+    wall_period_s = steady_period_s(series, warmup)
+    period_s = wall_period_s / scale
+    stats, entries = _stage_stats(timelines, t0_s, makespan_s, scale)
+    plot = None
+    if timeline_path is not None and entries:
+        plot = str(
+            plot_timeline(
+                entries,
+                Path(timeline_path),
+                failures=failures,
+                title=f"{plan.model}: {len(plan.stages)} stages, compute="
+                f"{config.compute}, time_scale={scale:g}",
+            )
+        )
+    return RunReport(
+        model=plan.model,
+        plan_stages=plan.stages,
+        batch_size=plan.batch_size,
+        compute=config.compute,
+        transport="tcp-direct",
+        time_scale=scale,
+        max_in_flight=config.max_in_flight,
+        measured=Measured(
+            period_s=period_s,
+            throughput_per_s=plan.batch_size / period_s if period_s > 0 else 0.0,
+            requests_per_s=len(done) / (makespan_s / scale) if makespan_s > 0 else 0.0,
+            latency_s=latency_stats([v / scale for v in latency_s]),
+            makespan_s=makespan_s / scale,
+            warmup_requests=warmup,
+            wall_period_s=wall_period_s,
+        ),
+        predicted=PredictedFigures(
+            period_s=plan.predicted.period_s,
+            throughput_per_s=plan.predicted.throughput_per_s,
+            latency_s=plan.predicted.latency_s,
+        ),
+        requests=counts,
+        stages=tuple(stats),
+        failures=tuple(failures),
+        timeline_plot=plot,
+        ray_nodes=ray_nodes,
+        notes=notes,
+    )
+
+
+def _stage_stats(
+    timelines: list[dict[str, Any]], t0_s: float, makespan_s: float, scale: float
+) -> tuple[list[StageStats], list[TimelineEntry]]:
+    stats = []
+    entries: list[TimelineEntry] = []
+    for timeline in sorted(timelines, key=lambda t: (t["epoch"], t["index"])):
+        rows = np.asarray(timeline["entries"], dtype=np.float64).reshape(-1, 6)
+        device, index, epoch = timeline["device"], int(timeline["index"]), int(timeline["epoch"])
+        if len(rows) == 0:
+            continue
+        _rid, received, c0, c1, _due, sent = rows.T
+        stats.append(
+            StageStats(
+                index=index,
+                device=device,
+                start=int(timeline["start"]),
+                end=int(timeline["end"]),
+                epoch=epoch,
+                items=len(rows),
+                compute_s=float(np.mean(c1 - c0)) / scale,
+                queue_s=float(np.mean(c0 - received)) / scale,
+                transfer_s=float(np.mean(sent - c1)) / scale,
+                busy_fraction=float(np.sum(c1 - c0) / max(makespan_s, 1e-9)),
+            )
+        )
+        for row in rows:
+            entries.append(
+                TimelineEntry(
+                    index, device, epoch, int(row[0]), "compute", row[2] - t0_s, row[3] - t0_s
+                )
+            )
+            entries.append(
+                TimelineEntry(
+                    index, device, epoch, int(row[0]), "transfer", row[3] - t0_s, row[5] - t0_s
+                )
+            )
+    return stats, entries

@@ -1,8 +1,8 @@
 """Executing a robust width plan: shard workers return partial sums, the coordinator combines.
 
-Owns `ShardWorker` (one device's width units in this process, for `LocalShardBackend`), the
-`ShardBackend` seam (in-process `LocalShardBackend` here; the stage workers over the channel in
-runtime/shards.py, with emulation and link shaping) and `RobustCoordinator`, which runs the
+Owns the `ShardBackend` seam (in-process `LocalShardBackend` here, on the stage worker's shard
+executor; the stage workers over the channel in runtime/shards.py, with emulation and link
+shaping) and `RobustCoordinator`, which runs the
 shared parts (embeddings, norms, shared biases, head) and, per layer part, sends the hidden
 state to the first live replica of every unit, sums what arrived before the deadline, marks
 silent or dead devices failed and fails their units over to the next live replica. Never
@@ -32,7 +32,6 @@ __all__ = [
     "LocalShardBackend",
     "RobustCoordinator",
     "ShardBackend",
-    "ShardWorker",
     "context_arrays",
     "shard_payloads",
 ]
@@ -50,43 +49,6 @@ def context_arrays(ctx: WidthContext) -> dict[str, np.ndarray]:
     return out
 
 
-class ShardWorker:
-    """One device's width units. Plain data in and out (numpy arrays, dicts), no pickle.
-
-    Example:
-        >>> meta, arrays = model.shard([0, 5, 9]).to_arrays()
-        >>> worker = ShardWorker("dev0", meta, arrays)
-        >>> partial = worker.partial(0, "attn", [0], hidden_normed, ctx_arrays)
-    """
-
-    def __init__(
-        self, device: str, meta: dict[str, Any], arrays: dict[str, np.ndarray], num_threads: int = 1
-    ) -> None:
-        torch.set_num_threads(num_threads)
-        self.device = device
-        self.shard = WidthShard.from_arrays(meta, arrays)
-
-    def ping(self) -> str:
-        return self.device
-
-    def param_bytes(self) -> int:
-        return int(self.shard.param_bytes)
-
-    def partial(
-        self,
-        layer_index: int,
-        kind: str,
-        slots: list[int],
-        hidden: np.ndarray,
-        ctx: dict[str, np.ndarray],
-    ) -> np.ndarray:
-        """Σ over `slots` of layer part (layer_index, kind); hidden (B, T, C) already normed."""
-        assert kind in ("attn", "ffn")
-        meta = {"layer": layer_index, "kind": kind, "slots": slots}
-        out, _ = ShardExecutor(self.shard).run(0, {"hidden": hidden, **ctx}, meta)
-        return out["partial"]
-
-
 def shard_payloads(
     model: WidthModel, replicas: Sequence[Sequence[int]], num_devices: int
 ) -> list[tuple[dict[str, Any], dict[str, np.ndarray]]]:
@@ -99,17 +61,11 @@ def shard_payloads(
 
 
 class ShardBackend(Protocol):
-    """How the coordinator reaches shard workers (in process, or Ray actors)."""
+    """How the coordinator reaches shards: one shard executor call per device and layer part
+    (tensors: `hidden` + context arrays; meta: `layer`, `kind`, `slots`), in process or on the
+    stage workers (runtime/shards.py)."""
 
-    def submit(
-        self,
-        device: str,
-        layer_index: int,
-        kind: str,
-        slots: list[int],
-        hidden: np.ndarray,
-        ctx: dict[str, np.ndarray],
-    ) -> Any: ...
+    def submit(self, device: str, tensors: dict[str, np.ndarray], meta: dict[str, Any]) -> Any: ...
 
     def wait(self, handles: Sequence[Any], timeout_s: float) -> list[Any]:
         """The handles that finished (result or error) within `timeout_s`."""
@@ -127,25 +83,18 @@ class _Done:
 
 
 class LocalShardBackend:
-    """In-process workers; a device listed in `silent` never answers (a hung device)."""
+    """Each device's `WidthShard` in this process, run by the stage worker's shard executor; a
+    device listed in `silent` never answers (a hung device)."""
 
-    def __init__(self, workers: dict[str, ShardWorker], silent: Sequence[str] = ()) -> None:
-        self.workers = workers
+    def __init__(self, shards: dict[str, WidthShard], silent: Sequence[str] = ()) -> None:
+        self.executors = {device: ShardExecutor(shard) for device, shard in shards.items()}
         self.silent = set(silent)
 
-    def submit(
-        self,
-        device: str,
-        layer_index: int,
-        kind: str,
-        slots: list[int],
-        hidden: np.ndarray,
-        ctx: dict[str, np.ndarray],
-    ) -> Any:
+    def submit(self, device: str, tensors: dict[str, np.ndarray], meta: dict[str, Any]) -> Any:
         if device in self.silent:
             return None  # never finishes
         try:
-            return _Done(True, self.workers[device].partial(layer_index, kind, slots, hidden, ctx))
+            return _Done(True, self.executors[device].run(0, tensors, meta)[0]["partial"])
         except Exception as e:
             return _Done(False, e)
 
@@ -199,6 +148,7 @@ class RobustCoordinator:
         self.backend = backend
         self.deadline_s = deadline_s
         self.failed: set[int] = set()
+        self.detections: list[tuple[str, str, float]] = []  # (device, cause, wall s) in order
 
     def mark_failed(self, device: str) -> None:
         self.failed.add(self.devices.index(device))
@@ -238,10 +188,8 @@ class RobustCoordinator:
             first_round = False
             handles = {}
             for d, us in assignment.items():
-                slots = [u - units.start for u in us]
-                handles[d] = self.backend.submit(
-                    self.devices[d], layer_index, kind, slots, hidden, ctx
-                )
+                meta = {"layer": layer_index, "kind": kind, "slots": [u - units.start for u in us]}
+                handles[d] = self.backend.submit(self.devices[d], {"hidden": hidden, **ctx}, meta)
                 report.requests += 1
             ready = self.backend.wait(list(handles.values()), self.deadline_s)
             ready_ids = {id(h) for h in ready}
@@ -265,6 +213,8 @@ class RobustCoordinator:
                 )
                 self.failed.add(d)
                 report.failed_devices.append(self.devices[d])
+                cause = "hang" if value is None else "actor_died"
+                self.detections.append((self.devices[d], cause, time.time()))
                 pending.extend(assignment[d])
         return total
 

@@ -132,26 +132,12 @@ class ChannelShardBackend:
                 self._done.notify_all()
 
     # -- the ShardBackend seam -----------------------------------------------------------------
-    def submit(
-        self,
-        device: str,
-        layer_index: int,
-        kind: str,
-        slots: list[int],
-        hidden: np.ndarray,
-        ctx: dict[str, np.ndarray],
-    ) -> int:
+    def submit(self, device: str, tensors: dict[str, np.ndarray], meta: dict[str, Any]) -> int:
         request_id = next(self._ids)
         with self._done:
             self._pending[request_id] = device
-        frame = Frame(
-            "data",
-            request_id,
-            0,
-            self.group.epoch,
-            {"hidden": np.ascontiguousarray(hidden), **ctx},
-            {"layer": layer_index, "kind": kind, "slots": list(slots)},
-        )
+        hidden = np.ascontiguousarray(tensors["hidden"])
+        frame = Frame("data", request_id, 0, self.group.epoch, {**tensors, "hidden": hidden}, meta)
         if not self.group.send(frame, device):
             with self._done:
                 self._results[request_id] = (False, f"stream to '{device}' is gone")

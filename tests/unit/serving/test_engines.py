@@ -2,8 +2,8 @@
 
 Decode: requests arriving mid-round start with the next round; abort finishes the sink at once;
 a pipeline that cannot continue marks the engine unhealthy and fails what waits. Batch: the
-queue-fed generator sends keep-alive rows when idle and a micro-batch the runtime never answered
-is failed as soon as a later one is answered (delivery is in order).
+queue-fed generator says "nothing now" (None) when idle, an errored micro-batch is answered with
+the runtime's error and the engine's health follows the runtime's.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import pytest
 from edgesplit.api import pipeline as api_pipeline
 from edgesplit.api.serving_engines import PipelineBatchEngine, PipelineDecodeEngine
 from edgesplit.errors import DeviceUnavailableError
+from edgesplit.runtime.report import RunHealth
 from edgesplit.serving import DecodeRequest
 
 
@@ -111,26 +112,34 @@ def test_decode_rounds_abort_and_failure() -> None:
         engine.close()
 
 
-def test_batch_engine_keepalive_and_inferred_errors(monkeypatch: pytest.MonkeyPatch) -> None:
-    answered: list[int] = []
-    keepalives = threading.Event()
+def test_batch_engine_idles_and_follows_errors_and_health(monkeypatch: pytest.MonkeyPatch) -> None:
+    idle = threading.Event()
+    seen_health: list[Callable[[Any], None]] = []
 
     def fake_run(
         plan: Any,
         cluster: Any,
         profile: Any,
         *,
-        requests: Iterable[Mapping[str, np.ndarray]],
+        requests: Iterable[Mapping[str, np.ndarray] | None],
         on_result: Callable[[int, dict[str, np.ndarray]], None],
+        on_error: Callable[[int, str], None],
+        on_health: Callable[[Any], None],
         **_: Any,
     ) -> Any:
-        for index, row in enumerate(requests):
-            if "keepalive" in row:
-                keepalives.set()
+        seen_health.append(on_health)
+        on_health(RunHealth("running"))
+        index = 0
+        for row in requests:
+            if row is None:  # nothing now
+                idle.set()
+                continue
             if float(np.asarray(row["x"]).ravel()[0]) == 13.0:
-                continue  # the runtime answered this micro-batch with an error
-            answered.append(index)
-            on_result(index, {"y": np.asarray(row["x"]) * 2})
+                on_error(index, "executor: boom")
+                on_health(RunHealth("recovering", detail="d1 lost (hang)"))
+            else:
+                on_result(index, {"y": np.asarray(row["x"]) * 2})
+            index += 1
 
         @dataclass
         class Counts:
@@ -155,19 +164,22 @@ def test_batch_engine_keepalive_and_inferred_errors(monkeypatch: pytest.MonkeyPa
         None,  # type: ignore[arg-type]
         None,  # type: ignore[arg-type]
         None,  # type: ignore[arg-type]
-        keepalive={"x": np.zeros((1, 1)), "keepalive": np.zeros(1)},
-        keepalive_s=0.05,
+        idle_poll_s=0.01,
     )
     engine.start()
     try:
-        wait_until(keepalives.is_set)
+        wait_until(idle.is_set)
+        assert engine.health().ok
         results: list[tuple[Any, str]] = []
         engine.submit({"x": np.full((2, 1), 13.0)}, lambda out, err: results.append((out, err)))
         engine.submit({"x": np.full((2, 1), 3.0)}, lambda out, err: results.append((out, err)))
         wait_until(lambda: len(results) == 2)
-        assert results[0][0] is None
-        assert "error" in results[0][1]
+        assert results[0] == (None, "executor: boom")
         np.testing.assert_array_equal(results[1][0]["y"], np.full((2, 1), 6.0))
+        health = engine.health()
+        assert not health.ok
+        assert "recovering: d1 lost (hang)" in health.detail
+        seen_health[0](RunHealth("running"))
         assert engine.health().ok
         assert engine.max_batch == 4
     finally:
