@@ -28,6 +28,7 @@ __all__ = [
     "STAGE_DTYPES",
     "load_quality_table",
     "measure_quality",
+    "parse_dtype",
     "parse_dtypes",
     "parse_link_encodings",
     "with_stage_dtype",
@@ -39,6 +40,11 @@ QUALITY_TASKS: tuple[str, ...] = ("smollm2", "minilm", "vit-digits", "vit-fashio
 def parse_dtypes(text: str) -> tuple[StageDtype, ...]:
     """ "float32,int8" -> ("float32", "int8"); a ConfigError names an unknown entry."""
     return tuple(dict.fromkeys(_parse_dtype(p.strip()) for p in text.split(",") if p.strip()))
+
+
+def parse_dtype(name: str) -> StageDtype:
+    """One stage dtype (`--dtype` of run / generate / serve); ConfigError when unknown."""
+    return _parse_dtype(name.strip())
 
 
 def _parse_dtype(name: str) -> StageDtype:

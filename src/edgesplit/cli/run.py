@@ -134,12 +134,22 @@ def register(app: typer.Typer) -> None:
             Path | None,
             typer.Option(help="With --inputs: write the JSON lines here (default: stdout)."),
         ] = None,
+        dtype: Annotated[
+            str | None,
+            typer.Option(
+                "--dtype",
+                help="Hold every stage's weights in this dtype (float32, bfloat16, int8), "
+                "overriding the plan's.",
+            ),
+        ] = None,
     ) -> None:
         """Run a plan: stages as Ray actors, micro-batches streaming, failover on failure."""
         if inputs is not None:  # real inputs through the plan (api.serving), predictions out
             from edgesplit.api import serving
 
             loaded = api.load_plan(plan)
+            if dtype is not None:
+                loaded = api.precision.with_stage_dtype(loaded, api.precision.parse_dtype(dtype))
             found = serving.predict_inputs(
                 loaded.model,
                 inputs,
@@ -162,6 +172,10 @@ def register(app: typer.Typer) -> None:
         loaded_plan = api.load_plan(plan)
         loaded_cluster = api.load_cluster(cluster)
         loaded_profile = load_profile_arg(profile, batch_size)
+        if dtype is not None:
+            loaded_plan = api.precision.with_stage_dtype(
+                loaded_plan, api.precision.parse_dtype(dtype), loaded_profile, loaded_cluster
+            )
         config = api.RuntimeConfig(
             compute=compute,
             time_scale=time_scale,
