@@ -15,7 +15,8 @@ hops cost and what the double-buffered activations in `memory` hold (the runtime
 they travelled). The model's final output always goes back as float32. A `CostModel` built with
 `dtype` / `link_encoding` uses them for every stage in `time_prefix`, `param_prefix` and
 `output_bytes` (the arrays planners read), so every single-precision planner plans in that
-precision unchanged; `predict` always reads each stage's own fields.
+precision unchanged; `predict` reads each stage's own fields, a stage left at the float32
+defaults meaning "this model's precision" (planners build such stages; make_plan stamps them).
 """
 
 from __future__ import annotations
@@ -132,12 +133,20 @@ class CostModel:
         )
         return params + 2.0 * (self.in_bytes(start, in_encoding) + out)
 
+    def stage_dtype(self, stage: StagePlacement) -> StageDtype:
+        """The stage's dtype; its float32 default means this model's `dtype`."""
+        return self.dtype if stage.dtype == "float32" else stage.dtype
+
+    def stage_encoding(self, stage: StagePlacement) -> LinkEncoding:
+        """The stage's link encoding; its float32 default means this model's `link_encoding`."""
+        return self.link_encoding if stage.link_encoding == "float32" else stage.link_encoding
+
     def stage_memory_bytes(self, stages: Sequence[StagePlacement], index: int) -> float:
         """Memory of `stages[index]` with its own dtype and the encodings of its two links."""
         stage = stages[index]
-        in_encoding = stages[index - 1].link_encoding if index > 0 else "float32"
+        in_encoding = self.stage_encoding(stages[index - 1]) if index > 0 else "float32"
         return self.memory_bytes(
-            stage.start, stage.end, stage.dtype, in_encoding, stage.link_encoding
+            stage.start, stage.end, self.stage_dtype(stage), in_encoding, self.stage_encoding(stage)
         )
 
     def transfer_s(self, num_bytes: float, a: str, b: str) -> float:
@@ -162,14 +171,16 @@ class CostModel:
             hop_s = 0.0
             if index + 1 < len(stages):
                 hop_s = self.transfer_s(
-                    self.wire_bytes(stage.end, stage.link_encoding),
+                    self.wire_bytes(stage.end, self.stage_encoding(stage)),
                     stage.device,
                     stages[index + 1].device,
                 )
             per_stage.append(
                 StagePrediction(
                     device=stage.device,
-                    compute_s=self.compute_s(stage.device, stage.start, stage.end, stage.dtype),
+                    compute_s=self.compute_s(
+                        stage.device, stage.start, stage.end, self.stage_dtype(stage)
+                    ),
                     transfer_s=hop_s,
                     memory_bytes=self.stage_memory_bytes(stages, index),
                     memory_capacity_bytes=self.cluster.device(stage.device).memory_bytes,

@@ -90,10 +90,12 @@ def _tables(cost: CostModel, choices: PrecisionChoices) -> _Tables:
     below = positions[None, :] <= positions[:, None]  # b <= a
     compute = np.full((len(classes), len(dtypes), num_units + 1, num_units + 1), INF)
     for k, group in enumerate(classes):
-        kind = cluster.device(group[0]).kind
         for t, dtype in enumerate(dtypes):
-            prefix = cost.time_prefix(kind, dtype)
-            compute[k, t] = np.where(below, INF, prefix[None, :] - prefix[:, None])
+            # cost.compute_s itself (not the prefix arrays), so every term the cost model adds
+            # to a stage's compute is here too and plans re-evaluate to the DP's value bitwise.
+            for a in range(num_units):
+                for b in range(a + 1, num_units + 1):
+                    compute[k, t, a, b] = cost.compute_s(group[0], a, b, dtype)
     # Wire bytes into a stage starting at a / out of a stage ending at b, per encoding.
     nan = float("nan")
     wire_in = np.full((num_units + 1, len(encodings)), nan)
@@ -172,6 +174,13 @@ def _losses(
             link_loss[1:num_units, e] = INF
     table = choices.quality
     if table is None:
+        # No table, no budget: a tie-break only. Among plans of the optimal period the DP keeps
+        # the fewest non-float32 stages and links (the budget is infinite, so this changes no
+        # period, and latency plans do not read it).
+        for t, dtype in enumerate(dtypes):
+            stage_loss[t] = float(dtype != "float32")
+        for e, encoding in enumerate(encodings):
+            link_loss[1:num_units, e] += float(encoding != "float32")
         return stage_loss, link_loss
     weights = np.concatenate([[0.0], np.cumsum(np.asarray(table.unit_param_bytes, float))])
     share = (weights[None, :] - weights[:, None]) / (weights[-1] or 1.0)

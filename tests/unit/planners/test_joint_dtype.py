@@ -244,3 +244,19 @@ def test_refusals() -> None:
     )
     with pytest.raises(ConfigError, match="units"):
         make_plan(profile, cluster, precision=PrecisionChoices(DTYPES, ENCODINGS, short, 1.0))
+
+
+@pytest.mark.parametrize("planner", ["optimal", "milp"])
+@pytest.mark.parametrize("seed", range(8))
+def test_single_precision_planners_equal_brute_force(seed: int, planner: str) -> None:
+    """One dtype and one encoding: the class-count DP and the MILP plan in that precision."""
+    profile, cluster = instance(seed)
+    choices = PrecisionChoices(("int8",), ("int8-token",))
+    expected = brute_force(profile, cluster, "throughput", choices)
+    if not np.isfinite(expected):
+        with pytest.raises(PlanInfeasibleError):
+            make_plan(profile, cluster, planner=planner, precision=choices)
+        return
+    plan = make_plan(profile, cluster, planner=planner, precision=choices)
+    assert plan.predicted.period_s == pytest.approx(expected, rel=1e-9)
+    assert {s.dtype for s in plan.stages} == {"int8"}
