@@ -48,6 +48,7 @@ import numpy as np
 from pydantic import Field
 
 from edgesplit.core.plan import StagePlacement
+from edgesplit.core.precision import StageDtype
 from edgesplit.core.schema import FrozenModel
 from edgesplit.errors import ConfigError, DeviceUnavailableError
 from edgesplit.runtime.cluster import RaySession
@@ -153,6 +154,7 @@ class GenerationConfig(FrozenModel):
     # Decode frames in flight at once ([Note: continuous batching]); 0 = one per stage.
     micro_batches: int = Field(default=0, ge=0, le=64)
     runtime: RuntimeConfig = Field(default_factory=_real_runtime)
+    dtype: StageDtype = "float32"  # every stage's weights (issue 17; models.precision)
 
 
 @dataclass
@@ -340,6 +342,7 @@ class GenerationPipeline:
             max_in_flight=self._in_flight,
             model_spec=spec,
             num_threads=1,
+            dtype=self.config.dtype,
         )
 
     @property
