@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 
 from edgesplit.core.cluster import Cluster
 from edgesplit.core.plan import Plan
+from edgesplit.core.precision import StageDtype
 from edgesplit.core.schema import read_json_file
 from edgesplit.errors import ConfigError
 from edgesplit.planners.generation import (
@@ -152,6 +153,7 @@ def generate(
     on_token: Callable[[int, int], None] | None = None,
     faults: Sequence[ScheduledFault | tuple[str, float]] = (),
     stop_at_eos: bool = True,
+    dtype: StageDtype = "float32",
 ) -> GenerationReport:
     """Generate continuations of `prompts` on a real-compute pipeline of `stages`.
 
@@ -163,6 +165,7 @@ def generate(
         profile: when given with a cluster, a failed stage's device is re-planned away over the
             survivors (`plan_generation`); otherwise a standby takes over, or the stage restarts.
         faults: `ScheduledFault`s (`--fault KIND:DEVICE@S`) or (device, seconds) kills.
+        dtype: every stage's weights (float32, bfloat16, int8; docs/precision.md).
 
     Returns:
         runtime.generation.GenerationReport: per sequence `new_ids` and their `text`.
@@ -209,6 +212,7 @@ def generate(
     config = GenerationConfig(
         max_concurrent=max_concurrent,
         runtime=RuntimeConfig(compute="real", standby_devices=tuple(standby_devices)),
+        dtype=dtype,
     )
     with GenerationPipeline(
         spec,

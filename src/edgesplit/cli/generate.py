@@ -79,6 +79,12 @@ def register(app: typer.Typer) -> None:
             list[str] | None, typer.Option(help="DEVICE@SECONDS: shorthand for kill:DEVICE@S.")
         ] = None,
         report: Annotated[Path | None, typer.Option(help="Write the JSON report.")] = None,
+        dtype: Annotated[
+            str,
+            typer.Option(
+                "--dtype", help="Every stage's weights: float32, bfloat16 or int8 (issue 17)."
+            ),
+        ] = "float32",
     ) -> None:
         """Generate continuations on a KV-cached pipeline; tokens stream as they come."""
         model_name, placed = _stages_and_model(plan, model, stages, devices)
@@ -112,6 +118,7 @@ def register(app: typer.Typer) -> None:
             standby_devices=standby or [],
             on_token=on_token,
             faults=faults,
+            dtype=api.precision.parse_dtype(dtype),
         )
         console.print()
         if len(prompt) != 1:
