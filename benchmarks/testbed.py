@@ -12,12 +12,14 @@ What it does, per model (every step through edgesplit.api, as a user would):
    latency is added by the runtime at the sender (this kernel has no netem).
 2. `survey_cluster`: every device profiles the model's units in place (mean over a window of
    back-to-back runs) and every pair's link is measured with the runtime's transport.
-3. `plan` (optimal, throughput) from the survey's profile and cluster, the link latencies being
-   the survey's plus the testbed's sender delay (which is not on the wire to be measured).
+3. `plan` (optimal, throughput) from the survey's profile and cluster (the survey of a testbed
+   writes each link's latency as measured + the testbed's sender delay, which is not on the
+   wire to be measured; each device carries its measured per-micro-batch runtime cost).
 4. `simulate` the same plan (discrete events, 200 micro-batches).
-5. `run --compute real` on the testbed (measured period: least-squares slope after the fill).
-6. The best single device (fastest surveyed kind), run alone with real compute: its measured
-   period is the in-cgroup reference of the survey's whole-model time and the speedup's base.
+5. `run --compute real --link-shaping latency` on the testbed (the kernel shapes the rate, the
+   runtime adds only the latency; measured period: least-squares slope after the fill).
+6. The best single device (fastest surveyed kind), run alone with real compute: the speedup's
+   base. For the smallest model, every device alone: the in-cgroup reference of its survey.
 """
 
 from __future__ import annotations
@@ -92,6 +94,28 @@ def _single_device_cluster(
     return Cluster(source=device, defaults=surveyed.defaults, devices=(spec,))
 
 
+def _config(address: str) -> Any:
+    """Real compute on the testbed: the kernel shapes each link's rate, the runtime adds only
+    the latency at the sender (`run --link-shaping latency`)."""
+    return api.RuntimeConfig(
+        compute="real",
+        ray_address=address,
+        placement="resource",
+        startup_timeout_s=900,
+        max_in_flight=2,
+        link_shaping="latency",
+    )
+
+
+def _alone(
+    profile: Any, surveyed: Cluster, device: str, config: Any, requests: int
+) -> tuple[Any, Any]:
+    """The whole model on one device (its own source): (plan, run report)."""
+    cluster = _single_device_cluster(surveyed, device)
+    plan = api.plan(profile, cluster)
+    return plan, api.run(plan, cluster, profile, config=config, requests=requests)
+
+
 def _loadavg() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
 
@@ -106,6 +130,7 @@ def run_model(
     single_requests: int,
     window_s: float,
     prefix: str = NAME,
+    per_device_reference: bool = False,
 ) -> dict[str, Any]:
     load_before = _loadavg()
     started = time.monotonic()
@@ -123,17 +148,10 @@ def run_model(
     )
     survey_s = time.monotonic() - started
     profile = result.profile
-    plan_cluster = api_testbed.planning_cluster(result.cluster, testbed)
+    plan_cluster = result.cluster  # latency = wire + the testbed's sender delay
     plan = api.plan(profile, plan_cluster)
     sim = api.simulate(plan, profile, plan_cluster)
-    run_cluster = api_testbed.sender_delay_cluster(result.cluster, testbed)
-    config = api.RuntimeConfig(
-        compute="real",
-        ray_address=state.address,
-        placement="resource",
-        startup_timeout_s=900,
-        max_in_flight=2,
-    )
+    config = _config(state.address)
     print(
         f"  [{label}] plan: {[(s.device, s.start, s.end) for s in plan.stages]}, predicted "
         f"{plan.predicted.period_s:.4f} s, simulated {sim.period_s:.4f} s",
@@ -141,23 +159,38 @@ def run_model(
     )
     report = api.run(
         plan,
-        run_cluster,
+        plan_cluster,
         profile,
         config=config,
         requests=requests,
         timeline_path=DOCS / f"{prefix}_gantt_{label}.png",
     )
     # Best single device: the fastest surveyed device, the whole model on it.
-    best = min(result.devices, key=lambda d: d.total_s)
-    single_cluster = _single_device_cluster(result.cluster, best.device)
-    single_plan = api.plan(profile, single_cluster)
-    single = api.run(
-        single_plan,
-        api_testbed.sender_delay_cluster(single_cluster, testbed),
-        profile,
-        config=config,
-        requests=single_requests,
-    )
+    best = min(result.devices, key=lambda d: d.total_s + d.stage_overhead_s)
+    single_plan, single = _alone(profile, result.cluster, best.device, config, single_requests)
+    references = []
+    if per_device_reference:
+        for device in result.devices:
+            if device.device == best.device:
+                alone_plan, alone = single_plan, single
+            else:
+                alone_plan, alone = _alone(
+                    profile, result.cluster, device.device, config, single_requests
+                )
+            references.append(
+                {
+                    "device": device.device,
+                    "survey_units_s": device.total_s,
+                    "survey_stage_overhead_s": device.stage_overhead_s,
+                    "survey_overhead_cpu_s": device.overhead_cpu_s,
+                    "predicted_alone_s": alone_plan.predicted.period_s,
+                    "measured_alone_s": alone.measured.period_s,
+                    "predicted_over_measured": alone_plan.predicted.period_s
+                    / alone.measured.period_s,
+                    "units_only_over_measured": device.total_s / alone.measured.period_s,
+                }
+            )
+            print(f"  [{label}] alone {references[-1]}", flush=True)
     measured = report.measured.period_s
     predicted = plan.predicted.period_s
     row = {
@@ -178,8 +211,13 @@ def run_model(
         "requests": report.requests.model_dump(),
         "latency_p50_s": report.measured.latency_s.p50,
         "stage_busy": [
-            {"device": s.device, "busy_fraction": s.busy_fraction, "compute_s": s.compute_s}
-            for s in report.stages
+            {
+                "device": s.device,
+                "busy_fraction": s.busy_fraction,
+                "compute_s": s.compute_s,
+                "predicted_compute_s": p.compute_s,
+            }
+            for s, p in zip(report.stages, plan.predicted.stages, strict=False)
         ],
         "best_single": {
             "device": best.device,
@@ -194,9 +232,12 @@ def run_model(
         "unit_time_accuracy": {
             "device": best.device,
             "survey_sum_of_units_s": best.total_s,
+            "survey_stage_overhead_s": best.stage_overhead_s,
             "in_cgroup_reference_s": single.measured.period_s,
-            "ratio": best.total_s / single.measured.period_s,
+            "ratio": (best.total_s + best.stage_overhead_s) / single.measured.period_s,
+            "units_only_ratio": best.total_s / single.measured.period_s,
         },
+        "per_device_reference": references,
         "links": [lk.model_dump() for lk in result.links],
         "load_average_before": load_before,
         "load_average_after": _loadavg(),
@@ -288,9 +329,12 @@ def plot(rows: list[dict[str, Any]], links: list[dict[str, Any]], prefix: str = 
     return paths
 
 
-def with_kind(cluster: Cluster, kind: str) -> Cluster:
+def with_kind(cluster: Cluster, kind: str, stage_overhead_s: float) -> Cluster:
+    """Every device of `cluster` as the one surveyed: its kind and per-micro-batch cost."""
     data = cluster.model_dump()
-    data["devices"] = [{**d, "kind": kind} for d in data["devices"]]
+    data["devices"] = [
+        {**d, "kind": kind, "stage_overhead_ms": stage_overhead_s * 1e3} for d in data["devices"]
+    ]
     return Cluster.model_validate(data)
 
 
@@ -332,23 +376,17 @@ def scale16(args: argparse.Namespace) -> int:
             ),
         )
         profile = result.profile
-        cluster = with_kind(testbed, result.kinds[first])
+        cluster = with_kind(testbed, result.kinds[first], result.devices[0].stage_overhead_s)
         plan = api.plan(profile, cluster)
         sim = api.simulate(plan, profile, cluster)
-        config = api.RuntimeConfig(
-            compute="real",
-            ray_address=state.address,
-            placement="resource",
-            startup_timeout_s=900,
-            max_in_flight=2,
-        )
+        config = _config(state.address)
         print(
             f"  [16] plan: {len(plan.stages)} stages, predicted {plan.predicted.period_s:.3f} s",
             flush=True,
         )
         report = api.run(
             plan,
-            api_testbed.sender_delay_cluster(cluster),
+            cluster,
             profile,
             config=config,
             requests=args.scale16_requests,
@@ -361,7 +399,7 @@ def scale16(args: argparse.Namespace) -> int:
         single_plan = api.plan(profile, single_cluster)
         single = api.run(
             single_plan,
-            api_testbed.sender_delay_cluster(single_cluster),
+            single_cluster,
             profile,
             config=config,
             requests=4,
@@ -445,8 +483,8 @@ def failures(args: argparse.Namespace) -> int:
             token_file=Path(state.token_path),
         )
         profile = result.profile
-        plan = api.plan(profile, api_testbed.planning_cluster(result.cluster, testbed))
-        run_cluster = api_testbed.sender_delay_cluster(result.cluster, testbed)
+        plan = api.plan(profile, result.cluster)
+        run_cluster = result.cluster
         victim = plan.stages[1].device
         cgroup = CPU_CGROUP_MOUNT / next(d.cgroup for d in state.devices if d.name == victim)
         veth = next(d.host_veth for d in state.devices if d.name == victim)
@@ -470,13 +508,7 @@ def failures(args: argparse.Namespace) -> int:
         ]
         for label, action in faults:
             print(f"== {label} on {victim}", flush=True)
-            config = api.RuntimeConfig(
-                compute="real",
-                ray_address=state.address,
-                placement="resource",
-                startup_timeout_s=900,
-                max_in_flight=2,
-            )
+            config = _config(state.address)
             order: list[int] = []
             try:
                 report = api.run(
@@ -534,6 +566,11 @@ def main() -> int:
     parser.add_argument("--requests", type=int, default=40)
     parser.add_argument("--single-requests", type=int, default=12)
     parser.add_argument("--window", type=float, default=1.0, help="survey timing window, s")
+    parser.add_argument(
+        "--reference-model",
+        default="minilm",
+        help="model whose run also times every device alone (in-cgroup reference); '' = none",
+    )
     parser.add_argument("--name", default="bench")
     parser.add_argument("--out", type=Path, default=Path("/tmp/edgesplit-testbed-bench"))
     parser.add_argument("--quick", action="store_true", help="vit-base only, fewer requests")
@@ -590,6 +627,7 @@ def main() -> int:
                         args.single_requests,
                         args.window,
                         args.results_name,
+                        per_device_reference=model == args.reference_model,
                     )
                 )
             except Exception as e:  # recorded; the other models still run
@@ -607,7 +645,11 @@ def main() -> int:
             "cpu_quota_cores": quotas,
             "cpu_quota_total_cores": sum(q or 0 for q in quotas.values()),
             "link_rate": "kernel htb class per (sender, destination) on the sender's egress",
-            "link_latency": "runtime sender-side delay (no netem in this kernel)",
+            "link_latency": "runtime sender-side delay, RuntimeConfig.link_shaping='latency' "
+            "(no netem in this kernel)",
+            "stage_overhead": "per device, measured by the survey in place (a StageWorker's "
+            "threads per micro-batch + the executor around a unit, / the device's CPU share); "
+            "the cost model adds it once per stage",
             "survey_window_s": args.window,
             "requests": requests,
             "single_requests": args.single_requests,

@@ -4,7 +4,8 @@
   node in its own network namespace, under a CPU quota, behind kernel-shaped links.
 - `survey_cluster`: profile a model's units on every device of a running Ray cluster (a testbed
   or real boards) and measure every pair's link with the runtime's transport (runtime/survey.py).
-- `sender_delay_cluster` / `planning_cluster`: the latency the testbed cannot put on the wire.
+- `planning_cluster`: the latency the testbed cannot put on the wire (the runtime adds it at
+  the sender: `RuntimeConfig.link_shaping = "latency"`).
 
 Ray is imported only when a survey runs (it reads its auth mode when first imported).
 
@@ -29,7 +30,7 @@ from edgesplit.testbed import down as _down
 from edgesplit.testbed import restart_node as _restart_node
 from edgesplit.testbed import status as _status
 from edgesplit.testbed import up as _up
-from edgesplit.testbed.latency import planning_cluster, sender_delay_cluster
+from edgesplit.testbed.latency import planning_cluster
 from edgesplit.testbed.state import DEFAULT_STATE_DIR
 
 if TYPE_CHECKING:
@@ -42,7 +43,7 @@ __all__ = [
     "describe_testbed",
     "planning_cluster",
     "restart_device",
-    "sender_delay_cluster",
+    "running_testbed",
     "start_testbed",
     "stop_testbed",
     "survey_cluster",
@@ -101,6 +102,7 @@ def survey_options(
     min_window_s: float = 1.0,
     link_seconds: float = 1.0,
     kind_tolerance: float = 0.15,
+    overhead_window_s: float = 2.0,
 ) -> SurveyOptions:
     """`SurveyOptions` without importing Ray in the caller."""
     from edgesplit.runtime.survey import SurveyOptions
@@ -110,6 +112,7 @@ def survey_options(
         min_window_s=min_window_s,
         link_seconds=link_seconds,
         kind_tolerance=kind_tolerance,
+        overhead_window_s=overhead_window_s,
     )
 
 
@@ -160,12 +163,23 @@ def survey_cluster(
         "memory per device, every pair's bandwidth (transport goodput) and latency (half the\n"
         "median round trip) as measured. Re-run the survey after devices join or leave."
     )
+    testbed = running_testbed(address)
+    if testbed is not None:
+        # No netem here: the runtime adds the file's latency at the sender (`run --link-shaping
+        # latency`), so the plan must count it next to what the wire showed.
+        result = result.model_copy(
+            update={"cluster": planning_cluster(result.cluster, testbed.cluster)}
+        )
+        header += (
+            f"\nTestbed '{testbed.name}': each link's latency = measured + the testbed file's\n"
+            "latency, which the runtime adds at the sender: run with --link-shaping latency."
+        )
     cluster_path, profile_path = write_survey(result, out_dir, header)
     return result, cluster_path, profile_path
 
 
-def token_file_for(address: str, state_dir: Path = DEFAULT_STATE_DIR) -> Path | None:
-    """The token file of the testbed whose Ray head is `address`, if one is up on this host."""
+def running_testbed(address: str, state_dir: Path = DEFAULT_STATE_DIR) -> TestbedState | None:
+    """The testbed whose Ray head is `address`, if one is up on this host."""
     if not state_dir.is_dir():
         return None
     from edgesplit.testbed.state import load_state
@@ -173,5 +187,11 @@ def token_file_for(address: str, state_dir: Path = DEFAULT_STATE_DIR) -> Path | 
     for path in sorted(state_dir.glob("*.json")):
         state = load_state(path.stem, state_dir)
         if state is not None and state.address == address:
-            return Path(state.token_path)
+            return state
     return None
+
+
+def token_file_for(address: str, state_dir: Path = DEFAULT_STATE_DIR) -> Path | None:
+    """The token file of the testbed whose Ray head is `address`, if one is up on this host."""
+    state = running_testbed(address, state_dir)
+    return None if state is None else Path(state.token_path)

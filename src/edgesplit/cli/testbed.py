@@ -78,7 +78,7 @@ def register(app: typer.Typer) -> None:
         console.print(_devices_table(api_testbed.describe_testbed(name)))
         console.print(
             "links: rate shaped in the kernel (htb); latency: this kernel has no netem, so the "
-            "runtime adds it at the sender (edgesplit.api.testbed.sender_delay_cluster)"
+            "runtime adds it at the sender (edgesplit run --link-shaping latency)"
         )
         console.print(f"Ray address: [bold]{state.address}[/bold]")
         console.print(f"  export RAY_AUTH_MODE=token RAY_AUTH_TOKEN_PATH={state.token_path}")

@@ -40,14 +40,22 @@ class DeviceSpec(FrozenModel):
     # Fraction of one CPU core the device may use (0.1 for a Pi-class board); `edgesplit testbed`
     # turns it into a cgroup CFS quota. None: not emulated (a real board, or the whole host).
     cpu_quota: Annotated[float, Field(gt=0, le=64)] | None = None
+    # The runtime's own cost per micro-batch of a stage on this device (receive, hand-offs,
+    # send, acks), measured in place by `edgesplit cluster survey`; added once per stage.
+    stage_overhead_ms: Annotated[float, Field(ge=0)] | None = None
 
     @model_serializer(mode="wrap")
     def _omit_unset_quota(self, handler: SerializerFunctionWrapHandler) -> dict[str, object]:
-        # Files and hashes of clusters without a quota stay exactly as before the field existed.
+        # Files and hashes of clusters without these stay exactly as before the fields existed.
         data: dict[str, object] = handler(self)
-        if data.get("cpu_quota") is None:
-            data.pop("cpu_quota", None)
+        for optional in ("cpu_quota", "stage_overhead_ms"):
+            if data.get(optional) is None:
+                data.pop(optional, None)
         return data
+
+    @property
+    def stage_overhead_s(self) -> float:
+        return (self.stage_overhead_ms or 0.0) / 1e3
 
     @property
     def memory_bytes(self) -> float:

@@ -113,8 +113,11 @@ class CostModel:
         return self.wire_bytes(start, encoding)
 
     def compute_s(self, device: str, start: int, end: int, dtype: str | None = None) -> float:
-        prefix = self._times(self.cluster.device(device).kind, dtype or self.dtype)
-        return float(prefix[end] - prefix[start])
+        """Units [start, end) on the device, plus the runtime's per-micro-batch cost there
+        (`DeviceSpec.stage_overhead_ms`, measured by the survey; 0 when unset)."""
+        spec = self.cluster.device(device)
+        prefix = self._times(spec.kind, dtype or self.dtype)
+        return float(prefix[end] - prefix[start]) + spec.stage_overhead_s
 
     def memory_bytes(
         self,

@@ -9,7 +9,7 @@ import pytest
 from edgesplit.core.cluster import Cluster, DeviceSpec, LinkDefaults, LinkSpec
 from edgesplit.errors import ConfigError
 from edgesplit.testbed import cgroups, plan_layout
-from edgesplit.testbed.latency import UNSHAPED_MBPS, planning_cluster, sender_delay_cluster
+from edgesplit.testbed.latency import planning_cluster
 from edgesplit.testbed.layout import DRIVER, default_subnet
 from edgesplit.testbed.network import class_commands
 from edgesplit.testbed.state import TestbedDevice, TestbedState, load_state, save_state
@@ -83,7 +83,7 @@ def test_quota_is_a_fraction_of_the_period() -> None:
     assert cgroups.quota_us(0.001) == 1000  # the kernel's minimum
 
 
-def test_sender_delay_cluster_unshapes_rate_and_keeps_latency() -> None:
+def test_planning_cluster_adds_the_sender_delay_to_measured_links() -> None:
     surveyed = Cluster(
         source="cam",
         devices=tuple(
@@ -91,15 +91,11 @@ def test_sender_delay_cluster_unshapes_rate_and_keeps_latency() -> None:
         ),
         defaults=LinkDefaults(bandwidth_mbps=95, latency_ms=0.05),
     )
-    run = sender_delay_cluster(surveyed, _cluster())
-    bandwidth, latency = run.link("cam", "pc")
-    assert bandwidth * 8 / 1e6 == pytest.approx(UNSHAPED_MBPS)
-    assert latency == pytest.approx(0.020)
-    assert run.link("pc", "cam")[1] == pytest.approx(0.005)
-    assert run.device("pi").kind == "measured-pi"  # the survey's kinds, for the profile
     planned = planning_cluster(surveyed, _cluster())
     assert planned.link("cam", "pc")[0] * 8 / 1e6 == pytest.approx(95)
     assert planned.link("cam", "pc")[1] == pytest.approx(0.020 + 0.00005)
+    assert planned.link("pc", "cam")[1] == pytest.approx(0.005 + 0.00005)
+    assert planned.device("pi").kind == "measured-pi"  # the survey's kinds, for the profile
 
 
 def test_cpu_quota_is_optional_and_leaves_old_hashes_alone() -> None:

@@ -79,3 +79,52 @@ def test_survey_files_read_back(tmp_path: Path) -> None:
     profile = _merged_profile(raw, kinds, 1, "")
     assert set(profile.device_kinds) == set(kinds.values())
     assert profile.units[0].time_s[kinds["cam"]] == pytest.approx(2.0)
+
+
+def test_stage_overhead_reaches_cluster_toml_and_the_cost_model(tmp_path: Path) -> None:
+    from edgesplit.core.cost import CostModel
+    from edgesplit.core.plan import StagePlacement
+    from edgesplit.core.profile import ModelProfile, UnitProfile
+
+    devices = [
+        _device("cam", 4.0, 0.1).model_copy(update={"stage_overhead_s": 0.025}),
+        _device("pc", 1.0, 0.6),
+    ]
+    kinds = group_kinds(devices, 0.15)
+    cluster = _survey_cluster(devices, [], kinds, "cam")
+    path = tmp_path / "cluster.toml"
+    path.write_text(cluster_toml(cluster))
+    assert "stage_overhead_ms = 25.0" in path.read_text()
+    assert load_cluster(path).device("cam").stage_overhead_s == pytest.approx(0.025)
+    assert "stage_overhead_ms" not in cluster.device("pc").model_dump()  # unset: files unchanged
+    profile = ModelProfile(
+        model="m",
+        batch_size=1,
+        input_bytes=0.0,
+        units=tuple(
+            UnitProfile(
+                name=f"u{i}",
+                param_bytes=1.0,
+                output_bytes=0.0,
+                time_s={kinds["cam"]: 2.0, kinds["pc"]: 0.5},
+            )
+            for i in range(2)
+        ),
+    )
+    cost = CostModel(profile, cluster)
+    assert cost.compute_s("cam", 0, 2) == pytest.approx(4.025)  # once per stage, not per unit
+    assert cost.compute_s("pc", 0, 1) == pytest.approx(0.5)
+    two = (
+        StagePlacement(device="cam", start=0, end=1),
+        StagePlacement(device="pc", start=1, end=2),
+    )
+    assert cost.predict(two).period_s == pytest.approx(2.025)
+
+
+def test_runtime_overhead_is_measured_on_a_real_stage_worker() -> None:
+    from edgesplit.runtime.survey import _Probe
+
+    probe = _Probe("dev", "127.0.0.1")
+    cpu_s = probe._channel_cpu(64 * 1024, window_s=0.2)
+    # The stage's reader, sender and ack threads did real work per micro-batch, and little.
+    assert 1e-6 < cpu_s < 0.05
