@@ -5,13 +5,12 @@ runtime's generation and batch pipelines; [Note: engine adapters]), the tokenize
 codecs the front end is given, and `encoder_parts` (spec, plan, cluster, profile of an encoder
 to serve). Wiring only; imported by api/serving.py.
 
-[Note: engine adapters] `PipelineDecodeEngine` drives `GenerationPipeline.generate`, which takes
-a fixed list of requests and returns when all are done, in *chunked rounds*: every live sequence
-decodes up to `chunk_tokens` (16) more tokens per call, then the next call re-prefills each one
-(prompt + tokens so far; the call starts fresh caches) and goes on. New requests join, and
-aborted ones leave, between chunks; greedy output equals one uninterrupted call (the tokens are
-a function of the context only); a seeded sample is drawn per (seed, round index, position), so
-it is reproducible only for the same arrival pattern.
+[Note: engine adapters] `PipelineDecodeEngine` is a thin view of the runtime's long-lived decode
+engine: one thread runs `GenerationPipeline.serve_forever`, `submit` hands each request to
+`GenerationPipeline.submit` (continuous batching: it joins the running micro-batches after its
+prefill), `abort` finishes the sink at once and has the pipeline drop the sequence between two
+steps, freeing its caches on every stage (a client that disconnects frees its slot at once).
+Sampling key 0 for every request: the same prompt and seed sample the same tokens.
 `PipelineBatchEngine` runs one long `run_plan` whose `requests` is a generator fed by a queue; it
 yields None ("nothing now") after `idle_poll_s` without a request, so the run idles and a
 recovery goes on between two yields; errored micro-batches come back through `on_error` and the
@@ -20,17 +19,14 @@ health view through `on_health` (a stage being replaced or lost is not ok).
 
 from __future__ import annotations
 
-import contextlib
 import io
 import itertools
 import json
 import logging
 import queue
 import threading
-import time
-from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -40,7 +36,7 @@ from edgesplit.core.cluster import Cluster, DeviceSpec
 from edgesplit.core.cost import CostModel
 from edgesplit.core.plan import Plan, PlannerInfo, StagePlacement
 from edgesplit.core.profile import ModelProfile
-from edgesplit.errors import ConfigError, DeviceUnavailableError
+from edgesplit.errors import ConfigError, DeviceUnavailableError, EdgesplitError
 from edgesplit.serving import (
     DecodeRequest,
     EmbeddingCodec,
@@ -50,12 +46,12 @@ from edgesplit.serving import (
     TextCodec,
     TokenSink,
 )
-from edgesplit.serving.engine import Arrays, BatchDone
+from edgesplit.serving.engine import Arrays, BatchDone, FinishReason
 
 if TYPE_CHECKING:
     from edgesplit.models.spec import ModelSpec
     from edgesplit.runtime.config import ScheduledFault
-    from edgesplit.runtime.generation import GenerationPipeline, GenerationRequest
+    from edgesplit.runtime.generation import GenerationPipeline, SequenceResult
     from edgesplit.runtime.report import FailureRecord, RunHealth
 
 __all__ = [
@@ -82,9 +78,9 @@ _MAX_IMAGE_PIXELS = 40_000_000  # decompression bombs are refused before decodin
 class _Live:
     request: DecodeRequest
     sink: TokenSink
+    sequence_id: int | None = None  # the pipeline's, once submitted
     aborted: bool = False
     finished: bool = False
-    generated: list[int] = field(default_factory=list)
 
 
 class PipelineDecodeEngine:
@@ -95,145 +91,106 @@ class PipelineDecodeEngine:
         pipeline: GenerationPipeline,
         max_concurrent: int,
         faults: Sequence[ScheduledFault] = (),
-        gather_s: float = 0.02,
-        chunk_tokens: int = 16,
     ) -> None:
         self.pipeline = pipeline
         self.max_concurrent = max_concurrent
-        self.gather_s = gather_s
-        self.chunk_tokens = chunk_tokens
-        self._t0: float | None = None
-        self._faults = list(faults)
-        self._waiting: deque[_Live] = deque()
+        self._faults = tuple(faults)
         self._by_id: dict[str, _Live] = {}
-        self._running: list[_Live] = []
-        self._batch_sizes: list[int] = []
         self._lock = threading.Lock()
-        self._wake = threading.Event()
         self._stop = threading.Event()
         self._broken = ""
-        self.failures: list[FailureRecord] = []  # stage failures survived (from round reports)
-        self._thread = threading.Thread(target=self._loop, daemon=True, name="decode-engine")
+        self._thread = threading.Thread(target=self._serve, daemon=True, name="decode-engine")
         self._thread.start()
 
+    @property
+    def failures(self) -> list[FailureRecord]:
+        """Stage failures the pipeline survived (or not) while serving."""
+        return self.pipeline.failures()
+
     def submit(self, request: DecodeRequest, sink: TokenSink) -> None:
+        from edgesplit.runtime.generation import GenerationRequest
+
+        live = _Live(request, sink)
         with self._lock:
-            if self._broken:
-                sink.finish("error", self._broken)
-                return
-            live = _Live(request, sink)
             self._by_id[request.request_id] = live
-            self._waiting.append(live)
-        self._wake.set()
+        generation = GenerationRequest(
+            prompt_ids=list(request.prompt_ids),
+            max_new_tokens=request.max_new_tokens,
+            temperature=request.temperature,
+            top_k=request.top_k,
+            seed=request.seed,
+            stop_token_id=min(request.stop_token_ids) if request.stop_token_ids else None,
+        )
+        try:
+            if self._broken:
+                raise DeviceUnavailableError(self._broken)
+            # Sampling key 0: the same prompt and seed sample the same tokens, whoever asks.
+            sequence_id = self.pipeline.submit(
+                generation,
+                lambda _, token: self._token(live, token),
+                lambda result: self._finished(live, result),
+                key=0,
+            )
+        except EdgesplitError as e:
+            self._finish(live, "error", f"{type(e).__name__}: {e}")
+            return
+        with self._lock:
+            live.sequence_id = sequence_id
+            aborted = live.aborted
+        if aborted:
+            self.pipeline.abort(sequence_id)
 
     def abort(self, request_id: str) -> None:
         with self._lock:
-            live = self._by_id.pop(request_id, None)
+            live = self._by_id.get(request_id)
             if live is None or live.finished:
                 return
-            live.aborted = live.finished = True
-            with contextlib.suppress(ValueError):
-                self._waiting.remove(live)
-        live.sink.finish("abort")
+            live.aborted = True
+            sequence_id = live.sequence_id
+        if sequence_id is not None:
+            self.pipeline.abort(sequence_id)  # applied between steps; caches freed on every stage
+        self._finish(live, "abort", "")
 
     def health(self) -> EngineHealth:
-        stages = tuple(f"{d}[{s},{e})" for d, s, e in self.pipeline.stages)
-        return EngineHealth(not self._broken, self._broken, stages)
+        state = self.pipeline.health()
+        if self._broken:
+            return EngineHealth(False, self._broken, state.stages)
+        return EngineHealth(state.ok, state.detail, state.stages)
 
     def stats(self) -> EngineStats:
-        with self._lock:
-            sizes, self._batch_sizes = tuple(self._batch_sizes), []
-            running = sum(1 for r in self._running if not r.aborted)
-            return EngineStats(running=running, waiting=len(self._waiting), step_batch_sizes=sizes)
+        stats = self.pipeline.stats()
+        return EngineStats(
+            running=stats.running, waiting=stats.waiting, step_batch_sizes=stats.step_batch_sizes
+        )
 
     def close(self) -> None:
         self._stop.set()
-        self._wake.set()
         self._thread.join(timeout=30)
 
-    def _loop(self) -> None:
-        running: list[_Live] = []
-        while not self._stop.is_set():
-            if not running:
-                if not self._wake.wait(0.5):
-                    continue
-                # Requests sent together (a burst of clients) should share one round: a short
-                # wait costs `gather_s` of time to first token and saves a round for the others.
-                self._stop.wait(self.gather_s)
-            self._wake.clear()
-            with self._lock:
-                running = [live for live in running if not live.finished]
-                while self._waiting and len(running) < self.max_concurrent:
-                    running.append(self._waiting.popleft())
-                self._running = running
-                if running:
-                    self._batch_sizes.append(len(running))
-            if not running:
-                continue
-            try:
-                self._round(running)
-            except Exception as e:  # a bad request must not end the engine's thread
-                logger.exception("decode round failed")
-                for live in running:
-                    self._finish(live, "error", f"{type(e).__name__}: {e}")
-
-    def _round(self, batch: list[_Live]) -> None:
-        """Every live sequence decodes up to `chunk_tokens` more tokens (its prompt and the
-        tokens so far are prefilled again: a new round starts fresh caches)."""
-        from edgesplit.runtime.generation import GenerationRequest
-
-        requests: list[GenerationRequest] = []
-        for live in batch:
-            r = live.request
-            requests.append(
-                GenerationRequest(
-                    prompt_ids=[*r.prompt_ids, *live.generated],
-                    max_new_tokens=min(self.chunk_tokens, r.max_new_tokens - len(live.generated)),
-                    temperature=r.temperature,
-                    top_k=r.top_k,
-                    seed=r.seed,
-                    stop_token_id=min(r.stop_token_ids) if r.stop_token_ids else None,
-                )
-            )
-
-        def on_token(index: int, token: int) -> None:
-            live = batch[index]
-            if not live.aborted:
-                live.generated.append(token)
-                live.sink.token(token)
-
-        now = time.monotonic()
-        if self._t0 is None:
-            self._t0 = now
-        # Faults are scheduled from the first round; each round gets those still ahead.
-        elapsed = now - self._t0
-        faults = [replace(f, at_s=f.at_s - elapsed) for f in self._faults if f.at_s >= elapsed]
+    def _serve(self) -> None:
         try:
-            report = self.pipeline.generate(requests, on_token=on_token, faults=faults)
-        except DeviceUnavailableError as e:  # no stage can replace a failed one: stop serving
+            self.pipeline.serve_forever(self._stop, self._faults)
+        except Exception as e:  # the engine must report, not vanish
+            logger.exception("decode engine stopped")
             self._broken = f"{type(e).__name__}: {e}"
-            logger.error("generation pipeline failed: %s", self._broken)
-            with self._lock:
-                stranded = [*batch, *self._waiting]
-                self._waiting.clear()
-            for live in stranded:
-                self._finish(live, "error", self._broken)
-            return
-        finally:
-            ended = time.monotonic() - self._t0
-            self._faults = [f for f in self._faults if f.at_s > ended]
-        if report.failures:
-            self.failures.extend(report.failures)
-            for record in report.failures:
-                logger.warning("decode round survived a failure: %s", record)
-        for live, result in zip(batch, report.sequences, strict=True):
-            if result.finished != "length":
-                self._finish(live, result.finished, result.error)
-            elif len(live.generated) >= live.request.max_new_tokens:
-                self._finish(live, "length", "")
-            # else: it goes on in the next round (unless aborted meanwhile)
+        if not self._stop.is_set():
+            self._broken = self._broken or self.pipeline.health().detail or "the decoder stopped"
+        with self._lock:
+            stranded = list(self._by_id.values())
+        for live in stranded:
+            self._finish(live, "error", self._broken or "the server is shutting down")
 
-    def _finish(self, live: _Live, reason: Literal["stop", "length", "error"], detail: str) -> None:
+    def _token(self, live: _Live, token: int) -> None:
+        if not live.aborted and not live.finished:
+            live.sink.token(token)
+
+    def _finished(self, live: _Live, result: SequenceResult) -> None:
+        if result.finished == "abort":
+            self._finish(live, "abort", "")
+        else:
+            self._finish(live, result.finished, result.error)
+
+    def _finish(self, live: _Live, reason: FinishReason, detail: str) -> None:
         with self._lock:
             if live.finished:
                 return

@@ -250,7 +250,8 @@ class GenerationPipeline:
         self._slots: list[list[int]] = []
         self._slot_flights: list[int] = []
         self._done_ids: list[int] = []
-        self._token_times: list[float] = []
+        self._token_times: deque[float] = deque(maxlen=1 << 16)  # recent token wall times
+        self._served_since_s = 0.0
         self._faults: list[ScheduledFault] = []
         self._faults_t0: float | None = None
         self._driving = False
@@ -443,6 +444,11 @@ class GenerationPipeline:
             running=len(self._live), waiting=waiting + len(self._waiting), step_batch_sizes=sizes
         )
 
+    def failures(self) -> list[FailureRecord]:
+        """Stage failures detected since `serve_forever` (or the last `generate`) began."""
+        since = self._served_since_s
+        return self.group.failures.records(since, list(self._token_times), detected_since_s=since)
+
     def serve_forever(
         self, stop: threading.Event, faults: Sequence[ScheduledFault | tuple[str, float]] = ()
     ) -> None:
@@ -495,7 +501,7 @@ class GenerationPipeline:
         start_s = time.time()
         self._begin(faults, now_s=start_s)
         finished: dict[int, SequenceResult] = {}
-        self._token_times = []
+        self._token_times.clear()
 
         def token_to(index: int) -> TokenCallback | None:
             if on_token is None:
@@ -554,6 +560,7 @@ class GenerationPipeline:
             key=lambda f: f.at_s,
         )
         self._faults_t0 = now_s
+        self._served_since_s = time.time()
         self._last_progress_s = self._last_detect_s = time.time()
 
     def _pump(self) -> None:

@@ -1,7 +1,8 @@
 """The engine adapters of api/serving_engines.py over fake runtime pipelines (no Ray).
 
-Decode: requests arriving mid-round start with the next round; abort finishes the sink at once;
-a pipeline that cannot continue marks the engine unhealthy and fails what waits. Batch: the
+Decode: tokens stream into each sink, abort finishes the sink at once (and asks the pipeline to
+drop the sequence), a pipeline that cannot continue marks the engine unhealthy and fails what
+waits and what comes later. Batch: the
 queue-fed generator says "nothing now" (None) when idle, an errored micro-batch is answered with
 the runtime's error and the engine's health follows the runtime's.
 """
@@ -9,7 +10,7 @@ the runtime's error and the engine's health follows the runtime's.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -51,60 +52,107 @@ class Result:
 
 
 @dataclass
-class Report:
-    sequences: list[Result]
-    failures: list[Any] = field(default_factory=list)
+class Health:
+    ok: bool
+    detail: str
+    stages: tuple[str, ...]
+
+
+@dataclass
+class Stats:
+    running: int
+    waiting: int
+    step_batch_sizes: tuple[int, ...]
 
 
 @dataclass
 class FakePipeline:
-    """`generate` emits max_new_tokens tokens per request; `gate` holds a round open."""
+    """The engine view of `GenerationPipeline`: `serve_forever` emits max_new_tokens tokens per
+    submitted request (continuing the prompt: 2, 3, 4, ...) while `gate` is open; `fail` ends
+    it as a stage failure nothing can replace."""
 
-    gate: threading.Event | None = None
-    fail: bool = False
-    rounds: list[int] = field(default_factory=list)
+    gate: threading.Event = field(default_factory=threading.Event)
+    fail: threading.Event = field(default_factory=threading.Event)
+    submitted: list[Any] = field(default_factory=list)
+    aborted: list[int] = field(default_factory=list)
+    broken: str = ""
     stages: list[tuple[str, int, int]] = field(default_factory=lambda: [("a", 0, 2), ("b", 2, 4)])
+    lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def generate(self, requests: Sequence[Any], on_token: Any, faults: Any = ()) -> Report:
-        self.rounds.append(len(requests))
-        if self.fail:
-            raise DeviceUnavailableError("stage b failed and nothing can replace it")
-        if self.gate is not None:
-            self.gate.wait(10)
-        for index, request in enumerate(requests):
-            for step in range(request.max_new_tokens):  # continues the prompt: 2, 3, 4, ...
-                on_token(index, len(request.prompt_ids) + step)
-        return Report([Result("length") for _ in requests])
+    def submit(self, request: Any, on_token: Any, on_finish: Any, *, key: int = 0) -> int:
+        if self.broken:
+            raise DeviceUnavailableError(self.broken)
+        with self.lock:
+            self.submitted.append((request, on_token, on_finish))
+            return len(self.submitted) - 1
+
+    def abort(self, sequence_id: int) -> None:
+        with self.lock:
+            self.aborted.append(sequence_id)
+
+    def serve_forever(self, stop: threading.Event, faults: Any = ()) -> None:
+        done = 0
+        while not stop.is_set():
+            if self.fail.is_set():
+                self.broken = "DeviceUnavailableError: stage b failed and nothing replaces it"
+                with self.lock:
+                    pending = self.submitted[done:]
+                for _, _, on_finish in pending:
+                    on_finish(Result("error", self.broken))
+                return
+            if not self.gate.wait(0.01):
+                continue
+            with self.lock:
+                pending, done = self.submitted[done:], len(self.submitted)
+            for index, (request, on_token, on_finish) in enumerate(pending):
+                sequence_id = done - len(pending) + index
+                for step in range(request.max_new_tokens):
+                    if sequence_id in self.aborted:
+                        on_finish(Result("abort"))
+                        break
+                    on_token(sequence_id, len(request.prompt_ids) + step)
+                else:
+                    on_finish(Result("length"))
+
+    def health(self) -> Any:
+        return Health(not self.broken, self.broken, ("a[0,2)", "b[2,4)"))
+
+    def stats(self) -> Any:
+        return Stats(running=0, waiting=len(self.submitted), step_batch_sizes=(2, 2))
+
+    def failures(self) -> list[Any]:
+        return []
 
 
 def _request(name: str, tokens: int = 3) -> DecodeRequest:
     return DecodeRequest(request_id=name, prompt_ids=(1, 2), max_new_tokens=tokens)
 
 
-def test_decode_rounds_abort_and_failure() -> None:
-    pipeline = FakePipeline(gate=threading.Event())
+def test_decode_engine_streams_aborts_and_fails() -> None:
+    pipeline = FakePipeline()
     engine = PipelineDecodeEngine(pipeline, max_concurrent=2)  # type: ignore[arg-type]
     try:
         sinks = {name: Sink() for name in "abc"}
-        engine.submit(_request("a"), sinks["a"])
-        wait_until(lambda: pipeline.rounds == [1])
-        engine.submit(_request("b"), sinks["b"])
-        engine.submit(_request("c"), sinks["c"])
-        engine.abort("c")  # still waiting: finished at once, never computed
+        for name in "abc":
+            engine.submit(_request(name), sinks[name])
+        engine.abort("c")  # finished at once; the pipeline drops it between steps
         assert sinks["c"].finished == [("abort", "")]
-        assert engine.stats().waiting == 1
-        pipeline.gate.set()  # type: ignore[union-attr]
+        assert pipeline.aborted == [2]
+        assert engine.stats().step_batch_sizes == (2, 2)
+        pipeline.gate.set()
         wait_until(lambda: bool(sinks["b"].finished))
-        assert pipeline.rounds == [1, 1]
-        assert sinks["a"].tokens == [2, 3, 4]
+        assert sinks["a"].tokens == sinks["b"].tokens == [2, 3, 4]
         assert sinks["a"].finished == [("length", "")]
+        assert sinks["c"].tokens == []
+        assert sinks["c"].finished == [("abort", "")]  # once
         assert engine.health().ok
-        pipeline.fail = True
-        broken = Sink()
-        engine.submit(_request("d"), broken)
-        wait_until(lambda: bool(broken.finished))
-        assert broken.finished[0][0] == "error"
-        assert not engine.health().ok
+        pipeline.gate.clear()
+        waiting = Sink()
+        engine.submit(_request("d"), waiting)
+        pipeline.fail.set()
+        wait_until(lambda: bool(waiting.finished))
+        assert waiting.finished[0][0] == "error"
+        wait_until(lambda: not engine.health().ok)
         later = Sink()
         engine.submit(_request("e"), later)
         assert later.finished[0][0] == "error"
@@ -185,19 +233,3 @@ def test_batch_engine_idles_and_follows_errors_and_health(monkeypatch: pytest.Mo
     finally:
         engine.close()
     assert not engine.health().ok
-
-
-def test_chunked_rounds_admit_new_requests_between_chunks() -> None:
-    pipeline = FakePipeline()
-    engine = PipelineDecodeEngine(pipeline, max_concurrent=4, chunk_tokens=2)  # type: ignore[arg-type]
-    try:
-        long, short = Sink(), Sink()
-        engine.submit(_request("long", tokens=5), long)
-        engine.submit(_request("short", tokens=1), short)
-        wait_until(lambda: bool(long.finished))
-        assert long.tokens == [2, 3, 4, 5, 6]  # the same as one uninterrupted call
-        assert long.finished == [("length", "")]
-        assert short.tokens == [2]
-        assert pipeline.rounds[:3] == [2, 1, 1]  # chunks of 2 tokens; short left after one
-    finally:
-        engine.close()
