@@ -181,3 +181,33 @@ def test_emulated_run_follows_the_dtype_times_and_encoded_bytes(ray_cluster: obj
         assert predicted == pytest.approx(0.08 if dtype == "float32" else 0.02)
         # Measured within 50 % of the plan (2 shared cores): float32 twice int8 at least.
     assert periods["float32"] > 2.0 * periods["int8"], periods
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "int8"])
+def test_split_decode_equals_the_unsplit_model_in_the_same_dtype(
+    ray_cluster: object, dtype: StageDtype
+) -> None:
+    """KV-cached greedy decode on 2 stages in `dtype` = the unsplit model in `dtype` (ids)."""
+    from edgesplit.models.kv_stage import build_reference, generate_unsplit
+    from edgesplit.runtime.generation import (
+        GenerationConfig,
+        GenerationPipeline,
+        GenerationRequest,
+    )
+
+    torch.set_num_threads(1)
+    spec = model_spec_from_name("gpt2-tiny")
+    n = len(unit_names(spec))
+    prompt, new_tokens = [5, 6, 7], 24
+    expected = generate_unsplit(build_reference(spec, dtype), prompt, new_tokens)
+    config = GenerationConfig(
+        max_concurrent=1,
+        runtime=RuntimeConfig(compute="real", placement="local"),
+        dtype=dtype,
+    )
+    stages = [("d0", 0, n // 2), ("d1", n // 2, n)]
+    with GenerationPipeline(spec, stages, config, num_units=n) as pipeline:
+        report = pipeline.generate(
+            [GenerationRequest(prompt_ids=prompt, max_new_tokens=new_tokens)]
+        )
+    assert report.sequences[0].new_ids == expected
