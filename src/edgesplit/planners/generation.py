@@ -14,6 +14,22 @@ A single sequence never overlaps its own steps, so every extra device adds its h
 cannot shorten Σ c_i: splitting only pays with concurrency (S > 1) or when the model does not fit.
 Memory per stage = params + KV cache (kv_bytes_per_token × max_context × S) + 2 × hidden.
 
+[Note: the batch dimension] The runtime batches decode (runtime/generation.py, [Note: continuous
+batching]): S sequences ride in m micro-batches (default m = k, one per stage) of
+b = ceil(S / m) rows, each stage running a micro-batch's rows in one forward pass. When the
+profile holds `decode_batch` (unit step time with b rows / with 1 row, measured by `generate
+profile`), a stage's compute for b rows is c_i(b) = Σ_u t_u × r_u(b) (r linear between measured
+batch sizes, extended by the last segment's slope), hops carry b rows, and
+  L_b = in(b) + Σ c_i(b) + Σ hop_i(b);  P_b = max_i max(c_i(b), ser_i(b))
+  tokens/s = min(S / L_b, b / P_b);  a sequence's time per token at S = max(L_b, m' × P_b)
+(m' = ceil(S / b) micro-batches in use; the closed-loop bounds hold for any m and k). Without
+`decode_batch` (profiles made before it) the planner assumes no batching gain and keeps the
+one-row-per-frame model above (S frames interleaved); `GenerationPrediction.batch_scaling`
+says which model was used. The planner chooses the micro-batch count too: for each distinct
+b = ceil(S / m) one exact solve of max(P_b / b, L_b / S) = 1 / tokens_per_s (Goal(1/b, 1/S));
+the best wins, the bound is the smallest of the solves' bounds, and the plan records m
+(`micro_batches`; `GenerationConfig.micro_batches` runs it).
+
 Search: the same stage graph and HiGHS machinery as the pipeline planner (planners.stage_graph,
 planners.milp): stages are (device, unit range) with decode compute and KV memory, hops carry
 one token's hidden state (latency + bytes / bandwidth in L, bytes / bandwidth in P), the last
@@ -27,7 +43,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Sequence
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import numpy as np
 from pydantic import Field
@@ -42,6 +58,7 @@ from edgesplit.planners.progress import ProgressFn
 from edgesplit.planners.stage_graph import Goal, StageGraph
 
 __all__ = [
+    "DecodeBatchScaling",
     "GenerationObjective",
     "GenerationPlan",
     "GenerationPrediction",
@@ -53,6 +70,14 @@ __all__ = [
 
 GenerationObjective = Literal["tokens_per_s", "time_per_token"]
 NonNegative = Annotated[float, Field(ge=0)]
+
+
+class DecodeBatchScaling(FrozenModel):
+    """Each unit's decode step time with `batch` sequences in one forward pass, divided by its
+    time with one (measured on one device kind; applied to every kind)."""
+
+    batch: Annotated[int, Field(ge=1)]
+    unit_scale: tuple[NonNegative, ...]
 
 
 class GenerationProfile(VersionedFile):
@@ -70,15 +95,43 @@ class GenerationProfile(VersionedFile):
     cache_length: Annotated[int, Field(ge=0)]
     kv_bytes_per_token: tuple[NonNegative, ...]  # per unit, per sequence (attention units)
     token_bytes: NonNegative = 8.0  # one token id on the wire (int64)
+    # Decode step time vs batch size ([Note: the batch dimension]); () = not measured.
+    decode_batch: tuple[DecodeBatchScaling, ...] = ()
 
     def check(self) -> None:
-        if len(self.kv_bytes_per_token) != self.decode.num_units:
+        n = self.decode.num_units
+        if len(self.kv_bytes_per_token) != n:
             raise ConfigError(
                 f"generation profile of '{self.model}': {len(self.kv_bytes_per_token)} KV entries "
-                f"for {self.decode.num_units} units"
+                f"for {n} units"
             )
-        if self.prefill.num_units != self.decode.num_units:
+        if self.prefill.num_units != n:
             raise ConfigError("prefill and decode profiles must have the same units")
+        batches = [p.batch for p in self.decode_batch]
+        if len(set(batches)) != len(batches) or any(
+            len(p.unit_scale) != n for p in self.decode_batch
+        ):
+            raise ConfigError(
+                f"generation profile of '{self.model}': decode_batch needs distinct batch sizes "
+                f"with {n} unit scales each"
+            )
+
+    def unit_scale(self, batch: int) -> list[float] | None:
+        """r_u(batch) per unit (1 for one row); None without measured batch data."""
+        if not self.decode_batch:
+            return None
+        n = self.decode.num_units
+        points = sorted([(1, (1.0,) * n), *((p.batch, p.unit_scale) for p in self.decode_batch)])
+        points = [p for i, p in enumerate(points) if i == 0 or p[0] != points[i - 1][0]]
+        if len(points) == 1 or batch <= 1:
+            return [1.0] * n
+        below = [p for p in points if p[0] <= batch][-1]
+        above = next((p for p in points if p[0] > batch), None)
+        if above is None:  # past the last measurement: the last segment's slope
+            below, above = points[-2], points[-1]
+        (b0, r0), (b1, r1) = below, above
+        w = (batch - b0) / (b1 - b0)
+        return [x + w * (y - x) for x, y in zip(r0, r1, strict=True)]
 
 
 class GenerationStagePrediction(FrozenModel):
@@ -105,6 +158,12 @@ class GenerationPrediction(FrozenModel):
     stages: tuple[GenerationStagePrediction, ...]
     optimal: bool = False
     upper_bound_tokens_per_s: float | None = None
+    # [Note: the batch dimension]: "measured" = micro-batches of `batch_rows` rows;
+    # "none" = no batch data in the profile, one row per frame (S frames interleaved).
+    batch_scaling: Literal["measured", "none"] = "none"
+    micro_batches: int = 1
+    batch_rows: int = 1
+    concurrent_time_per_token_s: float = 0.0  # a sequence's time per token with S running
 
 
 class GenerationPlan(VersionedFile):
@@ -141,6 +200,14 @@ class _Costs:
         prefix = table[self.cluster.device(device).kind]
         return prefix[b] - prefix[a]
 
+    def batched_prefix(self, kind: str, rows: int) -> list[float]:
+        """Prefix sums of decode unit times for a step of `rows` rows (batch 1 without data)."""
+        scale = self.profile.unit_scale(rows)
+        times = self.profile.decode.times_for(kind)
+        if scale is None:
+            return _prefix(times)
+        return _prefix([t * r for t, r in zip(times, scale, strict=True)])
+
     def kv_bytes(self, a: int, b: int, max_context: int, num_sequences: int) -> float:
         return (self.kv[b] - self.kv[a]) * max_context * num_sequences
 
@@ -168,10 +235,16 @@ def predict_generation(
     objective: GenerationObjective = "tokens_per_s",
     num_sequences: int = 1,
     max_context: int = 2048,
+    micro_batches: int | None = None,
 ) -> GenerationPrediction:
-    """The decode cost model of the module docstring for given stages."""
+    """The decode cost model of the module docstring for given stages (`micro_batches`:
+    default one per stage, as the runtime's driver)."""
     costs = _Costs(profile, cluster)
-    return _predict(costs, stages, objective, num_sequences, max_context)
+    return _predict(costs, stages, objective, num_sequences, max_context, micro_batches)
+
+
+def _rows(num_sequences: int, micro_batches: int) -> int:
+    return -(-num_sequences // max(1, min(micro_batches, num_sequences)))
 
 
 def _predict(
@@ -180,13 +253,22 @@ def _predict(
     objective: GenerationObjective,
     num_sequences: int,
     max_context: int,
+    micro_batches: int | None = None,
 ) -> GenerationPrediction:
     cluster = costs.cluster
     source = cluster.source
+    batched = costs.profile.decode_batch != () and num_sequences > 1
+    slots = micro_batches or len(stages)
+    rows = _rows(num_sequences, slots) if batched else 1
     token = costs.profile.token_bytes
     first = stages[0].device
     latency = cluster.transfer_s(token, source, first)
     bottleneck = _serialization_s(cluster, token, source, first)
+    latency_b = cluster.transfer_s(token * rows, source, first)
+    bottleneck_b = _serialization_s(cluster, token * rows, source, first)
+    prefixes = {
+        kind: costs.batched_prefix(kind, rows) for kind in {d.kind for d in cluster.devices}
+    }
     prefill = cluster.transfer_s(token * costs.profile.prompt_length, source, first)
     out: list[GenerationStagePrediction] = []
     prompt_scale = costs.profile.prompt_length
@@ -200,6 +282,11 @@ def _predict(
         size_prefill = size if stage.end == costs.n else size * prompt_scale
         prefill += prefill_compute + cluster.transfer_s(size_prefill, stage.device, nxt)
         bottleneck = max(bottleneck, compute, _serialization_s(cluster, size, stage.device, nxt))
+        prefix = prefixes[cluster.device(stage.device).kind]
+        compute_b = prefix[stage.end] - prefix[stage.start]
+        latency_b += compute_b + cluster.transfer_s(size * rows, stage.device, nxt)
+        serialization_b = _serialization_s(cluster, size * rows, stage.device, nxt)
+        bottleneck_b = max(bottleneck_b, compute_b, serialization_b)
         capacity = cluster.device(stage.device).memory_bytes
         out.append(
             GenerationStagePrediction(
@@ -214,17 +301,27 @@ def _predict(
                 memory_capacity_bytes=capacity,
             )
         )
-    tokens_per_s = min(num_sequences / latency, 1.0 / bottleneck) if bottleneck > 0 else 0.0
+    in_use = -(-num_sequences // rows)  # micro-batches that hold a row
+    if batched:
+        tokens_per_s = min(num_sequences / latency_b, rows / bottleneck_b)
+        per_token = max(latency_b, in_use * bottleneck_b)
+    else:
+        tokens_per_s = min(num_sequences / latency, 1.0 / bottleneck) if bottleneck > 0 else 0.0
+        per_token = max(latency, num_sequences * bottleneck)
     return GenerationPrediction(
         objective=objective,
         num_sequences=num_sequences,
         max_context=max_context,
         time_per_token_s=latency,
-        bottleneck_s=bottleneck,
+        bottleneck_s=bottleneck_b if batched else bottleneck,
         tokens_per_s=tokens_per_s,
         single_sequence_tokens_per_s=1.0 / latency if latency > 0 else 0.0,
         prefill_s=prefill,
         stages=tuple(out),
+        batch_scaling="measured" if costs.profile.decode_batch else "none",
+        micro_batches=in_use if batched else 1,
+        batch_rows=rows,
+        concurrent_time_per_token_s=per_token,
     )
 
 
@@ -235,13 +332,16 @@ def _serialization_s(cluster: Cluster, num_bytes: float, a: str, b: str) -> floa
     return num_bytes / bandwidth_bytes_per_s
 
 
-def _graph(costs: _Costs, max_context: int, num_sequences: int, max_devices: int) -> StageGraph:
-    """The decode cost model as a stage graph (values as `_predict` computes them)."""
+def _graph(
+    costs: _Costs, max_context: int, num_sequences: int, max_devices: int, rows: int = 1
+) -> StageGraph:
+    """The decode cost model as a stage graph (values as `_predict` computes them); `rows`
+    per frame ([Note: the batch dimension]; the caller weighs the bottleneck by 1 / rows)."""
     cluster = costs.cluster
     names = cluster.device_names
     source = cluster.source
     n = costs.n
-    token = costs.profile.token_bytes
+    token = costs.profile.token_bytes * rows
     params = np.asarray(costs.params)
     kv = np.asarray(costs.kv)
     hidden = np.asarray(costs.hidden)
@@ -260,12 +360,14 @@ def _graph(costs: _Costs, max_context: int, num_sequences: int, max_devices: int
                 bandwidth[i, j], latency[i, j] = cluster.link(d, e)
     return StageGraph(
         devices=tuple(names),
-        time_prefix=np.stack([np.asarray(costs.decode[cluster.device(d).kind]) for d in names]),
+        time_prefix=np.stack(
+            [np.asarray(costs.batched_prefix(cluster.device(d).kind, rows)) for d in names]
+        ),
         stage_memory=memory,
         capacity=np.array([cluster.device(d).memory_bytes for d in names]),
         latency_s=latency,
         bandwidth=bandwidth,
-        cut_bytes=np.concatenate([[0.0], hidden]),
+        cut_bytes=np.concatenate([[0.0], hidden * rows]),
         in_s=np.array([cluster.transfer_s(token, source, d) for d in names]),
         out_s=np.array([cluster.transfer_s(token, d, source) for d in names]),
         in_max_s=np.array([_serialization_s(cluster, token, source, d) for d in names]),
@@ -318,17 +420,30 @@ def plan_generation(
         raise ConfigError("num_sequences and max_context must be >= 1")
     began = time.perf_counter()
     costs = _Costs(profile, cluster)
-    graph = _graph(costs, max_context, num_sequences, max_devices or len(cluster.devices))
-    goal = Goal(1.0, 1.0 / num_sequences) if objective == "tokens_per_s" else Goal(0.0, 1.0)
-    solution = solve_stage_graph(
-        graph,
-        goal,
-        incumbents=_single_device_plans(costs, max_context, num_sequences),
-        time_limit_s=time_limit_s,
-        target_gap=max(target_gap, OPTIMAL_GAP),
-        progress=progress,
-    )
-    if not solution.stages:
+    limit = max_devices or len(cluster.devices)
+    batched = objective == "tokens_per_s" and num_sequences > 1 and profile.decode_batch != ()
+    # [Note: the batch dimension]: one exact solve per micro-batch size (rows per frame).
+    sizes = sorted({_rows(num_sequences, m) for m in range(1, num_sequences + 1)})
+    best: tuple[float, Any, StageGraph, int] | None = None
+    bound_s = math.inf
+    for rows in sizes if batched else [1]:
+        graph = _graph(costs, max_context, num_sequences, limit, rows)
+        if objective == "tokens_per_s":
+            goal = Goal(1.0 / rows, 1.0 / num_sequences)
+        else:
+            goal = Goal(0.0, 1.0)
+        found = solve_stage_graph(
+            graph,
+            goal,
+            incumbents=_single_device_plans(costs, max_context, num_sequences),
+            time_limit_s=time_limit_s,
+            target_gap=max(target_gap, OPTIMAL_GAP),
+            progress=progress,
+        )
+        bound_s = min(bound_s, found.lower_bound)
+        if found.stages and (best is None or found.value < best[0]):
+            best = (found.value, found, graph, -(-num_sequences // rows))
+    if best is None:
         need = costs.memory_bytes(0, costs.n, max_context, num_sequences)
         total = sum(d.memory_bytes for d in cluster.devices)
         raise PlanInfeasibleError(
@@ -337,16 +452,18 @@ def plan_generation(
             f"cluster has {total / 1e6:.1f} MB in {len(cluster.devices)} devices; lower "
             "max_context or num_sequences, or add devices"
         )
+    value_s, solution, graph, slots = best
     stages = [
         StagePlacement(device=graph.devices[d], start=a, end=b) for d, a, b in solution.stages
     ]
-    predicted = _predict(costs, stages, objective, num_sequences, max_context)
-    # The bound is on max(P, L / S) (tokens_per_s) or on L (time_per_token), in seconds.
-    bound_s = solution.lower_bound
-    upper = 1.0 / bound_s if bound_s > 0 else math.inf
-    predicted = predicted.model_copy(
-        update={"optimal": solution.optimal, "upper_bound_tokens_per_s": upper}
+    predicted = _predict(
+        costs, stages, objective, num_sequences, max_context, slots if batched else None
     )
+    # The bound is on 1 / tokens_per_s (tokens_per_s) or on L (time_per_token), in seconds.
+    bound_s = min(bound_s, value_s)
+    optimal = value_s <= bound_s * (1 + max(target_gap, OPTIMAL_GAP))
+    upper = 1.0 / bound_s if bound_s > 0 else math.inf
+    predicted = predicted.model_copy(update={"optimal": optimal, "upper_bound_tokens_per_s": upper})
     elapsed = time.perf_counter() - began
     plan = Plan(
         model=profile.model,
@@ -361,12 +478,13 @@ def plan_generation(
                 "num_sequences": num_sequences,
                 "max_context": max_context,
                 "target_gap": target_gap,
+                **({"micro_batches": slots} if batched else {}),
                 **({"time_limit_s": time_limit_s} if time_limit_s is not None else {}),
             },
             elapsed_s=elapsed,
         ),
         stages=tuple(stages),
-        predicted=_pipeline_predicted(predicted, bound_s, solution.value),
+        predicted=_pipeline_predicted(predicted, bound_s, value_s),
     )
     return GenerationPlan(plan=plan, generation=predicted)
 
