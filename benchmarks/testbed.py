@@ -559,6 +559,160 @@ def failures(args: argparse.Namespace) -> int:
     return 0
 
 
+def generation(args: argparse.Namespace) -> int:
+    """Item 5: SmolLM2-135M over a 3-device testbed, planned from the survey.
+
+    survey (cluster.toml: kinds, per-stage runtime cost, links) -> the decoder's decode/prefill
+    unit times in place on every device (`survey_generation_profile`) -> `plan_generation`
+    (tokens/s, as many sequences as stages, so that each decode frame holds one sequence, the
+    planner's model) -> real decoding on the testbed (latency-only link shaping) -> measured
+    decode tokens/s next to the plan's prediction; the best single device the same way.
+    """
+    from edgesplit.api import generation as gen
+    from edgesplit.core.plan import StagePlacement
+    from edgesplit.models import model_spec_from_name
+    from edgesplit.planners.generation import predict_generation
+    from edgesplit.runtime.config import RuntimeConfig
+    from edgesplit.runtime.generation import GenerationConfig, GenerationPipeline, GenerationRequest
+
+    model = str(args.generation_model)
+    if not Path(model, "model.safetensors").is_file():
+        print(f"no checkpoint at {model} (make checkpoints)", file=sys.stderr)
+        return NOT_PERMITTED_RC
+    testbed = load_cluster(args.generation_cluster)
+    load_before = _loadavg()
+    try:
+        state = api_testbed.start_testbed(
+            args.generation_cluster,
+            name="bg",
+            cpu_shares=args.cpu_shares,
+            cfs_period_us=args.cfs_period_us,
+            progress=print,
+        )
+    except ConfigError as e:
+        print(f"cannot run the testbed here: {e}", file=sys.stderr)
+        return NOT_PERMITTED_RC
+    out = args.out / "generation"
+    row: dict[str, Any]
+    try:
+        result, _, _ = api_testbed.survey_cluster(
+            state.address,
+            model,
+            out,
+            options=api_testbed.survey_options(min_window_s=args.generation_window),
+            source=testbed.source,
+            token_file=Path(state.token_path),
+        )
+        cluster = result.cluster  # kinds, per-stage runtime cost, latency = wire + sender delay
+        profile, profile_path = api_testbed.survey_generation_profile(
+            state.address, model, cluster, out, token_file=Path(state.token_path)
+        )
+        sequences = len(cluster.devices)
+        gplan = gen.plan_generation(
+            profile, cluster, objective="tokens_per_s", num_sequences=sequences, max_context=256
+        )
+        prompt = gen.tokenizer_for(model).encode(args.generation_prompt)
+        runtime = RuntimeConfig(
+            compute="real",
+            ray_address=state.address,
+            placement="resource",
+            startup_timeout_s=900,
+            link_shaping="latency",
+        )
+
+        def link(a: str, b: str) -> tuple[float | None, float] | None:
+            return None if a == b else runtime.shaped_link(*cluster.link(a, b))
+
+        def decode(stages: list[tuple[str, int, int]], count: int) -> dict[str, Any]:
+            config = GenerationConfig(max_concurrent=count, max_context=256, runtime=runtime)
+            requests = [
+                GenerationRequest(prompt_ids=prompt, max_new_tokens=args.generation_tokens, seed=i)
+                for i in range(count)
+            ]
+            spec = model_spec_from_name(model)
+            with GenerationPipeline(
+                spec,
+                stages,
+                config,
+                num_units=profile.decode.num_units,
+                source=cluster.source,
+                link=link,  # type: ignore[arg-type]
+            ) as pipeline:
+                pipeline.generate(requests[:1])  # builds the stages and warms them up
+                report = pipeline.generate(requests)
+            per_sequence = [s.time_per_token_s for s in report.sequences if s.time_per_token_s]
+            return {
+                "tokens_per_s_with_prefill": report.tokens_per_s,
+                "decode_tokens_per_s": float(sum(1.0 / t for t in per_sequence)),
+                "time_per_token_s": report.time_per_token_s,
+                "new_tokens": report.new_tokens,
+                "elapsed_s": report.elapsed_s,
+                "sequences": count,
+            }
+
+        stages = gen.stages_of(gplan.plan)
+        print(f"  [gen] plan {stages}: predicted {gplan.generation.tokens_per_s:.2f} tok/s")
+        measured = decode(stages, sequences)
+        best = min(
+            cluster.devices,
+            key=lambda d: sum(profile.decode.times_for(d.kind)) + d.stage_overhead_s,
+        )
+        single = predict_generation(
+            profile,
+            cluster,
+            [StagePlacement(device=best.name, start=0, end=profile.decode.num_units)],
+            num_sequences=1,
+            max_context=256,
+        )
+        alone = decode([(best.name, 0, profile.decode.num_units)], 1)
+        predicted = gplan.generation.tokens_per_s
+        row = {
+            "model": model,
+            "cluster_file": str(args.generation_cluster.relative_to(ROOT)),
+            "kinds": result.kinds,
+            "stage_overhead_ms": {d.name: d.stage_overhead_ms for d in cluster.devices},
+            "generation_profile": str(profile_path),
+            "decode_ms_per_token_by_kind": {
+                k: 1e3 * sum(profile.decode.times_for(k)) for k in profile.decode.device_kinds
+            },
+            "plan": [{"device": d, "start": a, "end": b} for d, a, b in stages],
+            "num_sequences": sequences,
+            "new_tokens_per_sequence": args.generation_tokens,
+            "predicted_tokens_per_s": predicted,
+            "predicted_time_per_token_s": gplan.generation.time_per_token_s,
+            "predicted_bottleneck_s": gplan.generation.bottleneck_s,
+            "measured": measured,
+            "measured_over_predicted": measured["decode_tokens_per_s"] / predicted,
+            "best_single": {
+                "device": best.name,
+                "predicted_tokens_per_s": single.tokens_per_s,
+                "measured": alone,
+                "measured_over_predicted": alone["decode_tokens_per_s"] / single.tokens_per_s,
+            },
+            "speedup_measured": measured["decode_tokens_per_s"] / alone["decode_tokens_per_s"],
+            "load_average_before": load_before,
+            "load_average_after": _loadavg(),
+        }
+        print(
+            f"  [gen] measured {measured['decode_tokens_per_s']:.2f} tok/s vs predicted "
+            f"{predicted:.2f} ({row['measured_over_predicted']:.3f}); {best.name} alone "
+            f"{alone['decode_tokens_per_s']:.2f} (predicted {single.tokens_per_s:.2f})",
+            flush=True,
+        )
+    except Exception as e:
+        row = {"model": model, "error": f"{type(e).__name__}: {str(e)[:600]}"}
+        print(f"  [gen] failed: {row['error']}", flush=True)
+    finally:
+        api_testbed.stop_testbed("bg")
+    path = ROOT / "benchmarks" / "results" / f"{NAME}.json"
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    data["generation"] = row
+    data["generation_command"] = "python benchmarks/testbed.py " + " ".join(sys.argv[1:])
+    path.write_text(json.dumps(data, indent=2, sort_keys=True, default=float) + "\n")
+    print(path)
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--cluster", type=Path, default=ROOT / "examples" / "testbed.toml")
@@ -585,11 +739,25 @@ def main() -> int:
     parser.add_argument("--failures", action="store_true", help="item 4: kill/crash/hang/cut")
     parser.add_argument("--failure-requests", type=int, default=40)
     parser.add_argument("--scale16", action="store_true", help="16 x 0.1 core, ViT-Large only")
+    parser.add_argument("--generation", action="store_true", help="item 5: SmolLM2, 3 devices")
+    parser.add_argument(
+        "--generation-model", type=Path, default=ROOT / "checkpoints" / "smollm2-135m"
+    )
+    parser.add_argument(
+        "--generation-cluster", type=Path, default=ROOT / "examples" / "testbed-3.toml"
+    )
+    parser.add_argument("--generation-tokens", type=int, default=32)
+    parser.add_argument("--generation-window", type=float, default=0.3)
+    parser.add_argument(
+        "--generation-prompt", default="The three devices of a pipeline split a model so that"
+    )
     parser.add_argument("--scale16-model", default="vit-large")
     parser.add_argument("--scale16-requests", type=int, default=16)
     args = parser.parse_args()
     if args.scale16:
         return scale16(args)
+    if args.generation:
+        return generation(args)
     if args.failures:
         return failures(args)
     models = ["vit-base"] if args.quick else args.models.split(",")

@@ -4,6 +4,8 @@
   node in its own network namespace, under a CPU quota, behind kernel-shaped links.
 - `survey_cluster`: profile a model's units on every device of a running Ray cluster (a testbed
   or real boards) and measure every pair's link with the runtime's transport (runtime/survey.py).
+- `survey_generation_profile`: a decoder's decode/prefill unit times measured in place on every
+  device of a surveyed cluster, per kind: the `generate plan` input, with nothing typed.
 - `planning_cluster`: the latency the testbed cannot put on the wire (the runtime adds it at
   the sender: `RuntimeConfig.link_shaping = "latency"`).
 
@@ -24,6 +26,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from edgesplit.core.cluster import Cluster
 from edgesplit.errors import ConfigError
 from edgesplit.testbed import TestbedState, TestbedStatus
 from edgesplit.testbed import down as _down
@@ -34,6 +37,7 @@ from edgesplit.testbed.latency import planning_cluster
 from edgesplit.testbed.state import DEFAULT_STATE_DIR
 
 if TYPE_CHECKING:
+    from edgesplit.planners.generation import GenerationProfile
     from edgesplit.runtime.survey import SurveyOptions, SurveyProgress, SurveyResult
 
 __all__ = [
@@ -47,6 +51,7 @@ __all__ = [
     "start_testbed",
     "stop_testbed",
     "survey_cluster",
+    "survey_generation_profile",
     "survey_options",
     "token_file_for",
 ]
@@ -176,6 +181,76 @@ def survey_cluster(
         )
     cluster_path, profile_path = write_survey(result, out_dir, header)
     return result, cluster_path, profile_path
+
+
+def survey_generation_profile(
+    address: str,
+    model: str,
+    surveyed: Cluster,
+    out_dir: Path,
+    *,
+    prompt_length: int = 32,
+    cache_length: int = 128,
+    repeats: int = 5,
+    token_file: Path | None = None,
+) -> tuple[GenerationProfile, Path]:
+    """Measure `model`'s decode and prefill unit times in place on every device of `surveyed`
+    (the cluster a survey wrote) and write `out_dir/generation_profile.json`, one time per kind
+    (the mean over the kind's devices), for `plan_generation` / `edgesplit generate plan`.
+
+    Raises:
+        DeviceUnavailableError: a device has no live node, or its probe failed or timed out.
+    """
+    import statistics
+
+    from edgesplit.core.profile import ModelProfile
+    from edgesplit.core.schema import write_json_file
+    from edgesplit.models import model_spec_from_name
+    from edgesplit.planners.generation import GenerationProfile
+    from edgesplit.runtime.survey import survey_generation
+
+    if token_file is not None:
+        os.environ["RAY_AUTH_TOKEN_PATH"] = str(token_file)
+    names = list(surveyed.device_names)
+    raw = survey_generation(
+        address,
+        model_spec_from_name(model),
+        names,
+        prompt_length=prompt_length,
+        cache_length=cache_length,
+        repeats=repeats,
+    )
+    by_kind: dict[str, list[str]] = {}
+    for name in names:
+        by_kind.setdefault(surveyed.device(name).kind, []).append(name)
+
+    def merged(phase: str) -> ModelProfile:
+        first: ModelProfile = raw[names[0]][phase]
+        units = []
+        for index, unit in enumerate(first.units):
+            times = {
+                kind: statistics.fmean(raw[d][phase].units[index].time_s[d] for d in devices)
+                for kind, devices in by_kind.items()
+            }
+            units.append(unit.model_copy(update={"time_s": times, "cpu_time_s": None}))
+        return ModelProfile.model_validate(
+            {
+                **first.model_dump(),
+                "units": [u.model_dump() for u in units],
+                "source": "edgesplit survey in place on every device (median step / CPU share)",
+            }
+        )
+
+    profile = GenerationProfile(
+        model=model,
+        decode=merged("decode"),
+        prefill=merged("prefill"),
+        prompt_length=prompt_length,
+        cache_length=cache_length,
+        kv_bytes_per_token=tuple(raw[names[0]]["kv_bytes_per_token"]),
+    )
+    path = write_json_file(profile, out_dir / "generation_profile.json")
+    return profile, path
 
 
 def running_testbed(address: str, state_dir: Path = DEFAULT_STATE_DIR) -> TestbedState | None:

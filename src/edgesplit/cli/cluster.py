@@ -93,13 +93,21 @@ def register(app: typer.Typer) -> None:
         ] = None,
         batch_size: Annotated[int, typer.Option(help="Micro-batch to profile at.")] = 1,
         window: Annotated[
-            float, typer.Option(help="Seconds of back-to-back runs timed per unit.")
+            float, typer.Option(help="Seconds of full passes timed, per unit of the model.")
         ] = 1.0,
         link_seconds: Annotated[float, typer.Option(help="Seconds of bulk data per link.")] = 1.0,
         token_file: Annotated[
             Path | None,
             typer.Option(help="Ray auth token file (default: RAY_AUTH_TOKEN[_PATH], testbed's)."),
         ] = None,
+        generation: Annotated[
+            bool,
+            typer.Option(
+                "--generation",
+                help="A decoder: also time decode/prefill in place (OUT/generation_profile.json "
+                "for `edgesplit generate plan`).",
+            ),
+        ] = False,
     ) -> None:
         """Profile MODEL on every device in place and measure every link; write cluster.toml
         and profile.json for `edgesplit plan` (the same on real boards and on a testbed)."""
@@ -136,7 +144,8 @@ def register(app: typer.Typer) -> None:
                 progress=progress,
             )
         devices = Table(title=f"devices ({result.model}, batch {batch_size})")
-        for column in ("device", "ip", "kind", "cpu share", "units total s", "memory MB"):
+        columns = ("device", "ip", "kind", "cpu share", "units s", "per stage ms", "memory MB")
+        for column in columns:
             devices.add_column(column, justify="left" if column in ("device", "kind") else "right")
         for d in result.devices:
             devices.add_row(
@@ -145,6 +154,7 @@ def register(app: typer.Typer) -> None:
                 result.kinds[d.device],
                 f"{d.cpu_share:.2f}",
                 f"{d.total_s:.4f}",
+                f"{d.stage_overhead_s * 1e3:.1f}",
                 f"{d.memory_mb:.0f}",
             )
         links = Table(title="links (transport goodput, half the median round trip)")
@@ -161,5 +171,14 @@ def register(app: typer.Typer) -> None:
         console.print(links)
         console.print(f"wrote {cluster_path} and {profile_path}")
         console.print(f"next: edgesplit plan -p {profile_path} -c {cluster_path} -o plan.json")
+        if generation:
+            with console.status("timing decode and prefill on every device…"):
+                _, generation_path = api_testbed.survey_generation_profile(
+                    address, model, result.cluster, out, token_file=token
+                )
+            console.print(
+                f"wrote {generation_path}; next: edgesplit generate plan --profile "
+                f"{generation_path} -c {cluster_path} -o generation_plan.json"
+            )
 
     app.add_typer(group, name="cluster")

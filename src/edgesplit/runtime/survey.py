@@ -25,6 +25,12 @@ the same way over many micro-batches.
   build), divided by the device's share. The cost model adds it once per stage
   (`DeviceSpec.stage_overhead_ms`); on a 0.1-core device it is tens of milliseconds.
 - the driver pings every probe at the runtime's heartbeat period meanwhile, as it pings stages.
+
+[Note: throttled generation timing] `survey_generation` runs the generation profiler
+(`measure_generation_units`: per unit the *median* of a few decode steps and prefills) on each
+device. A decode step's units take well under a quota burst, so the median run is an unthrottled
+one: it is CPU time, not the device's wall time. Each figure is divided by the CPU share the
+profiler's thread got over its whole run (CPU seconds / wall seconds), as unit times are above.
 """
 
 from __future__ import annotations
@@ -61,6 +67,7 @@ __all__ = [
     "cluster_toml",
     "group_kinds",
     "survey",
+    "survey_generation",
     "write_survey",
 ]
 
@@ -218,6 +225,34 @@ class _Probe:
             "passes": passes,
             "overhead_cpu_s": overhead_cpu,
             "stage_overhead_s": overhead_cpu / share,
+        }
+
+    def generation(
+        self, spec_data: dict[str, Any], prompt_length: int, cache_length: int, repeats: int
+    ) -> dict[str, Any]:
+        """Decode and prefill unit times in place ([Note: throttled generation timing])."""
+        import torch
+
+        from edgesplit.models import ModelSpec
+        from edgesplit.runtime.generation_profile import measure_generation_units
+
+        torch.set_num_threads(1)
+        spec = ModelSpec.model_validate(spec_data)
+        cpu_start, start = time.thread_time(), time.perf_counter()
+        decode, prefill, kv = measure_generation_units(
+            spec,
+            spec.checkpoint or spec.preset,
+            device_kind=self.device,
+            prompt_length=prompt_length,
+            cache_length=cache_length,
+            repeats=repeats,
+        )
+        share = max((time.thread_time() - cpu_start) / (time.perf_counter() - start), 1e-6)
+        return {
+            "decode": decode.model_dump(mode="json"),
+            "prefill": prefill.model_dump(mode="json"),
+            "kv_bytes_per_token": kv,
+            "cpu_share": share,
         }
 
     def _channel_cpu(self, num_bytes: int, window_s: float) -> float:
@@ -764,3 +799,67 @@ def survey(
         cluster=_survey_cluster(measured, links, kinds, chosen),
         profile=profile,
     )
+
+
+def survey_generation(
+    address: str,
+    spec: Any,
+    devices: Sequence[str],
+    *,
+    prompt_length: int = 32,
+    cache_length: int = 128,
+    repeats: int = 5,
+    timeout_s: float = 1800.0,
+) -> dict[str, dict[str, Any]]:
+    """Decode/prefill unit profiles of a decoder measured in place on each of `devices`
+    ([Note: throttled generation timing]); device -> {decode, prefill: ModelProfile (times
+    under the device's own name, already divided by its CPU share), kv_bytes_per_token,
+    cpu_share}. Devices profile at the same time, as they decode."""
+    from edgesplit.core.profile import ModelProfile as Profile
+
+    config = RuntimeConfig(ray_address=address, placement="resource")
+    session = RaySession.open(config, list(devices))
+    probe_class = remote_class(_Probe)
+    actors = [
+        StageActor(
+            name,
+            probe_class.options(num_cpus=0, max_concurrency=4, resources={name: 0.01}).remote(
+                name, ""
+            ),
+            None,
+        )
+        for name in devices
+    ]
+    out: dict[str, dict[str, Any]] = {}
+    try:
+        refs = [
+            a.call("generation", spec.model_dump(mode="json"), prompt_length, cache_length, repeats)
+            for a in actors
+        ]
+        for actor, raw in zip(actors, session.get(refs, timeout_s), strict=True):
+            share = float(raw["cpu_share"])
+            phases = {}
+            for phase in ("decode", "prefill"):
+                data = dict(raw[phase])
+                data["units"] = [
+                    {
+                        **u,
+                        "time_s": {actor.device: u["time_s"][actor.device] / share},
+                        "cpu_time_s": {actor.device: u["time_s"][actor.device]},
+                    }
+                    for u in data["units"]
+                ]
+                data["source"] = f"edgesplit survey in place on {actor.device}: median / share"
+                phases[phase] = Profile.model_validate(data)
+            out[actor.device] = {
+                **phases,
+                "kv_bytes_per_token": list(raw["kv_bytes_per_token"]),
+                "cpu_share": share,
+            }
+    except TimeoutError as e:
+        raise DeviceUnavailableError(f"a generation probe timed out: {e}") from e
+    finally:
+        for actor in actors:
+            session.kill(actor)
+        session.close()
+    return out
