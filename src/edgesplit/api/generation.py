@@ -89,10 +89,16 @@ def measure_generation_profile(
     prompt_length: int = 32,
     cache_length: int = 128,
     repeats: int = 5,
+    batch_sizes: Sequence[int] = (2, 4, 8, 16),
 ) -> GenerationProfile:
-    """Decode/prefill unit times of `model` on this host, with KV bytes per token per unit."""
+    """Decode/prefill unit times of `model` on this host, with KV bytes per token per unit and
+    each unit's decode step time vs batch size (`batch_sizes`; empty: not measured)."""
     from edgesplit.models import model_spec_from_name
-    from edgesplit.runtime.generation_profile import measure_generation_units
+    from edgesplit.planners.generation import DecodeBatchScaling
+    from edgesplit.runtime.generation_profile import (
+        measure_decode_batch,
+        measure_generation_units,
+    )
 
     spec = model_spec_from_name(model)
     decode, prefill, kv = measure_generation_units(
@@ -103,6 +109,11 @@ def measure_generation_profile(
         cache_length=cache_length,
         repeats=repeats,
     )
+    batches = (
+        measure_decode_batch(spec, batch_sizes, cache_length=cache_length, repeats=repeats)
+        if any(b > 1 for b in batch_sizes)
+        else []
+    )
     return GenerationProfile(
         model=model,
         decode=decode,
@@ -110,6 +121,9 @@ def measure_generation_profile(
         prompt_length=prompt_length,
         cache_length=cache_length,
         kv_bytes_per_token=tuple(kv),
+        decode_batch=tuple(
+            DecodeBatchScaling(batch=b, unit_scale=tuple(scale)) for b, scale in batches
+        ),
     )
 
 
@@ -147,6 +161,7 @@ def generate(
     top_k: int = 0,
     seed: int = 0,
     max_concurrent: int = 4,
+    micro_batches: int = 0,
     standby_devices: Sequence[str] = (),
     profile: GenerationProfile | None = None,
     objective: GenerationObjective = "tokens_per_s",
@@ -165,6 +180,8 @@ def generate(
         profile: when given with a cluster, a failed stage's device is re-planned away over the
             survivors (`plan_generation`); otherwise a standby takes over, or the stage restarts.
         faults: `ScheduledFault`s (`--fault KIND:DEVICE@S`) or (device, seconds) kills.
+        micro_batches: decode frames in flight at once (0: one per stage; a generation plan
+            records the count it was planned for, `plan.planner.options["micro_batches"]`).
         dtype: every stage's weights (float32, bfloat16, int8; docs/precision.md).
 
     Returns:
@@ -211,6 +228,7 @@ def generate(
 
     config = GenerationConfig(
         max_concurrent=max_concurrent,
+        micro_batches=micro_batches,
         runtime=RuntimeConfig(compute="real", standby_devices=tuple(standby_devices)),
         dtype=dtype,
     )

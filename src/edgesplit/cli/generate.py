@@ -34,16 +34,18 @@ FAULT_HELP = (
 
 def _stages_and_model(
     plan: Path | None, model: str | None, stages: str | None, devices: str | None
-) -> tuple[str, list[tuple[str, int, int]]]:
+) -> tuple[str, list[tuple[str, int, int]], int]:
+    """(model, stages, micro-batches: the plan's, else 0 = one per stage)."""
     if plan is not None:
         loaded = gen.load_generation_plan(plan)
-        return model or loaded.model, gen.stages_of(loaded)
+        slots = loaded.planner.options.get("micro_batches", 0)
+        return model or loaded.model, gen.stages_of(loaded), int(slots)  # type: ignore[arg-type]
     if model is None:
         raise ConfigError("give --plan, or --model with --stages or --devices")
     if stages:
-        return model, parse_stages(stages)
+        return model, parse_stages(stages), 0
     names = [d.strip() for d in (devices or "local").split(",") if d.strip()]
-    return model, gen.even_stages(model, names)
+    return model, gen.even_stages(model, names), 0
 
 
 def register(app: typer.Typer) -> None:
@@ -87,7 +89,7 @@ def register(app: typer.Typer) -> None:
         ] = "float32",
     ) -> None:
         """Generate continuations on a KV-cached pipeline; tokens stream as they come."""
-        model_name, placed = _stages_and_model(plan, model, stages, devices)
+        model_name, placed, micro_batches = _stages_and_model(plan, model, stages, devices)
         faults = [api.parse_fault(f) for f in fault or []] + [api.parse_kill(k) for k in kill or []]
         loaded_cluster: Cluster | None = load_cluster(cluster) if cluster else None
         tokenizer = gen.tokenizer_for(model_name)
@@ -115,6 +117,7 @@ def register(app: typer.Typer) -> None:
             top_k=top_k,
             seed=seed,
             max_concurrent=max_concurrent,
+            micro_batches=micro_batches,
             standby_devices=standby or [],
             on_token=on_token,
             faults=faults,
@@ -153,14 +156,26 @@ def register(app: typer.Typer) -> None:
         prompt_length: Annotated[int, typer.Option(min=1)] = 32,
         cache_length: Annotated[int, typer.Option(min=0)] = 128,
         repeats: Annotated[int, typer.Option(min=1)] = 5,
+        batch_sizes: Annotated[
+            str,
+            typer.Option(help="Decode batch sizes to time (comma-separated; '' = none)."),
+        ] = "2,4,8,16",
     ) -> None:
-        """Measure decode and prefill unit times here (a generation profile)."""
+        """Measure decode and prefill unit times here (a generation profile), and decode step
+        time vs batch size (the planner's batch dimension)."""
+        try:
+            sizes = [int(b) for b in batch_sizes.split(",") if b.strip()]
+        except ValueError as e:
+            raise ConfigError(f"--batch-sizes must be integers, e.g. 2,4,8: {e}") from e
+        if any(b < 1 or b > 1024 for b in sizes):
+            raise ConfigError("--batch-sizes must be between 1 and 1024")
         profile = gen.measure_generation_profile(
             model,
             device_kind=device_kind,
             prompt_length=prompt_length,
             cache_length=cache_length,
             repeats=repeats,
+            batch_sizes=sizes,
         )
         write_json_file(profile, output)
         total = sum(profile.decode.times_for(device_kind))
@@ -175,7 +190,15 @@ def register(app: typer.Typer) -> None:
         objective: Annotated[str, typer.Option(help="tokens_per_s | time_per_token")] = (
             "tokens_per_s"
         ),
-        num_sequences: Annotated[int, typer.Option(min=1)] = 1,
+        num_sequences: Annotated[
+            int,
+            typer.Option(
+                "--concurrency",
+                "--num-sequences",
+                min=1,
+                help="Sequences decoding at once (tokens_per_s plans for this concurrency).",
+            ),
+        ] = 1,
         max_context: Annotated[int, typer.Option(min=1)] = 2048,
         max_devices: Annotated[int | None, typer.Option(min=1)] = None,
     ) -> None:
@@ -198,7 +221,9 @@ def register(app: typer.Typer) -> None:
         g = result.generation
         console.print(
             f"time per token {g.time_per_token_s * 1e3:.2f} ms · {g.tokens_per_s:.2f} tokens/s "
-            f"with {g.num_sequences} sequence(s) · bottleneck {g.bottleneck_s * 1e3:.2f} ms · "
+            f"with {g.num_sequences} sequence(s) in {g.micro_batches} micro-batch(es) of "
+            f"{g.batch_rows} (batch scaling: {g.batch_scaling}) · "
+            f"bottleneck {g.bottleneck_s * 1e3:.2f} ms · "
             f"{'optimal' if g.optimal else 'heuristic'} -> {output}"
         )
 

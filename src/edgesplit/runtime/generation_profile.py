@@ -2,15 +2,19 @@
 
 Owns `measure_generation_units`: per unit, the median wall time of one decode step (one token
 after `cache_length` cached tokens) and of a prefill of `prompt_length` tokens, the bytes that
-cross a cut after it in each phase, and the KV-cache bytes one token adds to it. Returns core
-`ModelProfile`s (the planner-side `GenerationProfile` wraps them; runtime never imports
-planners). torch + models only; never ray.
+cross a cut after it in each phase, and the KV-cache bytes one token adds to it; and
+`measure_decode_batch`: each unit's decode step time with B sequences in one forward pass
+(as the runtime's `KvBatch` runs them: a 2-D attention mask, per-row positions) divided by its
+time with one, for the planner's batch dimension. Returns core `ModelProfile`s and plain lists
+(the planner-side `GenerationProfile` wraps them; runtime never imports planners). torch +
+models only; never ray.
 """
 
 from __future__ import annotations
 
 import statistics
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -20,7 +24,7 @@ from edgesplit.models.build import build_stage, unit_names
 from edgesplit.models.kv_stage import kv_bytes_per_token
 from edgesplit.models.spec import ModelSpec
 
-__all__ = ["measure_generation_units"]
+__all__ = ["measure_decode_batch", "measure_generation_units"]
 
 TOKEN_BYTES = 8  # an int64 token id
 
@@ -116,3 +120,53 @@ def measure_generation_units(
         **common,  # type: ignore[arg-type]
     )
     return decode, prefill, kv
+
+
+@torch.inference_mode()
+def measure_decode_batch(
+    spec: ModelSpec,
+    batch_sizes: Sequence[int] = (2, 4, 8, 16),
+    *,
+    cache_length: int = 128,
+    repeats: int = 5,
+) -> list[tuple[int, list[float]]]:
+    """[(batch, per-unit step time with `batch` rows / with one row)] measured on this host.
+
+    Every row holds `cache_length` cached tokens; the step carries the 2-D attention mask the
+    runtime's batched decode passes, for one row too, so the ratio isolates the batch size.
+    """
+    torch.set_num_threads(1)
+    names = unit_names(spec)
+    stage = build_stage(spec, 0, len(names))
+    units = list(stage.units)
+    vocab = int(getattr(stage.config, "vocab_size", 256))
+    generator = torch.Generator().manual_seed(0)
+
+    def unit_times(rows: int) -> list[float]:
+        cache = stage.new_cache()
+        prompt = torch.randint(0, vocab, (rows, cache_length), generator=generator)
+        positions = torch.arange(cache_length).expand(rows, cache_length)
+        mask = torch.ones(rows, cache_length, dtype=torch.long)
+        _timed_pass(
+            units,
+            {"input_ids": prompt, "position_ids": positions, "attention_mask": mask},
+            cache,
+        )
+        step_mask = torch.ones(rows, cache_length + 1, dtype=torch.long)
+        runs = []
+        for _ in range(repeats + 1):  # the first run warms up
+            act = {
+                "input_ids": torch.randint(0, vocab, (rows, 1), generator=generator),
+                "position_ids": torch.full((rows, 1), cache_length),
+                "attention_mask": step_mask,
+            }
+            runs.append(_timed_pass(units, act, cache))
+            cache.crop(-1)
+        return [statistics.median(run[i] for run in runs[1:]) for i in range(len(units))]
+
+    one = unit_times(1)
+    result = []
+    for rows in sorted({b for b in batch_sizes if b > 1}):
+        times = unit_times(rows)
+        result.append((rows, [t / o if o > 0 else 1.0 for t, o in zip(times, one, strict=True)]))
+    return result
