@@ -47,6 +47,18 @@ BUDGET_POINTS = 0.5
 BANDWIDTHS = (1000, 300, 100, 30, 10)
 
 
+def _joint_plan(profile: ModelProfile, cluster: Cluster, table: QualityTable) -> Plan:
+    """Every dtype and link encoding allowed, under the table's budget of BUDGET_POINTS."""
+    return api.plan(
+        profile,
+        cluster,
+        dtypes=DTYPES,  # type: ignore[arg-type]
+        link_encodings=ENCODINGS,  # type: ignore[arg-type]
+        quality=table,
+        max_quality_loss=BUDGET_POINTS,
+    )
+
+
 # -- memory scenario ---------------------------------------------------------------------------
 def _cluster(memory_mb: float, names: tuple[str, ...] = ("a", "b", "c")) -> Cluster:
     return Cluster(
@@ -94,14 +106,7 @@ def memory_scenario(num_images: int, batch: int) -> dict[str, Any]:
     except PlanInfeasibleError as e:
         float32_error = str(e)
     assert float32_error, "float32 should not fit"
-    plan = api.plan(
-        profile,
-        cluster,
-        dtypes=DTYPES,  # type: ignore[arg-type]
-        link_encodings=ENCODINGS,  # type: ignore[arg-type]
-        quality=table,
-        max_quality_loss=BUDGET_POINTS,
-    )
+    plan = _joint_plan(profile, cluster, table)
     images = np.concatenate([b["pixel_values"].numpy() for b in task.batches])[:num_images]
     requests = [{"pixel_values": images[i : i + batch]} for i in range(0, len(images), batch)]
     outputs: dict[int, np.ndarray] = {}
@@ -307,14 +312,7 @@ def pipeedge_scenario() -> dict[str, Any]:
             )
             row[name] = _row(plan)
         # What the budget does when int8 is not free: the same table with int8 costing 1 point.
-        plan = api.plan(
-            profile,
-            cluster,
-            dtypes=DTYPES,  # type: ignore[arg-type]
-            link_encodings=ENCODINGS,  # type: ignore[arg-type]
-            quality=costly,
-            max_quality_loss=BUDGET_POINTS,
-        )
+        plan = _joint_plan(profile, cluster, costly)
         row["joint, int8 = 1 point (hypothetical)"] = _row(plan) | {
             "int8_weight_share": sum(
                 profile.units[i].param_bytes

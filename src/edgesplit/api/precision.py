@@ -15,7 +15,7 @@ from pathlib import Path
 from edgesplit.core.cluster import Cluster
 from edgesplit.core.cost import CostModel
 from edgesplit.core.link_codec import parse_link_encoding
-from edgesplit.core.plan import Plan, StagePlacement
+from edgesplit.core.plan import Plan
 from edgesplit.core.precision import LINK_ENCODINGS, STAGE_DTYPES, LinkEncoding, StageDtype
 from edgesplit.core.profile import ModelProfile
 from edgesplit.core.quality import QualityTable
@@ -111,16 +111,7 @@ def with_stage_dtype(
     runtime uses them only as time allowances); the predicted quality is dropped (the table's
     rule would need the table again).
     """
-    stages = tuple(
-        StagePlacement(
-            device=s.device,
-            start=s.start,
-            end=s.end,
-            dtype=dtype,
-            link_encoding=s.link_encoding,
-        )
-        for s in plan.stages
-    )
+    stages = tuple(s.with_precision(dtype) for s in plan.stages)
     predicted = plan.predicted.model_copy(update={"quality": None})
     if profile is not None and cluster is not None and dtype in profile.dtypes:
         predicted = CostModel(profile, cluster).predict(

@@ -59,6 +59,18 @@ class StagePlacement(FrozenModel):
     def num_units(self) -> int:
         return self.end - self.start
 
+    def with_precision(
+        self, dtype: StageDtype | None = None, link_encoding: LinkEncoding | None = None
+    ) -> StagePlacement:
+        """This stage with another dtype and/or link encoding (validated)."""
+        return StagePlacement(
+            device=self.device,
+            start=self.start,
+            end=self.end,
+            dtype=self.dtype if dtype is None else dtype,
+            link_encoding=self.link_encoding if link_encoding is None else link_encoding,
+        )
+
 
 class StagePrediction(FrozenModel):
     """Cost-model figures for one stage; `transfer_s` is the hop *out* of the stage."""

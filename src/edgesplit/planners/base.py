@@ -220,13 +220,7 @@ def _stamped(result: PlannerResult, choices: PrecisionChoices) -> PlannerResult:
         return result
     last = len(result.stages) - 1
     stages = tuple(
-        StagePlacement(
-            device=s.device,
-            start=s.start,
-            end=s.end,
-            dtype=dtype,
-            link_encoding=encoding if i < last else "float32",
-        )
+        s.with_precision(dtype, encoding if i < last else "float32")
         for i, s in enumerate(result.stages)
     )
     options = (*result.options, ("dtype", dtype), ("link_encoding", encoding))

@@ -260,3 +260,18 @@ def test_single_precision_planners_equal_brute_force(seed: int, planner: str) ->
     plan = make_plan(profile, cluster, planner=planner, precision=choices)
     assert plan.predicted.period_s == pytest.approx(expected, rel=1e-9)
     assert {s.dtype for s in plan.stages} == {"int8"}
+
+
+def test_with_stage_dtype_overrides_every_stage_and_repredicts() -> None:
+    from edgesplit.api import precision
+
+    profile, cluster = instance(5, num_devices=3, num_units=6)
+    plan = make_plan(profile, cluster, precision=PrecisionChoices(DTYPES, ENCODINGS))
+    forced = precision.with_stage_dtype(plan, "bfloat16", profile, cluster)
+    assert {s.dtype for s in forced.stages} == {"bfloat16"}
+    assert [s.link_encoding for s in forced.stages] == [s.link_encoding for s in plan.stages]
+    expected = CostModel(profile, cluster).predict(forced.stages)
+    assert forced.predicted.period_s == expected.period_s
+    assert precision.parse_dtype(" int8 ") == "int8"
+    with pytest.raises(ConfigError, match="unknown stage dtype"):
+        precision.parse_dtype("fp8")
