@@ -221,7 +221,13 @@ def run(
 
     def replanner(survivors: Cluster) -> Plan:
         spare = standby & set(survivors.device_names)
-        return make_plan(prepared, survivors.without(spare), plan.objective, planner)
+        return make_plan(
+            prepared,
+            survivors.without(spare),
+            plan.objective,
+            planner,
+            precision=PrecisionChoices.of_plan(plan, prepared),
+        )
 
     return run_plan(
         plan,

@@ -75,6 +75,18 @@ class PrecisionChoices:
     def single(self) -> bool:
         return len(self.dtypes) == 1 and len(self.link_encodings) == 1
 
+    @classmethod
+    def of_plan(cls, plan: Plan, profile: ModelProfile) -> PrecisionChoices:
+        """The dtypes and link encodings `plan` uses, for a re-plan after a failure.
+
+        Dtypes the profile has no figures for (a plan forced by `run --dtype`) are dropped
+        (float32 when none is left); the quality budget is not in the plan, so a mixed plan's
+        re-plan may spend more of it.
+        """
+        dtypes = [s.dtype for s in plan.stages if s.dtype in profile.dtypes] or ["float32"]
+        links = [s.link_encoding for s in plan.stages[:-1]] or ["float32"]
+        return cls(tuple(dict.fromkeys(dtypes)), tuple(dict.fromkeys(links)))
+
 
 PlannerFn = Callable[[CostModel, Objective, PlanOptions], PlannerResult]
 

@@ -275,3 +275,18 @@ def test_with_stage_dtype_overrides_every_stage_and_repredicts() -> None:
     assert precision.parse_dtype(" int8 ") == "int8"
     with pytest.raises(ConfigError, match="unknown stage dtype"):
         precision.parse_dtype("fp8")
+
+
+def test_a_replan_keeps_the_plans_precision() -> None:
+    profile, cluster = instance(5, num_devices=3, num_units=6)
+    plan = make_plan(profile, cluster, precision=PrecisionChoices(("int8",), ("float16",)))
+    choices = PrecisionChoices.of_plan(plan, profile)
+    assert choices.dtypes == ("int8",)
+    assert choices.link_encodings == (("float16",) if len(plan.stages) > 1 else ("float32",))
+    float32_only = ModelProfile.model_validate(
+        {
+            **profile.model_dump(),
+            "units": [{**u.model_dump(), "by_dtype": None} for u in profile.units],
+        }
+    )
+    assert PrecisionChoices.of_plan(plan, float32_only).dtypes == ("float32",)
