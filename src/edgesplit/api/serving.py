@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from edgesplit.api.precision import with_stage_dtype
 from edgesplit.api.serving_engines import (
     PipelineBatchEngine,
     PipelineDecodeEngine,
@@ -36,6 +37,7 @@ from edgesplit.api.serving_engines import (
 )
 from edgesplit.core.cluster import Cluster
 from edgesplit.core.plan import Plan
+from edgesplit.core.precision import StageDtype
 from edgesplit.core.profile import ModelProfile
 from edgesplit.errors import ConfigError, DeviceUnavailableError
 from edgesplit.serving import ServerConfig, TextCodec, make_app
@@ -76,6 +78,7 @@ class ServeOptions:
     batch_size: int = 8  # encoder micro-batch when the profile is measured here
     keepalive_s: float = 1.0
     served_name: str | None = None  # the model's id in the API (default: as given)
+    dtype: StageDtype | None = None  # every stage's weights (serve --dtype); None: the plan's
 
 
 # -- the app -------------------------------------------------------------------------------------
@@ -116,6 +119,8 @@ def open_app(
         profile=profile,
         batch_size=options.batch_size,
     )
+    if options.dtype is not None:
+        plan = with_stage_dtype(plan, options.dtype, profile, cluster)
     batch_engine = PipelineBatchEngine(
         plan,
         cluster,
@@ -161,6 +166,7 @@ def _decoder(
             max_concurrent=options.max_concurrent,
             max_context=codec.context_length,
             runtime=RuntimeConfig(compute="real", standby_devices=options.standby_devices),
+            dtype=options.dtype or "float32",
         ),
         num_units=len(unit_names(spec)),
         source=cluster.source if cluster is not None else None,

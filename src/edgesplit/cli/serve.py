@@ -72,6 +72,13 @@ def serve_command(
         list[str] | None,
         typer.Option("--standby", help="Spare device that takes a failed stage (repeat)."),
     ] = None,
+    dtype: Annotated[
+        str | None,
+        typer.Option(
+            "--dtype",
+            help="Every stage's weights: float32, bfloat16 or int8 (default: the plan's).",
+        ),
+    ] = None,
 ) -> None:
     """Serve a split model over HTTP (OpenAI-compatible routes, /health, /metrics)."""
     if queue_size < 1 or max_concurrent < 1 or batch_size < 1 or max_batch_wait_ms < 0:
@@ -96,6 +103,7 @@ def serve_command(
         faults=tuple(api.parse_fault(f) for f in fault or []),
         standby_devices=tuple(standby or ()),
         served_name=served_model_name,
+        dtype=None if dtype is None else api.precision.parse_dtype(dtype),
     )
     names = [d.strip() for d in (devices or "").split(",") if d.strip()]
     loaded_cluster = load_cluster(cluster) if cluster is not None else None

@@ -53,6 +53,7 @@ class _Group:
     rows: list[int]  # sequence ids, in row order
     cache: Any  # transformers.DynamicCache over this stage's layers: (R, H, P, D) each
     mask: torch.Tensor  # (R, P) int64: 1 where the column holds a real token of that row
+    padded: bool = True  # some column is padding for some row (mask not all ones)
 
 
 class KvBatch:
@@ -171,9 +172,12 @@ class KvBatch:
         starts = torch.tensor([self._lengths[s] for s in group.rows]).unsqueeze(1)  # (R, 1)
         position_ids = starts + torch.arange(num_new).unsqueeze(0)  # (R, T)
         mask = torch.cat([group.mask, torch.ones(num_rows, num_new, dtype=torch.long)], dim=1)
-        out = self.module(
-            {key: rows_x, "position_ids": position_ids, "attention_mask": mask}, group.cache
-        )
+        act = {key: rows_x, "position_ids": position_ids}
+        if group.padded:  # rows of different lengths: hide each row's left padding
+            act["attention_mask"] = mask
+        # else: every column is real for every row: no mask is the same mask, and lets HF's
+        # attention take its unmasked (causal) path, as one sequence decoding alone does.
+        out = self.module(act, group.cache)
         group.mask = mask
         for sequence_id in group.rows:
             self._lengths[sequence_id] += num_new
@@ -241,7 +245,7 @@ class KvBatch:
                         keys[row, :, width - lengths[row] :] = k
                         values[row, :, width - lengths[row] :] = v
                 cache.layers[layer].update(keys, values)
-        return _Group(list(ids), cache, mask)
+        return _Group(list(ids), cache, mask, len(set(lengths)) > 1)
 
     def _shrink(self, group: _Group, leaving: set[int]) -> None:
         """Remove rows from a group (freeing them), dropping columns no remaining row uses."""
@@ -260,6 +264,7 @@ class KvBatch:
                 cached.values = cached.values.index_select(0, index)[:, :, first:].contiguous()
         group.mask = mask[:, first:].contiguous()
         group.rows = [group.rows[r] for r in keep]
+        group.padded = not bool(group.mask.all())
 
 
 def _initialized(layer: Any) -> bool:
