@@ -190,6 +190,14 @@ def _losses(
         for a in range(1, num_units):
             if encoding in allowed:
                 link_loss[a, e] = table.link_loss(a, encoding)
+    # Tie-break among plans of equal loss (e.g. int8 measured free): the fewest non-float32
+    # stages and links. At most 2 L of these, together < LOSS_TOLERANCE / 10, so no plan within
+    # the budget is lost.
+    nudge = LOSS_TOLERANCE / (20.0 * (num_units + 1))
+    for t, dtype in enumerate(dtypes):
+        stage_loss[t] += nudge * float(dtype != "float32")
+    for e, encoding in enumerate(encodings):
+        link_loss[1:num_units, e] += nudge * float(encoding != "float32")
     return stage_loss, link_loss
 
 
