@@ -5,12 +5,15 @@ the name of the library call int8 goes through. Every other module asks this one
 imports a quantization library. torch only; never ray, never planners.
 
 [Note: int8 backend] Chosen by measurement (docs/precision.md, benchmarks/precision.py):
-`torch.ao.quantization.quantize_dynamic` with per-output-channel int8 Linear weights and
-activations quantized per call (fbgemm/x86 kernels). SmolLM2-135M decode, one thread: 13 ms/token
-vs 40 float32, where torchao 0.18's eager int8 weight-only / dynamic-activation configs took 76 /
-99 ms. torch marks `torch.ao.quantization` deprecated; `tests/unit/models/test_precision.py`
-fails loudly when the call or its module types disappear, and swapping the backend means
-changing `_quantize_int8` only.
+`torch.ao.quantization.quantize_dynamic` with per-output-channel int8 Linear weights, then each
+of its Linears re-wrapped as `Int8Linear`: the same packed weights and fbgemm/qnnpack kernel
+(`torch.ops.quantized.linear_dynamic`), activations quantized per call with one 8-bit range
+per token instead of one 7-bit range per tensor ([Note: int8 activations per token]).
+SmolLM2-135M decode, one thread: 13 ms/token vs 40 float32 (issue 17), where torchao 0.18's
+eager int8 weight-only / dynamic-activation configs took 76 / 99 ms. torch marks
+`torch.ao.quantization` deprecated; `tests/unit/models/test_precision.py` fails loudly when
+the call, its module types or the ops disappear, and swapping the backend means changing
+`_quantize_int8` and `Int8Linear` only.
 
 [Note: stage dtypes and the wire] A stage computes in its dtype but always exchanges float32
 at its boundary (`StageModule` casts in and out): a cut's wire format is the link encoding's
@@ -20,6 +23,7 @@ business (`core.link_codec`), never a side effect of the neighbours' dtypes. bfl
 
 from __future__ import annotations
 
+import functools
 import logging
 import warnings
 from typing import Any, Final
@@ -30,7 +34,15 @@ from torch import nn
 from edgesplit.core.precision import STAGE_DTYPES, StageDtype
 from edgesplit.errors import ConfigError
 
-__all__ = ["QUANTIZATION_API", "apply_dtype", "compute_dtype", "parse_dtype"]
+__all__ = [
+    "QUANTIZATION_API",
+    "Int8Linear",
+    "apply_dtype",
+    "compute_dtype",
+    "full_range_activations",
+    "parse_dtype",
+    "weight_bytes",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +115,7 @@ def _conv1d_to_linear(module: nn.Module) -> None:
 
 
 def _quantize_int8(module: nn.Module) -> nn.Module:
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
     from torch.ao.quantization import (
         float_qparams_weight_only_qconfig,
         per_channel_dynamic_qconfig,
@@ -119,7 +132,96 @@ def _quantize_int8(module: nn.Module) -> nn.Module:
         # torch announces the removal of torch.ao.quantization; the test suite guards the call.
         warnings.simplefilter("ignore", DeprecationWarning)
         warnings.filterwarnings("ignore", ".*quantize_per.*deprecated", UserWarning)
-        return quantize_dynamic(module, spec, dtype=torch.qint8, inplace=True)
+        quantize_dynamic(module, spec, dtype=torch.qint8, inplace=True)
+        full_range = full_range_activations()
+        for owner in list(module.modules()):
+            for name, child in list(owner.named_children()):
+                if type(child) is DynamicLinear:
+                    setattr(owner, name, Int8Linear(child, full_range=full_range))
+    return module
+
+
+class Int8Linear(nn.Module):
+    """A dynamically quantized Linear whose activations get their own 8-bit range per token.
+
+    [Note: int8 activations per token] `quantize_dynamic`'s own Linear quantizes its input with
+    one range for the whole tensor and 7 bits (`reduce_range=True`, hard-coded). SmolLM2's MLP
+    down projections see "massive activations" on a sequence's first token (up to ~3000,
+    ~2000x the median token's maximum; benchmarks/results/precision_sensitivity.json): one
+    range for every token leaves the others a few levels, +209 % perplexity. One asymmetric
+    range per token, 8 bits: +3.5 % (docs/precision.md). This module gets per-token ranges
+    from the same fbgemm/qnnpack kernel and the same packed int8 weights (no second copy):
+    each row x is mapped affinely onto [0, 1], x = lo + span * u (lo = min(x, 0), span =
+    max(x, 0) - lo), so the kernel's one range for all rows of u is every row's own range, and
+    W x = span * (W u) + lo * rowsum(W). One row (a decode step) needs no mapping: one range
+    per tensor is one per token already. `full_range`: 8-bit activations where the kernel does
+    not saturate (VNNI on x86, qnnpack; `full_range_activations` probes it), else 7 bits.
+    Split equals unsplit stays exact: a row's result depends on that row only.
+    """
+
+    def __init__(self, dynamic: nn.Module, *, full_range: bool) -> None:
+        from torch.ao.nn.quantized.modules.linear import LinearPackedParams
+
+        super().__init__()
+        weight, bias = dynamic._packed_params._weight_bias()  # type: ignore[union-attr,operator]
+        self.in_features: int = int(weight.shape[1])
+        self.out_features: int = int(weight.shape[0])
+        self._packed_params = LinearPackedParams(dtype=torch.qint8)
+        self._packed_params.set_weight_bias(weight, None)
+        self.bias = None if bias is None else nn.Parameter(bias.detach().clone(), False)
+        self.row_sums: torch.Tensor
+        self.register_buffer("row_sums", weight.dequantize().sum(1))
+        self.reduce_range = not full_range
+
+    def weight(self) -> torch.Tensor:
+        """The int8 weight (a per-channel quantized tensor, unpacked: a copy)."""
+        return self._packed_params._weight_bias()[0]  # type: ignore[no-any-return]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        packed = self._packed_params._packed_params
+        if x.numel() == x.shape[-1]:  # one token: one range per tensor is one per token
+            y = torch.ops.quantized.linear_dynamic(x, packed, self.reduce_range)
+        else:
+            # amin + amax: 15x faster than torch.aminmax along a dim on this CPU.
+            low = x.amin(-1, keepdim=True).clamp_(max=0.0)
+            span = (x.amax(-1, keepdim=True).clamp_(min=0.0) - low).clamp_(min=_TINY)
+            y = torch.ops.quantized.linear_dynamic((x - low) / span, packed, self.reduce_range)
+            y = torch.addcmul(y.mul_(span), low, self.row_sums)
+        return y if self.bias is None else y.add_(self.bias)
+
+    def extra_repr(self) -> str:
+        bits = 7 if self.reduce_range else 8
+        return f"in_features={self.in_features}, out_features={self.out_features}, " + (
+            f"activations: int8 per token ({bits}-bit range)"
+        )
+
+
+_TINY: Final = float(torch.finfo(torch.float32).tiny)
+
+
+@functools.cache
+def full_range_activations() -> bool:
+    """Whether the int8 kernel takes 8-bit activations without saturating, probed once.
+
+    fbgemm on x86 CPUs without VNNI multiplies uint8 x int8 pairs into saturating int16
+    (`vpmaddubsw`), which is why torch quantizes activations to 7 bits there; with VNNI (and on
+    qnnpack) 8 bits are exact. The probe: 256 products 255 x 127, exact sum vs saturated.
+    """
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        warnings.filterwarnings("ignore", ".*quantize_per.*deprecated", UserWarning)
+        weight = torch.quantize_per_channel(
+            torch.ones(8, 256),
+            torch.full((8,), 1 / 127, dtype=torch.float64),
+            torch.zeros(8, dtype=torch.int64),
+            0,
+            torch.qint8,
+        )
+        packed = torch.ops.quantized.linear_prepack(weight, None)
+        y = torch.ops.quantized.linear_dynamic(torch.ones(1, 256), packed, False)
+    exact = bool((y - 256.0).abs().max() < 2.0)
+    logger.debug("int8 activations: %s", "8-bit" if exact else "7-bit (kernel saturates)")
+    return exact
 
 
 def weight_bytes(module: nn.Module) -> int:
@@ -127,7 +229,8 @@ def weight_bytes(module: nn.Module) -> int:
 
     `nn.Module.parameters()` does not see int8 weights (they sit in packed parameters): each
     quantized Linear or Embedding counts one byte per weight plus its per-channel scales and
-    zero points and its float bias. Buffers are not weights and are not counted.
+    zero points and its float bias (an `Int8Linear`'s bias is an ordinary parameter). Buffers
+    are not weights and are not counted.
     """
     from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
     from torch.ao.nn.quantized.modules.embedding_ops import Embedding as QuantizedEmbedding
@@ -139,7 +242,7 @@ def weight_bytes(module: nn.Module) -> int:
             seen.add(id(parameter))
             total += parameter.numel() * parameter.element_size()
     for sub in module.modules():
-        if isinstance(sub, DynamicLinear | QuantizedEmbedding) and id(sub) not in seen:
+        if isinstance(sub, Int8Linear | DynamicLinear | QuantizedEmbedding) and id(sub) not in seen:
             seen.add(id(sub))
             weight = sub.weight()
             total += weight.numel() * weight.element_size()

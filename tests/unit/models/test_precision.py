@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 
 import pytest
@@ -19,27 +20,79 @@ from edgesplit.models import (
     unsplit_output,
 )
 from edgesplit.models.kv_stage import KvStage, Sampling, choose_token, generate_unsplit
-from edgesplit.models.precision import QUANTIZATION_API, apply_dtype, parse_dtype, weight_bytes
+from edgesplit.models.precision import (
+    QUANTIZATION_API,
+    Int8Linear,
+    apply_dtype,
+    full_range_activations,
+    parse_dtype,
+    weight_bytes,
+)
 
 TINY = ["vit-tiny", "deit-mini", "bert-tiny", "gpt2-tiny", "llama-tiny"]
 LOW: list[StageDtype] = ["bfloat16", "int8"]
 
 
 def test_the_chosen_int8_api_is_still_there() -> None:
-    """Fails on a torch upgrade that removes torch.ao's dynamic quantization: re-run
-    benchmarks/precision.py and move models/precision.py's `_quantize_int8` to its successor."""
+    """Fails on a torch upgrade that removes torch.ao's dynamic quantization or the fbgemm /
+    qnnpack ops under it: re-run benchmarks/precision.py and move models/precision.py's
+    `_quantize_int8` and `Int8Linear` to the successor."""
     assert QUANTIZATION_API == "torch.ao.quantization.quantize_dynamic"
-    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear
+    from torch.ao.nn.quantized.dynamic import Linear as DynamicLinear  # noqa: F401
     from torch.ao.nn.quantized.modules.embedding_ops import Embedding as QuantizedEmbedding
+    from torch.ao.nn.quantized.modules.linear import LinearPackedParams  # noqa: F401
 
+    assert callable(torch.ops.quantized.linear_dynamic)
+    assert callable(torch.ops.quantized.linear_prepack)
     module = nn.Sequential(nn.Linear(8, 4))
     module.word_embeddings = nn.Embedding(16, 8)
     converted = apply_dtype(module, "int8")
-    assert isinstance(converted[0], DynamicLinear)
+    assert isinstance(converted[0], Int8Linear)
     assert isinstance(converted.word_embeddings, QuantizedEmbedding)
     weight = converted[0].weight()
     assert weight.dtype == torch.qint8
     assert weight.qscheme() == torch.per_channel_affine
+    assert isinstance(full_range_activations(), bool)
+
+
+def _int8_linear(seed: int = 0, bias: bool = True) -> tuple[nn.Linear, Int8Linear]:
+    torch.manual_seed(seed)
+    linear = nn.Linear(96, 40, bias=bias)
+    converted = apply_dtype(nn.Sequential(copy.deepcopy(linear)), "int8")[0]
+    assert isinstance(converted, Int8Linear)
+    return linear, converted
+
+
+def test_int8_activations_get_a_range_per_token() -> None:
+    """A token's result does not depend on the other tokens: a massive activation on one token
+    (SmolLM2's first token reaches ~3000 in its down projections) leaves the others as
+    accurate as alone. One range per tensor (quantize_dynamic's own Linear) fails this."""
+    linear, converted = _int8_linear()
+    x = torch.randn(1, 6, 96)
+    loud = x.clone()
+    loud[0, 0, 5] = 3000.0
+    with torch.no_grad():
+        exact = linear(x)
+        quiet, shouted = converted(x), converted(loud)
+        one = torch.cat([converted(x[:, i : i + 1]) for i in range(6)], dim=1)
+    torch.testing.assert_close(shouted[:, 1:], quiet[:, 1:], rtol=0, atol=0)
+    scale = float(exact.abs().max())
+    assert float((quiet - exact).abs().max()) < 0.02 * scale  # 8-bit-ish, not 2 levels
+    # Decode steps (one token, the kernel's own range) agree with the per-token mapping up to
+    # the grid offset of the mapping (zero is exact on the kernel's grid, not on the mapped one).
+    assert float((one - quiet).abs().max()) < 0.02 * scale
+
+
+def test_int8_linear_without_bias_and_zero_rows() -> None:
+    linear, converted = _int8_linear(seed=3, bias=False)
+    x = torch.zeros(2, 3, 96)
+    x[1, 2] = torch.randn(96)
+    with torch.no_grad():
+        out, exact = converted(x), linear(x)
+    assert torch.equal(out[0], torch.zeros(3, 40))
+    assert float((out - exact).abs().max()) < 0.02 * float(exact.abs().max())
+    assert converted.row_sums.shape == (40,)
+    assert weight_bytes(nn.Sequential(converted)) < 96 * 40 * 4 / 2
 
 
 @pytest.mark.parametrize("name", TINY)
