@@ -1,4 +1,4 @@
-"""The failure table: batch and decode workloads x kill, stop, crash, cut, through one fault API.
+"""The failure table: batch, decode and shard workloads x kill, stop, crash, cut, one fault API.
 
 Writes benchmarks/results/runtime_failures.json and docs/runtime_failures.png (+ the Gantt of one
 batch crash, docs/runtime_failover_gantt.png).
@@ -17,17 +17,23 @@ its raylet and itself, cut = its streams and heartbeats go silent).
   its 16th token (a whole decode takes well under a second, so the fault is placed by token);
   the spare takes over and every live sequence is replayed. Output compared with the same run
   without a fault.
+- shard: a width plan (a seeded tiny Llama cut into width units, every unit on 2 of 3 devices)
+  run by `api.robust.run_robust` (real compute, shaped 100 Mbps links, coordinator on its own
+  device), 60 requests one after another; the first device fails 1 s in; its units fail over
+  to their second replica (detected by a dead actor or the coordinator's 2 s deadline). Output
+  compared with the intact model (no unit may be lost).
 detected_after_s and recovered_after_s count from the injection (recovered = first result
 after recovery). Targets (issue 15): kill < 0.5 s, crash < 2 s, stop < 3 s, cut < 3 s; 0 lost,
 0 duplicated; decode outputs identical.
 
-    .venv/bin/python benchmarks/runtime_failures.py [--trials 2]
+    .venv/bin/python benchmarks/runtime_failures.py [--trials 2] [--workloads batch,decode,shard]
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import traceback
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -54,6 +60,9 @@ DECODE_TOKENS = 48
 DECODE_MODEL = "gpt2-tiny"
 DECODE_DEVICES = ("g0", "g1", "g2")
 DECODE_SPARE = "gs"
+SHARD_DEVICES = ("w0", "w1", "w2")
+SHARD_REQUESTS = 60
+SHARD_FAIL_AT_S = 1.0
 
 
 def _batch_setup() -> tuple[Any, Cluster, Plan, float]:
@@ -192,9 +201,97 @@ def decode_trial(
     return row, reference
 
 
+def shard_trial(emulated: EmulatedCluster, kind: str, trial: int) -> dict[str, Any]:
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from edgesplit.api import robust as api_robust
+    from edgesplit.models.width import WidthModel
+    from edgesplit.planners.robust import RobustProblem, RobustUnit, StrategySpec
+    from edgesplit.planners.robust_objective import SurrogateCalibration
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        intermediate_size=128,
+        vocab_size=100,
+    )
+    wm = WidthModel(LlamaForCausalLM(config).eval(), num_ffn_groups=4)
+    inputs = {"input_ids": torch.arange(16).reshape(1, 16)}
+    units = tuple(
+        RobustUnit(
+            name=u.name,
+            layer_index=u.layer_index,
+            kind=u.kind,
+            param_bytes=u.param_bytes,
+            flops_per_token=u.flops_per_token,
+            importance=1.0,
+        )
+        for u in wm.units
+    )
+    calibration = SurrogateCalibration(
+        metric_name="accuracy",
+        higher_is_better=True,
+        intact_metric=1.0,
+        chance_metric=0.0,
+        lost_importance=(1.0, 10.0),
+        measured_metric=(0.9, 0.1),
+    )
+    problem = RobustProblem(
+        model="llama-width-tiny",
+        units=units,
+        shared_bytes=wm.shared_bytes,
+        hidden_bytes=16 * 64 * 4,
+        tokens_per_request=16,
+        calibration=calibration,
+    )
+    cluster = Cluster(
+        source="wc",
+        defaults=LinkDefaults(bandwidth_mbps=100),
+        devices=tuple(
+            DeviceSpec(name=d, kind="host", memory_mb=1000) for d in ("wc", *SHARD_DEVICES)
+        ),
+    )
+    plan, _, _ = api_robust.robust_plan(
+        problem,
+        cluster,
+        memory_copies=1.0,
+        strategies=[StrategySpec(name="uniform", replication=2)],
+    )
+    for device in SHARD_DEVICES:
+        emulated.add_device(device)
+    victim = plan.devices[0]
+    report = api_robust.run_robust(
+        plan,
+        cluster,
+        wm,
+        inputs,
+        config=RuntimeConfig(compute="real", placement="resource"),
+        requests=SHARD_REQUESTS,
+        faults=[ScheduledFault(victim, SHARD_FAIL_AT_S, kind)],  # type: ignore[arg-type]
+    )
+    _forget_dead_node(emulated, victim, kind)
+    return _row(
+        "shard",
+        kind,
+        trial,
+        victim,
+        report.failures,
+        submitted=report.requests,
+        lost=report.requests - report.completed,
+        duplicated=0,
+        replayed=report.failovers,
+        in_order=True,
+        same_output=not report.lost_units,
+    )
+
+
 def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
     table: dict[str, Any] = {}
-    for workload in ("batch", "decode"):
+    for workload in sorted({r["workload"] for r in rows}, key=["batch", "decode", "shard"].index):
         for kind in FAULT_ACTIONS:
             sub = [r for r in rows if (r["workload"], r["kind"]) == (workload, kind)]
             detected = [r["detected_after_s"] for r in sub if r["detected_after_s"] is not None]
@@ -211,7 +308,7 @@ def _summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
                 "lost": sum(r["lost"] or 0 for r in sub),
                 "duplicated": sum(r["duplicated"] or 0 for r in sub),
                 "causes": sorted({str(r["cause"]) for r in sub}),
-                "same_output": all(r["same_output"] for r in sub) if workload == "decode" else None,
+                "same_output": all(r["same_output"] for r in sub) if workload != "batch" else None,
             }
     return table
 
@@ -234,7 +331,7 @@ def _plot(table: dict[str, Any], path: Path) -> None:
     ax.set_xticks(list(x))
     ax.set_xticklabels(names, rotation=30, ha="right")
     ax.set_ylabel("seconds after the fault")
-    ax.set_title("one fault API, one detector: batch and decode x kill/stop/crash/cut")
+    ax.set_title("one fault API: batch, decode and shard x kill/stop/crash/cut")
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -244,7 +341,7 @@ def _plot(table: dict[str, Any], path: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--trials", type=int, default=2)
-    parser.add_argument("--workloads", default="batch,decode")
+    parser.add_argument("--workloads", default="batch,decode,shard")
     args = parser.parse_args()
     workloads = args.workloads.split(",")
     emulated = EmulatedCluster(RuntimeConfig())
@@ -260,6 +357,12 @@ def main() -> None:
                     row, reference = decode_trial(emulated, kind, trial, reference)
                     rows.append(row)
                     print(row, flush=True)
+                if "shard" in workloads:
+                    try:
+                        rows.append(shard_trial(emulated, kind, trial))
+                        print(rows[-1], flush=True)
+                    except Exception:  # the other workloads' rows still get written
+                        traceback.print_exc()
     except BaseException:
         emulated.shutdown()
         raise
@@ -276,7 +379,7 @@ def main() -> None:
             "gantt_plot": "docs/runtime_failover_gantt.png",
         },
         f"python benchmarks/runtime_failures.py --trials {args.trials}"
-        + ("" if args.workloads == "batch,decode" else f" --workloads {args.workloads}"),
+        + ("" if args.workloads == "batch,decode,shard" else f" --workloads {args.workloads}"),
     )
     print(f"wrote {path}")
     emulated.shutdown()  # after writing: ray.shutdown() may end the process on this Ray build

@@ -4,9 +4,9 @@ Owns `ChannelShardBackend`: one `StageWorker` actor per device running a shard e
 its width units, sent once as plain arrays over Ray; emulated: sleep per unit, real-size
 partial sums), wired as a star (coordinator -> every shard -> coordinator) on the authenticated
 channel, with sender-side link shaping from the cluster both ways. It implements the
-`ShardBackend` seam of runtime/robust.py (submit / wait / result); a shard whose actor died
-answers at once with an error, so failover does not wait for the deadline. numpy + runtime
-only; torch stays in the workers.
+`ShardBackend` seam of runtime/robust.py (submit / wait / result); a shard whose actor died or
+whose stream closed answers at once with an error, so failover does not wait for the deadline.
+numpy + runtime only; torch stays in the workers.
 """
 
 from __future__ import annotations
@@ -162,6 +162,9 @@ class ChannelShardBackend:
         live = [self.group.actors[d] for d in devices if d in self.group.actors]
         dead = {a.device for a in self.session.dead_actors(live, timeout_s=0)}
         dead |= {d for d in devices if d not in self.group.actors}
+        # A stream its peer closed: the process is gone (a crashed node's actors are reported
+        # dead only after Ray's node health checks).
+        dead |= {d for d in devices if getattr(self.group.sources.get(d), "lost_s", None)}
         if not dead:
             return
         with self._done:
