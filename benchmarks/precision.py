@@ -106,9 +106,53 @@ def _stage_engines(checkpoint: Path, torchao: bool) -> list[StagesEngine]:
         engines.append(StagesEngine(f"{dtype} 1 stage", [KvStage.build(spec, 0, num_units, dtype)]))
         two = [KvStage.build(spec, 0, middle, dtype), KvStage.build(spec, middle, num_units, dtype)]
         engines.append(StagesEngine(f"{dtype} 2 stages", two))
+    # The int8 recipe before issue 17's quality fix: quantize_dynamic's own Linear (one 7-bit
+    # activation range per tensor), to show what per-token ranges cost in speed.
+    from torch import nn
+    from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
+
+    before = KvStage.build(spec, 0, num_units)
+    for unit in before.module.units:
+        untie = getattr(unit, "untie", None)
+        if callable(untie):
+            untie()
+    quantize_dynamic(
+        before.module, {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8, inplace=True
+    )
+    engines.append(StagesEngine("int8 per-tensor (before) 1 stage", [before]))
     if torchao:
         engines += _torchao_engines(spec, num_units)
     return engines
+
+
+def runtime_rows(checkpoint: Path, prompt: list[int], new_tokens: int) -> list[dict[str, Any]]:
+    """Two stages through the real runtime (stage processes, StageSpec.dtype), wall ms/token
+    as the runtime reports it (GenerationReport.time_per_token_s: prefill included)."""
+    from edgesplit.api import generation as gen
+
+    rows = []
+    for dtype in ("float32", "int8"):
+        try:
+            report = gen.generate(
+                str(checkpoint),
+                gen.even_stages(str(checkpoint), ["a", "b"]),
+                [prompt],
+                new_tokens,
+                stop_at_eos=False,
+                dtype=dtype,  # type: ignore[arg-type]
+            )
+        except Exception as e:
+            rows.append({"engine": f"runtime {dtype} 2 stages", "error": repr(e)[:300]})
+            continue
+        rows.append(
+            {
+                "engine": f"runtime {dtype} 2 stages",
+                "wall_ms_per_token_incl_prefill": report.time_per_token_s * 1e3,
+                "tokens": report.sequences[0].new_ids,
+            }
+        )
+        print(rows[-1]["engine"], rows[-1]["wall_ms_per_token_incl_prefill"])
+    return rows
 
 
 def _torchao_engines(spec: Any, num_units: int) -> list[StagesEngine]:
@@ -174,7 +218,9 @@ def _llamacpp_decode(
     return steps, [float(s) for s in out["cpu_s"]], [int(t) for t in out["tokens"]]
 
 
-def speed(rounds: int, new_tokens: int, use_llamacpp: bool, torchao: bool) -> dict[str, Any]:
+def speed(
+    rounds: int, new_tokens: int, use_llamacpp: bool, torchao: bool, runtime: bool = False
+) -> dict[str, Any]:
     from transformers import AutoTokenizer
 
     from edgesplit.models.smollm2 import find_smollm2_checkpoint, gguf_path
@@ -240,10 +286,15 @@ def speed(rounds: int, new_tokens: int, use_llamacpp: bool, torchao: bool) -> di
                 "tokens_equal_float32": same,
             }
         )
+    through_runtime = runtime_rows(checkpoint, prompt, new_tokens) if runtime else []
+    for row in through_runtime:
+        if "tokens" in row:
+            row["tokens_equal_float32_prefix"] = _common_prefix(row.pop("tokens"), reference)
     return {
         "prompt_tokens": len(prompt),
         "new_tokens": new_tokens,
         "rounds": rounds,
+        "runtime_rows": through_runtime,
         "llamacpp": llamacpp_note,
         "split": "2 stages: in-process KvStages cut at the middle block (the runtime takes no "
         "dtype yet)",
@@ -314,70 +365,168 @@ def quality(tasks: list[str]) -> dict[str, Any]:
     return {"tables": tables, "mixed_plans": mixed}
 
 
-# --- int8 sensitivity -------------------------------------------------------------------------
+# --- int8 diagnosis ---------------------------------------------------------------------------
 
-_SENSITIVITY: dict[str, dict[str, tuple[str, ...] | None]] = {
-    # variant -> substrings of the Linear names that get int8 (None: every Linear; "!x": not x)
-    "smollm2": {
-        "every Linear (the int8 stage dtype)": None,
-        "attention q/k/v/o only": ("self_attn",),
-        "MLP gate/up only": ("gate_proj", "up_proj"),
-        "MLP down only": ("down_proj",),
-        "LM head only": ("lm_head",),
-    },
-    "minilm": {
-        "every Linear (the int8 stage dtype)": None,
-        "attention only": ("attention.",),
-        "FFN in (intermediate) only": ("intermediate.",),
-        "FFN out (output.dense, not attention's) only": ("output.dense", "!attention"),
-    },
+_GROUPS = {
+    "smollm2": (
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "o_proj",
+        "gate_proj",
+        "up_proj",
+        "down_proj",
+        "lm_head",
+    ),
+    "minilm": (
+        "query",
+        "key",
+        "value",
+        "attention.output.dense",
+        "intermediate.dense",
+        "output.dense",
+    ),
 }
 
 
-def _selected(name: str, parts: tuple[str, ...] | None) -> bool:
-    if parts is None:
-        return True
-    wanted = [p for p in parts if not p.startswith("!")]
-    unwanted = [p[1:] for p in parts if p.startswith("!")]
-    return any(p in name for p in wanted) and not any(p in name for p in unwanted)
+def _group(task: str, name: str) -> str:
+    hits = [g for g in _GROUPS[task] if name.endswith(g)]
+    return max(hits, key=len) if hits else "other"
 
 
-def sensitivity(num_windows: int) -> dict[str, Any]:
-    """Which Linears cost the int8 quality: int8 on one group at a time (others float32)."""
+def _fake_int8(lin: Any, mode: str, bits: int) -> Any:
+    """A float Linear computing what an int8 kernel would: per-channel symmetric int8 weights,
+    activations rounded to `bits` with one asymmetric range per tensor or per token ("none":
+    float activations)."""
+    from torch import nn
+
+    weight = lin.weight.detach()
+    step = (weight.abs().amax(1, keepdim=True) / 127).clamp(min=1e-12)
+    weight = torch.round(weight / step).clamp(-128, 127) * step
+    bias = lin.bias
+
+    class Fake(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if mode != "none":
+                levels = 2**bits - 1
+                if mode == "tensor":
+                    low, high = x.min().clamp(max=0), x.max().clamp(min=0)
+                else:
+                    low = x.amin(-1, keepdim=True).clamp(max=0)
+                    high = x.amax(-1, keepdim=True).clamp(min=0)
+                scale = ((high - low) / levels).clamp(min=1e-12)
+                zero = torch.round(-low / scale)
+                x = (torch.clamp(torch.round(x / scale) + zero, 0, levels) - zero) * scale
+            return nn.functional.linear(x, weight, bias)
+
+    return Fake()
+
+
+def _swap_linears(stage: Any, make: Any) -> None:
+    from torch import nn
+
+    for owner_name, owner in list(stage.named_modules()):
+        for name, child in list(owner.named_children()):
+            if isinstance(child, nn.Linear):
+                full = f"{owner_name}.{name}" if owner_name else name
+                setattr(owner, name, make(child, full))
+
+
+def _untied(stage: Any) -> Any:
+    for unit in stage.units:
+        untie = getattr(unit, "untie", None)
+        if callable(untie):
+            untie()
+    return stage
+
+
+def sensitivity(num_windows: int, num_sentences: int) -> dict[str, Any]:
+    """Why int8 costs what it costs: activation ranges per Linear group, then the int8 recipe
+    varied one choice at a time (activation range per tensor or per token, 7 or 8 bits) with
+    fake-quantized Linears, beside the real kernels (quantize_dynamic's own Linear and ours)."""
     from torch import nn
     from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
+    from edgesplit.core.quality import loss_from_values
     from edgesplit.models.build import build_stage
     from edgesplit.profile.quality import load_quality_task
 
-    rows: dict[str, Any] = {}
-    for task_name, variants in _SENSITIVITY.items():
-        task = load_quality_task(
-            task_name, num_samples=num_windows if task_name == "smollm2" else None
-        )  # type: ignore[arg-type]
+    result: dict[str, Any] = {}
+    for task_name in ("smollm2", "minilm"):
+        count = num_windows if task_name == "smollm2" else num_sentences
+        task = load_quality_task(task_name, num_samples=count)  # type: ignore[arg-type]
         reference = [
             task.summarize(build_stage(task.spec, 0, task.end)(b), i)
             for i, b in enumerate(task.batches)
         ]
         base = task.score(reference, reference)
-        rows[task_name] = {"float32": base, "variants": {}}
-        for label, parts in variants.items():
-            stage = build_stage(task.spec, 0, task.end)
-            for unit in stage.units:
-                untie = getattr(unit, "untie", None)
-                if callable(untie):
-                    untie()
-            spec = {
-                name: per_channel_dynamic_qconfig
-                for name, module in stage.named_modules()
-                if isinstance(module, nn.Linear) and _selected(name, parts)
-            }
-            quantize_dynamic(stage, spec, dtype=torch.qint8, inplace=True)
-            ours = [task.summarize(stage(b), i) for i, b in enumerate(task.batches)]
-            value = task.score(ours, reference)
-            rows[task_name]["variants"][label] = {"value": value, "num_linear_int8": len(spec)}
-            print(task_name, label, value)
-    return {"num_windows_smollm2": num_windows, "rows": rows}
+
+        def measure(
+            stage: Any, task: Any = task, reference: Any = reference, base: float = base
+        ) -> dict[str, float]:
+            value = task.score(
+                [task.summarize(stage(b), i) for i, b in enumerate(task.batches)], reference
+            )
+            return {"value": value, "loss": loss_from_values(task.metric, base, value)}
+
+        # Activation ranges seen by each Linear group: the largest token's max |x| over the
+        # median token's, the largest channel's over the median channel's, and max |x|.
+        stats: dict[str, dict[str, float]] = {}
+
+        class Recorder(nn.Module):
+            def __init__(self, lin: Any, group: str, table: dict[str, dict[str, float]]) -> None:
+                super().__init__()
+                self.lin, self.group, self.table = lin, group, table
+
+            def forward(self, x: torch.Tensor) -> torch.Tensor:
+                a = x.detach().abs().reshape(-1, x.shape[-1])
+                token, channel = a.amax(-1), a.amax(0)
+                row = self.table.setdefault(
+                    self.group, {"token_ratio": 0.0, "channel_ratio": 0.0, "max_abs": 0.0}
+                )
+                row["token_ratio"] = max(row["token_ratio"], float(token.max() / token.median()))
+                row["channel_ratio"] = max(
+                    row["channel_ratio"], float(channel.max() / channel.median())
+                )
+                row["max_abs"] = max(row["max_abs"], float(a.max()))
+                return self.lin(x)  # type: ignore[no-any-return]
+
+        stage = _untied(build_stage(task.spec, 0, task.end))
+        _swap_linears(
+            stage, lambda lin, name, t=task_name, s=stats: Recorder(lin, _group(t, name), s)
+        )
+        measure(stage)
+        variants: dict[str, Any] = {}
+        for label, mode, bits in (
+            ("int8 weights, float activations", "none", 8),
+            ("per tensor, 7 bits (quantize_dynamic's Linear)", "tensor", 7),
+            ("per tensor, 8 bits", "tensor", 8),
+            ("per token, 7 bits", "token", 7),
+            ("per token, 8 bits (the int8 dtype)", "token", 8),
+        ):
+            stage = _untied(build_stage(task.spec, 0, task.end))
+            _swap_linears(stage, lambda lin, name, m=mode, b=bits: _fake_int8(lin, m, b))
+            variants[f"fake: {label}"] = measure(stage)
+            print(task_name, label, variants[f"fake: {label}"])
+        stage = _untied(build_stage(task.spec, 0, task.end))
+        quantize_dynamic(
+            stage, {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8, inplace=True
+        )
+        variants["real: quantize_dynamic's own Linear (per tensor, 7 bits; before)"] = measure(
+            stage
+        )
+        variants["real: the int8 dtype (Int8Linear, per token, 8 bits; int8 vocabulary table)"] = (
+            measure(build_stage(task.spec, 0, task.end, "int8"))
+        )
+        print(task_name, variants)
+        result[task_name] = {
+            "metric": task.metric,
+            "float32": base,
+            "num_samples": count,
+            "activation_ranges": stats,
+            "variants": variants,
+        }
+    return result
 
 
 # --- plots ------------------------------------------------------------------------------------
@@ -450,6 +599,9 @@ def main() -> None:
     parser.add_argument("--tasks", default="smollm2,minilm,vit-digits,vit-fashion")
     parser.add_argument("--no-llamacpp", action="store_true")
     parser.add_argument("--no-torchao", action="store_true")
+    parser.add_argument(
+        "--runtime", action="store_true", help="Also 2 stages through the runtime (wall)."
+    )
     parser.add_argument("--replot", action="store_true", help="Plots from the result files.")
     args = parser.parse_args()
     if args.replot:
@@ -461,8 +613,12 @@ def main() -> None:
     torch.set_num_threads(1)
     warnings.simplefilter("ignore", DeprecationWarning)
     command = "python benchmarks/precision.py " + " ".join(sys.argv[1:])
+    uptime_before = subprocess.run(["uptime"], capture_output=True, text=True).stdout.strip()
     if args.part in ("speed", "all"):
-        result = speed(args.rounds, args.new_tokens, not args.no_llamacpp, not args.no_torchao)
+        result = speed(
+            args.rounds, args.new_tokens, not args.no_llamacpp, not args.no_torchao, args.runtime
+        )
+        result["uptime_before"] = uptime_before
         method = (
             "SmolLM2-135M greedy decode of the same prompt; torch.set_num_threads(1); engines "
             "interleaved, rotated each round; ms/token = median decode step (prefill excluded), "
@@ -476,8 +632,11 @@ def main() -> None:
         write_result("precision_quality", {"method": method, **result}, command)
         plot_quality(result)
     if args.part in ("sensitivity", "all"):
-        result = sensitivity(num_windows=4)
-        method = "int8 dynamic quantization on one group of Linears at a time, others float32"
+        result = sensitivity(num_windows=4, num_sentences=128)
+        method = (
+            "activation ranges per Linear group (float32 run); int8 recipes on every Linear: "
+            "fake-quantized (float matmul on rounded values) and the real kernels"
+        )
         write_result("precision_sensitivity", {"method": method, **result}, command)
 
 
