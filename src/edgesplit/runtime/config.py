@@ -13,6 +13,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
+from edgesplit.core.cluster import Cluster
 from edgesplit.core.schema import FrozenModel
 from edgesplit.errors import ConfigError
 
@@ -85,6 +86,10 @@ class RuntimeConfig(FrozenModel):
         if self.link_shaping == "latency":
             return (None, latency) if latency > 0 else None
         return bandwidth_bytes_per_s / self.time_scale, latency
+
+    def shaped(self, cluster: Cluster, a: str, b: str) -> tuple[float | None, float] | None:
+        """`shaped_link` of the cluster's link a -> b (None on one device: no link)."""
+        return None if a == b else self.shaped_link(*cluster.link(a, b))
 
 
 FaultAction = Literal["kill", "stop", "crash", "cut"]

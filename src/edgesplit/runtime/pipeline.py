@@ -199,11 +199,7 @@ class _Driver:
         specs = []
         for index, stage in enumerate(stages):
             nxt = stages[index + 1].device if index + 1 < len(stages) else self.cluster.source
-            link = (
-                None
-                if stage.device == nxt
-                else config.shaped_link(*self.cluster.link(stage.device, nxt))
-            )
+            link = config.shaped(self.cluster, stage.device, nxt)
             device = self.cluster.device(stage.device)
             input_bytes = int(self.cost.in_bytes(stage.start))
             # [Note: precision in the cost model]: the wire bytes of the link into this stage.
@@ -248,16 +244,11 @@ class _Driver:
         """Build every stage of `stages` (weights of its units only) and wire the streams."""
         assert self.group is not None
         config = self.config
-        first = stages[0].device
-        shaper = None
-        if first != self.cluster.source:
-            shaper = LinkShaper.of(
-                config.shaped_link(*self.cluster.link(self.cluster.source, first))
-            )
+        link = config.shaped(self.cluster, self.cluster.source, stages[0].device)
         self.group.configure(
             self.stage_specs(stages, epoch),
             source_in_flight=config.max_in_flight,
-            source_shaper=shaper,
+            source_shaper=LinkShaper.of(link),
             expected_compute_s=self._expected(stages),
         )
         self.stages = stages

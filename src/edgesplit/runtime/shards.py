@@ -89,9 +89,9 @@ class ChannelShardBackend:
         specs = []
         for index, device in enumerate(self.devices):
             link_out = link_in = None
-            if cluster is not None and device != cluster.source:
-                link_out = config.shaped_link(*cluster.link(device, cluster.source))
-                link_in = config.shaped_link(*cluster.link(cluster.source, device))
+            if cluster is not None:
+                link_out = config.shaped(cluster, device, cluster.source)
+                link_in = config.shaped(cluster, cluster.source, device)
             shapers[device] = LinkShaper.of(link_in)
             specs.append(
                 StageSpec(

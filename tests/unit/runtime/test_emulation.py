@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from edgesplit.core.cluster import Cluster, DeviceSpec, LinkDefaults
 from edgesplit.errors import ConfigError
 from edgesplit.runtime.config import RuntimeConfig, parse_kill
 from edgesplit.runtime.emulation import LinkShaper, TokenBucket
@@ -24,13 +25,17 @@ def test_back_to_back_frames_queue_on_bandwidth_but_overlap_latency() -> None:
 
 
 def test_link_shaping_modes_full_latency_off() -> None:
-    link = (1e6, 0.01)  # 1 MB/s, 10 ms, as cluster.toml describes it
-    full = RuntimeConfig(link_shaping="full", time_scale=0.5).shaped_link(*link)
+    cluster = Cluster(  # 1 MB/s (8 Mbps), 10 ms, as cluster.toml describes it
+        source="a",
+        defaults=LinkDefaults(bandwidth_mbps=8, latency_ms=10),
+        devices=tuple(DeviceSpec(name=n, kind="k", memory_mb=1) for n in "ab"),
+    )
+    full = RuntimeConfig(link_shaping="full", time_scale=0.5).shaped(cluster, "a", "b")
     assert full == pytest.approx((2e6, 0.005))  # time-scaled both ways
-    latency_only = RuntimeConfig(link_shaping="latency").shaped_link(*link)
-    assert latency_only == (None, 0.01)
-    assert RuntimeConfig(link_shaping="off").shaped_link(*link) is None
-    assert RuntimeConfig(link_shaping="latency").shaped_link(1e6, 0.0) is None
+    latency_only = RuntimeConfig(link_shaping="latency").shaped(cluster, "a", "b")
+    assert latency_only == pytest.approx((None, 0.01))
+    assert RuntimeConfig(link_shaping="off").shaped(cluster, "a", "b") is None
+    assert RuntimeConfig().shaped(cluster, "b", "b") is None  # one device: no link
     shaper = LinkShaper.of(latency_only)
     assert shaper is not None
     # The bandwidth is someone else's (the kernel's htb): 500 kB waits only the latency, and
