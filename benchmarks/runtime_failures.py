@@ -207,8 +207,7 @@ def shard_trial(emulated: EmulatedCluster, kind: str, trial: int) -> dict[str, A
 
     from edgesplit.api import robust as api_robust
     from edgesplit.models.width import WidthModel
-    from edgesplit.planners.robust import RobustProblem, RobustUnit, StrategySpec
-    from edgesplit.planners.robust_objective import SurrogateCalibration
+    from edgesplit.planners.robust import StrategySpec
 
     torch.manual_seed(0)
     config = LlamaConfig(
@@ -221,33 +220,7 @@ def shard_trial(emulated: EmulatedCluster, kind: str, trial: int) -> dict[str, A
     )
     wm = WidthModel(LlamaForCausalLM(config).eval(), num_ffn_groups=4)
     inputs = {"input_ids": torch.arange(16).reshape(1, 16)}
-    units = tuple(
-        RobustUnit(
-            name=u.name,
-            layer_index=u.layer_index,
-            kind=u.kind,
-            param_bytes=u.param_bytes,
-            flops_per_token=u.flops_per_token,
-            importance=1.0,
-        )
-        for u in wm.units
-    )
-    calibration = SurrogateCalibration(
-        metric_name="accuracy",
-        higher_is_better=True,
-        intact_metric=1.0,
-        chance_metric=0.0,
-        lost_importance=(1.0, 10.0),
-        measured_metric=(0.9, 0.1),
-    )
-    problem = RobustProblem(
-        model="llama-width-tiny",
-        units=units,
-        shared_bytes=wm.shared_bytes,
-        hidden_bytes=16 * 64 * 4,
-        tokens_per_request=16,
-        calibration=calibration,
-    )
+    problem = api_robust.drill_problem(wm, tokens_per_request=16)
     cluster = Cluster(
         source="wc",
         defaults=LinkDefaults(bandwidth_mbps=100),

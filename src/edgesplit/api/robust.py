@@ -62,6 +62,7 @@ __all__ = [
     "build_problem",
     "build_task",
     "distributed_check",
+    "drill_problem",
     "failout_study",
     "load_robust_plan",
     "load_robust_problem",
@@ -126,24 +127,17 @@ def build_problem(
         d_loss, _ = ablation_importance(task)
     else:
         d_loss = gradient_importance(task)
-    units = tuple(
-        RobustUnit(
-            name=u.name,
-            layer_index=u.layer_index,
-            kind=u.kind,
-            param_bytes=u.param_bytes,
-            flops_per_token=u.flops_per_token,
-            importance=float(d_loss[u.index]),
-        )
-        for u in task.model.units
-    )
+    units = _units(task.model, [float(d_loss[u.index]) for u in task.model.units])
     n_units = len(units)
     lost_sets: list[list[int]] = []
     for q in np.linspace(0.02, 0.8, num_random):
         size = max(1, round(q * n_units))
         lost_sets.append(sorted(rng.choice(n_units, size=size, replace=False).tolist()))
+    tokens = task.tokens_per_request()
     base = _problem(
-        task,
+        task.name,
+        task.model,
+        tokens,
         units,
         SurrogateCalibration(
             metric_name=task.metric_name,
@@ -183,18 +177,50 @@ def build_problem(
     log.info(
         "problem for %s: %d units, %.1f CPU-s", task.name, n_units, time.process_time() - start
     )
-    return _problem(task, units, calibration)
+    return _problem(task.name, task.model, tokens, units, calibration)
+
+
+def drill_problem(model: WidthModel, tokens_per_request: int, name: str = "drill") -> RobustProblem:
+    """Every unit equally important, a flat surrogate, nothing measured: for placing and
+    running a plan (latency, failover drills), not for judging its accuracy."""
+    units = _units(model, [1.0] * model.num_units)
+    calibration = SurrogateCalibration(
+        metric_name="accuracy",
+        higher_is_better=True,
+        intact_metric=1.0,
+        chance_metric=0.0,
+        lost_importance=(1.0, float(len(units))),
+        measured_metric=(0.9, 0.0),
+    )
+    return _problem(name, model, tokens_per_request, units, calibration)
+
+
+def _units(model: WidthModel, importance: Sequence[float]) -> tuple[RobustUnit, ...]:
+    return tuple(
+        RobustUnit(
+            name=u.name,
+            layer_index=u.layer_index,
+            kind=u.kind,
+            param_bytes=u.param_bytes,
+            flops_per_token=u.flops_per_token,
+            importance=importance[u.index],
+        )
+        for u in model.units
+    )
 
 
 def _problem(
-    task: RobustTask, units: tuple[RobustUnit, ...], calibration: SurrogateCalibration
+    name: str,
+    model: WidthModel,
+    tokens: int,
+    units: tuple[RobustUnit, ...],
+    calibration: SurrogateCalibration,
 ) -> RobustProblem:
-    tokens = task.tokens_per_request()
     return RobustProblem(
-        model=task.name,
+        model=name,
         units=units,
-        shared_bytes=task.model.shared_bytes,
-        hidden_bytes=tokens * task.model.hidden_size * 4,
+        shared_bytes=model.shared_bytes,
+        hidden_bytes=tokens * model.hidden_size * 4,
         tokens_per_request=tokens,
         calibration=calibration,
     )

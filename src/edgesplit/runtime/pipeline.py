@@ -64,10 +64,8 @@ Replanner = Callable[[Cluster], Plan]
 ResultCallback = Callable[[int, Activation], None]
 ErrorCallback = Callable[[int, str], None]
 ProgressCallback = Callable[[int, int | None, float], None]
-_TICK_S = 0.05
-
-
 HealthCallback = Callable[[RunHealth], None]
+_TICK_S = 0.05
 
 
 def prepared_profile(profile: ModelProfile, cluster: Cluster) -> ModelProfile:
