@@ -122,9 +122,9 @@ def test_stage_overhead_reaches_cluster_toml_and_the_cost_model(tmp_path: Path) 
 
 
 def test_runtime_overhead_is_measured_on_a_real_stage_worker() -> None:
-    from edgesplit.runtime.survey import _Probe
+    from edgesplit.runtime.survey_probe import Probe
 
-    probe = _Probe("dev", "127.0.0.1")
+    probe = Probe("dev", "127.0.0.1")
     cpu_s = probe._channel_cpu(64 * 1024, window_s=0.2)
     # The stage's reader, sender and ack threads did real work per micro-batch, and little.
     assert 1e-6 < cpu_s < 0.05
