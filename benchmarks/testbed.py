@@ -329,6 +329,42 @@ def plot(rows: list[dict[str, Any]], links: list[dict[str, Any]], prefix: str = 
     return paths
 
 
+def _up(args: argparse.Namespace, cluster_file: Path, name: str) -> Any:
+    """The testbed of `cluster_file` as `name`, or None (the reason printed) where it cannot run."""
+    try:
+        return api_testbed.start_testbed(
+            cluster_file,
+            name=name,
+            cpu_shares=args.cpu_shares,
+            cfs_period_us=args.cfs_period_us,
+            progress=print,
+        )
+    except ConfigError as e:
+        print(f"cannot run the testbed here: {e}", file=sys.stderr)
+        return None
+
+
+SECTIONS = ("scale16", "failures", "generation")  # written by their own runs, kept by the others
+
+
+def _add_section(key: str, value: Any, **extra: Any) -> int:
+    """Add one run's section (and `<key>_command`) to the results file, keeping the rest."""
+    path = ROOT / "benchmarks" / "results" / f"{NAME}.json"
+    data = json.loads(path.read_text()) if path.is_file() else {}
+    data[key] = value
+    data[f"{key}_command"] = "python benchmarks/testbed.py " + " ".join(sys.argv[1:])
+    data.update({f"{key}_{k}": v for k, v in extra.items()})
+    path.write_text(json.dumps(data, indent=2, sort_keys=True, default=float) + "\n")
+    print(path)
+    return 0
+
+
+def _kept_sections(results_name: str) -> dict[str, Any]:
+    path = ROOT / "benchmarks" / "results" / f"{results_name}.json"
+    old = json.loads(path.read_text()) if path.is_file() else {}
+    return {k: v for k, v in old.items() if k.split("_")[0] in SECTIONS}
+
+
 def with_kind(cluster: Cluster, kind: str, stage_overhead_s: float) -> Cluster:
     """Every device of `cluster` as the one surveyed: its kind and per-micro-batch cost."""
     data = cluster.model_dump()
@@ -350,16 +386,8 @@ def scale16(args: argparse.Namespace) -> int:
     testbed = load_cluster(cluster_file)
     load_before = _loadavg()
     started = time.monotonic()
-    try:
-        state = api_testbed.start_testbed(
-            cluster_file,
-            name="b16",
-            cpu_shares=args.cpu_shares,
-            cfs_period_us=args.cfs_period_us,
-            progress=print,
-        )
-    except ConfigError as e:
-        print(f"cannot run the testbed here: {e}", file=sys.stderr)
+    state = _up(args, cluster_file, "b16")
+    if state is None:
         return NOT_PERMITTED_RC
     try:
         up_s = time.monotonic() - started
@@ -437,13 +465,7 @@ def scale16(args: argparse.Namespace) -> int:
         print(f"  [16] failed: {row['error']}", flush=True)
     finally:
         api_testbed.stop_testbed("b16")
-    path = ROOT / "benchmarks" / "results" / f"{NAME}.json"
-    data = json.loads(path.read_text()) if path.is_file() else {}
-    data["scale16"] = row
-    data["scale16_command"] = "python benchmarks/testbed.py " + " ".join(sys.argv[1:])
-    path.write_text(json.dumps(data, indent=2, sort_keys=True, default=float) + "\n")
-    print(path)
-    return 0
+    return _add_section("scale16", row)
 
 
 def failures(args: argparse.Namespace) -> int:
@@ -461,16 +483,8 @@ def failures(args: argparse.Namespace) -> int:
     from edgesplit.testbed.system import CPU_CGROUP_MOUNT, run_tool
 
     testbed = load_cluster(args.cluster)
-    try:
-        state = api_testbed.start_testbed(
-            args.cluster,
-            name="bf",
-            cpu_shares=args.cpu_shares,
-            cfs_period_us=args.cfs_period_us,
-            progress=print,
-        )
-    except ConfigError as e:
-        print(f"cannot run the testbed here: {e}", file=sys.stderr)
+    state = _up(args, args.cluster, "bf")
+    if state is None:
         return NOT_PERMITTED_RC
     rows: list[dict[str, Any]] = []
     try:
@@ -545,18 +559,13 @@ def failures(args: argparse.Namespace) -> int:
                 api_testbed.restart_device("bf", victim)
     finally:
         api_testbed.stop_testbed("bf")
-    path = ROOT / "benchmarks" / "results" / f"{NAME}.json"
-    data = json.loads(path.read_text()) if path.is_file() else {}
-    data["failures"] = rows
-    data["failures_command"] = "python benchmarks/testbed.py " + " ".join(sys.argv[1:])
-    data["failures_how"] = (
-        "ViT-Base (seeded), optimal plan from the survey, real compute, fault 8 s after the "
+    return _add_section(
+        "failures",
+        rows,
+        how="ViT-Base (seeded), optimal plan from the survey, real compute, fault 8 s after the "
         "first request via the runtime's ScheduledFault (today's fault API), recovery by the "
-        "runtime's re-plan over survivors; one trial each"
+        "runtime's re-plan over survivors; one trial each",
     )
-    path.write_text(json.dumps(data, indent=2, sort_keys=True, default=float) + "\n")
-    print(path)
-    return 0
 
 
 def generation(args: argparse.Namespace) -> int:
@@ -581,16 +590,8 @@ def generation(args: argparse.Namespace) -> int:
         return NOT_PERMITTED_RC
     testbed = load_cluster(args.generation_cluster)
     load_before = _loadavg()
-    try:
-        state = api_testbed.start_testbed(
-            args.generation_cluster,
-            name="bg",
-            cpu_shares=args.cpu_shares,
-            cfs_period_us=args.cfs_period_us,
-            progress=print,
-        )
-    except ConfigError as e:
-        print(f"cannot run the testbed here: {e}", file=sys.stderr)
+    state = _up(args, args.generation_cluster, "bg")
+    if state is None:
         return NOT_PERMITTED_RC
     out = args.out / "generation"
     row: dict[str, Any]
@@ -704,13 +705,7 @@ def generation(args: argparse.Namespace) -> int:
         print(f"  [gen] failed: {row['error']}", flush=True)
     finally:
         api_testbed.stop_testbed("bg")
-    path = ROOT / "benchmarks" / "results" / f"{NAME}.json"
-    data = json.loads(path.read_text()) if path.is_file() else {}
-    data["generation"] = row
-    data["generation_command"] = "python benchmarks/testbed.py " + " ".join(sys.argv[1:])
-    path.write_text(json.dumps(data, indent=2, sort_keys=True, default=float) + "\n")
-    print(path)
-    return 0
+    return _add_section("generation", row)
 
 
 def main() -> int:
@@ -763,16 +758,8 @@ def main() -> int:
     models = ["vit-base"] if args.quick else args.models.split(",")
     requests = 20 if args.quick else args.requests
     testbed = load_cluster(args.cluster)
-    try:
-        state = api_testbed.start_testbed(
-            args.cluster,
-            name=args.name,
-            cpu_shares=args.cpu_shares,
-            cfs_period_us=args.cfs_period_us,
-            progress=print,
-        )
-    except ConfigError as e:
-        print(f"cannot run the testbed here: {e}", file=sys.stderr)
+    state = _up(args, args.cluster, args.name)
+    if state is None:
         return NOT_PERMITTED_RC
     rows: list[dict[str, Any]] = []
     skipped: dict[str, str] = {}
@@ -808,6 +795,7 @@ def main() -> int:
     plots = plot(rows, links, args.results_name) if rows else []
     quotas = {d.name: d.cpu_quota for d in testbed.devices}
     data = {
+        **_kept_sections(args.results_name),
         "method": {
             "cluster_file": str(args.cluster.relative_to(ROOT)),
             "cpu_quota_cores": quotas,
