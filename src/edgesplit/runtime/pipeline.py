@@ -68,14 +68,6 @@ HealthCallback = Callable[[RunHealth], None]
 _TICK_S = 0.05
 
 
-def prepared_profile(profile: ModelProfile, cluster: Cluster) -> ModelProfile:
-    """The profile with the cluster's derived kinds added (when it lacks them)."""
-    for kind in cluster.kinds:
-        if kind.name not in profile.device_kinds:
-            profile = profile.with_derived_kind(kind.name, kind.relative_to, kind.slowdown)
-    return profile
-
-
 # -- the driver ------------------------------------------------------------------------------
 @dataclass
 class _Ledger:
@@ -501,15 +493,14 @@ def _check_inputs(
     profile: ModelProfile,
     config: RuntimeConfig,
     faults: Sequence[ScheduledFault],
-) -> ModelProfile:
+) -> None:
     plan.validate_against(profile, cluster)
     if plan.batch_size != profile.batch_size:
         raise ConfigError(
             f"plan is for micro-batch {plan.batch_size} but the profile for {profile.batch_size};"
             " re-plan with this profile"
         )
-    profile = prepared_profile(profile, cluster)
-    CostModel(profile, cluster)  # raises ProfileMissingError naming a kind without times
+    CostModel(profile, cluster)  # a kind without times (e.g. not prepared): ProfileMissingError
     for name in config.standby_devices:
         cluster.device(name)
         if name in plan.devices:
@@ -520,7 +511,6 @@ def _check_inputs(
                 f"fault for '{fault.device}', which runs no stage; plan devices: "
                 f"{list(plan.devices)}"
             )
-    return profile
 
 
 def run_plan(
@@ -545,7 +535,8 @@ def run_plan(
     Args:
         plan: the placement to run (validated against `profile` and `cluster` first).
         cluster: devices, links (shaped in emulation) and the source device.
-        profile: the model profile the plan was made from (emulated times and sizes).
+        profile: the model profile the plan was made from (emulated times and sizes), with
+            the cluster's derived kinds added (`api.prepare_profile`; `api.run` does it).
         spec: an `edgesplit.models.ModelSpec` for `compute="real"` (default: from `plan.model`).
         config: runtime knobs (`RuntimeConfig`).
         requests: a number of synthetic micro-batches, or an iterable of input activations
@@ -572,7 +563,7 @@ def run_plan(
         DeviceUnavailableError: a device has no Ray node, or failures left no way to continue.
     """
     config = config or RuntimeConfig()
-    profile = _check_inputs(plan, cluster, profile, config, faults)
+    _check_inputs(plan, cluster, profile, config, faults)
     if config.compute == "real" and spec is None:
         from edgesplit.models import model_spec_from_name
 
