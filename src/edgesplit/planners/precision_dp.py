@@ -31,6 +31,7 @@ the budget, int8 on both units costs 1 % and does not.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -78,9 +79,10 @@ class _Tables:
         return int(np.prod(self.counts + 1))
 
 
-def _tables(cost: CostModel, choices: PrecisionChoices) -> _Tables:
+def _tables(
+    cost: CostModel, choices: PrecisionChoices, classes: tuple[tuple[str, ...], ...]
+) -> _Tables:
     cluster = cost.cluster
-    classes = tuple(c.devices for c in device_classes(cost))
     dtypes = tuple(choices.dtypes)
     allowed = tuple(choices.link_encodings)
     encodings: tuple[LinkEncoding, ...] = allowed if "float32" in allowed else (*allowed, "float32")
@@ -360,14 +362,17 @@ def solve_joint(cost: CostModel, objective: Objective, choices: PrecisionChoices
     precision DP]); PlanInfeasibleError when nothing fits memory and the quality budget."""
     if choices.max_quality_loss is not None and choices.quality is None:
         raise ConfigError("a quality budget needs a quality table (--quality TABLE.json)")
-    tables = _tables(cost, choices)
-    work = (tables.num_units + 1) * tables.num_vectors * len(tables.classes) * len(tables.encodings)
+    classes = tuple(c.devices for c in device_classes(cost))
+    num_encodings = len(set(choices.link_encodings) | {"float32"})
+    vectors = math.prod(len(g) + 1 for g in classes)  # Python ints: no overflow
+    work = (cost.num_units + 1) * vectors * len(classes) * num_encodings
     if work > WORK_LIMIT:
         raise ConfigError(
-            f"joint dtype planning over {len(tables.classes)} device classes needs a table of "
+            f"joint dtype planning over {len(classes)} device classes needs a table of "
             f"{work:,} entries (limit {WORK_LIMIT:,}); give one --dtype and one --link-encoding "
             "(every planner handles a single precision), or plan for fewer distinct devices"
         )
+    tables = _tables(cost, choices, classes)
     budget = _budget(choices)
     info: list[tuple[str, str | int | float | bool]] = [
         ("engine", "joint-dp"),

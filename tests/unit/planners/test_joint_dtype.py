@@ -290,3 +290,11 @@ def test_a_replan_keeps_the_plans_precision() -> None:
         }
     )
     assert PrecisionChoices.of_plan(plan, float32_only).dtypes == ("float32",)
+
+
+def test_many_distinct_devices_are_refused_with_advice() -> None:
+    rng = np.random.default_rng(0)
+    profile, cluster = random_instance(rng, 30, 6)
+    profile = with_dtypes(profile, rng)
+    with pytest.raises(ConfigError, match="one --dtype"):
+        make_plan(profile, cluster, precision=PrecisionChoices(DTYPES, ENCODINGS))
