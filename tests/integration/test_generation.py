@@ -11,6 +11,7 @@ import os
 import signal
 import socket
 import threading
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -23,6 +24,7 @@ from edgesplit.runtime.generation import (
     GenerationConfig,
     GenerationPipeline,
     GenerationRequest,
+    SequenceResult,
 )
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -151,3 +153,65 @@ def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def test_engine_batches_joins_leaves_and_idles(
+    pipeline: GenerationPipeline, references: list[list[int]]
+) -> None:
+    """The long-lived engine: sequences submitted while others decode join the running
+    micro-batches (frames of several rows), an abort frees its sequence between steps, the
+    engine idles past the hang timeout without an error, and every output equals the unsplit
+    model's (sampling keyed by the caller's key, as `generate` keys by index)."""
+    cuts = _cuts(pipeline.num_units, 2)
+    pipeline.restage([("d0", cuts[0], cuts[1]), ("d1", cuts[1], cuts[2])])
+    stop = threading.Event()
+    finished: dict[int, list[int]] = {}
+    reasons: dict[int, str] = {}
+    lock = threading.Lock()
+    arrived = threading.Condition(lock)
+
+    def on_finish(result: SequenceResult) -> None:
+        with arrived:
+            finished[result.sequence_id] = result.new_ids
+            reasons[result.sequence_id] = result.finished
+            arrived.notify_all()
+
+    def wait_for(count: int) -> None:
+        with arrived:
+            assert arrived.wait_for(lambda: len(finished) >= count, timeout=120)
+
+    seen: dict[int, int] = {}
+
+    def on_token(sequence_id: int, _: int) -> None:
+        seen[sequence_id] = seen.get(sequence_id, 0) + 1
+
+    thread = threading.Thread(target=pipeline.serve_forever, args=(stop,), daemon=True)
+    thread.start()
+    try:
+        pipeline.stats()  # forget earlier batch sizes
+        first = [pipeline.submit(r, on_token, on_finish, key=i) for i, r in enumerate(REQUESTS)]
+        doomed = pipeline.submit(
+            GenerationRequest(prompt_ids=[3, 3, 3], max_new_tokens=500), on_token, on_finish
+        )
+        deadline = time.monotonic() + 60  # the others join while the first ones decode
+        while seen.get(first[0], 0) < 8 and time.monotonic() < deadline:
+            threading.Event().wait(0.01)
+        later = [pipeline.submit(r, on_token, on_finish, key=i) for i, r in enumerate(REQUESTS)]
+        pipeline.abort(doomed)
+        wait_for(5)
+        assert reasons[doomed] == "abort"
+        assert seen.get(doomed, 0) < 500
+        for ids in (first, later):
+            assert [finished[i] for i in ids] == references
+        sizes = pipeline.stats().step_batch_sizes
+        assert max(sizes) >= 2, sizes  # several sequences per forward pass
+        # Idle past the hang timeout: no error, and the next request is served.
+        threading.Event().wait(pipeline.runtime.hang_timeout_s + 0.5)
+        assert pipeline.health().ok
+        again = pipeline.submit(REQUESTS[0], None, on_finish, key=0)
+        wait_for(6)
+        assert finished[again] == references[0]
+    finally:
+        stop.set()
+        thread.join(30)
+    assert not thread.is_alive()

@@ -517,6 +517,8 @@ class GenerationPipeline:
                 self.submit(request, token_to(index), finish_to(index), key=index)
             while len(finished) < len(requests):
                 self._pump()
+            if self._done_ids and self._batched:  # free the last sequences' caches now
+                self._send([], -1)
         except BaseException:
             self._forget_sequences()
             raise
