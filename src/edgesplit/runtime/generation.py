@@ -590,6 +590,7 @@ class GenerationPipeline:
         if frame is not None:
             if self._answer(frame):
                 self._last_progress_s = time.time()
+                self._dispatch()  # the next step leaves before anything slower is done
             if time.time() - self._last_detect_s < _DETECT_EVERY_S:
                 return
         now = time.time()
