@@ -531,6 +531,7 @@ class RobustRunReport(FrozenModel):
     lost_units: tuple[int, ...]
     failures: tuple[FailureRecord, ...]
     wall_s: float
+    notes: str = ""
 
 
 def run_robust(
@@ -616,6 +617,11 @@ def run_robust(
         lost_units=tuple(sorted(lost)),
         failures=tuple(records),
         wall_s=time.time() - t0,
+        notes="; ".join(
+            f"{f.kind}:{f.device}@{f.at_s:g} never fired: the run took {ends[-1] - t0:.2f} s"
+            for f in faults
+            if ends and f.at_s > ends[-1] - t0
+        ),
     )
 
 

@@ -276,6 +276,8 @@ def run_command(
             f"detected after {f.detected_after_s:.2f} s, recovered after {recovered}",
         )
     console.print(table)
+    if result.notes:
+        console.print(f"[yellow]{result.notes}[/yellow]")
     if report is not None:
         write_json_file(result, report)
         console.print(f"report: {report}")
