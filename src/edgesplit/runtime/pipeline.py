@@ -132,51 +132,40 @@ class _Ledger:
             return sorted(self.inputs)
 
 
+@dataclass
 class _Driver:
     """Batch scheduling (fixed micro-batches, in order) and recovery by replay."""
 
-    def __init__(
-        self,
-        plan: Plan,
-        cluster: Cluster,
-        profile: ModelProfile,
-        spec: Any,
-        config: RuntimeConfig,
-        requests: Iterator[Activation | None],
-        num_requests: int | None,
-        replanner: Replanner | None,
-        faults: Sequence[ScheduledFault],
-        on_result: ResultCallback | None,
-        progress: ProgressCallback | None,
-        metrics: RunMetrics | None,
-        on_error: ErrorCallback | None = None,
-        on_health: HealthCallback | None = None,
-    ) -> None:
-        self.plan = plan
-        self.cluster = cluster
-        self.profile = profile
-        self.spec = spec
-        self.config = config
-        self.requests = requests
-        self.num_requests = num_requests
-        self.replanner = replanner
-        self.faults = sorted(faults, key=lambda f: f.at_s)
-        self.progress = progress
-        self.metrics = metrics
-        self.ledger = _Ledger(on_result, on_error)
-        self.on_health = on_health
-        self.cost = CostModel(profile, cluster)
-        self.failed: set[str] = set()
-        self.resend: deque[int] = deque()
-        self.source_done = threading.Event()
-        self.source_paused = threading.Event()
-        self.source_lock = threading.Lock()
-        self.num_nodes = 1
-        self.aborted = threading.Event()
-        self.t0_s = 0.0
-        self.group: StageGroup | None = None
-        self.failure_log = FailureLog()
-        self.stages: tuple[StagePlacement, ...] = ()
+    plan: Plan
+    cluster: Cluster
+    profile: ModelProfile
+    spec: Any
+    config: RuntimeConfig
+    requests: Iterator[Activation | None]
+    num_requests: int | None
+    replanner: Replanner | None
+    faults: Sequence[ScheduledFault]
+    on_result: ResultCallback | None
+    progress: ProgressCallback | None
+    metrics: RunMetrics | None
+    on_error: ErrorCallback | None = None
+    on_health: HealthCallback | None = None
+    failed: set[str] = field(default_factory=set)
+    resend: deque[int] = field(default_factory=deque)
+    source_done: threading.Event = field(default_factory=threading.Event)
+    source_paused: threading.Event = field(default_factory=threading.Event)
+    source_lock: threading.Lock = field(default_factory=threading.Lock)
+    aborted: threading.Event = field(default_factory=threading.Event)
+    num_nodes: int = 1
+    t0_s: float = 0.0
+    group: StageGroup | None = None
+    failure_log: FailureLog = field(default_factory=FailureLog)
+    stages: tuple[StagePlacement, ...] = ()
+
+    def __post_init__(self) -> None:
+        self.faults = sorted(self.faults, key=lambda f: f.at_s)
+        self.ledger = _Ledger(self.on_result, self.on_error)
+        self.cost = CostModel(self.profile, self.cluster)
 
     def health(self, state: HealthState, detail: str = "") -> None:
         if self.on_health is not None:
