@@ -163,6 +163,8 @@ def test_engine_batches_joins_leaves_and_idles(
     engine idles past the hang timeout without an error, and every output equals the unsplit
     model's (sampling keyed by the caller's key, as `generate` keys by index)."""
     cuts = _cuts(pipeline.num_units, 2)
+    before = pipeline.config
+    pipeline.config = before.model_copy(update={"max_concurrent": 6})  # 3 rows per micro-batch
     pipeline.restage([("d0", cuts[0], cuts[1]), ("d1", cuts[1], cuts[2])])
     stop = threading.Event()
     finished: dict[int, list[int]] = {}
@@ -214,4 +216,5 @@ def test_engine_batches_joins_leaves_and_idles(
     finally:
         stop.set()
         thread.join(30)
+        pipeline.config = before
     assert not thread.is_alive()
