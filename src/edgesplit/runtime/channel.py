@@ -24,6 +24,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from edgesplit.errors import TransportError
 from edgesplit.runtime.emulation import LinkShaper
@@ -37,12 +38,13 @@ from edgesplit.runtime.transport import (
     listen,
 )
 
-__all__ = ["Inbound", "Sender"]
+__all__ = ["Inbound", "Sender", "drain"]
 
 logger = logging.getLogger(__name__)
 _TICK_S = 0.05
 _HANDSHAKE_S = 2.0
 
+T = TypeVar("T")
 FrameHandler = Callable[[Frame, TcpConnection], None]
 ClosedHandler = Callable[[TcpConnection], None]
 
@@ -136,6 +138,17 @@ class Inbound:
             conn.close()
 
 
+def drain(items: queue.Queue[T], stopped: threading.Event, handle: Callable[[T], bool]) -> None:
+    """`handle` each item of `items` in turn until `stopped` or it returns False."""
+    while not stopped.is_set():
+        try:
+            item = items.get(timeout=_TICK_S)
+        except queue.Empty:
+            continue
+        if not handle(item):
+            return
+
+
 @dataclass
 class _Pending:
     due_s: float
@@ -201,16 +214,13 @@ class Sender:
         return True
 
     def _write(self) -> None:
-        while not self.stopped.is_set():
-            try:
-                pending = self._wire.get(timeout=_TICK_S)
-            except queue.Empty:
-                continue
-            delay_s = pending.due_s - time.time()
-            if delay_s > 0 and self.stopped.wait(delay_s):
-                return
-            if not self._write_now(pending.frame, pending.after):
-                return
+        drain(self._wire, self.stopped, self._write_due)
+
+    def _write_due(self, pending: _Pending) -> bool:
+        delay_s = pending.due_s - time.time()
+        if delay_s > 0 and self.stopped.wait(delay_s):
+            return False
+        return self._write_now(pending.frame, pending.after)
 
     def _read_acks(self) -> None:
         while not self.stopped.is_set():

@@ -42,7 +42,7 @@ from pydantic import Field
 from edgesplit.core.link_codec import decode_tensors, encode_tensors
 from edgesplit.core.precision import LinkEncoding, StageDtype
 from edgesplit.core.schema import FrozenModel
-from edgesplit.runtime.channel import Inbound, Sender
+from edgesplit.runtime.channel import Inbound, Sender, drain
 from edgesplit.runtime.emulation import LinkShaper
 from edgesplit.runtime.executors import (
     DecodeExecutor,
@@ -58,7 +58,6 @@ from edgesplit.runtime.transport import Frame, FrameLimits, TcpConnection, conne
 __all__ = ["ExecutorKind", "FaultKind", "StageSpec", "StageWorker"]
 
 logger = logging.getLogger(__name__)
-_POLL_S = 0.05
 ExecutorKind = Literal["forward", "decode", "shard"]
 FaultKind = Literal["kill", "stop", "crash", "cut"]
 
@@ -179,13 +178,7 @@ class _StageRunner:
             self.held.pop(frame.request_id, None)
 
     def _compute(self) -> None:
-        while not self.stopped.is_set():
-            try:
-                item = self.inbox.get(timeout=_POLL_S)
-            except queue.Empty:
-                continue
-            if not self._process(item):
-                return
+        drain(self.inbox, self.stopped, self._process)
 
     def _process(self, item: _Item) -> bool:
         """Compute one item and send it on; False once this epoch cannot go on."""
