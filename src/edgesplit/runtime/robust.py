@@ -150,9 +150,6 @@ class RobustCoordinator:
         self.failed: set[int] = set()
         self.detections: list[tuple[str, str, float]] = []  # (device, cause, wall s) in order
 
-    def mark_failed(self, device: str) -> None:
-        self.failed.add(self.devices.index(device))
-
     def _live_holder(self, unit: int) -> int | None:
         for d in self.replicas[unit]:
             if d not in self.failed:
