@@ -1,7 +1,7 @@
 """Device failures at the node level: each device owns a Ray node (its own raylet) on this machine.
 
-A crashed device = its raylet and stage process SIGKILLed; a hung device = its raylet and stage
-process SIGSTOPped (Ray's tuned health check and our heartbeat must both notice).
+Faults through the one fault API (the stage does it to itself): a crashed device = its raylet
+and stage process SIGKILLed (`crash:`); a hung device = its stage process SIGSTOPped (`stop:`).
 """
 
 from __future__ import annotations
@@ -23,9 +23,8 @@ def _with_nodes(ray_cluster, devices):  # type: ignore[no-untyped-def]
     return ray_cluster
 
 
-@pytest.mark.parametrize("trial", [0, 1])
-def test_crashed_device_node_is_replanned_without_loss(ray_cluster, trial: int) -> None:  # type: ignore[no-untyped-def]
-    """Trial 0 crashes the node from the test; trial 1 through the stage (`crash:n1@S`)."""
+def test_crashed_device_node_is_replanned_without_loss(ray_cluster) -> None:  # type: ignore[no-untyped-def]
+    """`crash:n1@S` through the stage: its raylet and its process are SIGKILLed."""
     cluster_handle = _with_nodes(ray_cluster, DEVICES[:3])
     profile, cluster = toy_profile(time_s=0.02), toy_cluster(DEVICES[:3])
     plan = make_plan(profile, cluster, STAGES)
@@ -37,49 +36,37 @@ def test_crashed_device_node_is_replanned_without_loss(ray_cluster, trial: int) 
         config=RuntimeConfig(placement="resource"),
         requests=60,
         replanner=even_replanner(profile),
-        faults=[
-            ScheduledFault("n1", 1.0, lambda info: cluster_handle.crash("n1"))
-            if trial == 0
-            else ScheduledFault("n1", 1.3, "crash")
-        ],
+        faults=[ScheduledFault("n1", 1.3, "crash")],
         on_result=lambda rid, out: order.append(rid),
     )
     assert order == list(range(60))
     assert (report.requests.lost, report.requests.duplicated) == (0, 0)
     (failure,) = report.failures
     assert failure.device == "n1"
-    assert failure.fault == ("custom" if trial == 0 else "crash")
+    assert failure.fault == "crash"
     assert failure.detected_after_s < 2.0
     assert [s.device for s in failure.new_stages] == ["n0", "n2"]
     assert report.ray_nodes >= 4
-    if trial == 1:  # the stage took its raylet down with it: the node is gone
-        assert not cluster_handle.raylet_alive("n1")
-        cluster_handle.crash("n1")  # forget the dead node (a later test adds a fresh one)
+    assert not cluster_handle.raylet_alive("n1")  # the stage took its raylet down with it
+    cluster_handle.crash("n1")  # forget the dead node (a later test adds a fresh one)
 
 
 def test_hung_device_node_fails_over_to_a_standby(ray_cluster) -> None:  # type: ignore[no-untyped-def]
-    cluster_handle = _with_nodes(ray_cluster, DEVICES)
+    """`stop:n1@S` through the stage (SIGSTOP of its process) on a device with its own node."""
+    _with_nodes(ray_cluster, DEVICES)
     profile, cluster = toy_profile(time_s=0.02), toy_cluster(DEVICES)
     plan = make_plan(profile, cluster, STAGES)
-    stopped: list[int] = []
-
-    def hang(info: dict[str, object]) -> None:
-        stopped.extend(cluster_handle.hang("n1", [int(str(info["pid"]))]))
-
     order: list[int] = []
     config = RuntimeConfig(placement="resource", standby_devices=("n3",))
-    try:
-        report = run_plan(
-            plan,
-            cluster,
-            profile,
-            config=config,
-            requests=60,
-            faults=[ScheduledFault("n1", 1.0, hang)],
-            on_result=lambda rid, out: order.append(rid),
-        )
-    finally:
-        cluster_handle.resume_and_remove("n1", stopped)
+    report = run_plan(
+        plan,
+        cluster,
+        profile,
+        config=config,
+        requests=60,
+        faults=[ScheduledFault("n1", 1.0, "stop")],
+        on_result=lambda rid, out: order.append(rid),
+    )
     assert order == list(range(60))
     assert (report.requests.lost, report.requests.duplicated) == (0, 0)
     (failure,) = report.failures

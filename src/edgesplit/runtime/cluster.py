@@ -343,8 +343,8 @@ class EmulatedCluster:
     that IP (this machine only; nothing leaves it).
 
     Wraps `ray.cluster_utils.Cluster`: a head node (where the driver attaches) plus one node per
-    device carrying that device's custom resource, so that a crashed device is a killed raylet
-    and a hung device is a SIGSTOPped raylet plus its stage process, exactly as on real boards.
+    device carrying that device's custom resource, so that `crash:` kills a real raylet, as on
+    real boards (faults themselves go through the stage: `ScheduledFault`).
     """
 
     def __init__(self, config: RuntimeConfig, head_num_cpus: int = 1) -> None:
@@ -380,10 +380,6 @@ class EmulatedCluster:
     def devices(self) -> list[str]:
         return sorted(self._nodes)
 
-    def raylet_pid(self, device: str) -> int:
-        node = self._nodes[device]
-        return int(node.all_processes["raylet"][0].process.pid)
-
     def crash(self, device: str) -> None:
         """SIGKILL every process of the device's node (raylet, store, its workers)."""
         import signal as _signal
@@ -399,25 +395,6 @@ class EmulatedCluster:
     def raylet_alive(self, device: str) -> bool:
         node = self._nodes[device]
         return node.all_processes["raylet"][0].process.poll() is None
-
-    def hang(self, device: str, extra_pids: Sequence[int] = ()) -> list[int]:
-        """SIGSTOP the device's raylet and `extra_pids` (its stage process); returns the pids."""
-        import signal as _signal
-
-        pids = [self.raylet_pid(device), *extra_pids]
-        for pid in pids:
-            os.kill(pid, _signal.SIGSTOP)
-        return pids
-
-    def resume_and_remove(self, device: str, pids: Sequence[int]) -> None:
-        """Undo `hang` (SIGCONT) and take the node away, so tests leave nothing stopped."""
-        import signal as _signal
-
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, _signal.SIGCONT)
-        if device in self._nodes:
-            self.crash(device)
 
     def shutdown(self) -> None:
         ray.shutdown()
