@@ -6,13 +6,15 @@ Sections (all by default; `--sections a,b` reruns some and keeps the others from
   streaming clients over 127.0.0.1: the same 8 requests one at a time vs all 8 at once
   (aggregate tokens/s), then 1, 2, 4, 8, 16 concurrent clients: time to first token p50/p95,
   per-token latency (mean gap between a stream's tokens), aggregate tokens/s.
+- runtime: the decode driver without HTTP: the same 8 prompts through
+  `GenerationPipeline.generate` on 2 stages, one at a time vs all at once.
 - kv_batch: the model-side ceiling of continuous batching, in one process: the same two
   SmolLM2 stage modules decode 8 sequences one step each per forward pass (models/kv_batch.py)
   vs one sequence per forward pass (models/kv_stage.py), greedy tokens compared.
 - encoder: all-MiniLM-L6-v2 (real weights) on 3 stages behind /v1/embeddings with dynamic
   micro-batching: requests/s of 1 client (sequential) vs 16 concurrent clients, mean batch size.
 
-    .venv/bin/python benchmarks/serving.py [--sections http,kv_batch,encoder] [--new-tokens 32]
+    .venv/bin/python benchmarks/serving.py [--sections http,runtime,kv_batch,encoder] [--new-tokens 32]
 
 Writes benchmarks/results/serving.json and docs/serving.png. One torch thread per process; the
 figures are ratios measured side by side in one run on this (shared, 2-core) host.
@@ -216,6 +218,60 @@ def section_http(new_tokens: int, max_concurrent: int, repeats: int = 2) -> dict
     }
 
 
+def section_runtime(new_tokens: int, repeats: int = 2) -> dict[str, Any]:
+    """The decode driver without HTTP: the same 8 prompts through `GenerationPipeline.generate`
+    on 2 stages, one at a time vs all at once (continuous batching), interleaved."""
+    from edgesplit.api.serving_engines import text_codec
+    from edgesplit.models import model_spec_from_name, unit_names
+    from edgesplit.runtime.config import RuntimeConfig
+    from edgesplit.runtime.generation import (
+        GenerationConfig,
+        GenerationPipeline,
+        GenerationRequest,
+    )
+
+    model = _smollm2()
+    spec = model_spec_from_name(model)
+    n = len(unit_names(spec))
+    codec = text_codec(model)
+    requests = [
+        GenerationRequest(prompt_ids=codec.encode(p), max_new_tokens=new_tokens)
+        for p in PROMPTS[:8]
+    ]
+    config = GenerationConfig(max_concurrent=16, runtime=RuntimeConfig(compute="real"))
+    stages = [("a", 0, n // 2), ("b", n // 2, n)]
+    sequential_s = batched_s = 0.0
+    identical = True
+    sizes: list[int] = []
+    load = [os.getloadavg()[0]]
+    with GenerationPipeline(spec, stages, config, num_units=n) as pipe:
+        pipe.generate(requests[:1])  # warm-up
+        for _ in range(repeats):
+            start = time.perf_counter()
+            alone = [pipe.generate([r]).sequences[0].new_ids for r in requests]
+            sequential_s += time.perf_counter() - start
+            pipe.stats()
+            start = time.perf_counter()
+            together = [s.new_ids for s in pipe.generate(requests).sequences]
+            batched_s += time.perf_counter() - start
+            sizes += pipe.stats().step_batch_sizes
+            identical &= alone == together
+            load.append(os.getloadavg()[0])
+    tokens = repeats * len(requests) * new_tokens
+    return {
+        "model": "SmolLM2-135M, 2 stages (stage processes on Ray, one torch thread each), greedy",
+        "sequences": len(requests),
+        "new_tokens": new_tokens,
+        "repeats_interleaved": repeats,
+        "one_at_a_time_tokens_per_s": tokens / sequential_s,
+        "all_at_once_tokens_per_s": tokens / batched_s,
+        "speedup": sequential_s / batched_s,
+        "identical_tokens": identical,
+        "mean_rows_per_decode_frame": float(np.mean(sizes)) if sizes else None,
+        "load_average_1m": load,
+    }
+
+
 def section_kv_batch(new_tokens: int, repeats: int = 2) -> dict[str, Any]:
     from edgesplit.api.serving_engines import text_codec
     from edgesplit.models import model_spec_from_name, unit_names
@@ -385,6 +441,15 @@ def _plot(data: dict[str, Any]) -> Path | None:
             ls=":",
             label="one sequence per pass (1 process)",
         )
+    runtime = data.get("runtime")
+    if runtime and "all_at_once_tokens_per_s" in runtime:
+        axes[2].plot(
+            [8],
+            [runtime["all_at_once_tokens_per_s"]],
+            "D",
+            color="purple",
+            label="runtime without HTTP, 8 at once",
+        )
     axes[2].set(xlabel="concurrent clients", ylabel="aggregate tokens/s", xscale="log")
     axes[2].legend(fontsize=8)
     for ax in axes:
@@ -400,7 +465,7 @@ def _plot(data: dict[str, Any]) -> Path | None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sections", default="http,kv_batch,encoder")
+    parser.add_argument("--sections", default="http,runtime,kv_batch,encoder")
     parser.add_argument("--new-tokens", type=int, default=32)
     parser.add_argument("--max-concurrent", type=int, default=16)
     parser.add_argument("--encoder-requests", type=int, default=64)
@@ -413,7 +478,7 @@ def main() -> None:
         previous = {
             k: v
             for k, v in json.loads(path.read_text()).items()
-            if k in ("http", "kv_batch", "encoder")
+            if k in ("http", "runtime", "kv_batch", "encoder")
         }
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
     data = dict(previous)
@@ -421,6 +486,8 @@ def main() -> None:
         print(f"[serving] {name} ...", flush=True)
         if name == "http":
             data["http"] = section_http(args.new_tokens, args.max_concurrent)
+        elif name == "runtime":
+            data["runtime"] = section_runtime(args.new_tokens)
         elif name == "kv_batch":
             data["kv_batch"] = section_kv_batch(args.new_tokens)
         elif name == "encoder":
