@@ -76,8 +76,9 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-_TICK_S = 0.02
-_DETECT_EVERY_S = 0.05  # failure detection runs at least this often, even while tokens flow
+# Failure detection (Ray calls, heartbeats) runs this often, busy or idle; in between the
+# driver only waits for answers (and submits/aborts, which wake it).
+_DETECT_EVERY_S = 0.1
 _MAX_HIDDEN_BYTES_PER_TOKEN = 4 * 8192  # float32 hidden states up to 8192 wide
 
 StageAssignment = tuple[str, int, int]  # (device, start unit, end unit), half-open
@@ -584,7 +585,8 @@ class GenerationPipeline:
             group.inject(self._faults.pop(0))
         self._flush()
         try:
-            frame = self._results.get(timeout=_TICK_S)
+            wait_s = self._last_detect_s + _DETECT_EVERY_S - time.time()
+            frame = self._results.get(timeout=max(0.001, wait_s))
         except queue.Empty:
             frame = None
         if frame is not None:
