@@ -3,13 +3,14 @@
     .venv/bin/python benchmarks/precision_plans.py [--part memory|pipeedge|all] [--images 1024] [--batch 4]
 
 memory: the trained ViT of `edgesplit quality -t vit-fashion` (real weights, Fashion-MNIST),
-profiled here per dtype at micro-batch 4 (weights, not activations, fill memory), on 3 emulated devices whose memory lies between what
-an int8 plan and what a float32 plan needs (both thresholds found by the planner itself and
-recorded). float32 alone is infeasible; the joint planner (float32/bfloat16/int8 stages,
-float32/float16/int8-token links, the measured quality table, a 0.5-point budget) finds a plan;
-the plan then runs for real through the runtime (Ray actors, TCP frames, compute="real") on
-test images, and its accuracy is set beside float32's on the same images and the plan's
-predicted loss. The run's outputs are also compared with the same stages chained in process.
+profiled here per dtype at micro-batch 4 (weights, not activations, fill memory), on 3 emulated
+devices whose memory lies between what an int8 plan and what a float32 plan needs (both
+thresholds found by the planner itself and recorded). float32 alone is infeasible; the joint
+planner (float32/bfloat16/int8 stages, float32/float16/int8-token links, the measured quality
+table, a 0.5-point budget) and an int8-only plan each run for real through the runtime (Ray
+actors, TCP frames, compute="real") on test images; accuracy is set beside float32's on the
+same images and the plan's predicted loss, and the run's outputs beside the same stages chained
+in process.
 
 pipeedge: PipeEdge's 8 Minnowboard + 8 RCC-VE cluster with ViT-Large (their published
 per-sublayer board times, micro-batch 8) at 100 Mbps (and a sweep 1000/300/100/30/10 Mbps).
@@ -106,27 +107,20 @@ def memory_scenario(num_images: int, batch: int) -> dict[str, Any]:
     except PlanInfeasibleError as e:
         float32_error = str(e)
     assert float32_error, "float32 should not fit"
-    plan = _joint_plan(profile, cluster, table)
     images = np.concatenate([b["pixel_values"].numpy() for b in task.batches])[:num_images]
-    requests = [{"pixel_values": images[i : i + batch]} for i in range(0, len(images), batch)]
-    outputs: dict[int, np.ndarray] = {}
-    config = api.RuntimeConfig(compute="real", placement="local")
-    report = api.run(
-        plan,
-        cluster,
+    int8_only = api.plan(
         profile,
-        config=config,
-        requests=requests,
-        on_result=lambda rid, out: outputs.__setitem__(rid, out["logits"]),
+        cluster,
+        dtypes=("int8",),
+        quality=table,
+        max_quality_loss=BUDGET_POINTS,
     )
-    logits = np.concatenate([outputs[i] for i in range(len(requests))])
-    labels = _labels(num_images)
-    accuracy_run = float((logits.argmax(-1) == labels).mean())
-    stages = [(s.start, s.end, s.dtype) for s in plan.stages]
-    encodings = [s.link_encoding for s in plan.stages[:-1]]
-    in_process, float32_accuracy, same = _in_process(task, stages, encodings, logits, batch)
-    predicted = plan.predicted.quality
-    assert predicted is not None
+    runs = {
+        "joint": _run_for_real(
+            task, _joint_plan(profile, cluster, table), cluster, profile, images
+        ),
+        "int8 only": _run_for_real(task, int8_only, cluster, profile, images),
+    }
     return {
         "model": model_dir,
         "profile": {
@@ -139,21 +133,46 @@ def memory_scenario(num_images: int, batch: int) -> dict[str, Any]:
         "float32_needs_mb_per_device": need_float32,
         "int8_needs_mb_per_device": need_int8,
         "float32_only": float32_error,
+        "budget_points": BUDGET_POINTS,
+        "runs": runs,
+    }
+
+
+def _run_for_real(
+    task: Any, plan: Plan, cluster: Cluster, profile: ModelProfile, images: np.ndarray
+) -> dict[str, Any]:
+    """Run `plan` through the runtime (real compute) on `images`; accuracy beside float32's."""
+    batch = profile.batch_size
+    requests = [{"pixel_values": images[i : i + batch]} for i in range(0, len(images), batch)]
+    outputs: dict[int, np.ndarray] = {}
+    report = api.run(
+        plan,
+        cluster,
+        profile,
+        config=api.RuntimeConfig(compute="real", placement="local"),
+        requests=requests,
+        on_result=lambda rid, out: outputs.__setitem__(rid, out["logits"]),
+    )
+    logits = np.concatenate([outputs[i] for i in range(len(requests))])
+    accuracy = float((logits.argmax(-1) == _labels(len(images))).mean())
+    stages = [(s.start, s.end, s.dtype) for s in plan.stages]
+    encodings = [s.link_encoding for s in plan.stages[:-1]]
+    in_process, float32_accuracy, same = _in_process(task, stages, encodings, logits, batch)
+    predicted = plan.predicted.quality
+    assert predicted is not None
+    return {
         "plan": json.loads(plan.model_dump_json()),
         "predicted_loss_points": predicted.loss,
-        "budget_points": BUDGET_POINTS,
-        "run": {
-            "images": len(images),
-            "requests": len(requests),
-            "lost": report.requests.lost,
-            "errored": report.requests.errored,
-            "accuracy": accuracy_run,
-            "float32_unsplit_accuracy": float32_accuracy,
-            "measured_loss_points": 100 * (float32_accuracy - accuracy_run),
-            "in_process_same_stages_accuracy": in_process,
-            "outputs_equal_in_process": same,
-            "measured_period_s": report.measured.period_s,
-        },
+        "images": len(images),
+        "requests": len(requests),
+        "lost": report.requests.lost,
+        "errored": report.requests.errored,
+        "accuracy": accuracy,
+        "float32_unsplit_accuracy": float32_accuracy,
+        "measured_loss_points": 100 * (float32_accuracy - accuracy),
+        "in_process_same_stages_accuracy": in_process,
+        "outputs_equal_in_process": same,
+        "measured_period_s": report.measured.period_s,
     }
 
 
@@ -375,16 +394,21 @@ def main() -> None:
         data["pipeedge"] = previous["pipeedge"]
     if args.part in ("memory", "all"):
         data["memory"] = memory_scenario(args.images, args.batch)
-        run = data["memory"]["run"]
+        memory = data["memory"]
         print(
-            f"memory: {data['memory']['memory_per_device_mb']} MB per device (float32 needs "
-            f"{data['memory']['float32_needs_mb_per_device']}, int8 "
-            f"{data['memory']['int8_needs_mb_per_device']}); run accuracy {run['accuracy']:.4f} "
-            f"vs float32 {run['float32_unsplit_accuracy']:.4f}; predicted loss "
-            f"{data['memory']['predicted_loss_points']:.3f} pts; equal in process: "
-            f"{run['outputs_equal_in_process']}",
+            f"memory: {memory['memory_per_device_mb']} MB per device (float32 needs "
+            f"{memory['float32_needs_mb_per_device']:.3f}, int8 "
+            f"{memory['int8_needs_mb_per_device']:.3f})",
             flush=True,
         )
+        for name, run in memory["runs"].items():
+            print(
+                f"  {name}: accuracy {run['accuracy']:.4f} vs float32 "
+                f"{run['float32_unsplit_accuracy']:.4f}; predicted loss "
+                f"{run['predicted_loss_points']:.3f} pts; equal in process: "
+                f"{run['outputs_equal_in_process']}",
+                flush=True,
+            )
     elif "memory" in previous:
         data["memory"] = previous["memory"]
     data["load_average_after"] = os.getloadavg()
