@@ -21,12 +21,12 @@ from transformers import (
     ViTForImageClassification,
 )
 
+from edgesplit.api.robust import drill_problem
 from edgesplit.models.importance import ablation_importance, finetune, gradient_importance
 from edgesplit.models.robust_tasks import RobustTask
 from edgesplit.models.width import WidthModel, WidthShard, find_block_list
 from edgesplit.planners.robust import (
     RobustProblem,
-    RobustUnit,
     StrategySpec,
     place,
 )
@@ -97,18 +97,10 @@ def valid(family: str, inputs: dict[str, torch.Tensor], t: torch.Tensor) -> torc
 
 
 def synthetic_problem(wm: WidthModel, seed: int = 0) -> RobustProblem:
+    """The drill problem with random (seeded) importance, so that tiers differ."""
     rng = np.random.default_rng(seed)
-    units = tuple(
-        RobustUnit(
-            name=u.name,
-            layer_index=u.layer_index,
-            kind=u.kind,
-            param_bytes=u.param_bytes,
-            flops_per_token=u.flops_per_token,
-            importance=float(rng.exponential()),
-        )
-        for u in wm.units
-    )
+    base = drill_problem(wm, tokens_per_request=7, name="tiny")
+    units = tuple(u.model_copy(update={"importance": float(rng.exponential())}) for u in base.units)
     cal = SurrogateCalibration(
         metric_name="accuracy",
         higher_is_better=True,
@@ -117,14 +109,7 @@ def synthetic_problem(wm: WidthModel, seed: int = 0) -> RobustProblem:
         lost_importance=(1.0, 5.0),
         measured_metric=(0.8, 0.2),
     )
-    return RobustProblem(
-        model="tiny",
-        units=units,
-        shared_bytes=wm.shared_bytes,
-        hidden_bytes=1024,
-        tokens_per_request=7,
-        calibration=cal,
-    )
+    return base.model_copy(update={"units": units, "calibration": cal, "hidden_bytes": 1024})
 
 
 @pytest.mark.parametrize("family", FAMILIES)
