@@ -23,11 +23,14 @@ def _app():  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.parametrize(
-    ("flag", "fault", "cause"),
-    [("--kill", "{victim}@1.5", "actor_died"), ("--fault", "stop:{victim}@1.5", "hang")],
+    ("flag", "fault", "cause", "shaping"),
+    [
+        ("--kill", "{victim}@1.5", "actor_died", "full"),
+        ("--fault", "stop:{victim}@1.5", "hang", "latency"),  # the testbed's mode
+    ],
 )
 def test_run_with_a_fault_writes_the_report_contract(
-    ray_cluster: object, tmp_path: Path, flag: str, fault: str, cause: str
+    ray_cluster: object, tmp_path: Path, flag: str, fault: str, cause: str, shaping: str
 ) -> None:
     cluster_file = ROOT / "examples" / "pipeedge-4+4.toml"
     profile = api.import_pipeedge_profile("google/vit-base-patch16-224", 8)
@@ -49,6 +52,8 @@ def test_run_with_a_fault_writes_the_report_contract(
             "30",
             "--time-scale",
             "0.1",
+            "--link-shaping",
+            shaping,
             flag,
             fault.format(victim=victim),
             "--report",
