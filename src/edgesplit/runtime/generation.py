@@ -33,6 +33,7 @@ error) replays each of its rows alone from position 0. Emulated stages
 
 from __future__ import annotations
 
+import functools
 import gc
 import itertools
 import logging
@@ -258,6 +259,8 @@ class GenerationPipeline:
         self._driving = False
         self._recovering = False
         self._broken = ""
+        # Caller callbacks run after the next frames left (`_run_callbacks`), in order.
+        self._callbacks: list[Callable[[], None]] = []
 
     # -- lifecycle -------------------------------------------------------------------------------
     def __enter__(self) -> GenerationPipeline:
@@ -467,6 +470,7 @@ class GenerationPipeline:
             for sequence in [*self._live.values(), *self._waiting]:
                 self._finish(sequence, "abort")  # stopped: nothing more will be decoded
             self._waiting.clear()
+            self._run_callbacks()
         except DeviceUnavailableError as e:
             self._fail_all(f"{type(e).__name__}: {e}")
         finally:
@@ -567,8 +571,20 @@ class GenerationPipeline:
         self._last_progress_s = self._last_detect_s = time.time()
 
     def _pump(self) -> None:
-        """One turn of the driver: take submits/aborts, send what can go, handle one answer,
-        watch for failures."""
+        """One turn of the driver (see `_turn`); callbacks run at its end."""
+        try:
+            self._turn()
+        finally:
+            self._run_callbacks()
+
+    def _run_callbacks(self) -> None:
+        callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            callback()
+
+    def _turn(self) -> None:
+        """Take submits/aborts, send what can go, handle one answer (the next step leaves before
+        its tokens are handed to callers), watch for failures."""
         group = self.group
         self._take_control()
         while self._waiting and len(self._live) < self.config.max_concurrent:
@@ -593,6 +609,7 @@ class GenerationPipeline:
             if self._answer(frame):
                 self._last_progress_s = time.time()
                 self._dispatch()  # the next step leaves before anything slower is done
+            self._run_callbacks()
             if time.time() - self._last_detect_s < _DETECT_EVERY_S:
                 return
         now = time.time()
@@ -768,7 +785,9 @@ class GenerationPipeline:
             sequence.token_times_s.append(now)
             self._token_times.append(now)
             if sequence.on_token is not None:
-                sequence.on_token(sequence.sequence_id, int(token))
+                self._callbacks.append(
+                    functools.partial(sequence.on_token, sequence.sequence_id, int(token))
+                )
             request = sequence.request
             if request.stop_token_id is not None and token == request.stop_token_id:
                 self._finish(sequence, "stop")
@@ -804,7 +823,7 @@ class GenerationPipeline:
         with self._lock:
             self._known.discard(sequence.sequence_id)
         if sequence.on_finish is not None:
-            sequence.on_finish(_result(sequence))
+            self._callbacks.append(functools.partial(sequence.on_finish, _result(sequence)))
 
     def _forget_sequences(self) -> None:
         """A call ended by an error: its sequences are dropped without callbacks (ids are
@@ -816,6 +835,7 @@ class GenerationPipeline:
         self._waiting.clear()
         self._live.clear()
         self._flights.clear()
+        self._callbacks.clear()
         self._done_ids.clear()
         self._slots = [[] for _ in range(self.micro_batches)]
         self._slot_flights = [0] * self.micro_batches
@@ -829,6 +849,7 @@ class GenerationPipeline:
             sequence.error = detail
             self._finish(sequence, "error")
         self._waiting.clear()
+        self._run_callbacks()
 
     def _recover(self, suspicions: list[Suspicion]) -> None:
         """Replace the failed stages, start a new epoch and replay every live sequence."""
