@@ -28,9 +28,22 @@ from edgesplit.runtime.stage import StageSpec
 from edgesplit.runtime.stages import StageGroup
 from edgesplit.runtime.transport import Frame
 
-__all__ = ["ChannelShardBackend"]
+__all__ = ["ChannelShardBackend", "star_config"]
 
 _TICK_S = 0.01
+
+
+def star_config(config: RuntimeConfig | None, num_devices: int) -> RuntimeConfig:
+    """The runtime knobs of a star of `num_devices` shard stages.
+
+    Every shard device streams back to the coordinator's one sink, so the sink must admit one
+    peer per device (and one more, for a replacement's) whatever the configured cap.
+    """
+    base = config or RuntimeConfig(compute="real", placement="local")
+    wanted = num_devices + 1
+    if base.max_connections >= wanted:
+        return base
+    return base.model_copy(update={"max_connections": wanted})
 
 
 class ChannelShardBackend:
@@ -56,8 +69,8 @@ class ChannelShardBackend:
         unit_s: float = 0.0,
         frame_bytes: int | None = None,
     ) -> None:
-        self.config = config or RuntimeConfig(compute="real", placement="local")
         self.devices = list(devices)
+        self.config = star_config(config, len(self.devices))
         self.session = RaySession.open(self.config, self.devices)
         bound = frame_bytes or self.config.max_frame_bytes
         self._results: dict[int, tuple[bool, Any]] = {}
