@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from edgesplit.api.pipeline import prepare_profile
 from edgesplit.core.cluster import Cluster
 from edgesplit.core.cost import CostModel
 from edgesplit.core.link_codec import parse_link_encoding
@@ -114,7 +115,8 @@ def with_stage_dtype(
     stages = tuple(s.with_precision(dtype) for s in plan.stages)
     predicted = plan.predicted.model_copy(update={"quality": None})
     if profile is not None and cluster is not None and dtype in profile.dtypes:
-        predicted = CostModel(profile, cluster).predict(
+        prepared = prepare_profile(profile, cluster)  # the cluster's derived kinds, as `plan`
+        predicted = CostModel(prepared, cluster).predict(
             stages,
             optimal=False,
             lower_bound_s=plan.predicted.lower_bound_s,
