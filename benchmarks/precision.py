@@ -112,10 +112,7 @@ def _stage_engines(checkpoint: Path, torchao: bool) -> list[StagesEngine]:
     from torch.ao.quantization import per_channel_dynamic_qconfig, quantize_dynamic
 
     before = KvStage.build(spec, 0, num_units)
-    for unit in before.module.units:
-        untie = getattr(unit, "untie", None)
-        if callable(untie):
-            untie()
+    _untied(before.module)
     quantize_dynamic(
         before.module, {nn.Linear: per_channel_dynamic_qconfig}, dtype=torch.qint8, inplace=True
     )
@@ -173,11 +170,7 @@ def _torchao_engines(spec: Any, num_units: int) -> list[StagesEngine]:
         ("torchao int8 dyn-act", Int8DynamicActivationInt8WeightConfig()),
     ):
         stage = KvStage.build(spec, 0, num_units)
-        for unit in stage.module.units:
-            untie = getattr(unit, "untie", None)
-            if callable(untie):
-                untie()
-        quantize_(stage.module, config)
+        quantize_(_untied(stage.module), config)
         engines.append(StagesEngine(f"{label} 1 stage", [stage]))
     return engines
 
@@ -433,6 +426,7 @@ def _swap_linears(stage: Any, make: Any) -> None:
 
 
 def _untied(stage: Any) -> Any:
+    """`stage` with a tied LM head given its own Linear (as the int8 dtype does), in place."""
     for unit in stage.units:
         untie = getattr(unit, "untie", None)
         if callable(untie):
