@@ -1,20 +1,26 @@
 """Low-precision stages and links (issue 17): decode speed side by side, and quality tables.
 
-    .venv/bin/python benchmarks/precision.py [--part speed|quality|all] [--rounds 3]
+    .venv/bin/python benchmarks/precision.py [--part speed|quality|sensitivity|all] [--rounds 3]
         [--new-tokens 32] [--tasks smollm2,minilm,vit-digits,vit-fashion] [--no-llamacpp]
+        [--runtime]
 
 speed: SmolLM2-135M greedy decode, one torch thread, the same prompt for every engine, engines
 interleaved round by round in one process (llama.cpp in a subprocess of its own venv):
 float32 / bfloat16 / int8 stages (1 stage, and 2 stages split at the middle block, in-process
-`KvStage`s: the runtime takes no dtype yet), torchao's int8 configs when `import torchao` works
+`KvStage`s), torchao's int8 configs when `import torchao` works
 (backend candidates, 1 stage), and llama.cpp on the GGUF the checkpoint was converted from
-(llama-cpp-python 0.3.36 in its own venv, created here if missing, or skipped with a message).
+(llama-cpp-python 0.3.36 in its own venv, created here if missing, or skipped with a message),
+the int8 recipe before the per-token fix (quantize_dynamic's own Linear), and with --runtime
+float32 / int8 on 2 stages through the real runtime (StageSpec.dtype; wall, prefill included).
 ms/token = median over all decode steps of all rounds (prefill excluded), as process CPU time
 (stable on a shared machine: it counts only while this process runs) and as wall time.
 
 quality: `edgesplit quality` for each task (quality tables also written to
 benchmarks/results/quality_<task>.json for planners), plus mixed plans run for real beside the
 table's additive prediction.
+
+sensitivity: why int8 costs what it costs: activation ranges per Linear group, and the int8
+recipe varied one choice at a time (per tensor / per token, 7 / 8 bits), fake and real kernels.
 """
 
 from __future__ import annotations
@@ -289,8 +295,8 @@ def speed(
         "rounds": rounds,
         "runtime_rows": through_runtime,
         "llamacpp": llamacpp_note,
-        "split": "2 stages: in-process KvStages cut at the middle block (the runtime takes no "
-        "dtype yet)",
+        "split": "2 stages: in-process KvStages cut at the middle block; runtime_rows: the same "
+        "split through the runtime (--runtime)",
         "rows": rows,
     }
 
