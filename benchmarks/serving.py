@@ -213,7 +213,9 @@ def section_http(new_tokens: int, max_concurrent: int, repeats: int = 2) -> dict
         "speedup_8_concurrent_vs_sequential": concurrent_rate / sequential_rate,
         "outputs_identical": identical,
         "clients": sweep,
-        "mean_rows_per_decode_frame": float(np.mean(batch_sizes)) if batch_sizes else None,
+        "mean_rows_per_decode_frame_whole_section": float(np.mean(batch_sizes))
+        if batch_sizes
+        else None,
         "load_average_1m": load,
     }
 
