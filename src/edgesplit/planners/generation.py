@@ -197,8 +197,9 @@ class _Costs:
 
     def compute_s(self, device: str, a: int, b: int, phase: str = "decode") -> float:
         table = self.decode if phase == "decode" else self.prefill
-        prefix = table[self.cluster.device(device).kind]
-        return prefix[b] - prefix[a]
+        spec = self.cluster.device(device)
+        prefix = table[spec.kind]
+        return (prefix[b] - prefix[a]) + spec.stage_overhead_s  # as CostModel.compute_s
 
     def batched_prefix(self, kind: str, rows: int) -> list[float]:
         """Prefix sums of decode unit times for a step of `rows` rows (batch 1 without data)."""
@@ -283,7 +284,9 @@ def _predict(
         prefill += prefill_compute + cluster.transfer_s(size_prefill, stage.device, nxt)
         bottleneck = max(bottleneck, compute, _serialization_s(cluster, size, stage.device, nxt))
         prefix = prefixes[cluster.device(stage.device).kind]
-        compute_b = prefix[stage.end] - prefix[stage.start]
+        compute_b = (prefix[stage.end] - prefix[stage.start]) + cluster.device(
+            stage.device
+        ).stage_overhead_s  # the graph's expression (stage_graph.StageGraph.compute)
         latency_b += compute_b + cluster.transfer_s(size * rows, stage.device, nxt)
         serialization_b = _serialization_s(cluster, size * rows, stage.device, nxt)
         bottleneck_b = max(bottleneck_b, compute_b, serialization_b)
@@ -373,6 +376,7 @@ def _graph(
         in_max_s=np.array([_serialization_s(cluster, token, source, d) for d in names]),
         out_max_s=np.array([_serialization_s(cluster, token, d, source) for d in names]),
         max_hop_latency=False,
+        stage_overhead_s=np.array([cluster.device(d).stage_overhead_s for d in names]),
         max_stages=max_devices,
     )
 

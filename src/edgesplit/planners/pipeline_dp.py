@@ -62,7 +62,12 @@ def device_classes(cost: CostModel) -> list[DeviceClass]:
     cluster = cost.cluster
     names = list(cluster.device_names)
     label = {
-        d: (cluster.device(d).kind, cluster.device(d).memory_bytes, d == cluster.source)
+        d: (
+            cluster.device(d).kind,
+            cluster.device(d).memory_bytes,
+            cluster.device(d).stage_overhead_s,
+            d == cluster.source,
+        )
         for d in names
     }
     ids = _relabel(label)
@@ -121,6 +126,7 @@ class ClassData:
 
     classes: tuple[DeviceClass, ...]
     time_prefix: np.ndarray  # (K, L+1) cumulative seconds per unit
+    stage_overhead_s: np.ndarray  # (K,) runtime cost of a stage (DeviceSpec.stage_overhead_ms)
     memory_bytes: np.ndarray  # (K,)
     bandwidth: np.ndarray  # (K, K) bytes/s between distinct devices of the classes (0 = none)
     latency_s: np.ndarray  # (K, K)
@@ -145,7 +151,9 @@ def class_data(cost: CostModel, groups: list[tuple[str, ...]], bound: str = "exa
     pick_best = np.min if bound == "upper" else np.max
     classes = []
     prefixes = []
+    overheads = []
     for group in groups:
+        overheads.append(pick([cluster.device(d).stage_overhead_s for d in group]))
         kinds = sorted({cluster.device(d).kind for d in group})
         per_unit = np.stack([np.diff(cost.time_prefix(k)) for k in kinds])
         prefixes.append(np.concatenate([[0.0], np.cumsum(pick(per_unit, axis=0))]))
@@ -171,6 +179,7 @@ def class_data(cost: CostModel, groups: list[tuple[str, ...]], bound: str = "exa
     return ClassData(
         classes=tuple(classes),
         time_prefix=np.stack(prefixes),
+        stage_overhead_s=np.array(overheads, dtype=float),
         memory_bytes=np.array([c.memory_bytes for c in classes]),
         bandwidth=bandwidth,
         latency_s=latency,
@@ -241,7 +250,7 @@ def _build_problem(
         for w in range(1, width + 1):
             a = starts[: num_units + 1 - w]
             b = a + w
-            compute = prefix[b] - prefix[a]
+            compute = (prefix[b] - prefix[a]) + data.stage_overhead_s[k]  # as CostModel.compute_s
             memory = params[b] - params[a] + 2.0 * (in_bytes[a] + outputs[b - 1])
             ok = memory <= data.memory_bytes[k]
             if objective == "throughput":
@@ -650,7 +659,8 @@ def _greedy_fill(cost: CostModel, order: list[str], bound_s: float) -> list[Stag
     start = 0
     for index, device in enumerate(order):
         prefix = cost.time_prefix(cluster.device(device).kind)
-        end = int(np.searchsorted(prefix, prefix[start] + bound_s, side="right")) - 1
+        budget = bound_s - cluster.device(device).stage_overhead_s
+        end = int(np.searchsorted(prefix, prefix[start] + budget, side="right")) - 1
         end = min(end, num_units)
         following = order[index + 1] if index + 1 < len(order) else None
         while end > start:
@@ -664,7 +674,7 @@ def _greedy_fill(cost: CostModel, order: list[str], bound_s: float) -> list[Stag
             if fits and link_ok <= bound_s:
                 break
             end -= 1
-        if end == start:
+        if end <= start:  # below start when the stage's own cost exceeds the bound
             return None
         stages.append(StagePlacement(device=device, start=start, end=end))
         start = end

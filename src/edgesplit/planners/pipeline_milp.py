@@ -60,6 +60,7 @@ def pipeline_graph(cost: CostModel) -> StageGraph:
         out_s=out_s,
         in_max_s=in_s,
         out_max_s=out_s,
+        stage_overhead_s=np.array([cluster.device(d).stage_overhead_s for d in names]),
     )
 
 

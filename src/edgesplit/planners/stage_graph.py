@@ -87,6 +87,7 @@ class StageGraph:
     out_max_s: np.ndarray  # (D,)
     max_hop_latency: bool = True  # whether the bottleneck's hops include link latency
     max_stages: int | None = None
+    stage_overhead_s: np.ndarray | None = None  # (D,) runtime cost per stage (DeviceSpec)
 
     @property
     def num_devices(self) -> int:
@@ -101,6 +102,8 @@ class StageGraph:
         num_units = self.num_units
         prefix = self.time_prefix
         compute = prefix[:, None, :] - prefix[:, :, None]
+        if self.stage_overhead_s is not None:  # CostModel.compute_s: units + the stage's cost
+            compute = compute + self.stage_overhead_s[:, None, None]
         memory = self.stage_memory
         upper = np.triu(np.ones((num_units + 1, num_units + 1), dtype=bool), k=1)
         fits = (memory[None, :, :] <= self.capacity[:, None, None]) & upper[None, :, :]
@@ -130,6 +133,8 @@ class StageGraph:
         total = float(self.in_s[first])
         for index, (d, a, b) in enumerate(stages):
             compute = float(self.time_prefix[d, b] - self.time_prefix[d, a])
+            if self.stage_overhead_s is not None:
+                compute = compute + float(self.stage_overhead_s[d])
             bottleneck = max(bottleneck, compute)
             total = total + compute
             if index + 1 < len(stages):

@@ -42,7 +42,8 @@ def brute_force(cost: CostModel, objective: str) -> float:
             for i, device in enumerate(sequence):
                 a, b = cuts[:, i], cuts[:, i + 1]
                 prefix = cost.time_prefix(cluster.device(device).kind)
-                parts.append(prefix[b] - prefix[a])
+                # CostModel.compute_s: the units plus the device's per-stage runtime cost.
+                parts.append((prefix[b] - prefix[a]) + cluster.device(device).stage_overhead_s)
                 memory = params[b] - params[a] + 2.0 * (in_bytes[a] + outputs[b - 1])
                 feasible &= memory <= cluster.device(device).memory_bytes
                 if i + 1 < k:

@@ -9,9 +9,15 @@ from edgesplit.core.profile import ModelProfile, UnitProfile
 
 
 def random_instance(
-    rng: np.random.Generator, num_devices: int, num_units: int, *, same_kind: bool = False
+    rng: np.random.Generator,
+    num_devices: int,
+    num_units: int,
+    *,
+    same_kind: bool = False,
+    stage_overhead: bool = False,
 ) -> tuple[ModelProfile, Cluster]:
-    """Distinct kinds (unless same_kind), random memory caps, random asymmetric links."""
+    """Distinct kinds (unless same_kind), random memory caps, random asymmetric links; with
+    `stage_overhead`, a random per-stage runtime cost on some devices (DeviceSpec, as surveyed)."""
     kinds = ["k0"] * num_devices if same_kind else [f"k{i}" for i in range(num_devices)]
     params = rng.uniform(1e6, 10e6, num_units)
     total = float(params.sum())
@@ -47,6 +53,12 @@ def random_instance(
                         one_way=True,
                     )
                 )
+    if stage_overhead:  # drawn last, so the rest of the instance is the one without it
+        costs = rng.choice([0.0, 0.0, 5.0, 50.0, 300.0], size=num_devices)
+        devices = tuple(
+            d.model_copy(update={"stage_overhead_ms": float(c) if c else None})
+            for d, c in zip(devices, costs, strict=True)
+        )
     cluster = Cluster(
         source=f"d{int(rng.integers(num_devices))}",
         defaults=LinkDefaults(bandwidth_mbps=float(rng.choice([20, 100, 1000])), latency_ms=2.0),

@@ -67,8 +67,15 @@ def _instance(seed: int, num_devices: int, num_units: int) -> tuple[GenerationPr
         for j in range(num_devices)
         if i != j and rng.random() < 0.7
     )
+    source = f"d{int(rng.integers(num_devices))}"
+    if seed % 3 == 1:  # a surveyed per-stage runtime cost on some devices (drawn last)
+        costs = rng.choice([0.0, 1.0, 10.0], size=num_devices)
+        devices = tuple(
+            d.model_copy(update={"stage_overhead_ms": float(c) if c else None})
+            for d, c in zip(devices, costs, strict=True)
+        )
     cluster = Cluster(
-        source=f"d{int(rng.integers(num_devices))}",
+        source=source,
         defaults=LinkDefaults(bandwidth_mbps=100, latency_ms=1.0),
         devices=devices,
         links=links,
