@@ -31,7 +31,7 @@ from edgesplit.planners.generation import (
 )
 
 if TYPE_CHECKING:
-    from edgesplit.runtime.config import ScheduledFault
+    from edgesplit.runtime.config import RuntimeConfig, ScheduledFault
     from edgesplit.runtime.generation import GenerationReport
 
 __all__ = [
@@ -143,9 +143,11 @@ def stages_of(plan: Plan) -> list[tuple[str, int, int]]:
     return [(s.device, s.start, s.end) for s in plan.stages]
 
 
-def _link(cluster: Cluster) -> Callable[[str, str], tuple[float, float] | None]:
-    def link(a: str, b: str) -> tuple[float, float] | None:
-        return None if a == b else cluster.link(a, b)
+def _link(
+    cluster: Cluster, runtime: RuntimeConfig
+) -> Callable[[str, str], tuple[float | None, float] | None]:
+    def link(a: str, b: str) -> tuple[float | None, float] | None:
+        return runtime.shaped(cluster, a, b)  # as the batch and shard drivers: link_shaping
 
     return link
 
@@ -169,6 +171,7 @@ def generate(
     faults: Sequence[ScheduledFault | tuple[str, float]] = (),
     stop_at_eos: bool = True,
     dtype: StageDtype = "float32",
+    runtime: RuntimeConfig | None = None,
 ) -> GenerationReport:
     """Generate continuations of `prompts` on a real-compute pipeline of `stages`.
 
@@ -183,6 +186,8 @@ def generate(
         micro_batches: decode frames in flight at once (0: one per stage; a generation plan
             records the count it was planned for, `plan.planner.options["micro_batches"]`).
         dtype: every stage's weights (float32, bfloat16, int8; docs/precision.md).
+        runtime: runtime knobs (`ray_address`, `placement`, `link_shaping`, timeouts); compute is
+            always real here and `standby_devices` is added to it.
 
     Returns:
         runtime.generation.GenerationReport: per sequence `new_ids` and their `text`.
@@ -229,7 +234,9 @@ def generate(
     config = GenerationConfig(
         max_concurrent=max_concurrent,
         micro_batches=micro_batches,
-        runtime=RuntimeConfig(compute="real", standby_devices=tuple(standby_devices)),
+        runtime=(runtime or RuntimeConfig(compute="real")).model_copy(
+            update={"compute": "real", "standby_devices": tuple(standby_devices)}
+        ),
         dtype=dtype,
     )
     with GenerationPipeline(
@@ -238,7 +245,7 @@ def generate(
         config,
         num_units=len(unit_names(spec)),
         source=cluster.source if cluster is not None else None,
-        link=_link(cluster) if cluster is not None else None,
+        link=_link(cluster, config.runtime) if cluster is not None else None,
         replanner=replanner,
     ) as pipeline:
         report = pipeline.generate(requests, on_token=on_token, faults=faults)

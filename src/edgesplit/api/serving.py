@@ -29,7 +29,6 @@ from edgesplit.api.serving_engines import (
     embedding_codec,
     encoder_parts,
     image_codec,
-    keepalive_row,
     model_kind,
     profile_seq_len,
     text_codec,
@@ -76,9 +75,9 @@ class ServeOptions:
     faults: tuple[ScheduledFault, ...] = ()
     standby_devices: tuple[str, ...] = ()
     batch_size: int = 8  # encoder micro-batch when the profile is measured here
-    keepalive_s: float = 1.0
     served_name: str | None = None  # the model's id in the API (default: as given)
     dtype: StageDtype | None = None  # every stage's weights (serve --dtype); None: the plan's
+    micro_batches: int = 0  # decode frames in flight (0: one per stage; a generation plan's count)
 
 
 # -- the app -------------------------------------------------------------------------------------
@@ -126,10 +125,8 @@ def open_app(
         cluster,
         profile,
         spec,
-        keepalive_row(spec, profile),
-        options.keepalive_s,
-        options.faults,
-        options.standby_devices,
+        faults=options.faults,
+        standby_devices=options.standby_devices,
     )
     batch_engine.start()
     try:
@@ -159,18 +156,20 @@ def _decoder(
     spec = model_spec_from_name(model)
     chosen = list(stages) if stages is not None else even_stages(model, devices)
     codec = text_codec(model)
+    runtime = RuntimeConfig(compute="real", standby_devices=options.standby_devices)
     pipeline = GenerationPipeline(
         spec,
         chosen,
         GenerationConfig(
             max_concurrent=options.max_concurrent,
             max_context=codec.context_length,
-            runtime=RuntimeConfig(compute="real", standby_devices=options.standby_devices),
+            micro_batches=options.micro_batches,
+            runtime=runtime,
             dtype=options.dtype or "float32",
         ),
         num_units=len(unit_names(spec)),
         source=cluster.source if cluster is not None else None,
-        link=_link(cluster) if cluster is not None else None,
+        link=_link(cluster, runtime) if cluster is not None else None,
     )
     pipeline.start()
     engine = PipelineDecodeEngine(pipeline, options.max_concurrent, options.faults)

@@ -61,7 +61,6 @@ __all__ = [
     "embedding_codec",
     "encoder_parts",
     "image_codec",
-    "keepalive_row",
     "model_kind",
     "profile_seq_len",
     "text_codec",
@@ -268,7 +267,6 @@ class PipelineBatchEngine:
     cluster: Cluster
     profile: ModelProfile
     spec: ModelSpec
-    keepalive: Arrays | None = None  # unused: the runtime idles on None (api/serving.py passes it)
     idle_poll_s: float = 0.05  # how long the source waits for a request before saying "nothing"
     faults: tuple[ScheduledFault, ...] = ()
     standby_devices: tuple[str, ...] = ()
@@ -543,13 +541,6 @@ def image_codec(model: str, spec: ModelSpec) -> ImageCodec:
         return {"pixel_values": pixels.transpose(2, 0, 1)[None].astype(np.float32)}
 
     return ImageCodec(name=model, labels=labels, preprocess=preprocess)
-
-
-def keepalive_row(spec: ModelSpec, profile: ModelProfile) -> Arrays:
-    from edgesplit.models import example_input
-
-    row = example_input(spec, 1, seq_len=2) if spec.family == "bert" else example_input(spec, 1)
-    return {k: v.detach().contiguous().numpy() for k, v in row.items()}
 
 
 def model_kind(model: str) -> ModelKind:

@@ -6,6 +6,7 @@ text encoders /v1/embeddings, image classifiers /v1/classify; all /v1/models, /h
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -121,6 +122,8 @@ def serve_command(
     placed = parse_stages(stages) if stages else None
     if loaded_plan is not None and serving.model_kind(model) == "text":
         placed = [(s.device, s.start, s.end) for s in loaded_plan.stages]
+        slots = loaded_plan.planner.options.get("micro_batches", 0)  # what it was planned for
+        options = replace(options, micro_batches=int(slots))  # type: ignore[arg-type]
         loaded_plan = None
     loaded_profile = api.load_profile(profile) if profile is not None else None
 

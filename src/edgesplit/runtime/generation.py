@@ -84,7 +84,8 @@ _MAX_HIDDEN_BYTES_PER_TOKEN = 4 * 8192  # float32 hidden states up to 8192 wide
 
 StageAssignment = tuple[str, int, int]  # (device, start unit, end unit), half-open
 Replanner = Callable[[Sequence[str]], Sequence[StageAssignment]]  # survivors -> new stages
-LinkFn = Callable[[str, str], tuple[float, float] | None]  # (a, b) -> (bytes/s, latency s)
+# (a, b) -> (bytes/s or None = latency only, latency s), or None: unshaped (RuntimeConfig.shaped)
+LinkFn = Callable[[str, str], tuple[float | None, float] | None]
 EmulationFn = Callable[[str, int, int], tuple[float, float]]  # -> (decode s, prefill s/token)
 TokenCallback = Callable[[int, int], None]  # (sequence id, token)
 Finished = Literal["length", "stop", "error", "abort"]

@@ -1,0 +1,39 @@
+"""Decode links follow `RuntimeConfig.link_shaping` like the batch and shard drivers' links."""
+
+from __future__ import annotations
+
+import pytest
+
+from edgesplit.api.generation import _link
+from edgesplit.core.cluster import Cluster, DeviceSpec, LinkDefaults
+from edgesplit.runtime.config import RuntimeConfig
+
+
+def _cluster() -> Cluster:
+    return Cluster(
+        source="a",
+        defaults=LinkDefaults(bandwidth_mbps=80, latency_ms=5.0),
+        devices=(
+            DeviceSpec(name="a", kind="k", memory_mb=100),
+            DeviceSpec(name="b", kind="k", memory_mb=100),
+        ),
+    )
+
+
+@pytest.mark.parametrize(
+    ("shaping", "expected"),
+    [("full", (10e6, 0.005)), ("latency", (None, 0.005)), ("off", None)],
+)
+def test_decode_links_follow_link_shaping(
+    shaping: str, expected: tuple[float | None, float] | None
+) -> None:
+    # On the testbed the kernel shapes bandwidth: "latency" must not shape it a second time.
+    link = _link(_cluster(), RuntimeConfig(compute="real", link_shaping=shaping))  # type: ignore[arg-type]
+    got = link("a", "b")
+    if expected is None:
+        assert got is None
+    else:
+        assert got is not None
+        assert got[0] == (pytest.approx(expected[0]) if expected[0] else None)
+        assert got[1] == pytest.approx(expected[1])
+    assert link("a", "a") is None  # one device: no link
