@@ -43,6 +43,7 @@ __all__ = [
     "load_generation_plan",
     "measure_generation_profile",
     "plan_generation",
+    "prepare_generation_profile",
     "stages_of",
     "tokenizer_for",
 ]
@@ -139,6 +140,20 @@ def load_generation_plan(path: Path | str) -> Plan:
     return read_json_file(Plan, path)
 
 
+def prepare_generation_profile(profile: GenerationProfile, cluster: Cluster) -> GenerationProfile:
+    """Add the cluster's derived kinds ([[kinds]] in cluster.toml) to the decode and prefill
+    profiles, as `api.prepare_profile` does for a batch plan (batch scaling is per unit, not per
+    kind, so it applies to them unchanged)."""
+    from edgesplit.api.pipeline import prepare_profile
+
+    return profile.model_copy(
+        update={
+            "decode": prepare_profile(profile.decode, cluster),
+            "prefill": prepare_profile(profile.prefill, cluster),
+        }
+    )
+
+
 def stages_of(plan: Plan) -> list[tuple[str, int, int]]:
     return [(s.device, s.start, s.end) for s in plan.stages]
 
@@ -225,6 +240,7 @@ def generate(
     replanner = None
     if profile is not None and cluster is not None:
         whole = cluster
+        profile = prepare_generation_profile(profile, cluster)
 
         def replanner(survivors: Sequence[str]) -> list[tuple[str, int, int]]:
             keep = set(survivors) | {whole.source}

@@ -207,10 +207,13 @@ def register(app: typer.Typer) -> None:
             raise ConfigError(
                 f"--objective must be tokens_per_s or time_per_token, not {objective}"
             )
-        loaded = read_json_file(gen.GenerationProfile, profile)
+        loaded_cluster = load_cluster(cluster)
+        loaded = gen.prepare_generation_profile(
+            read_json_file(gen.GenerationProfile, profile), loaded_cluster
+        )
         result = gen.plan_generation(
             loaded,
-            load_cluster(cluster),
+            loaded_cluster,
             objective=objective,  # type: ignore[arg-type]
             num_sequences=num_sequences,
             max_context=max_context,

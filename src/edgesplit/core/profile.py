@@ -143,7 +143,7 @@ class ModelProfile(VersionedFile):
 
         `relative_to = "host"` names the only kind of a single-kind (host-measured) profile.
         """
-        if relative_to == "host":
+        if relative_to == "host" and "host" not in self.device_kinds:  # a kind named "host" wins
             if len(self.device_kinds) != 1:
                 raise ProfileMissingError(
                     f"kind '{name}' is relative to 'host' but profile '{self.model}' has "
