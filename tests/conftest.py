@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -26,12 +27,27 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 _OUTSIDE_READS: list[str] = []
+_SESSION_START_S = time.time()
 
 
 def _outside_repo(path: str) -> bool:
-    """A path beside the checkout (under its parent folder) but not inside it."""
+    """A path beside the checkout (under its parent folder) but not inside it.
+
+    A checkout cloned into the temp folder (/tmp/x) has every temp file "beside" it, so what the
+    tests themselves make there is not counted: pytest's `pytest-of-*` folders, and top-level
+    entries made since the session started (testbed logs, mkdtemp folders). Anything that was
+    there before, such as a sibling `shared/`, still counts, and so does a path that does not exist.
+    """
     resolved = Path(path).resolve()
-    return resolved.is_relative_to(REPO_ROOT.parent) and not resolved.is_relative_to(REPO_ROOT)
+    if not resolved.is_relative_to(REPO_ROOT.parent) or resolved.is_relative_to(REPO_ROOT):
+        return False
+    top = REPO_ROOT.parent / resolved.relative_to(REPO_ROOT.parent).parts[0]
+    if top.name.startswith("pytest-of-"):
+        return False
+    try:
+        return top.stat().st_ctime < _SESSION_START_S
+    except OSError:
+        return True
 
 
 def _audit(event: str, args: tuple[object, ...]) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 
 import pytest
@@ -49,3 +50,15 @@ def test_guard_records_a_read_beside_the_checkout() -> None:
         open(REPO_ROOT.parent / "edgesplit-standalone-probe-does-not-exist")  # noqa: SIM115
     assert len(_OUTSIDE_READS) == before + 1
     del _OUTSIDE_READS[before:]  # the probe itself must not fail the session
+
+
+def test_guard_ignores_what_the_tests_make_beside_a_checkout_in_tmp() -> None:
+    # A clone in /tmp has every temp file "beside" it: a folder made during the session is the
+    # tests' own (testbed logs, mkdtemp), not a sibling the product could depend on.
+    made = REPO_ROOT.parent / f"edgesplit-guard-probe-{os.getpid()}"
+    made.mkdir()
+    try:
+        assert not _outside_repo(str(made / "log.txt"))
+    finally:
+        made.rmdir()
+    assert not _outside_repo(str(REPO_ROOT.parent / "pytest-of-someone" / "x"))
