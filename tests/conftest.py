@@ -41,7 +41,10 @@ def _outside_repo(path: str) -> bool:
     resolved = Path(path).resolve()
     if not resolved.is_relative_to(REPO_ROOT.parent) or resolved.is_relative_to(REPO_ROOT):
         return False
-    top = REPO_ROOT.parent / resolved.relative_to(REPO_ROOT.parent).parts[0]
+    parts = resolved.relative_to(REPO_ROOT.parent).parts
+    if not parts:  # the parent folder itself
+        return True
+    top = REPO_ROOT.parent / parts[0]
     if top.name.startswith("pytest-of-"):
         return False
     try:

@@ -62,3 +62,7 @@ def test_guard_ignores_what_the_tests_make_beside_a_checkout_in_tmp() -> None:
     finally:
         made.rmdir()
     assert not _outside_repo(str(REPO_ROOT.parent / "pytest-of-someone" / "x"))
+
+
+def test_guard_counts_the_parent_folder_itself() -> None:
+    assert _outside_repo(str(REPO_ROOT.parent))  # was an IndexError raised inside the audit hook
