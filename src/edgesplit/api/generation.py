@@ -42,6 +42,7 @@ __all__ = [
     "generate",
     "load_generation_plan",
     "measure_generation_profile",
+    "micro_batches_of",
     "plan_generation",
     "prepare_generation_profile",
     "stages_of",
@@ -152,6 +153,11 @@ def prepare_generation_profile(profile: GenerationProfile, cluster: Cluster) -> 
             "prefill": prepare_profile(profile.prefill, cluster),
         }
     )
+
+
+def micro_batches_of(plan: Plan) -> int:
+    """The decode micro-batch count a generation plan was planned for (0: one per stage)."""
+    return int(plan.planner.options.get("micro_batches", 0))
 
 
 def stages_of(plan: Plan) -> list[tuple[str, int, int]]:

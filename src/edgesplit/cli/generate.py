@@ -38,8 +38,7 @@ def _stages_and_model(
     """(model, stages, micro-batches: the plan's, else 0 = one per stage)."""
     if plan is not None:
         loaded = gen.load_generation_plan(plan)
-        slots = loaded.planner.options.get("micro_batches", 0)
-        return model or loaded.model, gen.stages_of(loaded), int(slots)  # type: ignore[arg-type]
+        return model or loaded.model, gen.stages_of(loaded), gen.micro_batches_of(loaded)
     if model is None:
         raise ConfigError("give --plan, or --model with --stages or --devices")
     if stages:

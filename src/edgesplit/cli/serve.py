@@ -121,9 +121,8 @@ def serve_command(
     assert model is not None
     placed = parse_stages(stages) if stages else None
     if loaded_plan is not None and serving.model_kind(model) == "text":
-        placed = [(s.device, s.start, s.end) for s in loaded_plan.stages]
-        slots = loaded_plan.planner.options.get("micro_batches", 0)  # what it was planned for
-        options = replace(options, micro_batches=int(slots))  # type: ignore[arg-type]
+        placed = api.generation.stages_of(loaded_plan)
+        options = replace(options, micro_batches=api.generation.micro_batches_of(loaded_plan))
         loaded_plan = None
     loaded_profile = api.load_profile(profile) if profile is not None else None
 
