@@ -29,7 +29,8 @@ ALLOWED: dict[str, set[str]] = {
     "runtime": {"core", "models"},
     "offload": {"core", "models"},
     "cosearch": {"core", "models", "profile"},
-    "testbed": {"core", "runtime"},  # starts Ray nodes through the one bootstrap
+    # Starts Ray nodes through the one bootstrap; its survey measures models in place on them.
+    "testbed": {"core", "runtime", "models", "profile"},
     "plots": {"core", "sim"},
     "serving": {"core"},  # the HTTP front end; engines and tokenizers are injected by api
     "api": {
@@ -52,7 +53,7 @@ ALLOWED: dict[str, set[str]] = {
     "cli": {"api", "core", "sim", "plots", "envinfo"},
 }
 ALWAYS_ALLOWED = {"errors", "units", "data"}  # leaves: no edgesplit imports of their own
-TORCH_AREAS = {"models", "profile", "runtime", "offload", "cosearch", "api", "cli"}
+TORCH_AREAS = {"models", "profile", "runtime", "offload", "cosearch", "testbed", "api", "cli"}
 PURE_MODULES = {"offload/policy.py"}  # core only, no torch, although offload may use torch
 RAY_MODULES = {
     "runtime/cluster.py",  # the one Ray bootstrap

@@ -97,7 +97,7 @@ def measure_generation_profile(
     each unit's decode step time vs batch size (`batch_sizes`; empty: not measured)."""
     from edgesplit.models import model_spec_from_name
     from edgesplit.planners.generation import DecodeBatchScaling
-    from edgesplit.runtime.generation_profile import (
+    from edgesplit.profile.generation import (
         measure_decode_batch,
         measure_generation_units,
     )

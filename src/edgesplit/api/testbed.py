@@ -3,7 +3,7 @@
 - `start_testbed` / `describe_testbed` / `stop_testbed`: every device of a cluster file a Ray
   node in its own network namespace, under a CPU quota, behind kernel-shaped links.
 - `survey_cluster`: profile a model's units on every device of a running Ray cluster (a testbed
-  or real boards) and measure every pair's link with the runtime's transport (runtime/survey.py).
+  or real boards) and measure every pair's link with the runtime's transport (testbed/survey.py).
 - `survey_generation_profile`: a decoder's decode/prefill unit times measured in place on every
   device of a surveyed cluster, per kind: the `generate plan` input, with nothing typed.
 - `planning_cluster`: the latency the testbed cannot put on the wire (the runtime adds it at
@@ -38,7 +38,7 @@ from edgesplit.testbed.state import DEFAULT_STATE_DIR
 
 if TYPE_CHECKING:
     from edgesplit.planners.generation import GenerationProfile
-    from edgesplit.runtime.survey import SurveyOptions, SurveyProgress, SurveyResult
+    from edgesplit.testbed.survey import SurveyOptions, SurveyProgress, SurveyResult
 
 __all__ = [
     "DEFAULT_STATE_DIR",
@@ -110,7 +110,7 @@ def survey_options(
     overhead_window_s: float = 2.0,
 ) -> SurveyOptions:
     """`SurveyOptions` without importing Ray in the caller."""
-    from edgesplit.runtime.survey import SurveyOptions
+    from edgesplit.testbed.survey import SurveyOptions
 
     return SurveyOptions(
         batch_size=batch_size,
@@ -152,7 +152,7 @@ def survey_cluster(
     if token_file is not None:
         os.environ["RAY_AUTH_TOKEN_PATH"] = str(token_file)
     from edgesplit.models import model_spec_from_name
-    from edgesplit.runtime.survey import survey, write_survey
+    from edgesplit.testbed.survey import survey, write_survey
 
     result = survey(
         address,
@@ -207,7 +207,7 @@ def survey_generation_profile(
     from edgesplit.core.schema import write_json_file
     from edgesplit.models import model_spec_from_name
     from edgesplit.planners.generation import GenerationProfile
-    from edgesplit.runtime.survey import survey_generation
+    from edgesplit.testbed.survey import survey_generation
 
     if token_file is not None:
         os.environ["RAY_AUTH_TOKEN_PATH"] = str(token_file)

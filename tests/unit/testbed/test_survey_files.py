@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from edgesplit.core.cluster import load_cluster
-from edgesplit.runtime.survey import (
+from edgesplit.testbed.survey import (
     DeviceMeasurement,
     LinkMeasurement,
     _merged_profile,
@@ -122,7 +122,7 @@ def test_stage_overhead_reaches_cluster_toml_and_the_cost_model(tmp_path: Path) 
 
 
 def test_runtime_overhead_is_measured_on_a_real_stage_worker() -> None:
-    from edgesplit.runtime.survey_probe import Probe
+    from edgesplit.testbed.survey_probe import Probe
 
     probe = Probe("dev", "127.0.0.1")
     cpu_s = probe._channel_cpu(64 * 1024, window_s=0.2)

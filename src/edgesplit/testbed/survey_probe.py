@@ -1,7 +1,7 @@
 """The survey's probe: the actor body that measures one device in place (issue 18). Owns unit
 timing in full passes, the runtime's per-micro-batch cost on a real `StageWorker`, decode and
 prefill timing, and both ends of a link probe. Torch and models are imported inside its methods
-(runtime may import them); never ray (runtime/survey.py makes it an actor), profile/ or planners.
+(testbed may import them); never ray (testbed/survey.py makes it an actor) or planners.
 
 [Note: throttled timing] A device under a CFS quota runs in bursts (e.g. 10 ms per 100 ms at 0.1
 core), so the wall time of one short run measures the burst or a throttle stall, not the device.
@@ -157,7 +157,7 @@ class Probe:
         import torch
 
         from edgesplit.models import ModelSpec
-        from edgesplit.runtime.generation_profile import measure_generation_units
+        from edgesplit.profile.generation import measure_generation_units
 
         torch.set_num_threads(1)
         spec = ModelSpec.model_validate(spec_data)

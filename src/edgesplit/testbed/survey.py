@@ -2,7 +2,7 @@
 every pair's link with the runtime's own transport; the result becomes `cluster.toml` +
 `profile.json` (issue 18). Owns the options, the measurements, the files and the drivers.
 
-One probe actor per device (runtime/survey_probe.py: how each device is measured, see its
+One probe actor per device (testbed/survey_probe.py: how each device is measured, see its
 [Note: as the runtime runs it] and [Note: throttled timing]), pinned to the node that carries
 the device's resource (as stages are); Ray is reached only through runtime/cluster.py.
 """
@@ -28,7 +28,7 @@ from edgesplit.core.schema import FrozenModel, write_json_file
 from edgesplit.errors import ConfigError, DeviceUnavailableError
 from edgesplit.runtime.cluster import RaySession, StageActor, ray_status, remote_class
 from edgesplit.runtime.config import RuntimeConfig
-from edgesplit.runtime.survey_probe import Probe
+from edgesplit.testbed.survey_probe import Probe
 
 __all__ = [
     "DeviceMeasurement",

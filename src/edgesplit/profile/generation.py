@@ -81,30 +81,24 @@ def measure_generation_units(
         decode_runs.append(_timed_pass(units, act, cache))
         cache.crop(-1)  # drop the token just added: every repeat sees cache_length
     kv_one_layer = kv_bytes_per_token(spec)
-    decode_units, prefill_units, kv = [], [], []
+    decode_units: list[UnitProfile] = []
+    prefill_units: list[UnitProfile] = []
+    kv: list[float] = []
     for index, (name, unit) in enumerate(zip(names, units, strict=True)):
         params = float(sum(p.numel() * p.element_size() for p in unit.parameters()))
         last = index == len(names) - 1
         decode_out = TOKEN_BYTES if last else 4 * hidden_size
         prefill_out = TOKEN_BYTES if last else 4 * hidden_size * prompt_length
-        decode_s = statistics.median(run[index] for run in decode_runs[1:])
-        prefill_s = statistics.median(run[index] for run in prefill_runs[1:])
-        decode_units.append(
-            UnitProfile(
-                name=name,
-                param_bytes=params,
-                output_bytes=decode_out,
-                time_s={device_kind: decode_s},
+        for units_of, runs, out in (
+            (decode_units, decode_runs, decode_out),
+            (prefill_units, prefill_runs, prefill_out),
+        ):
+            seconds = statistics.median(run[index] for run in runs[1:])
+            units_of.append(
+                UnitProfile(
+                    name=name, param_bytes=params, output_bytes=out, time_s={device_kind: seconds}
+                )
             )
-        )
-        prefill_units.append(
-            UnitProfile(
-                name=name,
-                param_bytes=params,
-                output_bytes=prefill_out,
-                time_s={device_kind: prefill_s},
-            )
-        )
         kv.append(float(kv_one_layer) if name.endswith(".attn") else 0.0)
     common = dict(model=model_name, batch_size=1, source=f"measured on this host ({device_kind})")
     decode = ModelProfile(
