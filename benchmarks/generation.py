@@ -10,8 +10,11 @@ Sections (all by default; `--sections a,b` reruns some and keeps the others from
   (sleep the profiled time, real-size hidden states over shaped links): Wi-Fi-like 50 Mbps / 3 ms
   and Ethernet-like 1 Gbps / 0.2 ms; time per token and tokens/s vs devices (1-4) and concurrent
   sequences (1-8), against the planner's prediction; the planner's own pick per setting.
+- decode_speed (on demand): SmolLM2-135M ms/token through the pipeline on 1 and 2 stages vs the
+  unsplit model, and with --baseline REV vs REV's pipeline, interleaved round by round.
 
     .venv/bin/python benchmarks/generation.py [--sections correctness,failures,emulated]
+    .venv/bin/python benchmarks/generation.py --sections decode_speed --rounds 6 --baseline 6c527b0
 
 Writes benchmarks/results/generation.json and docs/generation_decode.png. One torch thread.
 """
@@ -19,11 +22,15 @@ Writes benchmarks/results/generation.json and docs/generation_decode.png. One to
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import subprocess
 import sys
+import tempfile
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -443,14 +450,81 @@ def _plot(rows: list[dict[str, Any]]) -> None:
     plt.close(fig)
 
 
-def decode_speed(rounds: int = 3, new_tokens: int = 64) -> dict[str, Any]:
-    """SmolLM2-135M (real weights, float32) ms/token: the pipeline on 1 and 2 stages vs unsplit.
+# One pipeline run of SmolLM2 on 1 and 2 stages, in a fresh process, with the code under
+# `sys.argv[1]/src` (this tree, or a worktree of the baseline revision): prints ms/token as JSON.
+_PIPELINE_SCRIPT = """
+import json, sys
+sys.path.insert(0, sys.argv[1] + "/src")
+try:
+    from edgesplit.api import generation as gen
+    kw = {}
+except ImportError:  # before the one runtime: api_generation with its own Ray engine
+    from edgesplit import api_generation as gen
+    kw = {"engine": "ray"}
+model, prompt, new_tokens = sys.argv[2], json.loads(sys.argv[3]), int(sys.argv[4])
+out = {}
+for devices in (["a"], ["a", "b"]):
+    report = gen.generate(
+        model, gen.even_stages(model, devices), [prompt], new_tokens, stop_at_eos=False, **kw
+    )
+    out[len(devices)] = report.time_per_token_s * 1e3
+print("MS_PER_TOKEN " + json.dumps(out))
+"""
+
+
+def _pipeline_ms(tree: Path, model: str, prompt: list[int], new_tokens: int) -> dict[int, float]:
+    """ms/token of the pipeline on 1 and 2 stages with the code of `tree` (a fresh process)."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _PIPELINE_SCRIPT,
+            str(tree),
+            model,
+            json.dumps(prompt),
+            str(new_tokens),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+        env={**os.environ, "PYTHONPATH": str(tree / "src")},
+    )
+    lines = [x for x in result.stdout.splitlines() if x.startswith("MS_PER_TOKEN ")]
+    if result.returncode != 0 or not lines:
+        raise RuntimeError(f"pipeline run with {tree} failed: {result.stderr[-2000:]}")
+    return {int(k): float(v) for k, v in json.loads(lines[-1].split(" ", 1)[1]).items()}
+
+
+@contextlib.contextmanager
+def _worktree(revision: str) -> Iterator[Path]:
+    """A detached checkout of `revision` in a temporary folder, removed afterwards."""
+    folder = Path(tempfile.mkdtemp(prefix="edgesplit-baseline-")) / "tree"
+    subprocess.run(
+        ["git", "-C", str(ROOT), "worktree", "add", "--detach", str(folder), revision],
+        check=True,
+        capture_output=True,
+    )
+    try:
+        yield folder
+    finally:
+        subprocess.run(
+            ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(folder)],
+            check=False,
+            capture_output=True,
+        )
+
+
+def decode_speed(
+    rounds: int = 3, new_tokens: int = 64, baseline: str | None = None
+) -> dict[str, Any]:
+    """SmolLM2-135M (real weights, float32) ms/token: the pipeline on 1 and 2 stages vs unsplit,
+    and vs the pipeline of a `baseline` revision (e.g. the commit before the one runtime).
 
     Interleaved rounds, the same prompt, greedy; the unsplit model decoding in this process with
     its own cache is the side-by-side reference (the issue's "40-41 ms" was both on a quiet box).
+    Both pipelines run in fresh processes (embedded Ray each), one after the other each round.
     """
-    from edgesplit.api import generation as gen
-
     model = str(find_smollm2_checkpoint() or "")
     if not model:
         return {"skipped": "SmolLM2 checkpoint missing (make models)"}
@@ -468,43 +542,59 @@ def decode_speed(rounds: int = 3, new_tokens: int = 64) -> dict[str, Any]:
         "1 stage": [],
         "2 stages": [],
     }
-    for round_index in range(rounds):
-        began = time.perf_counter()
-        with torch.no_grad():
-            generate_unsplit(unsplit, prompt, new_tokens)
-        rows["unsplit"].append((time.perf_counter() - began) / new_tokens * 1e3)
-        began = time.perf_counter()
-        with torch.inference_mode():
-            ids, fed = list(prompt), 0
-            while len(ids) - len(prompt) < new_tokens:
-                step = torch.tensor([ids[fed:]])
-                out = whole.step([round_index], {"input_ids": step}, [fed])
-                fed = len(ids)
-                ids.append(int(out["logits"][0].argmax()))
-        whole.drop(round_index)
-        rows["stage code in process"].append((time.perf_counter() - began) / new_tokens * 1e3)
-        for label, devices in (("1 stage", ["a"]), ("2 stages", ["a", "b"])):
-            report = gen.generate(
-                model, gen.even_stages(model, devices), [prompt], new_tokens, stop_at_eos=False
-            )
-            rows[label].append(report.time_per_token_s * 1e3)
+    if baseline:
+        rows.update({f"{baseline}: 1 stage": [], f"{baseline}: 2 stages": []})
+    with contextlib.ExitStack() as stack:
+        base_tree = stack.enter_context(_worktree(baseline)) if baseline else None
+        for round_index in range(rounds):
+            print(f"decode_speed round {round_index + 1}/{rounds}", flush=True)
+            began = time.perf_counter()
+            with torch.no_grad():
+                generate_unsplit(unsplit, prompt, new_tokens)
+            rows["unsplit"].append((time.perf_counter() - began) / new_tokens * 1e3)
+            began = time.perf_counter()
+            with torch.inference_mode():
+                ids, fed = list(prompt), 0
+                while len(ids) - len(prompt) < new_tokens:
+                    step = torch.tensor([ids[fed:]])
+                    out = whole.step([round_index], {"input_ids": step}, [fed])
+                    fed = len(ids)
+                    ids.append(int(out["logits"][0].argmax()))
+            whole.drop(round_index)
+            rows["stage code in process"].append((time.perf_counter() - began) / new_tokens * 1e3)
+            trees = [("", ROOT)] + ([(f"{baseline}: ", base_tree)] if base_tree else [])
+            for prefix, tree in trees:
+                ms = _pipeline_ms(tree, model, prompt, new_tokens)
+                rows[f"{prefix}1 stage"].append(ms[1])
+                rows[f"{prefix}2 stages"].append(ms[2])
     medians = {k: float(np.median(v)) for k, v in rows.items()}
-    return {
+    result: dict[str, Any] = {
         "model": "smollm2-135m (float32, one torch thread per process)",
         "new_tokens": new_tokens,
         "ms_per_token_rounds": rows,
         "ms_per_token_median": medians,
-        "ratio_to_unsplit": {
-            k: medians[k] / medians["unsplit"]
-            for k in ("stage code in process", "1 stage", "2 stages")
-        },
+        "ratio_to_unsplit": {k: medians[k] / medians["unsplit"] for k in rows if k != "unsplit"},
         "load_average_1m": os.getloadavg()[0],
     }
+    if baseline:
+        result["baseline"] = baseline
+        result["ratio_to_baseline_per_round_median"] = {
+            label: float(np.median(np.array(rows[label]) / np.array(rows[f"{baseline}: {label}"])))
+            for label in ("1 stage", "2 stages")
+        }
+    return result
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sections", default="correctness,failures,emulated")
+    parser.add_argument("--rounds", type=int, default=3, help="decode_speed: interleaved rounds")
+    parser.add_argument(
+        "--baseline",
+        default=None,
+        help="decode_speed: also run the pipeline of this git revision (a temporary worktree), "
+        "e.g. 6c527b0, the commit before the one runtime",
+    )
     args = parser.parse_args()
     torch.set_num_threads(1)
     sections = [s.strip() for s in args.sections.split(",") if s.strip()]
@@ -516,7 +606,7 @@ def main() -> None:
         "correctness": correctness,
         "failures": failures,
         "emulated": emulated,
-        "decode_speed": decode_speed,
+        "decode_speed": lambda: decode_speed(args.rounds, baseline=args.baseline),
     }
     results = dict(previous)
     for section in sections:
@@ -535,13 +625,18 @@ def main() -> None:
         "shaped at the sender (token bucket + latency); decode tokens/s = sum over sequences of "
         "1 / mean gap between their tokens; prediction = planners.generation cost model. "
         "decode_speed: SmolLM2-135M real weights, float32, greedy, same prompt, 64 new tokens; "
-        "the one-runtime pipeline on 1 and 2 stages (real compute, embedded Ray) interleaved "
-        "round by round with the unsplit model decoding in this process and with the stage code (KvBatch, one row, the whole model) in this process; medians of the rounds."
+        "the one-runtime pipeline on 1 and 2 stages (real compute, embedded Ray, a fresh process "
+        "per run) interleaved round by round with the unsplit model decoding in this process, "
+        "with the stage code (KvBatch, one row, the whole model) in this process and, with "
+        "--baseline REV, with REV's pipeline (a temporary git worktree, its own API); medians "
+        "of the rounds and the median of per-round ratios to the baseline."
     )
+    extra = f" --rounds {args.rounds}" + (f" --baseline {args.baseline}" if args.baseline else "")
     out = write_result(
         "generation",
         {"sections": results, "method": method},
-        f"{COMMAND} --sections {','.join(sections)}",
+        f"{COMMAND} --sections {','.join(sections)}"
+        + (extra if "decode_speed" in sections else ""),
     )
     print(out)
 
