@@ -26,6 +26,7 @@ from edgesplit.api.precision import with_stage_dtype
 from edgesplit.api.serving_engines import (
     PipelineBatchEngine,
     PipelineDecodeEngine,
+    decode_stages,
     embedding_codec,
     encoder_parts,
     image_codec,
@@ -94,8 +95,8 @@ def open_app(
 ) -> Iterator[ServingApp]:
     """Start the pipeline for `model` and yield the ASGI app serving it (closed on exit).
 
-    Decoders run on `stages` (or an even split over `devices`); encoders on `plan` + `cluster`
-    (or an even split over `devices`, profiled here).
+    Decoders run on `stages` (or `devices` split by decode weights, `decode_stages`); encoders
+    on `plan` + `cluster` (or an even split over `devices`, profiled here).
     """
     options = options or ServeOptions()
     config = ServerConfig(
@@ -148,13 +149,13 @@ def _decoder(
     cluster: Cluster | None,
     options: ServeOptions,
 ) -> Iterator[tuple[TextCodec, PipelineDecodeEngine]]:
-    from edgesplit.api.generation import _link, even_stages
+    from edgesplit.api.generation import _link
     from edgesplit.models import model_spec_from_name, unit_names
     from edgesplit.runtime.config import RuntimeConfig
     from edgesplit.runtime.generation import GenerationConfig, GenerationPipeline
 
     spec = model_spec_from_name(model)
-    chosen = list(stages) if stages is not None else even_stages(model, devices)
+    chosen = list(stages) if stages is not None else decode_stages(model, devices)
     codec = text_codec(model)
     runtime = RuntimeConfig(compute="real", standby_devices=options.standby_devices)
     pipeline = GenerationPipeline(

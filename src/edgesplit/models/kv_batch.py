@@ -25,8 +25,13 @@ Worked example (two sequences, cache lengths 3 and 1, one decode step):
         row's own position, so the result equals decoding each sequence alone (up to float
         summation order).
 
-Prefill (more than one new token) runs one sequence at a time; chunked prefill riding along
-with decode steps is not done here.
+[Note: padded steps] A step may carry rows with different numbers of new tokens (several
+prefills in one forward pass, a replay beside them): `lengths[i]` real tokens at the *end* of
+row i's T columns, the columns before them padding. The padding columns enter the cache as
+masked-out columns (holes) of that row, exactly like a group's left padding, and are dropped at
+the next re-pack; each real token gets its row's own positions, so every row equals its
+sequence stepped alone (up to float summation order). The last column is real in every row,
+so the last stage's logits are each row's next-token logits.
 """
 
 from __future__ import annotations
@@ -62,14 +67,14 @@ class KvBatch:
     `step(sequence_ids, act, positions)`: `act` holds {"input_ids": (B, T)} on the first stage,
     {"hidden": (B, T, C)} after it, one row per sequence in `sequence_ids` order; `positions[i]`
     is how many tokens of sequence i this stage holds already (0 (re)starts the sequence).
-    T > 1 (a prefill or replay chunk) needs B == 1. Returns {"logits": (B, V)} for each row's
-    last position on the last stage, else {"hidden": (B, T, C)} (positions are re-derived
-    downstream from `positions`, as with `KvStage`).
+    `lengths[i]` (default T) of row i's T new tokens are real, right-aligned ([Note: padded
+    steps]): several prefills go in one step. Returns {"logits": (B, V)} for each row's last
+    position on the last stage, else {"hidden": (B, T, C)} (positions are re-derived downstream
+    from `positions` and `lengths`, as with `KvStage`).
 
     Example:
         >>> batch = KvBatch.build(spec, 0, 5)  # doctest: +SKIP
-        >>> batch.step([1], {"input_ids": prompt_a}, [0])  # prefill, one at a time
-        >>> batch.step([2], {"input_ids": prompt_b}, [0])
+        >>> batch.step([1, 2], {"input_ids": prompts}, [0, 0], [len_a, len_b])  # two prefills
         >>> batch.step([1, 2], {"input_ids": next_tokens}, [len_a, len_b])  # one forward pass
         >>> batch.drop(1)  # finished: its keys/values are freed now
     """
@@ -135,7 +140,11 @@ class KvBatch:
 
     @torch.no_grad()
     def step(
-        self, sequence_ids: Sequence[int], act: dict[str, torch.Tensor], positions: Sequence[int]
+        self,
+        sequence_ids: Sequence[int],
+        act: dict[str, torch.Tensor],
+        positions: Sequence[int],
+        lengths: Sequence[int] | None = None,
     ) -> dict[str, torch.Tensor]:
         key = "input_ids" if self.is_first else "hidden"
         if key not in act:
@@ -150,8 +159,12 @@ class KvBatch:
                 f"a step of {num_rows} rows needs as many distinct sequence ids and positions; "
                 f"got ids {ids[:8]} and {len(positions)} positions"
             )
-        if num_new > 1 and num_rows > 1:
-            raise ConfigError("a step with several new tokens (prefill) takes one sequence")
+        real = [num_new] * num_rows if lengths is None else [int(n) for n in lengths]
+        if len(real) != num_rows or any(not 1 <= n <= num_new for n in real):
+            raise ConfigError(
+                f"a step of {num_rows} rows of {num_new} tokens needs a length in [1, {num_new}] "
+                f"per row; got {list(real)[:8]}"
+            )
         bad = self.mismatched(ids, positions)
         if bad:
             have = {s: self._lengths.get(s) for s in bad}
@@ -169,18 +182,23 @@ class KvBatch:
         inverse = torch.empty(num_rows, dtype=torch.long)
         inverse[torch.tensor(order)] = torch.arange(num_rows)
         rows_x = x.index_select(0, inverse)  # (R, T, ...) in group row order
+        new = torch.tensor([real[i] for i in inverse.tolist()]).unsqueeze(1)  # (R, 1)
         starts = torch.tensor([self._lengths[s] for s in group.rows]).unsqueeze(1)  # (R, 1)
-        position_ids = starts + torch.arange(num_new).unsqueeze(0)  # (R, T)
-        mask = torch.cat([group.mask, torch.ones(num_rows, num_new, dtype=torch.long)], dim=1)
+        columns = torch.arange(num_new).unsqueeze(0)  # (1, T)
+        pad = num_new - new  # (R, 1) leading padding columns of each row ([Note: padded steps])
+        position_ids = starts + (columns - pad).clamp(min=0)  # (R, T)
+        fresh = (columns >= pad).long()  # (R, T) 1 where the column is a real token
+        mask = torch.cat([group.mask, fresh], dim=1)
+        padded = group.padded or bool((pad > 0).any())
         act = {key: rows_x, "position_ids": position_ids}
-        if group.padded:  # rows of different lengths: hide each row's left padding
+        if padded:  # rows of different lengths: hide each row's padding
             act["attention_mask"] = mask
         # else: every column is real for every row: no mask is the same mask, and lets HF's
         # attention take its unmasked (causal) path, as one sequence decoding alone does.
         out = self.module(act, group.cache)
-        group.mask = mask
-        for sequence_id in group.rows:
-            self._lengths[sequence_id] += num_new
+        group.mask, group.padded = mask, padded
+        for sequence_id, count in zip(group.rows, new.flatten().tolist(), strict=True):
+            self._lengths[sequence_id] += int(count)
         back = torch.tensor(order)  # group row order -> caller order
         if "logits" in out:
             return {"logits": out["logits"][:, -1, :].index_select(0, back)}  # (B, V)

@@ -8,10 +8,12 @@ variants (sleep the profiled time, send real-size tensors). The module an execut
 runs is built in one place, `StageWorker._module` in runtime/stage.py. torch is imported lazily
 (emulated executors need none); never ray, never planners.
 
-Decode frames: request_id = sequence id; meta {"pos": first position, "step": the driver's step
-id, "sampling": [temperature, top_k, seed]}; tensors {"input_ids"} into the first stage,
-{"hidden"} between stages, {"token"} out of the last. A stage whose cache does not continue the
-step answers meta {"error": "cache_mismatch"} (the driver replays that sequence from position 0).
+Decode frames (runtime/generation.py [Note: continuous batching]): meta {"seqs": [sequence ids],
+"pos": [first position per row], "lens": [real tokens per row, right-aligned] (default: all),
+"sampling": [[temperature, top_k, seed, key] per row], "done": [ids to free], "step": the
+driver's step id}; tensors {"input_ids"} (B, T) into the first stage, {"hidden"} (B, T, C)
+between stages, {"token"} (B,) out of the last. Rows whose step does not continue the stage's
+cache: meta {"error": "cache_mismatch", "mismatched": [ids]} (the driver replays them).
 
 Shard frames: meta {"layer": index, "kind": "attn" | "ffn", "slots": [unit slots]}; tensors
 {"hidden": (B, T, C) already normed, + the context arrays "attn_bias", "rope_cos", "rope_sin"
@@ -91,82 +93,53 @@ class EmulatedForwardExecutor:
         return {"hidden": self._output}, meta
 
 
-def _step(meta: dict[str, Any]) -> tuple[int, tuple[float, int, int]]:
-    """(position, sampling) of a decode frame, refusing malformed values."""
-    position = int(meta["pos"])
-    temperature, top_k, seed = meta.get("sampling", [0.0, 0, 0])
-    if position < 0:
-        raise ValueError(f"decode step at negative position {position}")
-    return position, (float(temperature), int(top_k), int(seed))
+def _rows(tensors: Arrays, meta: dict[str, Any]) -> tuple[list[int], list[int], list[int]]:
+    """(sequence ids, positions, real lengths) of a decode frame, refusing malformed values."""
+    ids = [int(s) for s in meta["seqs"]]
+    positions = [int(p) for p in meta["pos"]]
+    width = int(next(iter(tensors.values())).shape[1]) if tensors else 0
+    lengths = [int(n) for n in meta.get("lens") or [width] * len(ids)]
+    if len(positions) != len(ids) or len(lengths) != len(ids):
+        raise ValueError(f"decode frame: {len(ids)} rows, {len(positions)} positions")
+    if any(p < 0 for p in positions) or any(not 1 <= n <= width for n in lengths):
+        raise ValueError(f"decode frame: positions {positions[:8]}, lengths {lengths[:8]}")
+    return ids, positions, lengths
 
 
 @dataclass
 class DecodeExecutor:
-    """A `KvStage`: units [start, end) of a decoder with one KV cache per live sequence."""
+    """Units [start, end) of a decoder with per-sequence KV caches, many sequences per forward
+    pass (models/kv_batch.py); the last stage picks each row's token with `choose_token`."""
 
-    stage: Any  # models.kv_stage.KvStage
-    batch: Any = None  # models.kv_batch.KvBatch over the same module, made on first use (#16)
+    stage: Any  # models.kv_stage.KvStage: the module and unit count
+    batch: Any = None  # models.kv_batch.KvBatch over the same module
 
     def reset(self) -> None:
-        for sequence_id in self.stage.sequences():
-            self.stage.drop(sequence_id)
-        if self.batch is not None:
-            for sequence_id in self.batch.sequences():
-                self.batch.drop(sequence_id)
+        from edgesplit.models.kv_batch import KvBatch
+
+        self.batch = KvBatch(self.stage.module, self.stage.num_units)
 
     def run(self, request_id: int, tensors: Arrays, meta: dict[str, Any]) -> ExecutorOutput:
+        """One frame (module docstring); no rows: only its `done` is applied. Each row's token
+        is keyed by the row's `key` (default: its sequence id) at its last position."""
         import torch
 
-        from edgesplit.models.kv_stage import CacheMismatchError, Sampling, choose_token
-
-        for done in meta.get("done", ()):  # finished or aborted sequences: free their caches now
-            self.stage.drop(int(done))
-            if self.batch is not None:
-                self.batch.drop(int(done))
-        if "seqs" in meta:
-            return self._run_batch(tensors, meta)
-        position, sampling = _step(meta)
-        try:
-            with torch.inference_mode():
-                out = self.stage.step(request_id, _torch_inputs(tensors), position)
-        except CacheMismatchError as e:
-            return {}, {**meta, "error": "cache_mismatch", "detail": str(e)}
-        if "logits" in out:
-            num_new = int(next(iter(tensors.values())).shape[1])
-            token = choose_token(
-                out["logits"][0], Sampling(*sampling), request_id, position + num_new - 1
-            )
-            return {"token": np.array([token], dtype=np.int64)}, meta
-        return {"hidden": out["hidden"].contiguous().numpy()}, meta
-
-    # -- continuous batching (issue #16; models/kv_batch.py) -----------------------------------
-    def _run_batch(self, tensors: Arrays, meta: dict[str, Any]) -> ExecutorOutput:
-        """One forward pass over several sequences: meta {"seqs": [ids], "pos": [positions],
-        "sampling": [[temperature, top_k, seed(, key)] per row]}; tensors {"input_ids"} (B, T)
-        into the first stage, {"hidden"} (B, T, C) after it; T > 1 (prefill) takes one
-        sequence. Out: {"hidden"} or {"token"} (B,), the token picked with `choose_token`
-        keyed by the row's `key` (default: its sequence id). Rows whose step does not continue
-        this stage's cache: the whole frame answers {"error": "cache_mismatch", "mismatched":
-        [ids]}. No rows (`seqs` empty): only the frame's `done` is applied."""
-        import torch
-
-        from edgesplit.models.kv_batch import KvBatch
         from edgesplit.models.kv_stage import Sampling, choose_token
 
-        ids = [int(s) for s in meta["seqs"]]
+        if self.batch is None:
+            self.reset()
+        for done in meta.get("done", ()):  # finished or aborted sequences: free their caches now
+            self.batch.drop(int(done))
+        ids, positions, lengths = _rows(tensors, meta)
         if not ids:
             return {}, meta
-        if self.batch is None:
-            self.batch = KvBatch(self.stage.module, self.stage.num_units)
-        positions = [int(p) for p in meta["pos"]]
         mismatched = self.batch.mismatched(ids, positions)
         if mismatched:
             return {}, {**meta, "error": "cache_mismatch", "mismatched": mismatched}
         with torch.inference_mode():
-            out = self.batch.step(ids, _torch_inputs(tensors), positions)
+            out = self.batch.step(ids, _torch_inputs(tensors), positions, lengths)
         if "logits" not in out:
             return {"hidden": out["hidden"].contiguous().numpy()}, meta
-        num_new = int(next(iter(tensors.values())).shape[1])
         sampling = meta.get("sampling") or [[0.0, 0, 0]] * len(ids)
         logits = out["logits"]
         if all(float(s[0]) == 0 for s in sampling):  # greedy rows: one argmax for the batch
@@ -177,7 +150,7 @@ class DecodeExecutor:
                     logits[row],
                     Sampling(float(s[0]), int(s[1]), int(s[2])),
                     int(s[3]) if len(s) > 3 else sequence_id,
-                    positions[row] + num_new - 1,
+                    positions[row] + lengths[row] - 1,
                 )
                 for row, (sequence_id, s) in enumerate(zip(ids, sampling, strict=True))
             ]
@@ -186,7 +159,15 @@ class DecodeExecutor:
 
 @dataclass
 class EmulatedDecodeExecutor:
-    """Sleeps the profiled decode (or prefill) time; zero hidden states of the real width."""
+    """Sleeps a frame's profiled time; zero hidden states of the real width, tokens a function
+    of (sequence id, position).
+
+    B decode rows (one new token each) sleep decode_s × r(B): r from `batch_scale`, (batch, step
+    time / one row's) points, linear between them (and (1, 1)) and past the last on the last
+    segment's slope, as the generation planner's batch model (planners/generation.py [Note: the
+    batch dimension]); without points r(B) = B, each row as long as alone (the planner's model
+    without batch data). Prefill rows add prefill_s_per_token per real token.
+    """
 
     decode_s: float
     prefill_s_per_token: float
@@ -194,22 +175,46 @@ class EmulatedDecodeExecutor:
     vocab_size: int
     is_last: bool
     stopped: threading.Event
+    batch_scale: tuple[tuple[int, float], ...] = ()
     _lengths: dict[int, int] = field(default_factory=dict)
 
     def reset(self) -> None:
         self._lengths.clear()
 
+    def scale(self, rows: int) -> float:
+        if rows <= 1 or not self.batch_scale:
+            return float(rows)
+        points = sorted({1: 1.0, **dict(self.batch_scale)}.items())
+        below = [p for p in points if p[0] <= rows][-1]
+        above = next((p for p in points if p[0] > rows), None)
+        if above is None:  # past the last measurement: the last segment's slope
+            below, above = points[-2], points[-1]
+        (b0, r0), (b1, r1) = below, above
+        return r0 + (rows - b0) * (r1 - r0) / (b1 - b0)
+
     def run(self, request_id: int, tensors: Arrays, meta: dict[str, Any]) -> ExecutorOutput:
-        position, _ = _step(meta)
-        num_new = int(next(iter(tensors.values())).shape[1]) if tensors else 1
-        if position != 0 and self._lengths.get(request_id) != position:
-            return {}, {**meta, "error": "cache_mismatch"}
-        self._lengths[request_id] = position + num_new
-        self.stopped.wait(self.decode_s if num_new == 1 else self.prefill_s_per_token * num_new)
+        for done in meta.get("done", ()):
+            self._lengths.pop(int(done), None)
+        ids, positions, lengths = _rows(tensors, meta)
+        if not ids:
+            return {}, meta
+        rows = list(zip(ids, positions, lengths, strict=True))
+        mismatched = [s for s, p, _ in rows if p != 0 and self._lengths.get(s) != p]
+        if mismatched:
+            return {}, {**meta, "error": "cache_mismatch", "mismatched": mismatched}
+        for sequence_id, position, length in rows:
+            self._lengths[sequence_id] = position + length
+        decode_rows = sum(1 for n in lengths if n == 1)
+        prefill_tokens = sum(n for n in lengths if n > 1)
+        self.stopped.wait(
+            self.decode_s * self.scale(decode_rows) + self.prefill_s_per_token * prefill_tokens
+        )
         if self.is_last:
-            token = (request_id * 7919 + position + num_new) % max(self.vocab_size, 1)
-            return {"token": np.array([token], dtype=np.int64)}, meta
-        return {"hidden": np.zeros((1, num_new, self.hidden_size), dtype=np.float32)}, meta
+            vocab = max(self.vocab_size, 1)
+            tokens = [(s * 7919 + p + n) % vocab for s, p, n in rows]
+            return {"token": np.array(tokens, dtype=np.int64)}, meta
+        width = int(next(iter(tensors.values())).shape[1])
+        return {"hidden": np.zeros((len(ids), width, self.hidden_size), dtype=np.float32)}, meta
 
 
 def _shard_step(meta: dict[str, Any]) -> tuple[int, str, list[int]]:

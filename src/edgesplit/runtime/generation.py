@@ -17,18 +17,20 @@ sampled. Every frame carries a step id unique over the pipeline's life; an answe
 not in flight (given up on, an older epoch's) is dropped, so no token is delivered twice or to
 another caller.
 
-[Note: continuous batching] (issue 16; the executor side is `DecodeExecutor._run_batch`.) A new
-sequence is prefilled alone (a one-row `seqs` frame of its tokens so far); once its first token
-is back it joins one of `micro_batches` slots (default: one per stage) — the smallest. A slot
-whose frame is not in flight sends one frame with one row per member (each at its own position),
-so at most one frame per slot is in flight: with as many slots as stages, every stage has a
-micro-batch to work on while the others are elsewhere in the chain. Slot membership changes only
-when a sequence joins (after its prefill) or leaves (finished, aborted), so each stage's
-`KvBatch` re-packs its cache groups only then. Answers are routed back by `seqs`; a finished or
-aborted sequence's id rides in the next frame's `done` (or a rows-less frame when nothing else
-goes), and every stage frees its cache there. An errored frame (a cache mismatch, an executor
-error) replays each of its rows alone from position 0. Emulated stages
-(`EmulatedDecodeExecutor`) take one sequence per frame: a slot then sends one frame per member.
+[Note: continuous batching] (issue 16; the executor side is `DecodeExecutor._run_batch`.)
+Sequences to (re)start — new ones, replays — are prefilled together: one frame of all their
+tokens so far, rows right-aligned with per-row lengths (`lens`, models/kv_batch.py [Note: padded
+steps]), up to a token budget per frame; 8 arriving requests cost one prefill pass, not 8. Once
+its first token is back a sequence joins one of `micro_batches` slots (default: one per stage) —
+the smallest. A slot whose frame is not in flight sends one frame with one row per member (each
+at its own position), so at most one frame per slot is in flight: with as many slots as stages,
+every stage has a micro-batch to work on while the others are elsewhere in the chain. When a
+slot's frame comes back holding 2+ more members than the smallest slot (sequences finished
+unevenly), members move there. Slot membership changes only on a join, a leave (finished,
+aborted) or such a move, so each stage's `KvBatch` re-packs its cache groups only then. Answers
+are routed back by `seqs`; a finished or aborted sequence's id rides in the next frame's `done`
+(or a rows-less frame when nothing else goes), and every stage frees its cache there. An
+errored frame (a cache mismatch, an executor error) replays its rows from position 0.
 """
 
 from __future__ import annotations
@@ -232,7 +234,6 @@ class GenerationPipeline:
         self.replanner = replanner
         if self.runtime.compute == "emulated" and emulation is None:
             raise ConfigError("compute='emulated' needs an emulation function (profiled times)")
-        self._batched = self.runtime.compute == "real"
         self._spare = list(self.runtime.standby_devices)
         self._session: RaySession | None = None
         self._group: StageGroup | None = None
@@ -248,6 +249,7 @@ class GenerationPipeline:
         self._known: set[int] = set()  # guarded: submitted and not finished
         self._batch_sizes: list[int] = []  # guarded
         self._waiting: deque[_Sequence] = deque()
+        self._restarts: list[_Sequence] = []  # to prefill (from position 0) in the next dispatch
         self._live: dict[int, _Sequence] = {}
         self._flights: dict[int, _Flight] = {}
         self._slots: list[list[int]] = []
@@ -353,7 +355,7 @@ class GenerationPipeline:
 
     @property
     def _in_flight(self) -> int:
-        # Every sequence may have one frame in flight (prefills, emulated rows), plus a "done"
+        # Every sequence may have one frame in flight (a prefill or its slot's), plus a "done"
         # frame and a replay's stale frames.
         return max(self.runtime.max_in_flight, 2 * self.config.max_concurrent + 2)
 
@@ -377,6 +379,7 @@ class GenerationPipeline:
         # Nothing of an older epoch is in flight any more; every live sequence restarts.
         self._flights.clear()
         self._done_ids.clear()
+        self._restarts.clear()
         self._slots = [[] for _ in range(self.micro_batches)]
         self._slot_flights = [0] * self.micro_batches
         for sequence in self._live.values():
@@ -400,12 +403,7 @@ class GenerationPipeline:
             ConfigError: prompt + new tokens exceed `max_context`.
             DeviceUnavailableError: the pipeline has failed for good (`health()`).
         """
-        length = len(request.prompt_ids) + request.max_new_tokens
-        if length > self.config.max_context:
-            raise ConfigError(
-                f"{len(request.prompt_ids)} prompt + {request.max_new_tokens} new tokens exceed "
-                f"the context of {self.config.max_context}; shorten the prompt or max_new_tokens"
-            )
+        self._check_length(request)
         if self._broken:
             raise DeviceUnavailableError(self._broken)
         sequence_id = next(self._ids)
@@ -423,6 +421,14 @@ class GenerationPipeline:
             self._known.add(sequence_id)
         self._results.put(None)
         return sequence_id
+
+    def _check_length(self, request: GenerationRequest, where: str = "") -> None:
+        if len(request.prompt_ids) + request.max_new_tokens > self.config.max_context:
+            raise ConfigError(
+                f"{where}{len(request.prompt_ids)} prompt + {request.max_new_tokens} new tokens "
+                f"exceed the context of {self.config.max_context}; shorten the prompt or "
+                "max_new_tokens"
+            )
 
     def abort(self, sequence_id: int) -> None:
         """Stop a sequence between steps and free its caches on every stage (unknown: no-op).
@@ -467,11 +473,7 @@ class GenerationPipeline:
         try:
             while not stop.is_set():
                 self._pump()
-            self._take_control()
-            for sequence in [*self._live.values(), *self._waiting]:
-                self._finish(sequence, "abort")  # stopped: nothing more will be decoded
-            self._waiting.clear()
-            self._run_callbacks()
+            self._finish_all("abort")  # stopped: nothing more will be decoded
         except DeviceUnavailableError as e:
             self._fail_all(f"{type(e).__name__}: {e}")
         finally:
@@ -497,13 +499,7 @@ class GenerationPipeline:
             DeviceUnavailableError: a stage failed and nothing can replace it.
         """
         for index, request in enumerate(requests):
-            length = len(request.prompt_ids) + request.max_new_tokens
-            if length > self.config.max_context:
-                raise ConfigError(
-                    f"request {index}: {len(request.prompt_ids)} prompt + "
-                    f"{request.max_new_tokens} new tokens exceed the context of "
-                    f"{self.config.max_context}; shorten the prompt or max_new_tokens"
-                )
+            self._check_length(request, f"request {index}: ")
         start_s = time.time()
         self._begin(faults, now_s=start_s)
         finished: dict[int, SequenceResult] = {}
@@ -523,7 +519,7 @@ class GenerationPipeline:
                 self.submit(request, token_to(index), finish_to(index), key=index)
             while len(finished) < len(requests):
                 self._pump()
-            if self._done_ids and self._batched:  # free the last sequences' caches now
+            if self._done_ids:  # free the last sequences' caches now
                 self._send([], -1)
         except BaseException:
             self._forget_sequences()
@@ -653,36 +649,44 @@ class GenerationPipeline:
             # else: finished when its frame comes back (its rows must not be freed mid-step)
 
     def _prefill(self, sequence: _Sequence) -> None:
-        """(Re)start a sequence alone: one row of all its tokens from position 0."""
+        """(Re)start a sequence from position 0 with the next dispatch's prefill frames."""
         self._leave_slot(sequence)
         sequence.fed = 0
-        self._send([sequence], -1)
+        self._restarts.append(sequence)
 
     def _dispatch(self) -> None:
-        """Send every slot that has nothing in flight and members to step; "done" ids that no
-        frame carried go in a rows-less frame."""
+        """Send the prefills, then every slot that has nothing in flight and members to step;
+        "done" ids that no frame carried go in a rows-less frame."""
+        restarts = [s for s in self._restarts if s.done is None and not s.in_flight]
+        self._restarts, frame = [], list[_Sequence]()
+        # A frame holds at most max_context tokens (the stages' frame bound), padding included,
+        # and pads at most about as many tokens as it holds.
+        for sequence in sorted(restarts, key=lambda s: len(s.tokens)):
+            padded = (len(frame) + 1) * len(sequence.tokens)
+            real = sum(len(s.tokens) for s in frame) + len(sequence.tokens)
+            if frame and padded > min(self.config.max_context, 2 * real + 64):
+                self._send(frame, -1)
+                frame = []
+            frame.append(sequence)
+        if frame:
+            self._send(frame, -1)
         for slot, members in enumerate(self._slots):
-            if self._slot_flights[slot] or not members:
-                continue
-            rows = [self._live[i] for i in members]
-            if any(s.in_flight for s in rows):  # cannot happen: members return together
-                continue
-            self._send(rows, slot)
-        if self._done_ids and self._batched:
+            if members and not self._slot_flights[slot]:  # (members come back together)
+                self._send([self._live[i] for i in members], slot)
+        if self._done_ids:
             self._send([], -1)
-        elif not self._batched:
-            self._done_ids.clear()  # emulated stages keep no caches worth freeing
 
     def _send(self, rows: list[_Sequence], slot: int) -> None:
-        if not self._batched:
-            for sequence in rows:
-                self._send_legacy(sequence, slot)
-            return
         step = next(self._steps)
         ids = [s.sequence_id for s in rows]
         tensors: dict[str, np.ndarray] = {}
-        if rows:
-            tensors["input_ids"] = np.array([s.tokens[s.fed :] for s in rows], dtype=np.int64)
+        lengths = [len(s.tokens) - s.fed for s in rows]
+        width = max(lengths, default=0)
+        if rows:  # rows right-aligned, padded on the left ([Note: continuous batching])
+            tokens = np.zeros((len(rows), width), dtype=np.int64)
+            for row, (s, n) in enumerate(zip(rows, lengths, strict=True)):
+                tokens[row, width - n :] = s.tokens[s.fed :]
+            tensors["input_ids"] = tokens
         meta: dict[str, Any] = {
             "seqs": ids,
             "pos": [s.fed for s in rows],
@@ -691,6 +695,8 @@ class GenerationPipeline:
                 [s.request.temperature, s.request.top_k, s.request.seed, s.key] for s in rows
             ],
         }
+        if any(n != width for n in lengths):
+            meta["lens"] = lengths
         done, self._done_ids = self._done_ids, []
         if done:
             meta["done"] = done
@@ -703,30 +709,6 @@ class GenerationPipeline:
             with self._lock:
                 self._batch_sizes.append(len(rows))
         self._outbox.append(Frame("data", step, 0, self._epoch, tensors, meta))
-        self._flush()
-
-    def _send_legacy(self, sequence: _Sequence, slot: int) -> None:
-        """One sequence per frame (emulated stages), request id = sequence id."""
-        step = next(self._steps)
-        request = sequence.request
-        frame = Frame(
-            "data",
-            sequence.sequence_id,
-            0,
-            self._epoch,
-            {"input_ids": np.array([sequence.tokens[sequence.fed :]], dtype=np.int64)},
-            {
-                "pos": sequence.fed,
-                "step": step,
-                "sampling": [request.temperature, request.top_k, request.seed],
-            },
-        )
-        sequence.fed = len(sequence.tokens)
-        sequence.in_flight = True
-        self._flights[step] = _Flight(slot, [sequence.sequence_id], [])
-        if slot >= 0:
-            self._slot_flights[slot] += 1
-        self._outbox.append(frame)
         self._flush()
 
     def _flush(self) -> None:
@@ -796,16 +778,26 @@ class GenerationPipeline:
                 self._finish(sequence, "length")
             elif sequence.slot < 0:
                 self._join_slot(sequence)
-            elif not self._batched:
-                self._send_legacy(sequence, sequence.slot)  # emulated: each row goes on alone
+        if flight.slot >= 0:
+            self._rebalance(flight.slot)
         return True
 
     def _join_slot(self, sequence: _Sequence) -> None:
         slot = min(range(len(self._slots)), key=lambda i: (len(self._slots[i]), i))
         self._slots[slot].append(sequence.sequence_id)
         sequence.slot = slot
-        if not self._batched:
-            self._send_legacy(sequence, slot)
+
+    def _rebalance(self, slot: int) -> None:
+        """Members of `slot` (back, none in flight) move to the smallest slot while it holds 2+
+        fewer ([Note: continuous batching])."""
+        members = self._slots[slot]
+        while True:
+            smallest = min(range(len(self._slots)), key=lambda i: (len(self._slots[i]), i))
+            if len(members) - len(self._slots[smallest]) < 2:
+                return
+            moved = members.pop()
+            self._slots[smallest].append(moved)
+            self._live[moved].slot = smallest
 
     def _leave_slot(self, sequence: _Sequence) -> None:
         if sequence.slot >= 0:
@@ -838,6 +830,7 @@ class GenerationPipeline:
         self._flights.clear()
         self._callbacks.clear()
         self._done_ids.clear()
+        self._restarts.clear()
         self._slots = [[] for _ in range(self.micro_batches)]
         self._slot_flights = [0] * self.micro_batches
 
@@ -845,10 +838,13 @@ class GenerationPipeline:
         """Nothing can replace a failed stage: every sequence ends with an error."""
         self._broken = detail
         logger.error("generation pipeline failed: %s", detail)
+        self._finish_all("error", detail)
+
+    def _finish_all(self, how: Finished, detail: str = "") -> None:
         self._take_control()
         for sequence in [*self._live.values(), *self._waiting]:
             sequence.error = detail
-            self._finish(sequence, "error")
+            self._finish(sequence, how)
         self._waiting.clear()
         self._run_callbacks()
 

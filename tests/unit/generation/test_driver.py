@@ -1,9 +1,9 @@
 """The decode driver's continuous batching against a fake stage chain (no Ray, no torch).
 
-The fake chain answers each frame at once like `DecodeExecutor._run_batch` on the last stage:
-it checks every row continues its cache, applies `done`, and picks a token that depends only on
-(sampling key, position), so any batching or replay must give the same tokens as decoding each
-sequence alone.
+The fake chain answers each frame at once like `DecodeExecutor.run` on the last stage: it checks
+every row continues its cache, applies `done`, reads each row's real (right-aligned) tokens and
+picks a token that depends only on (sampling key, position), so any batching, padding or replay
+must give the same tokens as decoding each sequence alone.
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ class FakeChain:
     results: Any  # the pipeline's result queue
     mismatch_once: bool = False
     lengths: dict[int, int] = field(default_factory=dict)
+    fed: dict[int, list[int]] = field(default_factory=dict)  # tokens each sequence was fed
+    finished: dict[int, list[int]] = field(default_factory=dict)  # ... when its "done" came
     frames: list[dict[str, Any]] = field(default_factory=list)
     stopped: threading.Event = field(default_factory=threading.Event)
     unacked: int = 0
@@ -45,6 +47,7 @@ class FakeChain:
         self.frames.append(meta)
         for done in meta.get("done", ()):
             self.lengths.pop(int(done), None)
+            self.finished[int(done)] = self.fed.pop(int(done), [])
         ids, positions = meta["seqs"], meta["pos"]
         bad = [s for s, p in zip(ids, positions, strict=True) if p and self.lengths.get(s) != p]
         if self.mismatch_once and len(ids) > 1:
@@ -57,9 +60,12 @@ class FakeChain:
             return True
         tokens = []
         width = int(frame.tensors["input_ids"].shape[1]) if ids else 0
-        for row, (s, p) in enumerate(zip(ids, positions, strict=True)):
-            self.lengths[s] = p + width
-            tokens.append(token_at(int(meta["sampling"][row][3]), p + width - 1))
+        lengths = meta.get("lens") or [width] * len(ids)
+        for row, (s, p, n) in enumerate(zip(ids, positions, lengths, strict=True)):
+            real = [int(t) for t in frame.tensors["input_ids"][row, width - n :]]
+            self.fed[s] = (self.fed.get(s, []) if p else []) + real  # prefills start at 0
+            self.lengths[s] = p + n
+            tokens.append(token_at(int(meta["sampling"][row][3]), p + n - 1))
         tensors = {"token": np.array(tokens, dtype=np.int64)} if ids else {}
         self.results.put(Frame("data", frame.request_id, 4, frame.epoch, tensors, meta))
         return True
@@ -109,11 +115,33 @@ def test_batched_steps_equal_one_at_a_time_and_free_every_cache() -> None:
     pipe, chain = pipeline(stages=2)
     report = pipe.generate(REQUESTS)
     assert [s.new_ids for s in report.sequences] == [expected(r, i) for i, r in enumerate(REQUESTS)]
-    decode = [f for f in chain.frames if len(f["seqs"]) > 1]
+    decode = [f for f in chain.frames if len(f["seqs"]) > 1 and max(f["pos"]) > 0]
     assert decode, "no frame held several sequences"
     assert max(len(f["seqs"]) for f in decode) == 3  # 6 running in 2 micro-batches
     assert chain.lengths == {}  # every finished sequence's cache was freed via "done"
     assert max(pipe.stats().step_batch_sizes) == 3
+    # The first 6 prompts (lengths 1..6) went in one padded prefill frame; the stages were fed
+    # each sequence's prompt and its tokens but the last.
+    first = chain.frames[0]
+    assert first["seqs"] == list(range(6))
+    assert first["pos"] == [0] * 6
+    assert first["lens"] == [len(r.prompt_ids) for r in REQUESTS[:6]]
+    for i, request in enumerate(REQUESTS):
+        assert chain.finished[i] == [*request.prompt_ids, *report.sequences[i].new_ids[:-1]]
+
+
+def test_uneven_finishes_rebalance_the_micro_batches() -> None:
+    pipe, chain = pipeline(stages=2)
+    short = [GenerationRequest(prompt_ids=[1 + i], max_new_tokens=3) for i in range(3)]
+    long = [GenerationRequest(prompt_ids=[9 + i], max_new_tokens=12) for i in range(3)]
+    requests = [short[0], long[0], short[1], long[1], short[2], long[2]]
+    report = pipe.generate(requests)
+    assert [s.new_ids for s in report.sequences] == [expected(r, i) for i, r in enumerate(requests)]
+    # They join the slots in turn: {0, 2, 4} (short) and {1, 3, 5} (long). When the short ones
+    # have finished, the long ones are spread 2 and 1, not 3 and 0.
+    late = [f["seqs"] for f in chain.frames if f["seqs"] and min(f["pos"]) >= 8]
+    assert late
+    assert max(len(ids) for ids in late) == 2
 
 
 def test_a_mismatched_frame_replays_its_rows() -> None:
@@ -123,8 +151,8 @@ def test_a_mismatched_frame_replays_its_rows() -> None:
     assert [s.new_ids for s in report.sequences] == [
         expected(r, i) for i, r in enumerate(REQUESTS[:4])
     ]
-    prefills = [f for f in chain.frames if f["seqs"] and f["pos"] == [0]]
-    assert len(prefills) > 4  # the mismatched rows were prefilled again
+    prefills = [f for f in chain.frames if f["seqs"] and max(f["pos"]) == 0]
+    assert sum(len(f["seqs"]) for f in prefills) > 4  # the mismatched rows were prefilled again
 
 
 def test_engine_submit_abort_and_idle() -> None:

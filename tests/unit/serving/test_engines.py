@@ -102,7 +102,9 @@ class FakePipeline:
                 return
             if not self.gate.wait(0.01):
                 continue
-            with self.lock:
+            with self.lock:  # the gate is cleared under the lock: nothing taken after that
+                if not self.gate.is_set():
+                    continue
                 pending, done = self.submitted[done:], len(self.submitted)
             for index, (request, on_token, on_finish) in enumerate(pending):
                 sequence_id = done - len(pending) + index
@@ -146,7 +148,8 @@ def test_decode_engine_streams_aborts_and_fails() -> None:
         assert sinks["c"].tokens == []
         assert sinks["c"].finished == [("abort", "")]  # once
         assert engine.health().ok
-        pipeline.gate.clear()
+        with pipeline.lock:
+            pipeline.gate.clear()
         waiting = Sink()
         engine.submit(_request("d"), waiting)
         pipeline.fail.set()

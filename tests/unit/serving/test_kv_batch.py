@@ -1,7 +1,8 @@
 """Continuous batching (models/kv_batch.py) equals decoding one sequence at a time.
 
 Two stages of GPT-2 and Llama test presets; sequences with different prompt lengths prefill one
-at a time, then decode in shared steps while others join, leave and regroup. Greedy tokens must
+at a time or together (padded steps, also beside decode rows), then decode in shared steps while
+others join, leave and regroup. Greedy tokens must
 be identical to `KvStage` one-at-a-time decoding, logits within 1e-4 (float32; batching only
 changes the summation order), and a dropped sequence's cache is freed at once.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from edgesplit.errors import ConfigError
 from edgesplit.models import model_spec_from_name, unit_names
 from edgesplit.models.kv_batch import KvBatch
 from edgesplit.models.kv_stage import CacheMismatchError, KvStage
@@ -130,3 +132,63 @@ def test_mismatched_positions_raise_for_replay() -> None:
         stage.step([1], {"input_ids": torch.tensor([[7]])}, [2])
     stage.step([1], {"input_ids": torch.tensor([[7]])}, [3])
     assert stage.cached_length(1) == 4
+
+
+def _padded_step(stages: list[KvBatch], ids: list[int], rows: list[list[int]], pos: list[int]):
+    """One step of rows with different numbers of new tokens, right-aligned (left padding)."""
+    width = max(len(r) for r in rows)
+    act: dict[str, torch.Tensor] = {
+        "input_ids": torch.tensor([[0] * (width - len(r)) + r for r in rows])
+    }
+    for stage in stages:
+        act = stage.step(ids, act, pos, [len(r) for r in rows])
+    return act["logits"]
+
+
+@pytest.mark.parametrize("model", ["gpt2-tiny", "llama-tiny"])
+@pytest.mark.parametrize("schedule", ["prefill_together", "prefill_rides_along"])
+def test_padded_steps_equal_one_at_a_time(model: str, schedule: str) -> None:
+    """Several prefills in one step (and prefills beside decode rows, leaving holes in those
+    rows' caches) give the tokens of each sequence alone ([Note: padded steps])."""
+    want_tokens, want_logits = _reference(model)
+    stages = _stages(model, KvBatch)
+    seqs: dict[int, list[int]] = {}
+    fed: dict[int, int] = {}
+    got_logits: dict[int, list[torch.Tensor]] = {s: [] for s in PROMPTS}
+
+    def step(ids: list[int]) -> None:
+        for sid in ids:
+            if sid not in seqs:
+                seqs[sid], fed[sid] = list(PROMPTS[sid]), 0
+        rows = [seqs[s][fed[s] :] for s in ids]
+        logits = _padded_step(stages, ids, rows, [fed[s] for s in ids])
+        for row, sid in enumerate(ids):
+            fed[sid] = len(seqs[sid])
+            got_logits[sid].append(logits[row])
+            seqs[sid].append(int(torch.argmax(logits[row])))
+
+    if schedule == "prefill_together":
+        step([14, 12, 11, 13])  # prompts of 8, 1, 5 and 3 tokens in one forward pass
+    else:
+        step([11])
+        step([11, 12])  # 12's one-token prefill beside 11's decode row
+        step([12, 11, 13])  # 13's 3-token prefill beside two decode rows
+        step([11])
+        step([13, 14, 12])
+    while live := [s for s in PROMPTS if len(seqs[s]) - len(PROMPTS[s]) < NEW_TOKENS[s]]:
+        step(live[::-1])
+    for sid in PROMPTS:
+        new = seqs[sid][len(PROMPTS[sid]) :][: NEW_TOKENS[sid]]
+        assert new == want_tokens[sid], sid
+        for got, want in zip(got_logits[sid], want_logits[sid], strict=False):
+            torch.testing.assert_close(got, want, atol=LOGIT_TOLERANCE, rtol=0)
+    for sid in PROMPTS:
+        for stage in stages:
+            stage.drop(sid)
+    assert all(stage.cache_bytes() == 0 for stage in stages)
+
+
+def test_padded_step_lengths_are_checked() -> None:
+    stage = KvBatch.build(model_spec_from_name("gpt2-tiny"), 0, 2)
+    with pytest.raises(ConfigError, match="length"):
+        stage.step([1, 2], {"input_ids": torch.tensor([[1, 2], [3, 4]])}, [0, 0], [2, 3])
