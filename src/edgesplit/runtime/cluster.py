@@ -277,8 +277,9 @@ def ray_status(address: str | None) -> dict[str, Any]:
             ray.shutdown()
 
 
-def _ray_binary() -> str:
-    beside = Path(sys.executable).parent / "ray"  # the environment's own, even when not on PATH
+def ray_binary() -> str:
+    """The environment's own `ray` command (beside this Python, even when not on PATH)."""
+    beside = Path(sys.executable).parent / "ray"
     if beside.is_file():
         return str(beside)
     found = shutil.which("ray")
@@ -295,19 +296,33 @@ def cluster_up_command(
     port: int = 6379,
     node_ip: str | None = None,
     config: RuntimeConfig | None = None,
+    num_cpus: int = 1,
+    object_store_bytes: int | None = None,
+    temp_dir: str | None = None,
+    service_ports: Sequence[int] = (),
 ) -> list[str]:
-    """The `ray start` command line for a head or a device node (custom resource per device)."""
+    """The one `ray start` command line, for a head or a device node (a custom resource per
+    device): `edgesplit cluster up` on real machines and every node of a testbed.
+
+    A head carries the runtime's system config (`health_check_config`). `service_ports` pins the
+    head's dashboard agent (listen, gRPC), runtime-env agent, metrics export and Ray client
+    ports, in that order (a testbed head shares its host with other heads).
+    """
     import json
 
     if not head and not address:
         raise ConfigError(
             "a device node needs --address HEAD_IP:PORT of the head (ray start --head)"
         )
-    command = [_ray_binary(), "start", "--num-cpus", "1", "--disable-usage-stats"]
+    command = [ray_binary(), "start", "--num-cpus", str(num_cpus), "--disable-usage-stats"]
     if devices:
         command += ["--resources", json.dumps({d: 1 for d in devices})]
     if node_ip:
         command += ["--node-ip-address", node_ip]
+    if object_store_bytes is not None:
+        command += ["--object-store-memory", str(object_store_bytes)]
+    if temp_dir is not None:
+        command += ["--temp-dir", temp_dir]
     if head:
         health = health_check_config(config or RuntimeConfig())
         command += [
@@ -319,13 +334,22 @@ def cluster_up_command(
             "--system-config",
             json.dumps(health),
         ]
+        flags = (
+            "--dashboard-agent-listen-port",
+            "--dashboard-agent-grpc-port",
+            "--runtime-env-agent-port",
+            "--metrics-export-port",
+            "--ray-client-server-port",
+        )
+        for flag, service_port in zip(flags, service_ports, strict=False):
+            command += [flag, str(service_port)]
     else:
         command += ["--address", str(address)]
     return command
 
 
 def cluster_down_command() -> list[str]:
-    return [_ray_binary(), "stop"]
+    return [ray_binary(), "stop"]
 
 
 def run_ray_command(command: list[str]) -> subprocess.CompletedProcess[str]:

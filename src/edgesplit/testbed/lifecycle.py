@@ -5,7 +5,8 @@ Ray head on the bridge's address (where the driver runs) and one `ray start` per
 its namespace and cgroup, token auth on; it waits until every device's resource is visible.
 `down` kills every process of the testbed's cgroups and namespaces, deletes namespaces, links,
 cgroups, the Ray temp dir and the state, and works from the name prefix alone after a crash.
-Ray is reached through runtime/cluster.py only (the join check) and the `ray` command line.
+Ray is reached through runtime/cluster.py only: the join check, and `cluster_up_command`, the one
+`ray start` command line (the runtime's health checks and worker niceness on the head).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from pathlib import Path
 
 from edgesplit.core.cluster import Cluster, load_cluster
 from edgesplit.errors import ConfigError, DeviceUnavailableError
-from edgesplit.runtime.config import RuntimeConfig
+from edgesplit.runtime.cluster import cluster_up_command
 from edgesplit.testbed import cgroups, network
 from edgesplit.testbed.layout import TestbedLayout, plan_layout
 from edgesplit.testbed.state import (
@@ -50,16 +51,6 @@ _OBJECT_STORE_BYTES = 80 * 1024 * 1024  # Ray's minimum is 75 MiB; 16 nodes fit 
 Progress = Callable[[str], None]
 _START_ATTEMPTS = 3
 _PARALLEL_STARTS = 2  # concurrent `ray start`s: each needs its raylet registered within 30 s
-
-
-def _ray_binary() -> str:
-    beside = Path(sys.executable).parent / "ray"
-    if beside.is_file():
-        return str(beside)
-    found = shutil.which("ray")
-    if found is None:
-        raise ConfigError("the `ray` command is not on PATH; activate the edgesplit environment")
-    return found
 
 
 def _free_port(ip: str) -> int:
@@ -276,29 +267,18 @@ def up(
             cgroups.create_group(node.cgroup, None, period_us=cfs_period_us)
         temp_dir = Path(state.temp_dir)
         temp_dir.mkdir(parents=True, exist_ok=True)
-        ray = _ray_binary()
-        health = RuntimeConfig()
-        system_config = json.dumps(
-            {
-                "health_check_period_ms": health.health_check_period_ms,
-                "health_check_timeout_ms": health.health_check_timeout_ms,
-                "health_check_failure_threshold": health.health_check_failure_threshold,
-            }
-        )
         say(f"ray head on {state.address}")
-        head_ports = [_free_port(layout.head_ip) for _ in range(5)]
-        head_command = [
-            ray, "start", "--head", "--node-ip-address", layout.head_ip,
-            "--port", str(port), "--num-cpus", "0", "--include-dashboard", "false",
-            "--dashboard-agent-listen-port", str(head_ports[0]),
-            "--dashboard-agent-grpc-port", str(head_ports[1]),
-            "--runtime-env-agent-port", str(head_ports[2]),
-            "--metrics-export-port", str(head_ports[3]),
-            "--ray-client-server-port", str(head_ports[4]),
-            "--object-store-memory", str(_OBJECT_STORE_BYTES),
-            "--system-config", system_config, "--temp-dir", str(temp_dir),
-            "--disable-usage-stats",
-        ]  # fmt: skip
+        head_command = cluster_up_command(
+            head=True,
+            address=None,
+            devices=(),
+            port=port,
+            node_ip=layout.head_ip,
+            num_cpus=0,
+            object_store_bytes=_OBJECT_STORE_BYTES,
+            temp_dir=str(temp_dir),
+            service_ports=[_free_port(layout.head_ip) for _ in range(5)],
+        )
         _start_ray(
             head_command,
             ray_env(token),
@@ -351,12 +331,19 @@ def _start_node(
     node = state.devices[index]
     temp_dir = Path(state.temp_dir)
     command = [
-        "ip", "netns", "exec", node.namespace, _ray_binary(), "start",
-        "--address", state.address, "--node-ip-address", node.ip,
-        "--num-cpus", "1", "--resources", json.dumps({node.name: 1}),
-        "--object-store-memory", str(_OBJECT_STORE_BYTES),
-        "--temp-dir", str(temp_dir / f"node{index}"), "--disable-usage-stats",
-    ]  # fmt: skip
+        "ip",
+        "netns",
+        "exec",
+        node.namespace,
+        *cluster_up_command(
+            head=False,
+            address=state.address,
+            devices=[node.name],
+            node_ip=node.ip,
+            object_store_bytes=_OBJECT_STORE_BYTES,
+            temp_dir=str(temp_dir / f"node{index}"),
+        ),
+    ]
     env = ray_env(
         token,
         {"EDGESPLIT_DEVICE": node.name, "EDGESPLIT_DEVICE_MEMORY_MB": f"{node.memory_mb:g}"},
