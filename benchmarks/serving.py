@@ -2,7 +2,8 @@
 
 Sections (all by default; `--sections a,b` reruns some and keeps the others from the last JSON):
 - http: SmolLM2-135M (real weights, checkpoints/smollm2-135m; `python
-  scripts/build_generation_models.py` builds it) on 2 stages behind the HTTP server, greedy,
+  scripts/build_generation_models.py` builds it) on 2 stages (split as `serve --devices a,b`
+  splits it: by decode weights, api.serving_engines.decode_stages) behind the HTTP server, greedy,
   streaming clients over 127.0.0.1: the same 8 requests one at a time vs all 8 at once
   (aggregate tokens/s), then 1, 2, 4, 8, 16 concurrent clients: time to first token p50/p95,
   per-token latency (mean gap between a stream's tokens), aggregate tokens/s.
@@ -152,6 +153,7 @@ def _client_wave(url: str, prompts: list[str], new_tokens: int) -> dict[str, Any
 
 def section_http(new_tokens: int, max_concurrent: int, repeats: int = 2) -> dict[str, Any]:
     from edgesplit.api import serving
+    from edgesplit.api.serving_engines import decode_stages
 
     model = _smollm2()
     options = serving.ServeOptions(max_concurrent=max_concurrent, queue_size=64)
@@ -193,7 +195,8 @@ def section_http(new_tokens: int, max_concurrent: int, repeats: int = 2) -> dict
     sequential_rate = sequential_tokens / sequential_s
     concurrent_rate = concurrent_tokens / concurrent_s
     return {
-        "model": "SmolLM2-135M (checkpoints/smollm2-135m), float32, 2 stages (even split)",
+        "model": "SmolLM2-135M (checkpoints/smollm2-135m), float32, 2 stages",
+        "stages": [list(s) for s in decode_stages(model, ["a", "b"])],
         "client_process": "streaming httpx clients, one thread each, in a separate process",
         "engine": "api.serving.PipelineDecodeEngine over the runtime GenerationPipeline's "
         f"long-lived engine (continuous batching, up to {max_concurrent} sequences, one "
@@ -223,7 +226,7 @@ def section_http(new_tokens: int, max_concurrent: int, repeats: int = 2) -> dict
 def section_runtime(new_tokens: int, repeats: int = 2) -> dict[str, Any]:
     """The decode driver without HTTP: the same 8 prompts through `GenerationPipeline.generate`
     on 2 stages, one at a time vs all at once (continuous batching), interleaved."""
-    from edgesplit.api.serving_engines import text_codec
+    from edgesplit.api.serving_engines import decode_stages, text_codec
     from edgesplit.models import model_spec_from_name, unit_names
     from edgesplit.runtime.config import RuntimeConfig
     from edgesplit.runtime.generation import (
@@ -241,7 +244,7 @@ def section_runtime(new_tokens: int, repeats: int = 2) -> dict[str, Any]:
         for p in PROMPTS[:8]
     ]
     config = GenerationConfig(max_concurrent=16, runtime=RuntimeConfig(compute="real"))
-    stages = [("a", 0, n // 2), ("b", n // 2, n)]
+    stages = decode_stages(model, ["a", "b"])  # as `serve --devices a,b` splits it
     sequential_s = batched_s = 0.0
     identical = True
     sizes: list[int] = []
@@ -262,6 +265,7 @@ def section_runtime(new_tokens: int, repeats: int = 2) -> dict[str, Any]:
     tokens = repeats * len(requests) * new_tokens
     return {
         "model": "SmolLM2-135M, 2 stages (stage processes on Ray, one torch thread each), greedy",
+        "stages": stages,
         "sequences": len(requests),
         "new_tokens": new_tokens,
         "repeats_interleaved": repeats,

@@ -17,20 +17,20 @@ sampled. Every frame carries a step id unique over the pipeline's life; an answe
 not in flight (given up on, an older epoch's) is dropped, so no token is delivered twice or to
 another caller.
 
-[Note: continuous batching] (issue 16; the executor side is `DecodeExecutor._run_batch`.)
-Sequences to (re)start — new ones, replays — are prefilled together: one frame of all their
-tokens so far, rows right-aligned with per-row lengths (`lens`, models/kv_batch.py [Note: padded
-steps]), up to a token budget per frame; 8 arriving requests cost one prefill pass, not 8. Once
-its first token is back a sequence joins one of `micro_batches` slots (default: one per stage) —
-the smallest. A slot whose frame is not in flight sends one frame with one row per member (each
-at its own position), so at most one frame per slot is in flight: with as many slots as stages,
-every stage has a micro-batch to work on while the others are elsewhere in the chain. When a
-slot's frame comes back holding 2+ more members than the smallest slot (sequences finished
-unevenly), members move there. Slot membership changes only on a join, a leave (finished,
-aborted) or such a move, so each stage's `KvBatch` re-packs its cache groups only then. Answers
-are routed back by `seqs`; a finished or aborted sequence's id rides in the next frame's `done`
-(or a rows-less frame when nothing else goes), and every stage frees its cache there. An
-errored frame (a cache mismatch, an executor error) replays its rows from position 0.
+[Note: continuous batching] (issue 16; the executor side is `DecodeExecutor`.) Sequences to
+(re)start — new ones, replays — are prefilled together: frames of all their tokens so far, rows
+right-aligned with per-row lengths (`lens`, models/kv_batch.py [Note: padded steps]), each frame
+one slot's share of them within a token budget; 8 arriving requests on 2 stages cost 2
+overlapping prefill frames, not 8. A prefill's rows, once answered, join the smallest of
+`micro_batches` slots (default: one per stage) together. A slot whose frame is not in flight
+sends one frame with one row per member (each at its own position), so at most one frame per
+slot is in flight: with as many slots as stages, every stage has a micro-batch to work on while
+the others are elsewhere in the chain. A slot whose frame comes back holding 2+ more members
+than the smallest (sequences finished unevenly) hands members over. Slot membership changes only
+on a join, a leave (finished, aborted) or such a move, so each stage's `KvBatch` re-packs its
+cache groups only then. Answers are routed back by `seqs`; a finished or aborted sequence's id
+rides in the next frame's `done` (or a rows-less frame when nothing else goes), and every stage
+frees its cache there. An errored frame (a cache mismatch, an executor error) replays its rows.
 """
 
 from __future__ import annotations
@@ -660,11 +660,15 @@ class GenerationPipeline:
         restarts = [s for s in self._restarts if s.done is None and not s.in_flight]
         self._restarts, frame = [], list[_Sequence]()
         # A frame holds at most max_context tokens (the stages' frame bound), padding included,
-        # and pads at most about as many tokens as it holds.
+        # pads at most about as many tokens as it holds, and one slot's share of the rows (so
+        # the stages overlap on the prefills, and each prefill's rows decode as one slot).
+        cap = -(-len(restarts) // self.micro_batches)
         for sequence in sorted(restarts, key=lambda s: len(s.tokens)):
             padded = (len(frame) + 1) * len(sequence.tokens)
             real = sum(len(s.tokens) for s in frame) + len(sequence.tokens)
-            if frame and padded > min(self.config.max_context, 2 * real + 64):
+            if frame and (
+                len(frame) == cap or padded > min(self.config.max_context, 2 * real + 64)
+            ):
                 self._send(frame, -1)
                 frame = []
             frame.append(sequence)
@@ -756,6 +760,7 @@ class GenerationPipeline:
             return True  # a rows-less "done" frame
         tokens = frame.tensors["token"].reshape(-1)
         now = time.time()
+        joining: list[_Sequence] = []
         for sequence_id, token in zip(flight.ids, tokens.tolist(), strict=True):
             found = self._live.get(sequence_id)
             if found is None:
@@ -777,25 +782,22 @@ class GenerationPipeline:
             elif len(sequence.new_ids) >= request.max_new_tokens:
                 self._finish(sequence, "length")
             elif sequence.slot < 0:
-                self._join_slot(sequence)
-        if flight.slot >= 0:
-            self._rebalance(flight.slot)
+                joining.append(sequence)
+        self._join(joining, flight.slot)
         return True
 
-    def _join_slot(self, sequence: _Sequence) -> None:
-        slot = min(range(len(self._slots)), key=lambda i: (len(self._slots[i]), i))
-        self._slots[slot].append(sequence.sequence_id)
-        sequence.slot = slot
-
-    def _rebalance(self, slot: int) -> None:
-        """Members of `slot` (back, none in flight) move to the smallest slot while it holds 2+
-        fewer ([Note: continuous batching])."""
-        members = self._slots[slot]
-        while True:
+    def _join(self, joining: list[_Sequence], slot: int) -> None:
+        """A prefill's sequences join the smallest slot together (one cache group on every
+        stage); members of a `slot` just back move to the smallest while it holds 2+ fewer."""
+        smallest = min(range(len(self._slots)), key=lambda i: (len(self._slots[i]), i))
+        for sequence in joining:
+            sequence.slot = smallest
+            self._slots[smallest].append(sequence.sequence_id)
+        while slot >= 0:
             smallest = min(range(len(self._slots)), key=lambda i: (len(self._slots[i]), i))
-            if len(members) - len(self._slots[smallest]) < 2:
+            if len(self._slots[slot]) - len(self._slots[smallest]) < 2:
                 return
-            moved = members.pop()
+            moved = self._slots[slot].pop()
             self._slots[smallest].append(moved)
             self._live[moved].slot = smallest
 

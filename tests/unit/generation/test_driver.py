@@ -120,12 +120,11 @@ def test_batched_steps_equal_one_at_a_time_and_free_every_cache() -> None:
     assert max(len(f["seqs"]) for f in decode) == 3  # 6 running in 2 micro-batches
     assert chain.lengths == {}  # every finished sequence's cache was freed via "done"
     assert max(pipe.stats().step_batch_sizes) == 3
-    # The first 6 prompts (lengths 1..6) went in one padded prefill frame; the stages were fed
-    # each sequence's prompt and its tokens but the last.
-    first = chain.frames[0]
-    assert first["seqs"] == list(range(6))
-    assert first["pos"] == [0] * 6
-    assert first["lens"] == [len(r.prompt_ids) for r in REQUESTS[:6]]
+    # The first 6 prompts (lengths 1..6) went in two padded prefill frames (one per slot); the
+    # stages were fed each sequence's prompt and its tokens but the last.
+    assert [f["seqs"] for f in chain.frames[:2]] == [[0, 1, 2], [3, 4, 5]]
+    assert chain.frames[1]["pos"] == [0] * 3
+    assert chain.frames[1]["lens"] == [len(r.prompt_ids) for r in REQUESTS[3:6]]
     for i, request in enumerate(REQUESTS):
         assert chain.finished[i] == [*request.prompt_ids, *report.sequences[i].new_ids[:-1]]
 
@@ -134,11 +133,11 @@ def test_uneven_finishes_rebalance_the_micro_batches() -> None:
     pipe, chain = pipeline(stages=2)
     short = [GenerationRequest(prompt_ids=[1 + i], max_new_tokens=3) for i in range(3)]
     long = [GenerationRequest(prompt_ids=[9 + i], max_new_tokens=12) for i in range(3)]
-    requests = [short[0], long[0], short[1], long[1], short[2], long[2]]
+    requests = [*short, *long]
     report = pipe.generate(requests)
     assert [s.new_ids for s in report.sequences] == [expected(r, i) for i, r in enumerate(requests)]
-    # They join the slots in turn: {0, 2, 4} (short) and {1, 3, 5} (long). When the short ones
-    # have finished, the long ones are spread 2 and 1, not 3 and 0.
+    # Each prefill frame's rows join one slot: {0, 1, 2} (short) and {3, 4, 5} (long). When the
+    # short ones have finished, the long ones are spread 2 and 1, not 3 and 0.
     late = [f["seqs"] for f in chain.frames if f["seqs"] and min(f["pos"]) >= 8]
     assert late
     assert max(len(ids) for ids in late) == 2
