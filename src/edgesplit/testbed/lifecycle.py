@@ -29,7 +29,6 @@ from pathlib import Path
 
 from edgesplit.core.cluster import Cluster, load_cluster
 from edgesplit.errors import ConfigError, DeviceUnavailableError
-from edgesplit.runtime.cluster import cluster_up_command
 from edgesplit.testbed import cgroups, network
 from edgesplit.testbed.layout import TestbedLayout, plan_layout
 from edgesplit.testbed.state import (
@@ -268,6 +267,8 @@ def up(
         temp_dir = Path(state.temp_dir)
         temp_dir.mkdir(parents=True, exist_ok=True)
         say(f"ray head on {state.address}")
+        from edgesplit.runtime.cluster import cluster_up_command  # imports ray: not at start-up
+
         head_command = cluster_up_command(
             head=True,
             address=None,
@@ -328,6 +329,8 @@ def _start_node(
 ) -> None:
     """`ray start` device `index` in its namespace and cgroup; retried, see [Note: quota after
     join]. Raises DeviceUnavailableError after the last attempt."""
+    from edgesplit.runtime.cluster import cluster_up_command
+
     node = state.devices[index]
     temp_dir = Path(state.temp_dir)
     command = [
