@@ -8,11 +8,10 @@ variants (sleep the profiled time, send real-size tensors). The module an execut
 runs is built in one place, `StageWorker._module` in runtime/stage.py. torch is imported lazily
 (emulated executors need none); never ray, never planners.
 
-Decode frames (runtime/generation.py [Note: continuous batching]): meta {"seqs": [sequence ids],
-"pos": [first position per row], "lens": [real tokens per row, right-aligned] (default: all),
-"sampling": [[temperature, top_k, seed, key] per row], "done": [ids to free], "step": the
-driver's step id}; tensors {"input_ids"} (B, T) into the first stage, {"hidden"} (B, T, C)
-between stages, {"token"} (B,) out of the last. Rows whose step does not continue the stage's
+Decode frames (runtime/generation.py [Note: continuous batching]): meta {"seqs": [ids], "pos":
+[first position], "lens": [real tokens, right-aligned; default all], "sampling": [[temperature,
+top_k, seed, key]], "done": [ids to free], "step"}, one entry per row; tensors {"input_ids"} (B,
+T) in, {"hidden"} (B, T, C) between stages, {"token"} (B,) out. Rows not continuing the stage's
 cache: meta {"error": "cache_mismatch", "mismatched": [ids]} (the driver replays them).
 
 Shard frames: meta {"layer": index, "kind": "attn" | "ffn", "slots": [unit slots]}; tensors
@@ -99,17 +98,18 @@ def _rows(tensors: Arrays, meta: dict[str, Any]) -> tuple[list[int], list[int], 
     positions = [int(p) for p in meta["pos"]]
     width = int(next(iter(tensors.values())).shape[1]) if tensors else 0
     lengths = [int(n) for n in meta.get("lens") or [width] * len(ids)]
-    if len(positions) != len(ids) or len(lengths) != len(ids):
-        raise ValueError(f"decode frame: {len(ids)} rows, {len(positions)} positions")
-    if any(p < 0 for p in positions) or any(not 1 <= n <= width for n in lengths):
-        raise ValueError(f"decode frame: positions {positions[:8]}, lengths {lengths[:8]}")
+    if not len(ids) == len(positions) == len(lengths) or not all(
+        p >= 0 and 1 <= n <= width for p, n in zip(positions, lengths, strict=True)
+    ):
+        raise ValueError(
+            f"decode frame of {ids[:8]}: positions {positions[:8]}, lengths {lengths[:8]}"
+        )
     return ids, positions, lengths
 
 
 @dataclass
 class DecodeExecutor:
-    """Units [start, end) of a decoder with per-sequence KV caches, many sequences per forward
-    pass (models/kv_batch.py); the last stage picks each row's token with `choose_token`."""
+    """A decoder's units with per-sequence KV caches, many sequences a pass (`KvBatch`)."""
 
     stage: Any  # models.kv_stage.KvStage: the module and unit count
     batch: Any = None  # models.kv_batch.KvBatch over the same module
@@ -159,14 +159,12 @@ class DecodeExecutor:
 
 @dataclass
 class EmulatedDecodeExecutor:
-    """Sleeps a frame's profiled time; zero hidden states of the real width, tokens a function
-    of (sequence id, position).
+    """Sleeps a frame's profiled time; zero hidden states of the real width, made-up tokens.
 
-    B decode rows (one new token each) sleep decode_s × r(B): r from `batch_scale`, (batch, step
-    time / one row's) points, linear between them (and (1, 1)) and past the last on the last
-    segment's slope, as the generation planner's batch model (planners/generation.py [Note: the
-    batch dimension]); without points r(B) = B, each row as long as alone (the planner's model
-    without batch data). Prefill rows add prefill_s_per_token per real token.
+    B decode rows sleep decode_s × r(B), r linear between the (batch, time / one row's) points
+    of `batch_scale` and (1, 1), past the last on its slope, as the generation planner's batch
+    model (planners/generation.py [Note: the batch dimension]); no points: r(B) = B (each row as
+    long as alone, the planner's model without batch data). Prefill: prefill_s_per_token a token.
     """
 
     decode_s: float
@@ -202,13 +200,10 @@ class EmulatedDecodeExecutor:
         mismatched = [s for s, p, _ in rows if p != 0 and self._lengths.get(s) != p]
         if mismatched:
             return {}, {**meta, "error": "cache_mismatch", "mismatched": mismatched}
-        for sequence_id, position, length in rows:
-            self._lengths[sequence_id] = position + length
-        decode_rows = sum(1 for n in lengths if n == 1)
-        prefill_tokens = sum(n for n in lengths if n > 1)
-        self.stopped.wait(
-            self.decode_s * self.scale(decode_rows) + self.prefill_s_per_token * prefill_tokens
-        )
+        self._lengths.update((s, p + n) for s, p, n in rows)
+        prefill = sum(n for n in lengths if n > 1)
+        decode = self.decode_s * self.scale(sum(1 for n in lengths if n == 1))
+        self.stopped.wait(decode + self.prefill_s_per_token * prefill)
         if self.is_last:
             vocab = max(self.vocab_size, 1)
             tokens = [(s * 7919 + p + n) % vocab for s, p, n in rows]
