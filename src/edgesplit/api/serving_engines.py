@@ -206,11 +206,12 @@ def decode_stages(model: str, devices: Sequence[str]) -> list[tuple[str, int, in
     parameter count, but nothing for "embed" (a table lookup) — the LM head (a vocabulary-wide
     matmul) is a large unit, so an even split by unit count leaves the last stage the slowest
     (SmolLM2-135M, 2 stages: 80.5M vs 54.0M; measured 1.4x) and it bounds tokens/s under
-    concurrency. Minimizes the largest stage (an exact linear-partition DP).
+    concurrency. Minimizes the largest stage (`planners.baselines.min_max_cuts`, exact).
     """
     from edgesplit.models import model_spec_from_name
     from edgesplit.models.build import _meta_model
     from edgesplit.models.units import make_units
+    from edgesplit.planners.baselines import min_max_cuts
 
     spec = model_spec_from_name(model)
     _, skeleton = _meta_model(spec)  # the meta device: no weights are read
@@ -219,22 +220,7 @@ def decode_stages(model: str, devices: Sequence[str]) -> list[tuple[str, int, in
     if not 1 <= k <= n:
         raise ConfigError(f"need between 1 and {n} devices for '{model}', got {k}")
     cost = [0 if u.unit_name == "embed" else sum(p.numel() for p in u.parameters()) for u in units]
-    prefix = list(itertools.accumulate(cost, initial=0))
-    # best[j][e]: the smallest largest stage splitting units [0, e) into j stages; cut[j][e] the
-    # start of the last of them.
-    best = [[float("inf")] * (n + 1) for _ in range(k + 1)]
-    cut = [[0] * (n + 1) for _ in range(k + 1)]
-    best[0][0] = 0.0
-    for j in range(1, k + 1):
-        for e in range(j, n + 1):
-            for b in range(j - 1, e):
-                worst = max(best[j - 1][b], prefix[e] - prefix[b])
-                if worst < best[j][e]:
-                    best[j][e], cut[j][e] = worst, b
-    ends = [n]
-    for j in range(k, 1, -1):
-        ends.append(cut[j][ends[-1]])
-    bounds = [0, *reversed(ends)]
+    bounds = min_max_cuts(cost, k)
     return [(d, bounds[i], bounds[i + 1]) for i, d in enumerate(devices)]
 
 

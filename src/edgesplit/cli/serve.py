@@ -33,7 +33,11 @@ def serve_command(
     cluster: Annotated[Path | None, typer.Option("--cluster", "-c", help="cluster.toml")] = None,
     model: Annotated[str | None, typer.Option(help=MODEL_HELP)] = None,
     devices: Annotated[
-        str | None, typer.Option(help="Comma-separated devices: an even split, no plan.")
+        str | None,
+        typer.Option(
+            help="Comma-separated devices, no plan: a decoder is split by the weights a decode "
+            "step reads (the LM head counts, the embedding lookup does not), an encoder evenly."
+        ),
     ] = None,
     stages: Annotated[
         str | None, typer.Option(help="Decoders without a plan: DEVICE:START-END,...")

@@ -11,6 +11,7 @@ Imports core only.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -18,7 +19,7 @@ from edgesplit.core.cost import CostModel
 from edgesplit.core.plan import Objective, StagePlacement
 from edgesplit.planners.base import PlannerResult, PlanOptions, register_planner
 
-__all__ = ["cuts_to_stages", "speed_proportional_stages"]
+__all__ = ["cuts_to_stages", "min_max_cuts", "speed_proportional_stages"]
 
 
 def cuts_to_stages(devices: list[str], cuts: list[int]) -> tuple[StagePlacement, ...]:
@@ -30,6 +31,31 @@ def cuts_to_stages(devices: list[str], cuts: list[int]) -> tuple[StagePlacement,
             stages.append(StagePlacement(device=devices[used], start=start, end=end))
             used += 1
     return tuple(stages)
+
+
+def min_max_cuts(costs: Sequence[float], parts: int) -> list[int]:
+    """Boundaries 0 = c0 < c1 < ... < c_parts = len(costs) of `parts` contiguous non-empty groups
+    minimizing the largest group's summed cost (the linear-partition DP, exact; ties: the first
+    cut found). Raises ValueError when `parts` is not in [1, len(costs)]."""
+    n = len(costs)
+    if not 1 <= parts <= n:
+        raise ValueError(f"cannot cut {n} units into {parts} non-empty groups")
+    prefix = list(itertools.accumulate(costs, initial=0.0))
+    # best[j][e]: the smallest largest group splitting [0, e) into j groups; cut[j][e]: the
+    # start of the last of them.
+    best = [[float("inf")] * (n + 1) for _ in range(parts + 1)]
+    cut = [[0] * (n + 1) for _ in range(parts + 1)]
+    best[0][0] = 0.0
+    for j in range(1, parts + 1):
+        for e in range(j, n + 1):
+            for b in range(j - 1, e):
+                worst = max(best[j - 1][b], prefix[e] - prefix[b])
+                if worst < best[j][e]:
+                    best[j][e], cut[j][e] = worst, b
+    ends = [n]
+    for j in range(parts, 1, -1):
+        ends.append(cut[j][ends[-1]])
+    return [0, *reversed(ends)]
 
 
 def _proportional_cuts(weights: list[float], work_prefix: np.ndarray) -> list[int]:
