@@ -55,6 +55,7 @@ from edgesplit.runtime.generation import (
     GenerationConfig,
     GenerationPipeline,
     GenerationRequest,
+    StageTiming,
 )
 
 COMMAND = "python benchmarks/generation.py"
@@ -261,12 +262,10 @@ def emulated() -> dict[str, Any]:
         "gpt2", prompt_length=EMULATED_PROMPT, cache_length=128, repeats=5
     )
     profile_s = time.perf_counter() - began
-    decode_prefix = np.concatenate([[0.0], np.cumsum(profile.decode.times_for("host"))])
-    prefill_prefix = np.concatenate([[0.0], np.cumsum(profile.prefill.times_for("host"))])
 
-    def emulation(_: str, start: int, end: int) -> tuple[float, float]:
-        prefill = float(prefill_prefix[end] - prefill_prefix[start]) / EMULATED_PROMPT
-        return float(decode_prefix[end] - decode_prefix[start]), prefill
+    def emulation(_: str, start: int, end: int) -> StageTiming:
+        # One-row step, prefill per token and the measured batch ratios (the planner's model).
+        return StageTiming(*profile.stage_times("host", start, end))
 
     spec = model_spec_from_name("gpt2")
     n = profile.decode.num_units
@@ -386,8 +385,11 @@ def emulated() -> dict[str, Any]:
     return {
         "model": "gpt2 (124M shape, seeded weights; emulated compute)",
         "profile": {
-            "decode_s_per_token_one_device": float(decode_prefix[-1]),
-            "prefill_s_per_prompt": float(prefill_prefix[-1]),
+            "decode_s_per_token_one_device": float(sum(profile.decode.times_for("host"))),
+            "prefill_s_per_prompt": float(sum(profile.prefill.times_for("host"))),
+            "decode_batch_ratio_whole_model": [
+                [b, r] for b, r in profile.stage_times("host", 0, profile.decode.num_units)[2]
+            ],
             "prompt_length": EMULATED_PROMPT,
             "cache_length": 128,
             "measure_s": profile_s,
@@ -621,7 +623,8 @@ def main() -> None:
         "Failures: SIGKILL of a stage process when sequence 0 has 24 new tokens; a warm standby "
         "process takes the stage, every live sequence is replayed from position 0 (the driver "
         "keeps the tokens). Emulated: each stage sleeps its profiled decode (or prefill) time "
-        "measured here for GPT-2 124M, sends a zero hidden state of the real size over links "
+        "measured here for GPT-2 124M (a frame of B decode rows: the one-row time x the "
+        "measured batch ratio of the stage's units, GenerationProfile.stage_times), sends a zero hidden state of the real size over links "
         "shaped at the sender (token bucket + latency); decode tokens/s = sum over sequences of "
         "1 / mean gap between their tokens; prediction = planners.generation cost model. "
         "decode_speed: SmolLM2-135M real weights, float32, greedy, same prompt, 64 new tokens; "

@@ -116,6 +116,22 @@ class GenerationProfile(VersionedFile):
                 f"with {n} unit scales each"
             )
 
+    def stage_times(
+        self, device_kind: str, start: int, end: int
+    ) -> tuple[float, float, tuple[tuple[int, float], ...]]:
+        """What units [start, end) cost on `device_kind`, for an emulated stage: a decode step
+        of one row (s), a prompt token of a prefill (s), and (batch, step time / one row's) at
+        each measured batch size (each unit's ratio weighted by its one-row time; () without
+        batch data) — the batch model `predict_generation` plans with."""
+        decode = self.decode.times_for(device_kind)[start:end]
+        prefill = self.prefill.times_for(device_kind)[start:end]
+        one_row = float(sum(decode))
+        points: list[tuple[int, float]] = []
+        for point in sorted(self.decode_batch, key=lambda p: p.batch):
+            scaled = sum(t * r for t, r in zip(decode, point.unit_scale[start:end], strict=True))
+            points.append((point.batch, scaled / one_row if one_row > 0 else float(point.batch)))
+        return one_row, float(sum(prefill)) / self.prompt_length, tuple(points)
+
     def unit_scale(self, batch: int) -> list[float] | None:
         """r_u(batch) per unit (1 for one row); None without measured batch data."""
         if not self.decode_batch:

@@ -45,7 +45,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 from pydantic import Field
@@ -64,6 +64,7 @@ from edgesplit.runtime.stages import StageGroup, frame_bound_bytes
 from edgesplit.runtime.transport import Frame
 
 __all__ = [
+    "EmulationFn",
     "FinishCallback",
     "GenerationConfig",
     "GenerationHealth",
@@ -75,6 +76,7 @@ __all__ = [
     "Replanner",
     "SequenceResult",
     "StageAssignment",
+    "StageTiming",
     "TokenCallback",
 ]
 
@@ -88,7 +90,20 @@ StageAssignment = tuple[str, int, int]  # (device, start unit, end unit), half-o
 Replanner = Callable[[Sequence[str]], Sequence[StageAssignment]]  # survivors -> new stages
 # (a, b) -> (bytes/s or None = latency only, latency s), or None: unshaped (RuntimeConfig.shaped)
 LinkFn = Callable[[str, str], tuple[float | None, float] | None]
-EmulationFn = Callable[[str, int, int], tuple[float, float]]  # -> (decode s, prefill s/token)
+
+
+class StageTiming(NamedTuple):
+    """What an emulated decode stage sleeps (`EmulatedDecodeExecutor`): a one-row decode step,
+    a prompt token of a prefill, and (batch, step time / one row's) points; () = r(B) = B.
+    `GenerationProfile.stage_times` gives all three for a unit range."""
+
+    decode_s: float
+    prefill_s_per_token: float
+    batch_scale: tuple[tuple[int, float], ...] = ()
+
+
+# (device, start unit, end unit) -> its StageTiming (or the (decode s, prefill s/token) pair)
+EmulationFn = Callable[[str, int, int], StageTiming | tuple[float, float]]
 TokenCallback = Callable[[int, int], None]  # (sequence id, token)
 Finished = Literal["length", "stop", "error", "abort"]
 
@@ -324,7 +339,7 @@ class GenerationPipeline:
     def _stage_spec(self, index: int, device: str, start: int, end: int) -> StageSpec:
         nxt = self.stages[index + 1][0] if index + 1 < len(self.stages) else self.source
         link = self.link(device, nxt) if self.link is not None and nxt is not None else None
-        decode_s, prefill_s = self.emulation(device, start, end) if self.emulation else (0.0, 0.0)
+        timing = StageTiming(*self.emulation(device, start, end) if self.emulation else (0, 0))
         spec = self.model_spec.model_dump() if hasattr(self.model_spec, "model_dump") else None
         per_token = 4 * self.hidden_size if self.hidden_size else _MAX_HIDDEN_BYTES_PER_TOKEN
         # A frame holds a prefill of up to max_context tokens or one decode row per sequence.
@@ -343,8 +358,9 @@ class GenerationPipeline:
             num_units=self.num_units,
             hidden_size=self.hidden_size,
             vocab_size=self.vocab_size,
-            decode_s=decode_s,
-            prefill_s_per_token=prefill_s,
+            decode_s=timing.decode_s,
+            prefill_s_per_token=timing.prefill_s_per_token,
+            decode_batch_scale=timing.batch_scale,
             bandwidth_bytes_per_s=None if link is None else link[0],
             latency_s=0.0 if link is None else link[1],
             max_in_flight=self._in_flight,

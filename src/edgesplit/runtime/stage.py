@@ -83,6 +83,8 @@ class StageSpec(FrozenModel):
     vocab_size: int = 0  # emulated decode: range of the (meaningless) tokens picked
     decode_s: float = 0.0  # emulated decode: seconds per decode step of this stage
     prefill_s_per_token: float = 0.0  # emulated decode: seconds per prompt token in a prefill
+    # emulated decode: (batch, step time / one row's) points; () = B rows take B one-row steps
+    decode_batch_scale: tuple[tuple[int, float], ...] = ()
     shard_unit_s: float = 0.0  # emulated shard: seconds per width unit asked for
     bandwidth_bytes_per_s: float | None = None  # shaping of the link out; None: latency only
     latency_s: float = 0.0  # (no bandwidth and no latency: an unshaped link)
@@ -351,6 +353,7 @@ class StageWorker:
                 spec.vocab_size,
                 spec.end == spec.num_units,
                 stopped,
+                spec.decode_batch_scale,
             )
         decode = DecodeExecutor(self._module(spec))
         decode.reset()  # a new epoch starts from empty caches

@@ -222,3 +222,20 @@ def test_batching_data_changes_the_plan_for_a_target_concurrency() -> None:
     assert g.tokens_per_s >= one_batch.tokens_per_s * (1 - 1e-9)
     assert g.tokens_per_s > interleaved.generation.tokens_per_s
     assert batched.plan.planner.options["micro_batches"] == g.micro_batches
+
+
+def test_stage_times_weight_each_units_batch_ratio_by_its_time() -> None:
+    profile = toy_profile(num_blocks=2)  # units: embed, 4 block halves, head; 0.01 s each
+    n = profile.decode.num_units
+    decode_s, prefill_s, points = profile.stage_times("fast", 0, 3)
+    assert (decode_s, prefill_s) == pytest.approx((0.03, 0.04 * 3 / 16))
+    assert points == ()  # no batch data: the executor's r(B) = B
+    ratios = [1.0, 2.0, 2.0, 3.0, 3.0, 4.0]  # per unit, at 4 rows
+    batched = profile.model_copy(
+        update={"decode_batch": (DecodeBatchScaling(batch=4, unit_scale=tuple(ratios)),)}
+    )
+    decode_s, prefill_s, points = batched.stage_times("slow", 1, n)
+    assert decode_s == pytest.approx(0.15)
+    assert prefill_s == pytest.approx(0.6 / 16)
+    assert [b for b, _ in points] == [4]
+    assert points[0][1] == pytest.approx((2 + 2 + 3 + 3 + 4) / 5)

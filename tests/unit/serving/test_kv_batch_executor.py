@@ -145,3 +145,29 @@ def test_emulated_frames_sleep_the_batch_model() -> None:
     assert clock.slept[-1] == pytest.approx(0.02)
     assert middle.run(0, {}, {"seqs": [], "pos": [], "done": [1, 2, 3, 4]})[0] == {}
     assert middle._lengths == {}
+
+
+def test_a_stage_spec_hands_its_batch_points_to_the_emulated_executor() -> None:
+    from edgesplit.runtime.stage import StageSpec, StageWorker
+
+    spec = StageSpec(
+        index=1,
+        device="b",
+        start=4,
+        end=8,
+        epoch=0,
+        executor="decode",
+        compute="emulated",
+        run_key_hex="00" * 32,
+        num_units=8,
+        hidden_size=8,
+        vocab_size=100,
+        decode_s=0.01,
+        decode_batch_scale=((4, 2.0), (8, 3.0)),
+    )
+    crossed = StageSpec.model_validate(spec.model_dump(mode="json"))  # as over a Ray call
+    executor = StageWorker("b", "127.0.0.1")._executor(crossed, threading.Event())
+    assert isinstance(executor, EmulatedDecodeExecutor)
+    assert executor.batch_scale == ((4, 2.0), (8, 3.0))
+    assert executor.is_last
+    assert executor.scale(8) == pytest.approx(3.0)
