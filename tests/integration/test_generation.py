@@ -218,3 +218,33 @@ def test_engine_batches_joins_leaves_and_idles(
         thread.join(30)
         pipeline.config = before
     assert not thread.is_alive()
+
+
+def test_emulated_stages_take_batched_frames(ray_cluster: object) -> None:
+    """Emulated decode (sleep the profiled time, real-size hidden states) with the batch model
+    handed to the stages: every sequence completes and the decode frames carry several rows."""
+    from edgesplit.runtime.generation import StageTiming
+
+    spec = model_spec_from_name(MODEL)
+    n = len(unit_names(spec))
+    seen: list[tuple[str, int, int]] = []
+
+    def emulation(device: str, start: int, end: int) -> StageTiming:
+        seen.append((device, start, end))
+        return StageTiming(0.002 * (end - start), 0.0005, ((4, 1.5),))
+
+    config = GenerationConfig(
+        max_concurrent=4, runtime=RuntimeConfig(compute="emulated", placement="local")
+    )
+    cuts = _cuts(n, 2)
+    stages = [("e0", cuts[0], cuts[1]), ("e1", cuts[1], cuts[2])]
+    requests = [GenerationRequest(prompt_ids=[i + 1, 2, 3], max_new_tokens=12) for i in range(4)]
+    with GenerationPipeline(
+        spec, stages, config, num_units=n, emulation=emulation, hidden_size=32, vocab_size=50
+    ) as pipe:
+        report = pipe.generate(requests)
+        sizes = pipe.stats().step_batch_sizes
+    assert sorted(seen) == sorted(stages)
+    assert [len(s.new_ids) for s in report.sequences] == [12] * 4
+    assert all(0 <= t < 50 for s in report.sequences for t in s.new_ids)
+    assert max(sizes) > 1  # rows of several sequences in one frame
