@@ -25,6 +25,7 @@ import argparse
 import contextlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -515,6 +516,7 @@ def _worktree(revision: str) -> Iterator[Path]:
             check=False,
             capture_output=True,
         )
+        shutil.rmtree(folder.parent, ignore_errors=True)
 
 
 def decode_speed(
