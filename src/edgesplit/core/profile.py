@@ -13,6 +13,7 @@ they were before it existed, and files written before it load unchanged (schema_
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from functools import cached_property
 from typing import Annotated, ClassVar, Literal
 
@@ -22,7 +23,7 @@ from edgesplit.core.precision import StageDtype
 from edgesplit.core.schema import FrozenModel, VersionedFile, content_hash
 from edgesplit.errors import ProfileMissingError
 
-__all__ = ["ModelProfile", "UnitDtypeProfile", "UnitProfile", "merge_profiles"]
+__all__ = ["ModelProfile", "UnitDtypeProfile", "UnitProfile", "batch_ratio", "merge_profiles"]
 
 NonNegative = Annotated[float, Field(ge=0)]
 
@@ -159,6 +160,22 @@ class ModelProfile(VersionedFile):
                     figures["time_s"][name] = figures["time_s"][relative_to] * slowdown
         # Re-validate (never model_copy: it would carry the cached kinds of the old profile).
         return ModelProfile.model_validate(data)
+
+
+def batch_ratio(points: Sequence[tuple[int, float]], batch: float) -> float:
+    """A decode step's time with `batch` rows over its time with one: linear between the
+    measured (batch, ratio) `points` and (1, 1) (implied; a measured batch-1 point is ignored),
+    past the last point on the last segment's slope; 1 for one row or without points. The one
+    batch model of the generation planner and of emulated decode stages."""
+    table = sorted({1: 1.0, **{b: r for b, r in points if b != 1}}.items())
+    if batch <= 1 or len(table) == 1:
+        return 1.0
+    below = [p for p in table if p[0] <= batch][-1]
+    above = next((p for p in table if p[0] > batch), None)
+    if above is None:  # past the last measurement: the last segment's slope
+        below, above = table[-2], table[-1]
+    (b0, r0), (b1, r1) = below, above
+    return r0 + (batch - b0) * (r1 - r0) / (b1 - b0)
 
 
 def merge_profiles(profiles: list[ModelProfile]) -> ModelProfile:

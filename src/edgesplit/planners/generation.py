@@ -50,7 +50,7 @@ from pydantic import Field
 
 from edgesplit.core.cluster import Cluster
 from edgesplit.core.plan import Plan, PlannerInfo, Predicted, StagePlacement, StagePrediction
-from edgesplit.core.profile import ModelProfile
+from edgesplit.core.profile import ModelProfile, batch_ratio
 from edgesplit.core.schema import FrozenModel, VersionedFile
 from edgesplit.errors import ConfigError, PlanInfeasibleError
 from edgesplit.planners.milp import OPTIMAL_GAP, solve_stage_graph
@@ -136,18 +136,10 @@ class GenerationProfile(VersionedFile):
         """r_u(batch) per unit (1 for one row); None without measured batch data."""
         if not self.decode_batch:
             return None
-        n = self.decode.num_units
-        points = sorted([(1, (1.0,) * n), *((p.batch, p.unit_scale) for p in self.decode_batch)])
-        points = [p for i, p in enumerate(points) if i == 0 or p[0] != points[i - 1][0]]
-        if len(points) == 1 or batch <= 1:
-            return [1.0] * n
-        below = [p for p in points if p[0] <= batch][-1]
-        above = next((p for p in points if p[0] > batch), None)
-        if above is None:  # past the last measurement: the last segment's slope
-            below, above = points[-2], points[-1]
-        (b0, r0), (b1, r1) = below, above
-        w = (batch - b0) / (b1 - b0)
-        return [x + w * (y - x) for x, y in zip(r0, r1, strict=True)]
+        return [
+            batch_ratio([(p.batch, p.unit_scale[unit]) for p in self.decode_batch], batch)
+            for unit in range(self.decode.num_units)
+        ]
 
 
 class GenerationStagePrediction(FrozenModel):

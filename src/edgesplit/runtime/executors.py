@@ -27,6 +27,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from edgesplit.core.profile import batch_ratio
+
 __all__ = [
     "DecodeExecutor",
     "EmulatedDecodeExecutor",
@@ -182,13 +184,7 @@ class EmulatedDecodeExecutor:
     def scale(self, rows: int) -> float:
         if rows <= 1 or not self.batch_scale:
             return float(rows)
-        points = sorted({1: 1.0, **dict(self.batch_scale)}.items())
-        below = [p for p in points if p[0] <= rows][-1]
-        above = next((p for p in points if p[0] > rows), None)
-        if above is None:  # past the last measurement: the last segment's slope
-            below, above = points[-2], points[-1]
-        (b0, r0), (b1, r1) = below, above
-        return r0 + (rows - b0) * (r1 - r0) / (b1 - b0)
+        return batch_ratio(self.batch_scale, rows)
 
     def run(self, request_id: int, tensors: Arrays, meta: dict[str, Any]) -> ExecutorOutput:
         for done in meta.get("done", ()):
