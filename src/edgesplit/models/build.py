@@ -28,6 +28,7 @@ from torch import nn
 
 from edgesplit.core.precision import StageDtype
 from edgesplit.errors import ConfigError
+from edgesplit.models.one_row import route_linears
 from edgesplit.models.precision import apply_dtype, compute_dtype, weight_bytes
 from edgesplit.models.spec import CHECKPOINT_META, ModelSpec, default_seq_len
 from edgesplit.models.units import Activation, Unit, crossing, make_units
@@ -317,7 +318,8 @@ def build_stage(
 
     `dtype` bfloat16 or int8 converts the stage's weights after loading them as float32
     (`models.precision.apply_dtype`); a split model equals the unsplit model converted the same
-    way (`build_model(spec, dtype)`).
+    way (`build_model(spec, dtype)`). A float32 stage's Linears go through `models.one_row`
+    (one-row inputs take this host's measured kernel: equal up to float summation order).
     """
     config, model = _meta_model(spec)
     units = make_units(model, spec.family)
@@ -326,6 +328,8 @@ def build_stage(
     _materialize(spec, model, config, [child for unit in chosen for child in unit.children()])
     stage = StageModule(chosen, start, end, spec.family, config, dtype).eval()
     apply_dtype(stage, dtype)
+    if dtype == "float32":
+        route_linears(stage)  # one-row decode steps use this host's faster kernel (one_row.py)
     return stage
 
 

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from edgesplit.errors import ConfigError
+from edgesplit.models import one_row
 
 __all__ = ["LOCAL_KEYS", "Activation", "Unit", "block_list", "crossing", "make_units"]
 
@@ -283,7 +284,7 @@ class _LmHead(Unit):
     def forward(self, act: Activation, past_key_values: Any = None) -> Activation:
         hidden = self.norm(act["hidden"])
         if hasattr(self, "tied_embedding"):
-            return {"logits": nn.functional.linear(hidden, self.tied_embedding.weight)}
+            return {"logits": one_row.linear(hidden, self.tied_embedding.weight)}
         return {"logits": self.lm_head(hidden)}  # (B, T, V)
 
 

