@@ -11,7 +11,9 @@ Sections (all by default; `--sections a,b` reruns some and keeps the others from
   and Ethernet-like 1 Gbps / 0.2 ms; time per token and tokens/s vs devices (1-4) and concurrent
   sequences (1-8), against the planner's prediction; the planner's own pick per setting.
 - decode_speed (on demand): SmolLM2-135M ms/token through the pipeline on 1 and 2 stages vs the
-  unsplit model, and with --baseline REV vs REV's pipeline, interleaved round by round.
+  unsplit model, with the host's one-row kernel (models/one_row.py) and with torch's plain one
+  forced (the runtime's cost alone), and with --baseline REV vs REV's pipeline, interleaved
+  round by round.
 
     .venv/bin/python benchmarks/generation.py [--sections correctness,failures,emulated]
     .venv/bin/python benchmarks/generation.py --sections decode_speed --rounds 6 --baseline 6c527b0
@@ -475,8 +477,11 @@ print("MS_PER_TOKEN " + json.dumps(out))
 """
 
 
-def _pipeline_ms(tree: Path, model: str, prompt: list[int], new_tokens: int) -> dict[int, float]:
-    """ms/token of the pipeline on 1 and 2 stages with the code of `tree` (a fresh process)."""
+def _pipeline_ms(
+    tree: Path, model: str, prompt: list[int], new_tokens: int, kernel: str | None = None
+) -> dict[int, float]:
+    """ms/token of the pipeline on 1 and 2 stages with the code of `tree` (a fresh process);
+    `kernel` forces the one-row matmul kernel (models/one_row.py) of the stages it starts."""
     result = subprocess.run(
         [
             sys.executable,
@@ -491,7 +496,11 @@ def _pipeline_ms(tree: Path, model: str, prompt: list[int], new_tokens: int) -> 
         text=True,
         timeout=600,
         check=False,
-        env={**os.environ, "PYTHONPATH": str(tree / "src")},
+        env={
+            **os.environ,
+            "PYTHONPATH": str(tree / "src"),
+            **({"EDGESPLIT_ONE_ROW_KERNEL": kernel} if kernel else {}),
+        },
     )
     lines = [x for x in result.stdout.splitlines() if x.startswith("MS_PER_TOKEN ")]
     if result.returncode != 0 or not lines:
@@ -545,6 +554,10 @@ def decode_speed(
         "stage code in process": [],
         "1 stage": [],
         "2 stages": [],
+        # The same runtime with torch's own 1-row matmul: the runtime's cost alone, comparable
+        # with a baseline that predates models/one_row.py.
+        "plain kernel: 1 stage": [],
+        "plain kernel: 2 stages": [],
     }
     if baseline:
         rows.update({f"{baseline}: 1 stage": [], f"{baseline}: 2 stages": []})
@@ -566,9 +579,10 @@ def decode_speed(
                     ids.append(int(out["logits"][0].argmax()))
             whole.drop(round_index)
             rows["stage code in process"].append((time.perf_counter() - began) / new_tokens * 1e3)
-            trees = [("", ROOT)] + ([(f"{baseline}: ", base_tree)] if base_tree else [])
-            for prefix, tree in trees:
-                ms = _pipeline_ms(tree, model, prompt, new_tokens)
+            trees = [("", ROOT, None), ("plain kernel: ", ROOT, "plain")]
+            trees += [(f"{baseline}: ", base_tree, None)] if base_tree else []
+            for prefix, tree, kernel in trees:
+                ms = _pipeline_ms(tree, model, prompt, new_tokens, kernel)
                 rows[f"{prefix}1 stage"].append(ms[1])
                 rows[f"{prefix}2 stages"].append(ms[2])
     medians = {k: float(np.median(v)) for k, v in rows.items()}
@@ -583,7 +597,12 @@ def decode_speed(
     if baseline:
         result["baseline"] = baseline
         result["ratio_to_baseline_per_round_median"] = {
-            label: float(np.median(np.array(rows[label]) / np.array(rows[f"{baseline}: {label}"])))
+            f"{kernel}{label}": float(
+                np.median(
+                    np.array(rows[f"{kernel}{label}"]) / np.array(rows[f"{baseline}: {label}"])
+                )
+            )
+            for kernel in ("", "plain kernel: ")
             for label in ("1 stage", "2 stages")
         }
     return result
