@@ -3,7 +3,7 @@
 Sections (all by default; `--sections a,b` reruns some and keeps the others from the last JSON):
 - http: SmolLM2-135M (real weights, checkpoints/smollm2-135m; `python
   scripts/build_generation_models.py` builds it) on 2 stages (split as `serve --devices a,b`
-  splits it: by decode weights, api.serving_engines.decode_stages) behind the HTTP server, greedy,
+  splits it: by decode weights, api.generation.decode_stages) behind the HTTP server, greedy,
   streaming clients over 127.0.0.1: the same 8 requests one at a time vs all 8 at once
   (aggregate tokens/s), then 1, 2, 4, 8, 16 concurrent clients: time to first token p50/p95,
   per-token latency (mean gap between a stream's tokens), aggregate tokens/s.
@@ -153,7 +153,7 @@ def _client_wave(url: str, prompts: list[str], new_tokens: int) -> dict[str, Any
 
 def section_http(new_tokens: int, max_concurrent: int, repeats: int = 2) -> dict[str, Any]:
     from edgesplit.api import serving
-    from edgesplit.api.serving_engines import decode_stages
+    from edgesplit.api.generation import decode_stages
 
     model = _smollm2()
     options = serving.ServeOptions(max_concurrent=max_concurrent, queue_size=64)
@@ -226,7 +226,8 @@ def section_http(new_tokens: int, max_concurrent: int, repeats: int = 2) -> dict
 def section_runtime(new_tokens: int, repeats: int = 2) -> dict[str, Any]:
     """The decode driver without HTTP: the same 8 prompts through `GenerationPipeline.generate`
     on 2 stages, one at a time vs all at once (continuous batching), interleaved."""
-    from edgesplit.api.serving_engines import decode_stages, text_codec
+    from edgesplit.api.generation import decode_stages
+    from edgesplit.api.serving_engines import text_codec
     from edgesplit.models import model_spec_from_name, unit_names
     from edgesplit.runtime.config import RuntimeConfig
     from edgesplit.runtime.generation import (

@@ -22,11 +22,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from edgesplit.api.generation import decode_stages
 from edgesplit.api.precision import with_stage_dtype
 from edgesplit.api.serving_engines import (
     PipelineBatchEngine,
     PipelineDecodeEngine,
-    decode_stages,
     embedding_codec,
     encoder_parts,
     image_codec,

@@ -58,7 +58,6 @@ __all__ = [
     "ModelKind",
     "PipelineBatchEngine",
     "PipelineDecodeEngine",
-    "decode_stages",
     "embedding_codec",
     "encoder_parts",
     "image_codec",
@@ -197,31 +196,6 @@ class PipelineDecodeEngine:
             live.finished = True
             self._by_id.pop(live.request.request_id, None)
         live.sink.finish(reason, detail)
-
-
-def decode_stages(model: str, devices: Sequence[str]) -> list[tuple[str, int, int]]:
-    """Contiguous unit ranges over `devices` (in order) balancing each stage's decode weights.
-
-    With no profile, a decode step's cost on a CPU is taken as the weights it reads: each unit's
-    parameter count, but nothing for "embed" (a table lookup) — the LM head (a vocabulary-wide
-    matmul) is a large unit, so an even split by unit count leaves the last stage the slowest
-    (SmolLM2-135M, 2 stages: 80.5M vs 54.0M; measured 1.4x) and it bounds tokens/s under
-    concurrency. Minimizes the largest stage (`planners.baselines.min_max_cuts`, exact).
-    """
-    from edgesplit.models import model_spec_from_name
-    from edgesplit.models.build import _meta_model
-    from edgesplit.models.units import make_units
-    from edgesplit.planners.baselines import min_max_cuts
-
-    spec = model_spec_from_name(model)
-    _, skeleton = _meta_model(spec)  # the meta device: no weights are read
-    units = make_units(skeleton, spec.family)
-    k, n = len(devices), len(units)
-    if not 1 <= k <= n:
-        raise ConfigError(f"need between 1 and {n} devices for '{model}', got {k}")
-    cost = [0 if u.unit_name == "embed" else sum(p.numel() for p in u.parameters()) for u in units]
-    bounds = min_max_cuts(cost, k)
-    return [(d, bounds[i], bounds[i + 1]) for i, d in enumerate(devices)]
 
 
 def _context_length(spec: ModelSpec) -> int:

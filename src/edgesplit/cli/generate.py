@@ -44,7 +44,7 @@ def _stages_and_model(
     if stages:
         return model, parse_stages(stages), 0
     names = [d.strip() for d in (devices or "local").split(",") if d.strip()]
-    return model, gen.even_stages(model, names), 0
+    return model, gen.decode_stages(model, names), 0
 
 
 def register(app: typer.Typer) -> None:
@@ -67,7 +67,11 @@ def register(app: typer.Typer) -> None:
         model: Annotated[str | None, typer.Option(help=MODEL_HELP)] = None,
         stages: Annotated[str | None, typer.Option(help="DEVICE:START-END,... (no plan)")] = None,
         devices: Annotated[
-            str | None, typer.Option(help="Even split over these (no plan).")
+            str | None,
+            typer.Option(
+                help="Split over these in order, balancing the weights each stage reads per "
+                "token (no plan; e.g. a,b,c).",
+            ),
         ] = None,
         max_new_tokens: Annotated[int, typer.Option(min=1)] = 32,
         temperature: Annotated[float, typer.Option(min=0.0)] = 0.0,

@@ -11,8 +11,7 @@ import itertools
 
 import pytest
 
-from edgesplit.api.generation import even_stages
-from edgesplit.api.serving_engines import decode_stages
+from edgesplit.api.generation import decode_stages, even_stages
 from edgesplit.errors import ConfigError
 from edgesplit.models import model_spec_from_name
 from edgesplit.models.build import _meta_model
@@ -51,3 +50,13 @@ def test_decode_stages_minimize_the_largest_stage(model: str, devices: int) -> N
 def test_decode_stages_refuse_too_many_devices() -> None:
     with pytest.raises(ConfigError, match="devices"):
         decode_stages("gpt2-tiny", [f"d{i}" for i in range(100)])
+
+
+def test_generate_devices_split_like_serve() -> None:
+    """`edgesplit generate --devices a,b` splits by decode weights, as `serve --devices` does."""
+    from edgesplit.cli.generate import _stages_and_model
+
+    model, stages, micro_batches = _stages_and_model(None, "llama-tiny", None, "a,b")
+    assert (model, micro_batches) == ("llama-tiny", 0)
+    assert stages == decode_stages("llama-tiny", ["a", "b"])
+    assert stages != even_stages("llama-tiny", ["a", "b"])
