@@ -15,10 +15,11 @@ Both kernels compute the same dot products; only the summation order differs (fl
 round-off, ~1e-7 relative).
 
 The choice (`kernel()`): `EDGESPLIT_ONE_ROW_KERNEL=auto|plain|padded` (default auto). `auto`
-runs `probe()` on the first one-row call: both kernels over a rotation of decoder-shaped weights
-(~50 MB, larger than the last-level caches of the boards we target, so every multiply reads its
-weight from memory), a few interleaved repetitions, medians; "padded" only when it takes less
-than `PADDED_BELOW` of the plain time. The probe takes ~0.1 s and logs its choice once at INFO.
+runs `probe()` on the first one-row call: both kernels over a rotation of decoder-MLP-shaped
+weights (~50 MB, larger than the last-level caches of the boards we target, so every multiply
+reads its weight from memory), alternating pass by pass; "padded" only when the median of the
+per-pass padded / plain ratios is below `PADDED_BELOW`. The probe takes ~0.1 s and logs its
+choice once at INFO.
 """
 
 from __future__ import annotations
@@ -60,11 +61,11 @@ KERNEL_ENV: Final = "EDGESPLIT_ONE_ROW_KERNEL"
 SETTINGS: Final[tuple[Setting, ...]] = ("auto", "plain", "padded")
 PADDED_BELOW: Final = 0.9  # padded must take < 0.9x the plain time to be chosen
 
-# The probe's weights: one decoder MLP's shapes (SmolLM2-135M's hidden 576, MLP 1536), both
-# orientations over the same storage, enough of them (~50 MB) that none stays in a 32 MB cache.
+# The probe's weights: a decoder MLP's shapes (SmolLM2-135M's hidden 576, MLP 1536; gate and up
+# (1536, 576), down (576, 1536)), enough of them (~50 MB) that none stays in a 32 MB cache.
 _PROBE_SHAPE: Final = (1536, 576)
 _PROBE_MATRICES: Final = 14
-_PROBE_REPEATS: Final = 5
+_PROBE_REPEATS: Final = 7
 
 
 def setting() -> Setting:
@@ -144,24 +145,23 @@ def route_linears(module: nn.Module) -> int:
 
 @dataclass(frozen=True)
 class Probe:
-    """What `probe` measured: seconds per multiply of each kernel (median) and the choice."""
+    """What `probe` measured: seconds per multiply of each kernel (medians) and the choice.
+
+    `ratio` is the median over passes of padded / plain time in the same pass (paired, so a
+    load change during the probe hits both); < PADDED_BELOW chooses padded.
+    """
 
     plain_s: float
     padded_s: float
+    ratio: float
     kernel: Kernel
-
-    @property
-    def ratio(self) -> float:
-        """padded / plain time (< PADDED_BELOW chooses padded)."""
-        return self.padded_s / self.plain_s
 
 
 @functools.cache
 def probe() -> Probe:
     """Time both kernels on cold decoder-shaped weights, once per process; log the choice."""
-    plain_s, padded_s = measure(_PROBE_SHAPE, _PROBE_MATRICES, _PROBE_REPEATS)
-    chosen: Kernel = "padded" if padded_s < PADDED_BELOW * plain_s else "plain"
-    result = Probe(plain_s, padded_s, chosen)
+    plain_s, padded_s, ratio = measure(_PROBE_SHAPE, _PROBE_MATRICES, _PROBE_REPEATS)
+    chosen: Kernel = "padded" if ratio < PADDED_BELOW else "plain"
     logger.info(
         "one-row kernel: %s (plain %.1f us, padded %.1f us per %dx%d multiply, ratio %.2f; "
         "%s=plain|padded overrides)",
@@ -169,23 +169,25 @@ def probe() -> Probe:
         plain_s * 1e6,
         padded_s * 1e6,
         *_PROBE_SHAPE,
-        result.ratio,
+        ratio,
         KERNEL_ENV,
     )
-    return result
+    return Probe(plain_s, padded_s, ratio, chosen)
 
 
 @torch.no_grad()
-def measure(shape: tuple[int, int], matrices: int, repeats: int) -> tuple[float, float]:
-    """(plain, padded) median seconds per one-row multiply of a cold weight of `shape`.
+def measure(shape: tuple[int, int], matrices: int, repeats: int) -> tuple[float, float, float]:
+    """(plain, padded) median seconds per one-row multiply of a cold weight of `shape`, and the
+    median of their per-pass ratios (padded / plain).
 
-    Rotates over `matrices` weights (each used in both orientations, (O, I) and (I, O), from the
-    same storage), interleaving the two kernels pass by pass; the first pass warms up.
+    Rotates over `matrices` weights as (O, I) and every other one also as (I, O) (the same
+    storage): a decoder MLP's gate, up and down projections. The two kernels alternate pass by
+    pass; the first pair of passes warms up.
     """
     out_features, in_features = shape
     storage = torch.full((matrices, out_features * in_features), 0.01)  # cheap, no denormals
     weights = [w.view(out_features, in_features) for w in storage]
-    weights += [w.view(in_features, out_features) for w in storage]
+    weights += [w.view(in_features, out_features) for w in storage[::2]]
     rows = {n: torch.full((1, n), 0.5) for n in (out_features, in_features)}
     kernels: dict[str, Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]]
     kernels = {"plain": nn.functional.linear, "padded": _padded}
@@ -197,4 +199,9 @@ def measure(shape: tuple[int, int], matrices: int, repeats: int) -> tuple[float,
                 call(rows[weight.shape[1]], weight, None)
             if repeat:
                 times[name].append((time.perf_counter() - started) / len(weights))
-    return statistics.median(times["plain"]), statistics.median(times["padded"])
+    ratios = [b / a for a, b in zip(times["plain"], times["padded"], strict=True)]
+    return (
+        statistics.median(times["plain"]),
+        statistics.median(times["padded"]),
+        statistics.median(ratios),
+    )
