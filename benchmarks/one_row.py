@@ -198,8 +198,16 @@ def plot(result: dict[str, Any]) -> None:
 
     fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
     shapes = result["shapes"]
-    labels = [f"{r['linear']}\n{r['out_features']}x{r['in_features']}" for r in shapes]
-    labels.append("probe's mix\n(auto)")
+    short = {
+        "q_proj / o_proj": "q, o",
+        "k_proj / v_proj": "k, v",
+        "gate_proj / up_proj": "gate, up",
+    }
+    labels = [
+        f"{short.get(r['linear'], r['linear'].split('_')[0])}\n{r['out_features']}x{r['in_features']}"
+        for r in shapes
+    ]
+    labels.append("probe\n(auto)")
     ratio = [r["padded_over_plain"] for r in shapes] + [result["probe"]["ratio"]]
     left.bar(labels, ratio, color=["tab:green" if v < 0.9 else "tab:gray" for v in ratio])
     left.axhline(1.0, color="black", linewidth=0.8)
@@ -222,7 +230,7 @@ def plot(result: dict[str, Any]) -> None:
         ]
         bars = right.bar([i + offset for i in range(len(layouts))], values, width, label=kernel)
         right.bar_label(bars, fmt="%.1f", fontsize=8)
-    right.set_xticks(range(len(layouts)), layouts)
+    right.set_xticks(range(len(layouts)), [f"{lay} (in process)" for lay in layouts])
     right.set_ylabel("decode ms/token (median, wall)")
     right.set_title("SmolLM2-135M float32 decode, one thread")
     right.legend(fontsize=8)
