@@ -202,11 +202,10 @@ def plot(result: dict[str, Any]) -> None:
         "q_proj / o_proj": "q, o",
         "k_proj / v_proj": "k, v",
         "gate_proj / up_proj": "gate, up",
+        "down_proj": "down",
+        "lm_head (tied)": "lm_head",
     }
-    labels = [
-        f"{short.get(r['linear'], r['linear'].split('_')[0])}\n{r['out_features']}x{r['in_features']}"
-        for r in shapes
-    ]
+    labels = [f"{short[r['linear']]}\n{r['out_features']}x{r['in_features']}" for r in shapes]
     labels.append("probe\n(auto)")
     ratio = [r["padded_over_plain"] for r in shapes] + [result["probe"]["ratio"]]
     left.bar(labels, ratio, color=["tab:green" if v < 0.9 else "tab:gray" for v in ratio])
