@@ -69,6 +69,7 @@ bench: $(STAMP)  ## run every benchmark (an hour or more; writes benchmarks/resu
 	$(BIN)/python benchmarks/cosearch.py
 	$(BIN)/python benchmarks/generation.py
 	$(BIN)/python benchmarks/precision.py
+	$(BIN)/python benchmarks/one_row.py
 	$(BIN)/python benchmarks/precision_plans.py
 	$(BIN)/python benchmarks/serving.py
 	# these two need root (network namespaces, tc, cgroups); each says why and skips otherwise

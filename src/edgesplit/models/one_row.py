@@ -15,11 +15,11 @@ Both kernels compute the same dot products; only the summation order differs (fl
 round-off, ~1e-7 relative).
 
 The choice (`kernel()`): `EDGESPLIT_ONE_ROW_KERNEL=auto|plain|padded` (default auto). `auto`
-runs `probe()` on the first one-row call: both kernels over a rotation of decoder-MLP-shaped
-weights (~50 MB, larger than the last-level caches of the boards we target, so every multiply
-reads its weight from memory), alternating pass by pass; "padded" only when the median of the
-per-pass padded / plain ratios is below `PADDED_BELOW`. The probe takes ~0.1 s and logs its
-choice once at INFO.
+runs `probe()` when the first stage is built (`route_linears`): both kernels over a rotation
+of decoder-MLP-shaped weights (~50 MB, larger than the last-level caches of the boards we
+target, so every multiply reads its weight from memory), alternating pass by pass; "padded"
+only when the median of the per-pass padded / plain ratios is below `PADDED_BELOW`. The probe
+takes ~0.1 s and logs its choice once at INFO.
 """
 
 from __future__ import annotations
@@ -132,9 +132,12 @@ def route_linears(module: nn.Module) -> int:
     """Route every plain `nn.Linear` inside `module` through `linear`; returns how many.
 
     Checks `EDGESPLIT_ONE_ROW_KERNEL` now (a bad value fails when the stage is built, not at
-    its first step); the probe itself runs at the first one-row call.
+    its first step), and under `auto` runs the probe now too (once per process): its ~0.1 s is
+    paid while the stage loads, not by the first token — nor by the first token after a
+    failover, when a standby builds its stage.
     """
-    setting()
+    if setting() == "auto":
+        probe()
     count = 0
     for sub in module.modules():
         if type(sub) is nn.Linear:
