@@ -11,10 +11,11 @@ from torch import nn
 
 from edgesplit.errors import ConfigError
 from edgesplit.models import build_model, build_stage, model_spec_from_name, one_row, unit_names
-from edgesplit.models.kv_stage import KvStage, Sampling, choose_token, generate_unsplit
+from edgesplit.models.kv_stage import KvStage, Sampling, generate_unsplit
 from edgesplit.models.one_row import KERNEL_ENV, OneRowLinear
 from edgesplit.models.smollm2 import find_smollm2_checkpoint
 from tests.conftest import REPO_ROOT
+from tests.unit.generation.test_kv_stage import _pipeline_generate
 
 
 @pytest.fixture
@@ -144,17 +145,6 @@ def test_the_unsplit_reference_stays_plain_hf() -> None:
     assert not any(isinstance(m, OneRowLinear) for m in model.modules())
 
 
-def _split_generate(stages: list[KvStage], prompt: list[int], num_new: int) -> list[int]:
-    tokens, fed = list(prompt), 0
-    for _ in range(num_new):
-        act = {"input_ids": torch.tensor([tokens[fed:]])}
-        for stage in stages:
-            act = stage.step(0, act, fed)
-        fed = len(tokens)
-        tokens.append(choose_token(act["logits"][0], Sampling(), 0, fed - 1))
-    return tokens[len(prompt) :]
-
-
 @pytest.mark.parametrize("name", ["llama-tiny", "gpt2-tiny"])
 def test_split_decode_with_padded_kernel_equals_unsplit(
     name: str, padded_calls: list[tuple[int, ...]]
@@ -165,7 +155,7 @@ def test_split_decode_with_padded_kernel_equals_unsplit(
     n = len(unit_names(spec))
     for cuts in ([0, n], [0, 3, n], [0, 2, 5, n]):
         stages = [KvStage.build(spec, a, b) for a, b in itertools.pairwise(cuts)]
-        assert _split_generate(stages, prompt, 24) == reference, cuts
+        assert _pipeline_generate(stages, prompt, 24, Sampling()) == reference, cuts
     assert padded_calls  # the decode steps really went through the padded kernel
 
 
@@ -184,5 +174,5 @@ def test_smollm2_split_decode_with_padded_kernel_equals_unsplit(
     middle = 1 + 2 * ((n - 2) // 4)
     for cuts in ([0, n], [0, middle, n]):
         stages = [KvStage.build(spec, a, b) for a, b in itertools.pairwise(cuts)]
-        assert _split_generate(stages, prompt, 24) == reference, cuts
+        assert _pipeline_generate(stages, prompt, 24, Sampling()) == reference, cuts
     assert (1, 1, 576) in padded_calls
