@@ -337,8 +337,9 @@ class TcpListener:
         self.address: tuple[str, int] = (host, self._sock.getsockname()[1])
 
     def accept(self, timeout_s: float) -> TcpConnection | None:
-        self._sock.settimeout(timeout_s)
+        """A peer, or None after `timeout_s` or once the listener is closed (by another thread)."""
         try:
+            self._sock.settimeout(timeout_s)
             sock, _ = self._sock.accept()
         except (TimeoutError, OSError):
             return None

@@ -84,3 +84,10 @@ def test_connect_to_a_closed_port_names_the_address() -> None:
     listener.close()
     with pytest.raises(TransportError, match=f"127.0.0.1:{address[1]}"):
         connect(address, timeout_s=1)
+
+
+def test_accept_on_a_listener_closed_by_another_thread_returns_none() -> None:
+    """An Inbound's accept thread may call accept just after close(): no exception escapes."""
+    listener = listen("127.0.0.1")
+    listener.close()
+    assert listener.accept(timeout_s=0.01) is None
