@@ -1,25 +1,30 @@
-"""The single-row matmul kernel for this host: `linear`, what every float32 stage Linear calls.
+"""The few-row matmul kernel for this host: `linear`, what every float32 stage Linear calls.
 
-Decoding one sequence, every Linear of a stage sees exactly one input row. torch's one-row path
-(`F.linear` -> a gemv-like kernel) can be much slower than the same weight multiplied by two rows
-on some BLAS/CPU pairs, and faster on others, so the kernel is chosen per host by measurement
-(`probe`), once per process, never hard-coded. torch only; never ray, runtime or planners.
+A decode step multiplies each weight by one row per sequence in the step (1 alone, up to 8 in a
+batched step). torch's path for so few rows (`F.linear`, gemv/gemm with a tiny M) can be much
+slower than the same product computed the other way round, `W @ X^T` (with a zero row added
+when X has one row) on some BLAS/CPU pairs, and faster on others, depending on the weight's
+shape and the number of rows. So the kernel is chosen per host, per (weight shape, row bucket),
+by measurement, never hard-coded. torch only; never ray, runtime or planners.
 
 [Note: one-row kernel] Measured on the 2-vCPU AMD EPYC VM this project is developed on (torch
 2.13 CPU wheel, MKL, one thread), with weights out of cache as in a real decode step:
 `F.linear(x, W)` for one row reaches ~10 GB/s, while `W @ [x; 0]^T` — the row and a zero row,
 column 0 kept — is ~1.7x faster for 576x576 and 1536x576 weights, ~1.1x for 576x1536, and
-1.8x for SmolLM2's 49152x576 LM head (benchmarks/one_row.py, docs/generation.md). The orientation
-matters: `F.linear([x; 0], W)` (rows times W^T) is slower than the plain one-row call here.
-Both kernels compute the same dot products; only the summation order differs (float32
-round-off, ~1e-7 relative).
+1.8x for SmolLM2's 49152x576 LM head (benchmarks/one_row.py, docs/generation.md). With 2-8
+rows the picture depends on the shape: `W @ X^T` is up to 7x faster for the LM head at 2 rows
+but 2x slower for 576x1536 at 4. The orientation matters: `F.linear([x; 0], W)` (rows times
+W^T) is slower than the plain one-row call here. Both kernels compute the same dot products;
+only the summation order differs (float32 round-off, ~1e-7 relative).
 
-The choice (`kernel()`): `EDGESPLIT_ONE_ROW_KERNEL=auto|plain|padded` (default auto). `auto`
-runs `probe()` when the first stage is built (`route_linears`): both kernels over a rotation
-of decoder-MLP-shaped weights (~50 MB, larger than the last-level caches of the boards we
-target, so every multiply reads its weight from memory), alternating pass by pass; "padded"
-only when the median of the per-pass padded / plain ratios is below `PADDED_BELOW`. The probe
-takes ~0.1 s and logs its choice once at INFO.
+The choice (`kernel_for(shape, rows)`): `EDGESPLIT_ONE_ROW_KERNEL=auto|plain|padded` (default
+auto; plain / padded force one kernel for every input of at most `MAX_ROWS` rows). Under `auto`
+each (shape, bucket) — buckets 1, 2, 4, 8; r rows use the smallest bucket >= r — is measured
+once per process (`choose`): both kernels over weights of that shape too large together for
+the last-level cache (a rotation of copies, or the weight itself when it is that large),
+alternating pass by pass; "padded" only when the median of the per-pass padded / plain ratios
+is below `PADDED_BELOW`. `route_linears` measures a stage's shapes when it is built (~1 s for
+SmolLM2-135M's five shapes, once per process) and logs one INFO line per shape.
 """
 
 from __future__ import annotations
@@ -40,16 +45,20 @@ from edgesplit.errors import ConfigError
 
 __all__ = [
     "KERNEL_ENV",
+    "MAX_ROWS",
     "PADDED_BELOW",
+    "ROW_BUCKETS",
     "SETTINGS",
+    "Choice",
     "OneRowLinear",
-    "Probe",
-    "kernel",
+    "choose",
+    "kernel_for",
     "linear",
     "measure",
-    "probe",
+    "measured",
     "route_linears",
     "setting",
+    "tune",
 ]
 
 logger = logging.getLogger(__name__)
@@ -60,12 +69,14 @@ Setting = Literal["auto", "plain", "padded"]
 KERNEL_ENV: Final = "EDGESPLIT_ONE_ROW_KERNEL"
 SETTINGS: Final[tuple[Setting, ...]] = ("auto", "plain", "padded")
 PADDED_BELOW: Final = 0.9  # padded must take < 0.9x the plain time to be chosen
+ROW_BUCKETS: Final = (1, 2, 4, 8)  # r rows take the choice of the smallest bucket >= r
+MAX_ROWS: Final = ROW_BUCKETS[-1]  # more rows: always F.linear (a real gemm)
 
-# The probe's weights: a decoder MLP's shapes (SmolLM2-135M's hidden 576, MLP 1536; gate and up
-# (1536, 576), down (576, 1536)), enough of them (~50 MB) that none stays in a 32 MB cache.
-_PROBE_SHAPE: Final = (1536, 576)
-_PROBE_MATRICES: Final = 14
-_PROBE_REPEATS: Final = 7
+# A (shape, bucket) is measured over weights of that shape worth this many bytes (out of a
+# 32 MB last-level cache), at most this many copies (tiny test models stay cheap to tune).
+_COLD_BYTES: Final = 64 << 20
+_MAX_COPIES: Final = 64
+_REPEATS: Final = 3
 
 
 def setting() -> Setting:
@@ -85,35 +96,49 @@ def _parse(raw: str | None) -> Setting:
     )
 
 
-def kernel() -> Kernel:
-    """The kernel one-row float32 Linears use in this process (env override, else the probe)."""
+_BUCKET_OF: Final = tuple(next((b for b in ROW_BUCKETS if b >= r), 0) for r in range(MAX_ROWS + 1))
+
+
+def _bucket(rows: int) -> int:
+    return _BUCKET_OF[rows]
+
+
+def kernel_for(shape: tuple[int, int], rows: int) -> Kernel:
+    """The kernel an input of `rows` rows (<= MAX_ROWS) times a weight of `shape` uses here."""
     chosen = setting()
-    return probe().kernel if chosen == "auto" else chosen
+    if chosen != "auto":
+        return chosen
+    return choose(shape, _bucket(rows)).kernel
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """`F.linear(x, weight, bias)`, through this host's one-row kernel when x is one float32 row.
+    """`F.linear(x, weight, bias)`, through this host's kernel when x is a few float32 rows.
 
-    One row means `x.numel() == x.shape[-1]` (e.g. (C,), (1, C) or (1, 1, C)); any other input,
-    or another dtype, is exactly `F.linear`.
+    Rows are x's leading dimensions flattened (e.g. (C,) and (1, 1, C) are one row, (4, 1, C)
+    four); more than `MAX_ROWS` rows, or another dtype, is exactly `F.linear`.
     """
     if (
-        x.numel() == x.shape[-1]
-        and x.dtype == torch.float32
+        x.dtype == torch.float32
         and weight.dtype == torch.float32
         and weight.dim() == 2
-        and kernel() == "padded"
+        and x.numel() <= MAX_ROWS * x.shape[-1]
+        and x.numel() > 0
+        and kernel_for((weight.shape[0], weight.shape[1]), x.numel() // x.shape[-1]) == "padded"
     ):
         return _padded(x, weight, bias)
     return nn.functional.linear(x, weight, bias)
 
 
 def _padded(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """W @ [x; 0]^T, column 0: the same result as F.linear up to summation order."""
-    row = x.reshape(1, -1)
-    two = torch.cat((row, row.new_zeros(row.shape)))
-    column = torch.mm(weight, two.t())[:, 0]
-    out = column.contiguous() if bias is None else torch.add(bias, column)
+    """W @ X^T, transposed back (a zero row added to a single row): F.linear up to summation
+    order."""
+    rows = x.reshape(-1, x.shape[-1])
+    count = rows.shape[0]
+    if count == 1:
+        rows = torch.cat((rows, rows.new_zeros(rows.shape)))
+    out = torch.mm(weight, rows.t())[:, :count].t().contiguous()  # (count, out_features)
+    if bias is not None:
+        out = torch.add(out, bias)
     return out.reshape(*x.shape[:-1], weight.shape[0])
 
 
@@ -132,74 +157,116 @@ def route_linears(module: nn.Module) -> int:
     """Route every plain `nn.Linear` inside `module` through `linear`; returns how many.
 
     Checks `EDGESPLIT_ONE_ROW_KERNEL` now (a bad value fails when the stage is built, not at
-    its first step), and under `auto` runs the probe now too (once per process): its ~0.1 s is
-    paid while the stage loads, not by the first token — nor by the first token after a
-    failover, when a standby builds its stage.
+    its first step), and under `auto` measures the stage's weight shapes now (`tune`, once per
+    shape and process): that time is paid while the stage loads, not by the first token — nor by
+    the first token after a failover, when a standby builds its stage. A tied LM head (a unit
+    holding `tied_embedding`, models/units.py) calls `linear` itself; its shape is tuned too.
     """
-    if setting() == "auto":
-        probe()
+    mode = setting()
     count = 0
+    weights: dict[tuple[int, int], torch.Tensor] = {}
     for sub in module.modules():
         if type(sub) is nn.Linear:
             sub.__class__ = OneRowLinear
             count += 1
+        tied = getattr(sub, "tied_embedding", None)
+        source = sub if isinstance(sub, nn.Linear) else tied
+        weight = getattr(source, "weight", None)
+        if isinstance(weight, torch.Tensor) and weight.dim() == 2:
+            weights.setdefault((weight.shape[0], weight.shape[1]), weight)
+    if mode == "auto":
+        tune(weights)
     return count
 
 
 @dataclass(frozen=True)
-class Probe:
-    """What `probe` measured: seconds per multiply of each kernel (medians) and the choice.
+class Choice:
+    """What `choose` measured for one (shape, bucket): seconds per multiply of each kernel
+    (medians), the median of the per-pass padded / plain ratios (paired, so a load change during
+    the measurement hits both) and the kernel it takes (padded when ratio < PADDED_BELOW)."""
 
-    `ratio` is the median over passes of padded / plain time in the same pass (paired, so a
-    load change during the probe hits both); < PADDED_BELOW chooses padded.
-    """
-
+    shape: tuple[int, int]
+    rows: int
     plain_s: float
     padded_s: float
     ratio: float
     kernel: Kernel
 
 
-@functools.cache
-def probe() -> Probe:
-    """Time both kernels on cold decoder-shaped weights, once per process; log the choice."""
-    plain_s, padded_s, ratio = measure(_PROBE_SHAPE, _PROBE_MATRICES, _PROBE_REPEATS)
-    chosen: Kernel = "padded" if ratio < PADDED_BELOW else "plain"
-    logger.info(
-        "one-row kernel: %s (plain %.1f us, padded %.1f us per %dx%d multiply, ratio %.2f; "
-        "%s=plain|padded overrides)",
-        chosen,
-        plain_s * 1e6,
-        padded_s * 1e6,
-        *_PROBE_SHAPE,
-        ratio,
-        KERNEL_ENV,
-    )
-    return Probe(plain_s, padded_s, ratio, chosen)
+_MEASURED: dict[tuple[tuple[int, int], int], Choice] = {}
+
+
+def choose(shape: tuple[int, int], rows: int, weight: torch.Tensor | None = None) -> Choice:
+    """The kernel for `rows` (a bucket) times a weight of `shape`, measured once per process.
+
+    `weight` (of that shape) is timed itself when it alone is too large for the cache;
+    otherwise copies of the shape are (see `measure`).
+    """
+    key = (shape, _bucket(rows))
+    found = _MEASURED.get(key)
+    if found is None:
+        plain_s, padded_s, ratio = measure(shape, key[1], weight)
+        kernel: Kernel = "padded" if ratio < PADDED_BELOW else "plain"
+        found = _MEASURED[key] = Choice(shape, key[1], plain_s, padded_s, ratio, kernel)
+    return found
+
+
+def measured() -> list[Choice]:
+    """Every (shape, bucket) measured in this process so far, in measuring order."""
+    return list(_MEASURED.values())
+
+
+def tune(weights: dict[tuple[int, int], torch.Tensor]) -> list[Choice]:
+    """`choose` every bucket of every shape (the stage's own weight passed along); one INFO line
+    per newly measured shape."""
+    choices = []
+    for shape, weight in weights.items():
+        fresh = any((shape, b) not in _MEASURED for b in ROW_BUCKETS)
+        started = time.perf_counter()
+        row = [choose(shape, b, weight) for b in ROW_BUCKETS]
+        choices += row
+        if fresh:
+            logger.info(
+                "few-row kernel for %dx%d weights (rows %s): %s (%.2f s; %s=plain|padded "
+                "overrides)",
+                *shape,
+                "/".join(str(c.rows) for c in row),
+                " ".join(f"{c.kernel}({c.ratio:.2f})" for c in row),
+                time.perf_counter() - started,
+                KERNEL_ENV,
+            )
+    return choices
 
 
 @torch.no_grad()
-def measure(shape: tuple[int, int], matrices: int, repeats: int) -> tuple[float, float, float]:
-    """(plain, padded) median seconds per one-row multiply of a cold weight of `shape`, and the
-    median of their per-pass ratios (padded / plain).
+def measure(
+    shape: tuple[int, int], rows: int, weight: torch.Tensor | None = None, repeats: int = _REPEATS
+) -> tuple[float, float, float]:
+    """(plain, padded) median seconds per multiply of `rows` rows by a cold weight of `shape`,
+    and the median of their per-pass ratios (padded / plain).
 
-    Rotates over `matrices` weights as (O, I) and every other one also as (I, O) (the same
-    storage): a decoder MLP's gate, up and down projections. The two kernels alternate pass by
-    pass; the first pair of passes warms up.
+    The weights: `weight` itself when it alone exceeds the cold size, else up to `_MAX_COPIES`
+    cheap copies of the shape (together `_COLD_BYTES`, so each multiply reads its weight from
+    memory as in a decode step). The two kernels alternate pass by pass; the first pair of
+    passes warms up.
     """
     out_features, in_features = shape
-    storage = torch.full((matrices, out_features * in_features), 0.01)  # cheap, no denormals
-    weights = [w.view(out_features, in_features) for w in storage]
-    weights += [w.view(in_features, out_features) for w in storage[::2]]
-    rows = {n: torch.full((1, n), 0.5) for n in (out_features, in_features)}
+    size = out_features * in_features * 4
+    if weight is not None and size >= _COLD_BYTES // 2:
+        weights = [weight.detach()]
+    else:
+        copies = max(1, min(_MAX_COPIES, -(-_COLD_BYTES // size)))
+        storage = torch.full((copies, out_features * in_features), 0.01)  # cheap, no denormals
+        weights = [w.view(out_features, in_features) for w in storage]
+    x = torch.full((rows, in_features), 0.5)
     kernels: dict[str, Callable[[torch.Tensor, torch.Tensor, torch.Tensor | None], torch.Tensor]]
     kernels = {"plain": nn.functional.linear, "padded": _padded}
     times: dict[str, list[float]] = {"plain": [], "padded": []}
     for repeat in range(repeats + 1):
         for name, call in kernels.items():
             started = time.perf_counter()
-            for weight in weights:
-                call(rows[weight.shape[1]], weight, None)
+            for w in weights:
+                call(x, w, None)
             if repeat:
                 times[name].append((time.perf_counter() - started) / len(weights))
     ratios = [b / a for a, b in zip(times["plain"], times["padded"], strict=True)]

@@ -56,8 +56,24 @@ def test_padded_equals_plain_for_one_row(
     assert not torch.equal(torch.zeros_like(out), out)
 
 
-@pytest.mark.parametrize("shape", [(2, 48), (1, 3, 48), (4, 1, 48)])
-def test_several_rows_are_exactly_f_linear(
+@pytest.mark.parametrize("shape", [(2, 48), (1, 3, 48), (4, 1, 48), (8, 48), (2, 4, 48)])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_padded_equals_plain_for_a_few_rows(
+    shape: tuple[int, ...], with_bias: bool, padded_calls: list[tuple[int, ...]]
+) -> None:
+    weight, bias = _weights(80, 48)
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(2))
+    b = bias if with_bias else None
+    out = one_row.linear(x, weight, b)
+    expected = nn.functional.linear(x, weight, b)
+    assert padded_calls == [shape]
+    assert out.shape == expected.shape
+    assert out.is_contiguous()
+    torch.testing.assert_close(out, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("shape", [(9, 48), (1, 12, 48), (3, 3, 48)])
+def test_more_rows_are_exactly_f_linear(
     shape: tuple[int, ...], padded_calls: list[tuple[int, ...]]
 ) -> None:
     weight, bias = _weights(80, 48)
@@ -80,7 +96,7 @@ def test_plain_setting_never_pads(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(one_row, "_padded", None)  # would raise if called
     weight, bias = _weights(80, 48)
     x = torch.randn(1, 48, generator=torch.Generator().manual_seed(4))
-    assert one_row.kernel() == "plain"
+    assert one_row.kernel_for((80, 48), 1) == "plain"
     assert torch.equal(one_row.linear(x, weight, bias), nn.functional.linear(x, weight, bias))
 
 
@@ -90,7 +106,7 @@ def test_a_bad_setting_is_a_config_error_naming_it(
 ) -> None:
     monkeypatch.setenv(KERNEL_ENV, value)
     with pytest.raises(ConfigError, match=f"{KERNEL_ENV}='{value}'.*auto, plain, padded"):
-        one_row.kernel()
+        one_row.kernel_for((80, 48), 1)
     with pytest.raises(ConfigError, match=KERNEL_ENV):  # a stage fails when built, not later
         build_stage(model_spec_from_name("llama-tiny"), 0, 3)
 
@@ -101,27 +117,38 @@ def test_settings_are_read_as_written(monkeypatch: pytest.MonkeyPatch) -> None:
         assert one_row.setting() == expected
     monkeypatch.delenv(KERNEL_ENV)
     assert one_row.setting() == "auto"
-    assert one_row.kernel() == one_row.probe().kernel
+    assert one_row.kernel_for((80, 48), 3) == one_row.choose((80, 48), 4).kernel
 
 
-def test_the_probe_takes_padded_only_when_clearly_faster(monkeypatch: pytest.MonkeyPatch) -> None:
-    measured = one_row.probe()
+def test_a_shape_takes_padded_only_when_clearly_faster(monkeypatch: pytest.MonkeyPatch) -> None:
+    measured = one_row.choose((80, 48), 2)
     assert measured.plain_s > 0
     assert measured.padded_s > 0
     assert measured.kernel == ("padded" if measured.ratio < one_row.PADDED_BELOW else "plain")
-    try:
-        for timings, expected in [  # (plain, padded, median per-pass ratio): the ratio decides
+    monkeypatch.setattr(one_row, "_MEASURED", {})
+    for rows, (timings, expected) in enumerate(
+        [  # (plain, padded, median per-pass ratio): the ratio decides
             ((1.0, 0.5, 0.5), "padded"),
             ((1.0, 0.95, 0.95), "plain"),
             ((1.0, 0.6, 0.92), "plain"),
             ((1.0, 2.0, 2.0), "plain"),
-        ]:
-            monkeypatch.setattr(one_row, "measure", lambda *_, t=timings: t)
-            one_row.probe.cache_clear()
-            assert one_row.probe().kernel == expected
-            assert one_row.probe() is one_row.probe()  # once per process
-    finally:
-        one_row.probe.cache_clear()
+        ]
+    ):
+        shape = (70 + rows, 48)
+        monkeypatch.setattr(one_row, "measure", lambda *_, t=timings: t)
+        assert one_row.choose(shape, 3).kernel == expected
+        assert one_row.kernel_for(shape, 4) == expected  # 3 and 4 rows share a bucket
+        monkeypatch.setattr(one_row, "measure", None)  # measured once per process
+        assert one_row.choose(shape, 4) is one_row.choose(shape, 3)
+
+
+def test_building_a_stage_measures_its_shapes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(one_row, "_MEASURED", {})
+    spec = model_spec_from_name("llama-tiny")
+    stage = build_stage(spec, 0, len(unit_names(spec)))
+    shapes = {tuple(m.weight.shape) for m in stage.modules() if isinstance(m, nn.Linear)}
+    shapes.add(tuple(stage.units[-1].tied_embedding.weight.shape))  # the tied head too
+    assert set(one_row._MEASURED) == {(s, b) for s in shapes for b in one_row.ROW_BUCKETS}
 
 
 def test_float32_stages_route_their_linears_and_keep_their_state() -> None:
