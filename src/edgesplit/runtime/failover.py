@@ -120,7 +120,8 @@ class FailureDetector:
 def standby_stages(
     stages: Sequence[StagePlacement], failed: Iterable[str], standby: Sequence[str]
 ) -> tuple[StagePlacement, ...] | None:
-    """The same cuts with each failed device's stage moved to a free standby; None if too few."""
+    """The same cuts with each failed device's stage moved to a free standby; None if too few.
+    A moved stage keeps everything but its device (its dtype and link encoding too)."""
     failed = set(failed)
     used = {s.device for s in stages}
     free = [d for d in standby if d not in failed and d not in used]
@@ -129,7 +130,7 @@ def standby_stages(
         if stage.device in failed:
             if not free:
                 return None
-            result.append(StagePlacement(device=free.pop(0), start=stage.start, end=stage.end))
+            result.append(stage.model_copy(update={"device": free.pop(0)}))
         else:
             result.append(stage)
     return tuple(result)

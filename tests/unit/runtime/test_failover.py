@@ -75,3 +75,17 @@ def test_replay_resumes_from_the_furthest_boundary_that_is_a_new_cut() -> None:
         for r in choose_replays([7, 8, 9, 10], retained, stages)
     }
     assert replays == {7: (4, "act4"), 8: (0, None), 9: (12, "final"), 10: (0, None)}
+
+
+def test_a_standby_takes_over_a_stage_with_its_dtype_and_link_encoding() -> None:
+    """A bfloat16 / int8 stage of a precision plan stays so on the standby (issue 17)."""
+    stages = [
+        StagePlacement(device="a", start=0, end=3, dtype="bfloat16", link_encoding="float16"),
+        StagePlacement(device="b", start=3, end=6, dtype="int8", link_encoding="int8-token"),
+    ]
+    result = standby_stages(stages, {"b"}, ["x"])
+    assert result is not None
+    assert result[0] == stages[0]
+    assert result[1] == StagePlacement(
+        device="x", start=3, end=6, dtype="int8", link_encoding="int8-token"
+    )
