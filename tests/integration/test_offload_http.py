@@ -166,12 +166,16 @@ def test_restart_mid_stream_loses_no_retried_request() -> None:
     ]
     answers: dict[int, int] = {}
     errors: list[BaseException] = []
+    killed = threading.Event()  # the stream cannot finish before the kill (a loaded host once
+    # let all 24 frames through before the test thread got to kill the server)
 
     def stream() -> None:
         retry = RetryConfig(max_attempts=200, base_backoff_s=0.05, max_backoff_s=0.3, timeout_s=20)
         try:
             with OffloadClient(f"http://127.0.0.1:{port}", token=TOKEN, retry=retry) as client:
                 for i, image in enumerate(images):
+                    if i == len(images) // 2:
+                        killed.wait(timeout=60)
                     answer, _ = client.send_round(
                         image, indices, codec="raw", request_id=f"frame-{i}"
                     )
@@ -186,6 +190,7 @@ def test_restart_mid_stream_loses_no_retried_request() -> None:
         process.send_signal(signal.SIGKILL)  # crash, not a graceful stop
         process.wait(timeout=10)
         killed_at = len(answers)
+        killed.set()  # the frames from here on meet a dead port first, then the restarted server
         process = _start(port)
         worker.join(timeout=120)
     finally:
