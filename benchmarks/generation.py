@@ -197,7 +197,7 @@ def _failures(name: str, label: str, prompt: list[int], trials: int = 3) -> dict
                 counts[0] += sequence_id == 0
                 if not killed.is_set() and counts[0] == 24:
                     killed.set()
-                    pipe.kill(victim)
+                    pipe.fault(victim, "kill")
 
             report = pipe.generate(requests, on_token=on_token)
             (failure,) = report.failures
@@ -283,8 +283,7 @@ def emulated() -> dict[str, Any]:
         [("d0", 0, n)],
         config,
         num_units=n,
-        source="d0",
-        link=lambda a, b: None if a == b else first.link(a, b),
+        cluster=first,
         emulation=emulation,
         hidden_size=768,
         vocab_size=50257,
@@ -293,10 +292,7 @@ def emulated() -> dict[str, Any]:
             for num_devices in DEVICE_COUNTS:
                 cluster = _cluster(link_kind, num_devices)
                 stages = _balanced(profile, num_devices)
-                pipe.restage(
-                    [(s.device, s.start, s.end) for s in stages],
-                    link=lambda a, b, c=cluster: None if a == b else c.link(a, b),
-                )
+                pipe.restage([(s.device, s.start, s.end) for s in stages], cluster=cluster)
                 for sequences in SEQUENCES:
                     predicted = predict_generation(
                         profile, cluster, stages, num_sequences=sequences, max_context=256

@@ -621,9 +621,6 @@ def generation(args: argparse.Namespace) -> int:
             link_shaping="latency",
         )
 
-        def link(a: str, b: str) -> tuple[float | None, float] | None:
-            return None if a == b else runtime.shaped_link(*cluster.link(a, b))
-
         def decode(stages: list[tuple[str, int, int]], count: int) -> dict[str, Any]:
             config = GenerationConfig(max_concurrent=count, max_context=256, runtime=runtime)
             requests = [
@@ -636,8 +633,7 @@ def generation(args: argparse.Namespace) -> int:
                 stages,
                 config,
                 num_units=profile.decode.num_units,
-                source=cluster.source,
-                link=link,  # type: ignore[arg-type]
+                cluster=cluster,  # links shaped as runtime.link_shaping ("latency") says
             ) as pipeline:
                 pipeline.generate(requests[:1])  # builds the stages and warms them up
                 report = pipeline.generate(requests)

@@ -100,7 +100,7 @@ def test_kill_9_mid_generation_replays_and_matches(
             seen.append(sequence_id)
             if not killed.is_set() and seen.count(0) == 20:
                 killed.set()
-                pipeline.kill(victim)
+                pipeline.fault(victim, "kill")
 
         report = pipeline.generate(REQUESTS, on_token=on_token)
         assert killed.is_set()

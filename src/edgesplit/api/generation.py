@@ -165,15 +165,6 @@ def stages_of(plan: Plan) -> list[tuple[str, int, int]]:
     return [(s.device, s.start, s.end) for s in plan.stages]
 
 
-def _link(
-    cluster: Cluster, runtime: RuntimeConfig
-) -> Callable[[str, str], tuple[float | None, float] | None]:
-    def link(a: str, b: str) -> tuple[float | None, float] | None:
-        return runtime.shaped(cluster, a, b)  # as the batch and shard drivers: link_shaping
-
-    return link
-
-
 def generate(
     model: str,
     stages: Sequence[tuple[str, int, int]],
@@ -190,7 +181,7 @@ def generate(
     profile: GenerationProfile | None = None,
     objective: GenerationObjective = "tokens_per_s",
     on_token: Callable[[int, int], None] | None = None,
-    faults: Sequence[ScheduledFault | tuple[str, float]] = (),
+    faults: Sequence[ScheduledFault] = (),
     stop_at_eos: bool = True,
     dtype: StageDtype = "float32",
     runtime: RuntimeConfig | None = None,
@@ -204,7 +195,7 @@ def generate(
         cluster: links are shaped from it (the driver runs on `cluster.source`); None = unshaped.
         profile: when given with a cluster, a failed stage's device is re-planned away over the
             survivors (`plan_generation`); otherwise a standby takes over, or the stage restarts.
-        faults: `ScheduledFault`s (`--fault KIND:DEVICE@S`) or (device, seconds) kills.
+        faults: `ScheduledFault`s (`--fault KIND:DEVICE@S`, `--kill DEVICE@S`).
         micro_batches: decode frames in flight at once (0: one per stage; a generation plan
             records the count it was planned for, `plan.planner.options["micro_batches"]`).
         dtype: every stage's weights (float32, bfloat16, int8; docs/precision.md).
@@ -267,8 +258,7 @@ def generate(
         stages,
         config,
         num_units=len(unit_names(spec)),
-        source=cluster.source if cluster is not None else None,
-        link=_link(cluster, config.runtime) if cluster is not None else None,
+        cluster=cluster,
         replanner=replanner,
     ) as pipeline:
         report = pipeline.generate(requests, on_token=on_token, faults=faults)

@@ -149,7 +149,6 @@ def _decoder(
     cluster: Cluster | None,
     options: ServeOptions,
 ) -> Iterator[tuple[TextCodec, PipelineDecodeEngine]]:
-    from edgesplit.api.generation import _link
     from edgesplit.models import model_spec_from_name, unit_names
     from edgesplit.runtime.config import RuntimeConfig
     from edgesplit.runtime.generation import GenerationConfig, GenerationPipeline
@@ -169,8 +168,7 @@ def _decoder(
             dtype=options.dtype or "float32",
         ),
         num_units=len(unit_names(spec)),
-        source=cluster.source if cluster is not None else None,
-        link=_link(cluster, runtime) if cluster is not None else None,
+        cluster=cluster,
     )
     pipeline.start()
     engine = PipelineDecodeEngine(pipeline, options.max_concurrent, options.faults)

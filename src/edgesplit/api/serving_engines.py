@@ -152,9 +152,10 @@ class PipelineDecodeEngine:
 
     def health(self) -> EngineHealth:
         state = self.pipeline.health()
+        names = tuple(f"{s.device}[{s.start},{s.end})" for s in state.stages)
         if self._broken:
-            return EngineHealth(False, self._broken, state.stages)
-        return EngineHealth(state.ok, state.detail, state.stages)
+            return EngineHealth(False, self._broken, names)
+        return EngineHealth(state.ok, state.detail or ("" if state.ok else state.state), names)
 
     def stats(self) -> EngineStats:
         stats = self.pipeline.stats()

@@ -13,6 +13,8 @@ plan with another dtype refuses it, naming the unknown key.
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Sequence
 from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, model_validator
@@ -72,6 +74,24 @@ class StagePlacement(FrozenModel):
         )
 
 
+def check_chain(stages: Sequence[StagePlacement], num_units: int | None = None) -> None:
+    """ValueError unless `stages` run from unit 0 (to `num_units`) without gaps, one per device."""
+    if stages[0].start != 0:
+        raise ValueError(f"first stage must start at unit 0, not {stages[0].start}")
+    for prev, nxt in itertools.pairwise(stages):
+        if nxt.start != prev.end:
+            raise ValueError(
+                f"stages must be contiguous: '{prev.device}' ends at {prev.end} but "
+                f"'{nxt.device}' starts at {nxt.start}"
+            )
+    if num_units is not None and stages[-1].end != num_units:
+        raise ValueError(f"stages end at unit {stages[-1].end}; the model has {num_units}")
+    devices = [s.device for s in stages]
+    repeated = sorted({d for d in devices if devices.count(d) > 1})
+    if repeated:
+        raise ValueError(f"each device may hold at most one stage; repeated: {repeated}")
+
+
 class StagePrediction(FrozenModel):
     """Cost-model figures for one stage; `transfer_s` is the hop *out* of the stage."""
 
@@ -123,18 +143,7 @@ class Plan(VersionedFile):
 
     @model_validator(mode="after")
     def _contiguous(self) -> Plan:
-        if self.stages[0].start != 0:
-            raise ValueError(f"first stage must start at unit 0, not {self.stages[0].start}")
-        for prev, nxt in zip(self.stages, self.stages[1:], strict=False):
-            if nxt.start != prev.end:
-                raise ValueError(
-                    f"stages must be contiguous: '{prev.device}' ends at {prev.end} but "
-                    f"'{nxt.device}' starts at {nxt.start}"
-                )
-        devices = [s.device for s in self.stages]
-        repeated = sorted({d for d in devices if devices.count(d) > 1})
-        if repeated:
-            raise ValueError(f"each device may hold at most one stage; repeated: {repeated}")
+        check_chain(self.stages)
         return self
 
     @property

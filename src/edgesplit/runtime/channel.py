@@ -17,7 +17,6 @@ emulated link would have delivered it.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import queue
 import threading
@@ -28,15 +27,7 @@ from typing import TypeVar
 
 from edgesplit.errors import TransportError
 from edgesplit.runtime.emulation import LinkShaper
-from edgesplit.runtime.transport import (
-    Frame,
-    FrameError,
-    FrameLimits,
-    HandshakeError,
-    TcpConnection,
-    TcpListener,
-    listen,
-)
+from edgesplit.runtime.transport import Frame, FrameError, FrameLimits, TcpConnection, TcpListener
 
 __all__ = ["Inbound", "Sender", "drain"]
 
@@ -67,7 +58,7 @@ class Inbound:
         on_closed: ClosedHandler | None = None,
         name: str = "inbound",
     ) -> None:
-        self._listener: TcpListener = listen(host, 0, limits)
+        self._listener: TcpListener = TcpListener(host, 0, limits)
         self.address = self._listener.address
         self._key = key
         self._on_frame = on_frame
@@ -113,15 +104,11 @@ class Inbound:
                 if frame is None:
                     break
                 self._on_frame(frame, conn)
-        except (HandshakeError, FrameError) as e:
+        except TransportError as e:  # a stranger, a broken frame, another protocol version
             if not self._stopped.is_set():
                 self._refuse(conn, str(e))
-                if self._on_closed is not None and not isinstance(e, HandshakeError):
+                if self._on_closed is not None and isinstance(e, FrameError):
                     self._on_closed(conn)
-            return
-        except TransportError as e:  # e.g. another protocol version: same treatment
-            if not self._stopped.is_set():
-                self._refuse(conn, str(e))
             return
         with self._lock:
             self._conns.discard(conn)
@@ -175,16 +162,12 @@ class Sender:
     unacked: int = 0
     _credit: threading.Condition = field(default_factory=threading.Condition)
     _wire: queue.Queue[_Pending] = field(default_factory=queue.Queue)
-    _threads: list[threading.Thread] = field(default_factory=list)
 
     def start(self) -> None:
-        targets = [self._read_acks] + ([self._write] if self.shaper is not None else [])
-        for target in targets:
-            thread = threading.Thread(
+        for target in [self._read_acks] + ([self._write] if self.shaper is not None else []):
+            threading.Thread(
                 target=target, daemon=True, name=f"{self.name}-{target.__name__}"
-            )
-            thread.start()
-            self._threads.append(thread)
+            ).start()
 
     def send(self, frame: Frame, after: Callable[[float], None] | None = None) -> bool:
         with self._credit:
@@ -242,10 +225,6 @@ class Sender:
                 self.unacked = max(0, self.unacked - 1)
                 self._credit.notify_all()
 
-    def stop(self, join_s: float = 0.0) -> None:
+    def stop(self) -> None:
         self.stopped.set()
         self.conn.close()
-        deadline = time.time() + join_s
-        for thread in self._threads:
-            with contextlib.suppress(RuntimeError):
-                thread.join(max(0.0, deadline - time.time()))

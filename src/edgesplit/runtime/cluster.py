@@ -217,8 +217,7 @@ class RaySession:
     def dead_actors(self, actors: Sequence[StageActor], timeout_s: float) -> list[StageActor]:
         """Actors whose `serve` call has ended (a live stage never returns from it)."""
         by_ref = {a.serve_ref: a for a in actors}
-        ready, _ = ray.wait(list(by_ref), num_returns=len(by_ref), timeout=timeout_s)
-        return [by_ref[r] for r in ready]
+        return [by_ref[r] for r in self.poll(list(by_ref), timeout_s)]
 
     def poll(self, refs: Sequence[Any], timeout_s: float) -> list[Any]:
         ready, _ = ray.wait(list(refs), num_returns=len(refs), timeout=timeout_s)

@@ -116,16 +116,14 @@ class ScheduledFault:
         return self.action if isinstance(self.action, str) else "custom"
 
 
-_KILL = re.compile(r"^(?P<device>[^@:]+)@(?P<seconds>[0-9]*\.?[0-9]+)$")
 _FAULT = re.compile(r"^(?P<kind>[a-z]+):(?P<device>[^@]+)@(?P<seconds>[0-9]*\.?[0-9]+)$")
 
 
 def parse_kill(text: str) -> ScheduledFault:
     """'pi0@3.5' -> kill pi0's stage process 3.5 s into the run."""
-    match = _KILL.match(text.strip())
-    if not match:
+    if ":" in text or not _FAULT.match(f"kill:{text.strip()}"):
         raise ConfigError(f"--kill expects DEVICE@SECONDS (e.g. pi0@3.5), got {text!r}")
-    return ScheduledFault(device=match["device"], at_s=float(match["seconds"]))
+    return parse_fault(f"kill:{text.strip()}")
 
 
 def parse_fault(text: str) -> ScheduledFault:

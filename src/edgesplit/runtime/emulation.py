@@ -61,12 +61,11 @@ class LinkShaper:
 
     bandwidth_bytes_per_s: float | None
     latency_s: float
-    burst_bytes: float = 0.0
     _bucket: TokenBucket | None = field(init=False)
 
     def __post_init__(self) -> None:
         bandwidth = self.bandwidth_bytes_per_s
-        self._bucket = None if bandwidth is None else TokenBucket(bandwidth, self.burst_bytes)
+        self._bucket = None if bandwidth is None else TokenBucket(bandwidth, 0.0)
 
     @classmethod
     def of(cls, link: tuple[float | None, float] | None) -> LinkShaper | None:

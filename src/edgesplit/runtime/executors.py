@@ -178,9 +178,6 @@ class EmulatedDecodeExecutor:
     batch_scale: tuple[tuple[int, float], ...] = ()
     _lengths: dict[int, int] = field(default_factory=dict)
 
-    def reset(self) -> None:
-        self._lengths.clear()
-
     def scale(self, rows: int) -> float:
         if rows <= 1 or not self.batch_scale:
             return float(rows)

@@ -50,15 +50,16 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 from pydantic import Field
 
-from edgesplit.core.plan import StagePlacement
+from edgesplit.core.cluster import Cluster
+from edgesplit.core.plan import StagePlacement, check_chain
 from edgesplit.core.precision import StageDtype
 from edgesplit.core.schema import FrozenModel
 from edgesplit.errors import ConfigError, DeviceUnavailableError
 from edgesplit.runtime.cluster import RaySession
-from edgesplit.runtime.config import RuntimeConfig, ScheduledFault
+from edgesplit.runtime.config import FaultAction, RuntimeConfig, ScheduledFault
 from edgesplit.runtime.emulation import LinkShaper
 from edgesplit.runtime.failover import Suspicion
-from edgesplit.runtime.report import Action, FailureRecord
+from edgesplit.runtime.report import Action, FailureRecord, RunHealth
 from edgesplit.runtime.stage import StageSpec
 from edgesplit.runtime.stages import StageGroup, frame_bound_bytes
 from edgesplit.runtime.transport import Frame
@@ -67,12 +68,10 @@ __all__ = [
     "EmulationFn",
     "FinishCallback",
     "GenerationConfig",
-    "GenerationHealth",
     "GenerationPipeline",
     "GenerationReport",
     "GenerationRequest",
     "GenerationStats",
-    "LinkFn",
     "Replanner",
     "SequenceResult",
     "StageAssignment",
@@ -88,8 +87,6 @@ _MAX_HIDDEN_BYTES_PER_TOKEN = 4 * 8192  # float32 hidden states up to 8192 wide
 
 StageAssignment = tuple[str, int, int]  # (device, start unit, end unit), half-open
 Replanner = Callable[[Sequence[str]], Sequence[StageAssignment]]  # survivors -> new stages
-# (a, b) -> (bytes/s or None = latency only, latency s), or None: unshaped (RuntimeConfig.shaped)
-LinkFn = Callable[[str, str], tuple[float | None, float] | None]
 
 
 class StageTiming(NamedTuple):
@@ -103,7 +100,7 @@ class StageTiming(NamedTuple):
 
 
 # (device, start unit, end unit) -> its StageTiming (or the (decode s, prefill s/token) pair)
-EmulationFn = Callable[[str, int, int], StageTiming | tuple[float, float]]
+EmulationFn = Callable[[str, int, int], StageTiming]
 TokenCallback = Callable[[int, int], None]  # (sequence id, token)
 Finished = Literal["length", "stop", "error", "abort"]
 
@@ -144,25 +141,12 @@ class GenerationReport(FrozenModel):
 
 
 @dataclass(frozen=True)
-class GenerationHealth:
-    """Whether the pipeline can decode now; `detail` says why not."""
-
-    ok: bool
-    detail: str = ""
-    stages: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True)
 class GenerationStats:
     """Sequences decoding, waiting for a slot, and rows per decode frame since the last call."""
 
     running: int = 0
     waiting: int = 0
     step_batch_sizes: tuple[int, ...] = ()
-
-
-def _real_runtime() -> RuntimeConfig:
-    return RuntimeConfig(compute="real")
 
 
 class GenerationConfig(FrozenModel):
@@ -173,7 +157,7 @@ class GenerationConfig(FrozenModel):
     restart_failed: bool = True  # no standby/re-planner: restart the stage on the same device
     # Decode frames in flight at once ([Note: continuous batching]); 0 = one per stage.
     micro_batches: int = Field(default=0, ge=0, le=64)
-    runtime: RuntimeConfig = Field(default_factory=_real_runtime)
+    runtime: RuntimeConfig = Field(default_factory=lambda: RuntimeConfig(compute="real"))
     dtype: StageDtype = "float32"  # every stage's weights (issue 17; models.precision)
 
 
@@ -226,8 +210,7 @@ class GenerationPipeline:
         config: GenerationConfig | None = None,
         *,
         num_units: int | None = None,
-        source: str | None = None,
-        link: LinkFn | None = None,
+        cluster: Cluster | None = None,
         emulation: EmulationFn | None = None,
         hidden_size: int = 0,
         vocab_size: int = 0,
@@ -241,8 +224,7 @@ class GenerationPipeline:
         self.stages: list[StageAssignment] = list(stages)
         self.num_units = num_units if num_units is not None else self.stages[-1][2]
         _check_stages(self.stages, self.num_units)
-        self.source = source
-        self.link = link
+        self.cluster = cluster  # links shaped as `runtime.link_shaping` says; None: unshaped
         self.emulation = emulation
         self.hidden_size = hidden_size
         self.vocab_size = vocab_size
@@ -316,15 +298,11 @@ class GenerationPipeline:
     def worker_pid(self, device: str) -> int:
         return int(self.group.actors[device].info["pid"])
 
-    def kill(self, device: str) -> None:
-        """SIGKILL the stage process of `device` (fault injection for tests and benchmarks)."""
-        self.fault(device, "kill")
-
-    def fault(self, device: str, kind: Literal["kill", "stop", "crash", "cut"]) -> None:
+    def fault(self, device: str, kind: FaultAction) -> None:
         """Inject a fault now (see `ScheduledFault`); recorded in the next report's failures."""
         self.group.inject(ScheduledFault(device, 0.0, kind))
 
-    def restage(self, stages: Sequence[StageAssignment], *, link: LinkFn | None = None) -> None:
+    def restage(self, stages: Sequence[StageAssignment], *, cluster: Cluster | None = None) -> None:
         """Re-split the model over running (or newly started) devices; caches start empty.
 
         Devices left without a stage keep their actor (standbys for later epochs).
@@ -332,14 +310,15 @@ class GenerationPipeline:
         _check_stages(stages, self.num_units)
         self.stages = list(stages)
         self._spare = [d for d in self._spare if d not in {d for d, _, _ in self.stages}]
-        if link is not None:
-            self.link = link
+        if cluster is not None:
+            self.cluster = cluster
         self._configure_epoch()
 
     def _stage_spec(self, index: int, device: str, start: int, end: int) -> StageSpec:
-        nxt = self.stages[index + 1][0] if index + 1 < len(self.stages) else self.source
-        link = self.link(device, nxt) if self.link is not None and nxt is not None else None
-        timing = StageTiming(*self.emulation(device, start, end) if self.emulation else (0, 0))
+        nxt = self.stages[index + 1][0] if index + 1 < len(self.stages) else None
+        c = self.cluster
+        link = None if c is None else self.runtime.shaped(c, device, nxt or c.source)
+        timing = self.emulation(device, start, end) if self.emulation else StageTiming(0, 0)
         spec = self.model_spec.model_dump() if hasattr(self.model_spec, "model_dump") else None
         per_token = 4 * self.hidden_size if self.hidden_size else _MAX_HIDDEN_BYTES_PER_TOKEN
         # A frame holds a prefill of up to max_context tokens or one decode row per sequence.
@@ -361,8 +340,7 @@ class GenerationPipeline:
             decode_s=timing.decode_s,
             prefill_s_per_token=timing.prefill_s_per_token,
             decode_batch_scale=timing.batch_scale,
-            bandwidth_bytes_per_s=None if link is None else link[0],
-            latency_s=0.0 if link is None else link[1],
+            link=link,
             max_in_flight=self._in_flight,
             model_spec=spec,
             num_threads=1,
@@ -384,13 +362,12 @@ class GenerationPipeline:
         self._epoch += 1
         self._outbox.clear()
         specs = [self._stage_spec(i, d, s, e) for i, (d, s, e) in enumerate(self.stages)]
-        first = self.stages[0][0]
-        link = self.link(self.source, first) if self.link and self.source else None
+        c = self.cluster
+        link = None if c is None else self.runtime.shaped(c, c.source, self.stages[0][0])
         self.group.configure(
             specs,
             source_in_flight=self._in_flight,
-            source_shaper=LinkShaper(link[0], link[1]) if link is not None else None,
-            expected_compute_s={},
+            source_shapers={self.stages[0][0]: LinkShaper.of(link)},
         )
         # Nothing of an older epoch is in flight any more; every live sequence restarts.
         self._flights.clear()
@@ -455,13 +432,11 @@ class GenerationPipeline:
             self._aborts.append(sequence_id)
         self._results.put(None)
 
-    def health(self) -> GenerationHealth:
-        stages = tuple(f"{d}[{s},{e})" for d, s, e in self.stages)
+    def health(self) -> RunHealth:
+        stages = tuple(StagePlacement(device=d, start=s, end=e) for d, s, e in self.stages)
         if self._broken:
-            return GenerationHealth(False, self._broken, stages)
-        if self._recovering:
-            return GenerationHealth(False, "recovering from a stage failure", stages)
-        return GenerationHealth(True, "", stages)
+            return RunHealth("failed", stages, self._broken)
+        return RunHealth("recovering" if self._recovering else "running", stages)
 
     def stats(self) -> GenerationStats:
         with self._lock:
@@ -476,9 +451,7 @@ class GenerationPipeline:
         since = self._served_since_s
         return self.group.failures.records(since, list(self._token_times), detected_since_s=since)
 
-    def serve_forever(
-        self, stop: threading.Event, faults: Sequence[ScheduledFault | tuple[str, float]] = ()
-    ) -> None:
+    def serve_forever(self, stop: threading.Event, faults: Sequence[ScheduledFault] = ()) -> None:
         """Drive submitted sequences until `stop` is set; idle time is fine.
 
         `faults` are counted from the first submitted sequence. When a stage fails and nothing
@@ -500,7 +473,7 @@ class GenerationPipeline:
         self,
         requests: Sequence[GenerationRequest],
         on_token: TokenCallback | None = None,
-        faults: Sequence[ScheduledFault | tuple[str, float]] = (),
+        faults: Sequence[ScheduledFault] = (),
     ) -> GenerationReport:
         """Run every request to completion, up to `max_concurrent` sequences batched.
 
@@ -559,9 +532,7 @@ class GenerationPipeline:
         )
 
     # -- the driving loop --------------------------------------------------------------------------
-    def _begin(
-        self, faults: Sequence[ScheduledFault | tuple[str, float]], now_s: float | None = None
-    ) -> None:
+    def _begin(self, faults: Sequence[ScheduledFault], now_s: float | None = None) -> None:
         if self._driving:
             raise ConfigError("the generation pipeline is already being driven by another call")
         self._driving = True
@@ -575,10 +546,7 @@ class GenerationPipeline:
             if frame is not None:
                 self._answer(frame)  # an earlier call's rows-less "done" frame, at most
         self.group.watch({})  # silence between calls is not a hang: heartbeats count from now
-        self._faults = sorted(
-            (f if isinstance(f, ScheduledFault) else ScheduledFault(f[0], f[1]) for f in faults),
-            key=lambda f: f.at_s,
-        )
+        self._faults = sorted(faults, key=lambda f: f.at_s)
         self._faults_t0 = now_s
         self._served_since_s = time.time()
         self._last_progress_s = self._last_detect_s = time.time()
@@ -870,17 +838,7 @@ class GenerationPipeline:
         """Replace the failed stages, start a new epoch and replay every live sequence."""
         group = self.group
         detected_s = time.time()
-        failed = {s.device for s in suspicions}
-        for suspicion in suspicions:
-            logger.warning(
-                "[driver] stage on %s failed (%s: %s); recovering",
-                suspicion.device,
-                suspicion.cause,
-                suspicion.detail,
-            )
-        group.stop_source()
-        for device in failed:
-            group.drop(device)
+        failed = group.lose(suspicions)
         survivors = [d for d, _, _ in self.stages if d not in failed]
         action: Action = "restart"
         spare = [d for d in self._spare if d not in failed]
@@ -920,19 +878,10 @@ class GenerationPipeline:
 
 
 def _check_stages(stages: Sequence[StageAssignment], num_units: int) -> None:
-    position = 0
-    for device, start, end in stages:
-        if start != position or end <= start:
-            raise ConfigError(
-                f"generation stages must be contiguous and non-empty from unit 0: stage on "
-                f"'{device}' is [{start}, {end}) after unit {position}"
-            )
-        position = end
-    if position != num_units:
-        raise ConfigError(f"stages end at unit {position} but the model has {num_units} units")
-    devices = [d for d, _, _ in stages]
-    if len(set(devices)) != len(devices):
-        raise ConfigError(f"each device may hold one stage; got {devices}")
+    try:
+        check_chain([StagePlacement(device=d, start=s, end=e) for d, s, e in stages], num_units)
+    except ValueError as e:  # (pydantic's ValidationError is one)
+        raise ConfigError(f"generation stages: {e}") from e
 
 
 def _result(sequence: _Sequence) -> SequenceResult:

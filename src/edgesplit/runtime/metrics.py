@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from prometheus_client.exposition import start_http_server
 
 __all__ = ["RunMetrics"]
@@ -49,9 +49,6 @@ class RunMetrics:
 
     def serve(self, port: int, host: str = "127.0.0.1") -> None:
         self._server = start_http_server(port, addr=host, registry=self.registry)
-
-    def text(self) -> str:
-        return generate_latest(self.registry).decode()
 
     def close(self) -> None:
         if self._server is not None:

@@ -147,7 +147,7 @@ class _Driver:
     faults: Sequence[ScheduledFault]
     on_result: ResultCallback | None
     progress: ProgressCallback | None
-    metrics: RunMetrics | None
+    metrics: RunMetrics
     on_error: ErrorCallback | None = None
     on_health: HealthCallback | None = None
     failed: set[str] = field(default_factory=set)
@@ -200,8 +200,7 @@ class _Driver:
                     compute_s=self._compute_s(stage) * config.time_scale,
                     input_bytes=int(wire_in),
                     output_bytes=int(self.cost.wire_bytes(stage.end, stage.link_encoding)),
-                    bandwidth_bytes_per_s=None if link is None else link[0],
-                    latency_s=0.0 if link is None else link[1],
+                    link=link,
                     max_in_flight=config.max_in_flight,
                     model_spec=None if self.spec is None else self.spec.model_dump(mode="json"),
                     num_threads=1 if config.compute == "emulated" else device.num_threads,
@@ -227,12 +226,11 @@ class _Driver:
         self.group.configure(
             self.stage_specs(stages, epoch),
             source_in_flight=config.max_in_flight,
-            source_shaper=LinkShaper.of(link),
+            source_shapers={stages[0].device: LinkShaper.of(link)},
             expected_compute_s=self._expected(stages),
         )
         self.stages = stages
-        if self.metrics is not None:
-            self.metrics.stages.set(len(stages))
+        self.metrics.stages.set(len(stages))
 
     def _expected(self, stages: Sequence[StagePlacement]) -> dict[str, float]:
         # Real compute may run slower than a profile taken elsewhere: triple its allowance.
@@ -272,8 +270,7 @@ class _Driver:
                 return False
             request_id = next(counter)
             self.ledger.accept(request_id, tensors)
-            if self.metrics is not None:
-                self.metrics.submitted.inc()
+            self.metrics.submitted.inc()
         else:
             return False
         if not group.send(Frame("data", request_id, 0, group.epoch, tensors)):
@@ -304,7 +301,7 @@ class _Driver:
     def _answer(
         self, request_id: int, tensors: Activation | None, now_s: float, error: str = ""
     ) -> None:
-        if self.ledger.answer(request_id, tensors, now_s, error) and self.metrics is not None:
+        if self.ledger.answer(request_id, tensors, now_s, error):
             self.metrics.completed.inc()
             self.metrics.latency.set(self.ledger.latency_s[request_id] / self.config.time_scale)
 
@@ -359,9 +356,8 @@ class _Driver:
             return 0.0
         span = max(now_s - min(recent), 1e-9)
         value = len(recent) * self.plan.batch_size / span * self.config.time_scale
-        if self.metrics is not None:
-            self.metrics.throughput.set(value)
-            self.metrics.in_flight.set(len(self.ledger.inputs))
+        self.metrics.throughput.set(value)
+        self.metrics.in_flight.set(len(self.ledger.inputs))
         return value
 
     # -- recovery -------------------------------------------------------------------------------
@@ -369,20 +365,12 @@ class _Driver:
         group = self.group
         assert group is not None
         detected_wall_s = time.time()
-        for suspicion in suspicions:
-            logger.warning(
-                "[failover] %s failed (%s: %s)", suspicion.device, suspicion.cause, suspicion.detail
-            )
         self.health("recovering", ", ".join(f"{s.device} lost ({s.cause})" for s in suspicions))
         # 1. Pause the source and ban the failed devices.
         self.source_paused.set()
-        group.stop_source()
-        failed_now = {s.device for s in suspicions}
-        for device in failed_now:
-            group.drop(device)
-            if self.metrics is not None:
-                cause = next(s.cause for s in suspicions if s.device == device)
-                self.metrics.failures.labels(cause=cause).inc()
+        failed_now = group.lose(suspicions)
+        for suspicion in suspicions:
+            self.metrics.failures.labels(cause=suspicion.cause).inc()
         self.failed |= failed_now
         # 2. Halt the survivors and collect what they hold (one that does not answer failed too).
         survivors = [s.device for s in self.stages if s.device not in self.failed]
@@ -430,8 +418,7 @@ class _Driver:
             group.inject_items(device, items)
         self.resend = deque([*from_input, *(r for r in self.resend if r not in from_input)])
         self.ledger.replayed += len(replays)
-        if self.metrics is not None:
-            self.metrics.replayed.inc(len(replays))
+        self.metrics.replayed.inc(len(replays))
         group.failures.detected(
             suspicions,
             detected_wall_s,

@@ -327,11 +327,11 @@ def _stage_stats(
     stats = []
     entries: list[TimelineEntry] = []
     for timeline in sorted(timelines, key=lambda t: (t["epoch"], t["index"])):
-        rows = np.asarray(timeline["entries"], dtype=np.float64).reshape(-1, 6)
+        rows = np.asarray(timeline["entries"], dtype=np.float64).reshape(-1, 5)
         device, index, epoch = timeline["device"], int(timeline["index"]), int(timeline["epoch"])
         if len(rows) == 0:
             continue
-        _rid, received, c0, c1, _due, sent = rows.T
+        _rid, received, c0, c1, sent = rows.T
         stats.append(
             StageStats(
                 index=index,
@@ -354,7 +354,7 @@ def _stage_stats(
             )
             entries.append(
                 TimelineEntry(
-                    index, device, epoch, int(row[0]), "transfer", row[3] - t0_s, row[5] - t0_s
+                    index, device, epoch, int(row[0]), "transfer", row[3] - t0_s, row[4] - t0_s
                 )
             )
     return stats, entries

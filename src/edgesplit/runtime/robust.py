@@ -197,9 +197,7 @@ class RobustCoordinator:
                     self.backend.result(handle) if id(handle) in ready_ids else (False, None)
                 )
                 if ok:
-                    total = total + torch.from_numpy(
-                        np.array(value)
-                    )  # copy: Ray arrays are read-only
+                    total = total + torch.from_numpy(value)
                     continue
                 log.warning(
                     "[robust @ %s] no partial sum for layer %d %s (%s); marking it failed",

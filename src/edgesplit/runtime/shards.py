@@ -22,7 +22,7 @@ import numpy as np
 
 from edgesplit.core.cluster import Cluster
 from edgesplit.runtime.cluster import RaySession
-from edgesplit.runtime.config import RuntimeConfig, ScheduledFault
+from edgesplit.runtime.config import FaultAction, RuntimeConfig, ScheduledFault
 from edgesplit.runtime.emulation import LinkShaper
 from edgesplit.runtime.stage import StageSpec
 from edgesplit.runtime.stages import StageGroup
@@ -119,17 +119,15 @@ class ChannelShardBackend:
                     max_frame_bytes=bound,
                     max_connections=config.max_connections,
                     shard_unit_s=unit_s,
-                    bandwidth_bytes_per_s=None if link_out is None else link_out[0],
-                    latency_s=0.0 if link_out is None else link_out[1],
+                    link=link_out,
                     max_in_flight=config.max_in_flight,
                 )
             )
         self.group.configure(
             specs,
             source_in_flight=config.max_in_flight,
-            expected_compute_s={},
-            topology="star",
             source_shapers=shapers,
+            star=True,
         )
 
     def _on_result(self, frame: Frame) -> None:
@@ -200,9 +198,9 @@ class ChannelShardBackend:
             if time.time() > deadline:
                 raise TimeoutError(f"'{device}' did not die within {timeout_s} s")
 
-    def fault(self, device: str, kind: str) -> None:
+    def fault(self, device: str, kind: FaultAction) -> None:
         """Inject `kind` (kill, stop, crash, cut) on `device`, as `--fault` does."""
-        self.group.inject(ScheduledFault(device, 0.0, kind))  # type: ignore[arg-type]
+        self.group.inject(ScheduledFault(device, 0.0, kind))
 
     def close(self) -> None:
         self.group.close()

@@ -43,6 +43,7 @@ from edgesplit.core.link_codec import decode_tensors, encode_tensors
 from edgesplit.core.precision import LinkEncoding, StageDtype
 from edgesplit.core.schema import FrozenModel
 from edgesplit.runtime.channel import Inbound, Sender, drain
+from edgesplit.runtime.config import FaultAction
 from edgesplit.runtime.emulation import LinkShaper
 from edgesplit.runtime.executors import (
     DecodeExecutor,
@@ -55,11 +56,10 @@ from edgesplit.runtime.executors import (
 )
 from edgesplit.runtime.transport import Frame, FrameLimits, TcpConnection, connect
 
-__all__ = ["ExecutorKind", "FaultKind", "StageSpec", "StageWorker"]
+__all__ = ["ExecutorKind", "StageSpec", "StageWorker"]
 
 logger = logging.getLogger(__name__)
 ExecutorKind = Literal["forward", "decode", "shard"]
-FaultKind = Literal["kill", "stop", "crash", "cut"]
 
 
 class StageSpec(FrozenModel):
@@ -86,8 +86,7 @@ class StageSpec(FrozenModel):
     # emulated decode: (batch, step time / one row's) points; () = B rows take B one-row steps
     decode_batch_scale: tuple[tuple[int, float], ...] = ()
     shard_unit_s: float = 0.0  # emulated shard: seconds per width unit asked for
-    bandwidth_bytes_per_s: float | None = None  # shaping of the link out; None: latency only
-    latency_s: float = 0.0  # (no bandwidth and no latency: an unshaped link)
+    link: tuple[float | None, float] | None = None  # the link out: RuntimeConfig.shaped_link
     max_in_flight: int = 4
     model_spec: dict[str, Any] | None = None  # real: edgesplit.models.ModelSpec as a dict
     num_threads: int = 1
@@ -124,10 +123,8 @@ class _StageRunner:
     inbound: Inbound | None = None
     sender: Sender | None = None
     threads: list[threading.Thread] = field(default_factory=list)
-    timeline: list[tuple[int, float, float, float, float, float]] = field(default_factory=list)
+    timeline: list[tuple[int, float, float, float, float]] = field(default_factory=list)
     busy_since_s: float | None = None
-    processed: int = 0
-    errors: int = 0
     errors_in_a_row: int = 0
     downstream_lost_s: float | None = None
     cut: threading.Event = field(default_factory=threading.Event)
@@ -147,9 +144,7 @@ class _StageRunner:
         spec = self.spec
         conn = connect(downstream_address, connect_timeout_s, key=spec.run_key)
         conn.send(Frame("hello", epoch=spec.epoch, meta={"from": spec.device}))
-        shaper = None
-        if spec.bandwidth_bytes_per_s is not None or spec.latency_s > 0:
-            shaper = LinkShaper(spec.bandwidth_bytes_per_s, spec.latency_s)
+        shaper = LinkShaper.of(spec.link)
         self.sender = Sender(
             conn, spec.max_in_flight, shaper, self._acked, f"stage{spec.index}-send"
         )
@@ -220,7 +215,6 @@ class _StageRunner:
             tensors, meta = self.executor.run(item.request_id, decode_tensors(item.tensors), meta)
             tensors = encode_tensors(tensors, spec.link_encoding)
         except Exception as e:
-            self.errors += 1
             self.errors_in_a_row += 1
             detail = f"[stage {spec.index} @ {spec.device}] {type(e).__name__}: {e}"
             logger.warning("%s (request %d)", detail, item.request_id)
@@ -241,16 +235,9 @@ class _StageRunner:
                 item.upstream.send(Frame("ack", item.request_id, epoch=self.spec.epoch))
             except Exception as e:  # the upstream is gone; the driver finds out on its own
                 logger.debug("ack of %d not sent: %s", item.request_id, e)
-        self.processed += 1
+        i = item
         self.timeline.append(
-            (
-                item.request_id,
-                item.received_s,
-                item.compute_start_s,
-                item.compute_end_s,
-                sent_s,
-                sent_s,
-            )
+            (i.request_id, i.received_s, i.compute_start_s, i.compute_end_s, sent_s)
         )
 
     def halt(self, timeout_s: float) -> list[dict[str, Any]]:
@@ -355,14 +342,12 @@ class StageWorker:
                 stopped,
                 spec.decode_batch_scale,
             )
-        decode = DecodeExecutor(self._module(spec))
-        decode.reset()  # a new epoch starts from empty caches
-        return decode
+        return DecodeExecutor(self._module(spec))  # a new epoch: empty caches
 
     def configure(self, spec_data: dict[str, Any]) -> tuple[str, int]:
         """Build the stage of `spec_data` (only its units' weights); returns its listen address."""
         spec = StageSpec.model_validate(spec_data)
-        self._retire()
+        self.halt()
         stopped = threading.Event()
         runner = _StageRunner(spec, self._executor(spec, stopped), self.host, stopped)
         address = runner.listen()
@@ -393,14 +378,11 @@ class StageWorker:
     def ping(self) -> dict[str, Any]:
         runner = self._runner
         if runner is None:
-            return {"now_s": time.time(), "busy_since_s": None, "processed": 0, "epoch": None}
+            return {"busy_since_s": None, "epoch": None}
         if runner.cut.is_set():
             runner.stopped.wait(60.0)  # a cut device is silent (its heartbeats are lost too)
         return {
-            "now_s": time.time(),
             "busy_since_s": runner.busy_since_s,
-            "processed": runner.processed,
-            "errors": runner.errors,
             "errors_in_a_row": runner.errors_in_a_row,
             "epoch": runner.spec.epoch,
             "downstream_lost_s": runner.downstream_lost_s
@@ -408,7 +390,7 @@ class StageWorker:
             "refused": runner.inbound.refused if runner.inbound is not None else 0,
         }
 
-    def fault(self, kind: FaultKind) -> None:
+    def fault(self, kind: FaultAction) -> None:
         """Fault injection, executed here so that it reaches a device on any node.
 
         kill: SIGKILL this process. stop: SIGSTOP it (a hang). crash: SIGKILL this node's raylet
@@ -447,9 +429,6 @@ class StageWorker:
 
     def halt(self, timeout_s: float = 10.0) -> list[dict[str, Any]]:
         """Stop this epoch; return every item still held (see [Note: retained activations])."""
-        return self._retire(timeout_s)
-
-    def _retire(self, timeout_s: float = 10.0) -> list[dict[str, Any]]:
         runner, self._runner = self._runner, None
         if runner is None:
             return []
@@ -469,7 +448,7 @@ class StageWorker:
         }
 
     def timelines(self) -> list[dict[str, Any]]:
-        """Per-epoch (request, received, compute start, compute end, due, sent) wall times."""
+        """Per-epoch (request, received, compute start, compute end, sent) wall times."""
         current = [self._timeline_of(self._runner)] if self._runner is not None else []
         return [*self._timelines, *current]
 
@@ -479,5 +458,5 @@ class StageWorker:
         return "stopped"
 
     def shutdown(self) -> None:
-        self._retire(1.0)
+        self.halt(1.0)
         self._stop.set()

@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Literal
+from typing import Any
 
 from edgesplit.errors import ConfigError, DeviceUnavailableError
 from edgesplit.runtime.channel import Inbound, Sender
@@ -121,6 +121,15 @@ class StageGroup:
                     "or inject kill/stop instead"
                 )
 
+    def lose(self, suspicions: Sequence[Suspicion]) -> set[str]:
+        """Failed devices: log them, stop the driver's source, kill their actors."""
+        for s in suspicions:
+            logger.warning("[failover] %s failed (%s: %s)", s.device, s.cause, s.detail)
+        self.stop_source()
+        for s in suspicions:
+            self.drop(s.device)
+        return {s.device for s in suspicions}
+
     def drop(self, device: str) -> None:
         """Kill a failed device's actor and stop watching it."""
         actor = self.actors.pop(device, None)
@@ -136,16 +145,13 @@ class StageGroup:
         specs: Sequence[StageSpec],
         *,
         source_in_flight: int,
-        source_shaper: LinkShaper | None = None,
-        expected_compute_s: Mapping[str, float],
-        topology: Literal["chain", "star"] = "chain",
-        source_shapers: Mapping[str, LinkShaper | None] | None = None,
+        source_shapers: Mapping[str, LinkShaper | None],
+        expected_compute_s: Mapping[str, float] | None = None,
+        star: bool = False,
     ) -> None:
-        """Build every stage of a new epoch and wire its streams.
-
-        chain (pipelines): driver -> stage 0 -> ... -> last stage -> driver. star (width
-        shards): driver -> every stage -> driver, one source per stage, shaped by
-        `source_shapers[device]`.
+        """Build every stage of a new epoch and wire its streams: one driver source per key of
+        `source_shapers` (shaped by its value); chain (pipelines): driver -> stage 0 -> ... ->
+        last stage -> driver; star (width shards): driver -> every stage -> driver.
         """
         self.stop_source()
         self.ensure(s.device for s in specs)
@@ -164,25 +170,22 @@ class StageGroup:
         self.addresses = {
             s.device: (str(a[0]), int(a[1])) for s, a in zip(specs, addresses, strict=True)
         }
-        if topology == "chain":
-            downstream = [*addresses[1:], self.sink.address]
-            entries = {self.devices[0]: source_shaper}
-        else:
-            downstream = [self.sink.address] * len(specs)
-            entries = {d: (source_shapers or {}).get(d) for d in self.devices}
+        downstream = (
+            [self.sink.address] * len(specs) if star else [*addresses[1:], self.sink.address]
+        )
         starts = [
             self.actors[s.device].call("start", target, self.config.startup_timeout_s)
             for s, target in zip(specs, downstream, strict=True)
         ]
         self.session.get(starts, self.config.startup_timeout_s)
-        for device, shaper in entries.items():
+        for device, shaper in source_shapers.items():
             host, port = self.addresses[device]
             conn = connect((host, port), self.config.startup_timeout_s, key=self.run_key)
             conn.send(Frame("hello", epoch=self.epoch, meta={"from": "driver"}))
             sender = Sender(conn, source_in_flight, shaper, name=f"driver-source-{device}")
             sender.start()
             self.sources[device] = sender
-        self.watch(expected_compute_s)
+        self.watch(expected_compute_s or {})
 
     @property
     def source(self) -> Sender | None:

@@ -25,6 +25,7 @@ import contextlib
 import hashlib
 import hmac
 import json
+import math
 import secrets
 import socket
 import struct
@@ -48,14 +49,13 @@ __all__ = [
     "TcpListener",
     "connect",
     "encode_header",
-    "listen",
     "new_run_key",
 ]
 
 PROTOCOL_VERSION = 2
 MAGIC = b"ESR2"
-FrameType = Literal["hello", "data", "ack", "bye"]
-_TYPES = frozenset(("hello", "data", "ack", "bye"))
+FrameType = Literal["hello", "data", "ack"]
+_TYPES = frozenset(("hello", "data", "ack"))
 _LENGTH = struct.Struct(">I")
 _READ_AHEAD = 1 << 16
 _NONCE_BYTES = 16
@@ -120,7 +120,7 @@ def encode_header(frame: Frame) -> bytes:
 
 def _tensor_specs(
     header: dict[str, Any], limits: FrameLimits
-) -> list[tuple[str, np.dtype[Any], tuple[int, ...]]]:
+) -> list[tuple[str, np.dtype[Any], tuple[int, ...], int]]:
     """(name, dtype, shape) of every declared tensor, refusing anything outside `limits`."""
     specs = header.get("tensors")
     if not isinstance(specs, list) or len(specs) > limits.max_tensors:
@@ -140,16 +140,14 @@ def _tensor_specs(
             or min(shape, default=0) < 0
         ):
             raise FrameError(f"frame declares tensor '{name}' as {dtype.str}{list(shape)}")
-        num_bytes = dtype.itemsize
-        for size in shape:
-            num_bytes *= size
+        num_bytes = math.prod(shape) * dtype.itemsize
         total += num_bytes
         if total > limits.max_payload_bytes:
             raise FrameError(
                 f"frame declares {total} bytes of tensors, over this stream's bound of "
                 f"{limits.max_payload_bytes}; refused before allocating"
             )
-        result.append((name, dtype, shape))
+        result.append((name, dtype, shape, num_bytes))
     return result
 
 
@@ -261,8 +259,7 @@ class TcpConnection:
         if not isinstance(meta, dict):
             raise FrameError("frame meta is not an object")
         tensors: dict[str, np.ndarray] = {}
-        for name, dtype, shape in specs:
-            num_bytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+        for name, dtype, shape, num_bytes in specs:
             raw = np.empty(num_bytes, dtype=np.uint8)
             if not self._read_into(raw.data):
                 return None
@@ -348,10 +345,6 @@ class TcpListener:
 
     def close(self) -> None:
         self._sock.close()
-
-
-def listen(host: str, port: int = 0, limits: FrameLimits | None = None) -> TcpListener:
-    return TcpListener(host, port, limits)
 
 
 def connect(

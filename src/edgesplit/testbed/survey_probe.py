@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from edgesplit.errors import DeviceUnavailableError
-from edgesplit.runtime.transport import Frame, TcpConnection, connect, listen, new_run_key
+from edgesplit.runtime.transport import Frame, TcpConnection, TcpListener, connect, new_run_key
 
 __all__ = ["Probe"]
 
@@ -198,8 +198,7 @@ class Probe:
             run_key_hex=key.hex(),
             input_bytes=num_bytes,
             output_bytes=num_bytes,
-            bandwidth_bytes_per_s=None,
-            latency_s=1e-3,  # a sender-side delay, as on the testbed (its writer thread)
+            link=(None, 1e-3),  # a sender-side delay, as on the testbed (its writer thread)
             max_in_flight=2,
         )
         payload = {"hidden": np.zeros(num_bytes, dtype=np.uint8)}
@@ -250,7 +249,7 @@ class Probe:
     def serve_probe(self) -> list[Any]:
         """Listen on the node's address; answer pings and acknowledge bulk transfers."""
         if self._listener is None:
-            self._listener = listen(self.ip)
+            self._listener = TcpListener(self.ip)
             threading.Thread(target=self._accept, daemon=True).start()
         host, port = self._listener.address
         return [host, int(port)]

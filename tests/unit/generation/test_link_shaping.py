@@ -1,10 +1,10 @@
-"""Decode links follow `RuntimeConfig.link_shaping` like the batch and shard drivers' links."""
+"""Links follow `RuntimeConfig.link_shaping` through `RuntimeConfig.shaped`, which the batch,
+shard and decode drivers all call (the decode driver with its `cluster`)."""
 
 from __future__ import annotations
 
 import pytest
 
-from edgesplit.api.generation import _link
 from edgesplit.core.cluster import Cluster, DeviceSpec, LinkDefaults
 from edgesplit.runtime.config import RuntimeConfig
 
@@ -28,12 +28,12 @@ def test_decode_links_follow_link_shaping(
     shaping: str, expected: tuple[float | None, float] | None
 ) -> None:
     # On the testbed the kernel shapes bandwidth: "latency" must not shape it a second time.
-    link = _link(_cluster(), RuntimeConfig(compute="real", link_shaping=shaping))  # type: ignore[arg-type]
-    got = link("a", "b")
+    runtime = RuntimeConfig(compute="real", link_shaping=shaping)  # type: ignore[arg-type]
+    got = runtime.shaped(_cluster(), "a", "b")
     if expected is None:
         assert got is None
     else:
         assert got is not None
         assert got[0] == (pytest.approx(expected[0]) if expected[0] else None)
         assert got[1] == pytest.approx(expected[1])
-    assert link("a", "a") is None  # one device: no link
+    assert runtime.shaped(_cluster(), "a", "a") is None  # one device: no link

@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 
 from edgesplit.errors import ProtocolVersionError, TransportError
-from edgesplit.runtime.transport import Frame, connect, encode_header, listen
+from edgesplit.runtime.transport import Frame, TcpListener, connect, encode_header
 
 
 def test_frames_round_trip_arrays_of_several_dtypes() -> None:
-    listener = listen("127.0.0.1")
+    listener = TcpListener("127.0.0.1")
     client = connect(listener.address, timeout_s=5)
     server = listener.accept(timeout_s=5)
     assert server is not None
@@ -55,7 +55,7 @@ def test_header_is_json_not_pickle() -> None:
 
 
 def test_other_protocol_version_is_a_clear_error() -> None:
-    listener = listen("127.0.0.1")
+    listener = TcpListener("127.0.0.1")
     client = connect(listener.address, timeout_s=5)
     server = listener.accept(timeout_s=5)
     assert server is not None
@@ -79,7 +79,7 @@ def test_other_protocol_version_is_a_clear_error() -> None:
 
 
 def test_connect_to_a_closed_port_names_the_address() -> None:
-    listener = listen("127.0.0.1")
+    listener = TcpListener("127.0.0.1")
     address = listener.address
     listener.close()
     with pytest.raises(TransportError, match=f"127.0.0.1:{address[1]}"):
@@ -88,6 +88,6 @@ def test_connect_to_a_closed_port_names_the_address() -> None:
 
 def test_accept_on_a_listener_closed_by_another_thread_returns_none() -> None:
     """An Inbound's accept thread may call accept just after close(): no exception escapes."""
-    listener = listen("127.0.0.1")
+    listener = TcpListener("127.0.0.1")
     listener.close()
     assert listener.accept(timeout_s=0.01) is None

@@ -19,6 +19,7 @@ import pytest
 
 from edgesplit.api import pipeline as api_pipeline
 from edgesplit.api.serving_engines import PipelineBatchEngine, PipelineDecodeEngine
+from edgesplit.core.plan import StagePlacement
 from edgesplit.errors import DeviceUnavailableError
 from edgesplit.runtime.report import RunHealth
 from edgesplit.serving import DecodeRequest
@@ -49,13 +50,6 @@ class Sink:
 class Result:
     finished: str
     error: str = ""
-
-
-@dataclass
-class Health:
-    ok: bool
-    detail: str
-    stages: tuple[str, ...]
 
 
 @dataclass
@@ -117,7 +111,11 @@ class FakePipeline:
                     on_finish(Result("length"))
 
     def health(self) -> Any:
-        return Health(not self.broken, self.broken, ("a[0,2)", "b[2,4)"))
+        stages = (
+            StagePlacement(device="a", start=0, end=2),
+            StagePlacement(device="b", start=2, end=4),
+        )
+        return RunHealth("failed" if self.broken else "running", stages, self.broken)
 
     def stats(self) -> Any:
         return Stats(running=0, waiting=len(self.submitted), step_batch_sizes=(2, 2))
