@@ -48,7 +48,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
 import numpy as np
-from pydantic import Field
+from pydantic import Field, ValidationError
 
 from edgesplit.core.cluster import Cluster
 from edgesplit.core.plan import StagePlacement, check_chain
@@ -99,7 +99,7 @@ class StageTiming(NamedTuple):
     batch_scale: tuple[tuple[int, float], ...] = ()
 
 
-# (device, start unit, end unit) -> its StageTiming (or the (decode s, prefill s/token) pair)
+# (device, start unit, end unit) -> what that stage sleeps when emulated
 EmulationFn = Callable[[str, int, int], StageTiming]
 TokenCallback = Callable[[int, int], None]  # (sequence id, token)
 Finished = Literal["length", "stop", "error", "abort"]
@@ -878,10 +878,14 @@ class GenerationPipeline:
 
 
 def _check_stages(stages: Sequence[StageAssignment], num_units: int) -> None:
+    hint = f"; give contiguous, non-empty unit ranges covering [0, {num_units}), one per device"
     try:
         check_chain([StagePlacement(device=d, start=s, end=e) for d, s, e in stages], num_units)
-    except ValueError as e:  # (pydantic's ValidationError is one)
-        raise ConfigError(f"generation stages: {e}") from e
+    except ValidationError as e:  # one stage is malformed (e.g. empty): pydantic's own words
+        detail = "; ".join(str(err["msg"]).removeprefix("Value error, ") for err in e.errors())
+        raise ConfigError(f"generation stages: {detail}{hint}") from e
+    except ValueError as e:
+        raise ConfigError(f"generation stages: {e}{hint}") from e
 
 
 def _result(sequence: _Sequence) -> SequenceResult:

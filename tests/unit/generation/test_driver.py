@@ -13,13 +13,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import pytest
 
+from edgesplit.errors import ConfigError
 from edgesplit.runtime.config import RuntimeConfig
 from edgesplit.runtime.generation import (
     GenerationConfig,
     GenerationPipeline,
     GenerationRequest,
     SequenceResult,
+    _check_stages,
 )
 from edgesplit.runtime.transport import Frame
 
@@ -194,3 +197,24 @@ def test_engine_submit_abort_and_idle() -> None:
         thread.join(10)
     assert not thread.is_alive()
     assert chain.lengths == {}
+
+
+@pytest.mark.parametrize(
+    ("stages", "says"),
+    [
+        ([("a", 0, 3), ("b", 3, 3)], "stage on 'b' has end 3 <= start 3"),
+        ([("a", 0, 3), ("b", 4, 6)], "'a' ends at 3 but 'b' starts at 4"),
+        ([("a", 0, 3), ("a", 3, 6)], "repeated: ['a']"),
+        ([("a", 0, 3)], "stages end at unit 3; the model has 6"),
+    ],
+)
+def test_bad_stages_are_one_clear_config_error(
+    stages: list[tuple[str, int, int]], says: str
+) -> None:
+    with pytest.raises(ConfigError) as raised:
+        _check_stages(stages, 6)
+    message = str(raised.value)
+    assert says in message
+    assert "covering [0, 6), one per device" in message  # what to do
+    assert "pydantic" not in message
+    assert "validation error" not in message
