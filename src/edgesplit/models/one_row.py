@@ -23,8 +23,9 @@ each (shape, bucket) — buckets 1, 2, 4, 8; r rows use the smallest bucket >= r
 once per process (`choose`): both kernels over weights of that shape too large together for
 the last-level cache (a rotation of copies, or the weight itself when it is that large),
 alternating pass by pass; "padded" only when the median of the per-pass padded / plain ratios
-is below `PADDED_BELOW`. `route_linears` measures a stage's shapes when it is built (~1 s for
-SmolLM2-135M's five shapes, once per process) and logs one INFO line per shape.
+is below `PADDED_BELOW`. `route_linears` measures a stage's shapes when it is built (1.5-4.3 s
+for SmolLM2-135M's five shapes on the VM above, depending on load; once per process) and logs
+one INFO line per shape.
 """
 
 from __future__ import annotations

@@ -121,9 +121,10 @@ _FAULT = re.compile(r"^(?P<kind>[a-z]+):(?P<device>[^@]+)@(?P<seconds>[0-9]*\.?[
 
 def parse_kill(text: str) -> ScheduledFault:
     """'pi0@3.5' -> kill pi0's stage process 3.5 s into the run."""
-    if ":" in text or not _FAULT.match(f"kill:{text.strip()}"):
+    match = _FAULT.match(f"kill:{text.strip()}")  # the --fault form, its kind fixed
+    if ":" in text or not match:
         raise ConfigError(f"--kill expects DEVICE@SECONDS (e.g. pi0@3.5), got {text!r}")
-    return parse_fault(f"kill:{text.strip()}")
+    return ScheduledFault(device=match["device"], at_s=float(match["seconds"]))
 
 
 def parse_fault(text: str) -> ScheduledFault:

@@ -235,9 +235,8 @@ class _StageRunner:
                 item.upstream.send(Frame("ack", item.request_id, epoch=self.spec.epoch))
             except Exception as e:  # the upstream is gone; the driver finds out on its own
                 logger.debug("ack of %d not sent: %s", item.request_id, e)
-        i = item
         self.timeline.append(
-            (i.request_id, i.received_s, i.compute_start_s, i.compute_end_s, sent_s)
+            (item.request_id, item.received_s, item.compute_start_s, item.compute_end_s, sent_s)
         )
 
     def halt(self, timeout_s: float) -> list[dict[str, Any]]:

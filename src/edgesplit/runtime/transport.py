@@ -121,7 +121,8 @@ def encode_header(frame: Frame) -> bytes:
 def _tensor_specs(
     header: dict[str, Any], limits: FrameLimits
 ) -> list[tuple[str, np.dtype[Any], tuple[int, ...], int]]:
-    """(name, dtype, shape) of every declared tensor, refusing anything outside `limits`."""
+    """(name, dtype, shape, bytes) of every declared tensor, refusing anything outside
+    `limits`."""
     specs = header.get("tensors")
     if not isinstance(specs, list) or len(specs) > limits.max_tensors:
         raise FrameError(f"frame declares an invalid tensor list ({type(specs).__name__})")
