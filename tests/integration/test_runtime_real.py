@@ -6,6 +6,8 @@ micro-batches; and a checkpoint missing one unit's weights fails before any requ
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +26,7 @@ from edgesplit.models import (
     unsplit_output,
 )
 from edgesplit.runtime import RuntimeConfig, run_plan
+from edgesplit.runtime.config import ScheduledFault
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -66,6 +69,45 @@ def test_real_run_equals_the_unsplit_model(ray_cluster: object, preset: str) -> 
         reference = unsplit_output(model, example_input(spec, BATCH, seed=100 + rid))
         got = torch.from_numpy(outputs[rid]["logits"])
         worst = max(worst, float((reference - got).abs().max()))
+    assert worst <= 1e-5, worst
+
+
+def test_real_run_through_a_kill_equals_the_unsplit_model(ray_cluster: object) -> None:
+    """A warm standby (imports and kernels measured for the run's model while it waited) takes
+    the killed middle stage over; every answer still equals the unsplit model's, in order."""
+    spec = model_spec_from_name("vit-tiny")
+    names = unit_names(spec)
+    profile, cluster = _profile("vit-tiny", names), toy_cluster(["r0", "r1", "r2", "r3"])
+    plan = make_plan(profile, cluster, _three_stages(len(names)))
+    count = 160
+    inputs = [example_input(spec, BATCH, seed=rid) for rid in range(count)]
+
+    def paced() -> Iterator[dict[str, torch.Tensor]]:
+        for tensors in inputs:
+            time.sleep(0.01)  # ~2 s of requests: the kill at 0.6 s lands mid-run
+            yield tensors
+
+    outputs: dict[int, np.ndarray] = {}
+    config = RuntimeConfig(compute="real", placement="local", standby_devices=("r3",))
+    report = run_plan(
+        plan,
+        cluster,
+        profile,
+        spec,
+        config,
+        requests=paced(),
+        faults=[ScheduledFault("r1", 0.6, "kill")],
+        on_result=lambda rid, out: outputs.__setitem__(rid, out["logits"]),
+    )
+    (failure,) = report.failures
+    assert (failure.device, failure.action) == ("r1", "standby")
+    assert list(outputs) == list(range(count))
+    assert (report.requests.lost, report.requests.duplicated) == (0, 0)
+    model = build_model(spec)
+    worst = max(
+        float((unsplit_output(model, inputs[rid]) - torch.from_numpy(outputs[rid])).abs().max())
+        for rid in range(count)
+    )
     assert worst <= 1e-5, worst
 
 

@@ -2,7 +2,7 @@
 
 Public surface (see notes/CONTRACTS.md): ModelSpec, model_spec_from_name, build_model,
 unit_names, build_stage, StageModule, example_input, unsplit_output, save_checkpoint, crossing,
-default_seq_len. Design and what crosses a cut: docs/models.md.
+default_seq_len, tune_kernels. Design and what crosses a cut: docs/models.md.
 Importing this package does not import torch until a function needs it.
 """
 
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
         build_stage,
         example_input,
         save_checkpoint,
+        tune_kernels,
         unit_names,
         unsplit_output,
     )
@@ -43,6 +44,7 @@ __all__ = [
     "example_input",
     "model_spec_from_name",
     "save_checkpoint",
+    "tune_kernels",
     "unit_names",
     "unsplit_output",
 ]
@@ -54,6 +56,7 @@ _LAZY = {
     "build_stage",
     "example_input",
     "save_checkpoint",
+    "tune_kernels",
     "unit_names",
     "unsplit_output",
 }

@@ -28,7 +28,7 @@ from torch import nn
 
 from edgesplit.core.precision import StageDtype
 from edgesplit.errors import ConfigError
-from edgesplit.models.one_row import route_linears
+from edgesplit.models.one_row import route_linears, setting, tune
 from edgesplit.models.precision import apply_dtype, compute_dtype, weight_bytes
 from edgesplit.models.spec import CHECKPOINT_META, ModelSpec, default_seq_len
 from edgesplit.models.units import Activation, Unit, crossing, make_units
@@ -39,6 +39,7 @@ __all__ = [
     "build_stage",
     "example_input",
     "save_checkpoint",
+    "tune_kernels",
     "unit_names",
     "unsplit_output",
 ]
@@ -331,6 +332,24 @@ def build_stage(
     if dtype == "float32":
         route_linears(stage)  # one-row decode steps use this host's faster kernel (one_row.py)
     return stage
+
+
+def tune_kernels(spec: ModelSpec, dtype: StageDtype = "float32") -> int:
+    """Measure this host's few-row kernel for every Linear shape of the model now, without
+    loading a weight; returns how many shapes.
+
+    What `build_stage` would measure for any stage of `spec` (`one_row.route_linears`): a
+    standby calls it while it waits (`StageWorker.warm`), so that the stage it takes over after
+    a failure is built without that cost. Nothing to do for other dtypes or a forced kernel.
+    """
+    if dtype != "float32" or setting() != "auto":
+        return 0
+    _, model = _meta_model(spec)
+    shapes = {
+        (m.out_features, m.in_features): None for m in model.modules() if type(m) is nn.Linear
+    }
+    tune(shapes)
+    return len(shapes)
 
 
 def _check_range(start: int, end: int, num_units: int) -> None:

@@ -35,7 +35,7 @@ import logging
 import os
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Final, Literal
 
@@ -217,9 +217,9 @@ def measured() -> list[Choice]:
     return list(_MEASURED.values())
 
 
-def tune(weights: dict[tuple[int, int], torch.Tensor]) -> list[Choice]:
-    """`choose` every bucket of every shape (the stage's own weight passed along); one INFO line
-    per newly measured shape."""
+def tune(weights: Mapping[tuple[int, int], torch.Tensor | None]) -> list[Choice]:
+    """`choose` every bucket of every shape (the stage's own weight passed along, or None to
+    time copies of the shape); one INFO line per newly measured shape."""
     choices = []
     for shape, weight in weights.items():
         fresh = any((shape, b) not in _MEASURED for b in ROW_BUCKETS)

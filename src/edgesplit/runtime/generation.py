@@ -281,9 +281,11 @@ class GenerationPipeline:
         self._session = RaySession.open(self.runtime, devices)
         self._group = StageGroup(self._session, self.runtime, self._results.put, 1 << 20)
         self._group.ensure(d for d, _, _ in self.stages)
-        # Standby devices get a warm actor now (imports done, no weights): a failover then
-        # costs a stage build and a replay, not a process start.
-        self._group.ensure(self._spare, warm=self.runtime.compute == "real")
+        # Standby devices get a warm actor now (imports done, kernels measured, no weights): a
+        # failover then costs a stage build and a replay, not a process start.
+        spec = self.model_spec.model_dump() if hasattr(self.model_spec, "model_dump") else None
+        real = self.runtime.compute == "real"
+        self._group.ensure(self._spare, warm=(spec, self.config.dtype) if real else None)
         self._configure_epoch()
 
     def close(self) -> None:

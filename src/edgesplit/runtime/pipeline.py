@@ -309,7 +309,14 @@ class _Driver:
     def run(self) -> None:
         assert self.group is not None
         self.failure_log = self.group.failures
-        self.group.ensure([*self.plan.devices, *self.config.standby_devices])
+        self.group.ensure(self.plan.devices)
+        # Standbys import torch and measure their kernels now, not when they take a stage over.
+        warm = None
+        if self.config.compute == "real" and self.spec is not None:
+            dtypes = [s.dtype for s in self.plan.stages]  # kernels matter to float32 stages
+            dtype = "float32" if "float32" in dtypes else dtypes[0]
+            warm = (self.spec.model_dump(mode="json"), dtype)
+        self.group.ensure(self.config.standby_devices, warm=warm)
         self.group.check_faults(self.faults)
         self.configure(self.plan.stages, 0)
         self.num_nodes = self.group.session.num_nodes()

@@ -358,12 +358,17 @@ class StageWorker:
         host, port = downstream_address
         self._runner.start((str(host), int(port)), connect_timeout_s)
 
-    def warm(self) -> None:
+    def warm(self, model_spec: dict[str, Any] | None = None, dtype: StageDtype = "float32") -> int:
         """Import torch and transformers and run one tiny GPT-2 and Llama step now, so that a
-        standby's takeover costs its weights, not seconds of lazy imports and kernel warm-up."""
+        standby's takeover costs its weights, not seconds of lazy imports and kernel warm-up.
+
+        With the run's `model_spec`, also measure this device's few-row kernel for every weight
+        shape of that model (`models.tune_kernels`: no weights loaded), which a stage build
+        would otherwise pay at takeover; returns how many shapes.
+        """
         import torch
 
-        from edgesplit.models import model_spec_from_name
+        from edgesplit.models import ModelSpec, model_spec_from_name, tune_kernels
         from edgesplit.models.kv_stage import KvStage
 
         torch.set_num_threads(1)
@@ -372,6 +377,9 @@ class StageWorker:
             with torch.inference_mode():
                 stage.step(0, {"input_ids": torch.tensor([[1, 2]])}, 0)
                 stage.step(0, {"input_ids": torch.tensor([[3]])}, 2)
+        if model_spec is None:
+            return 0
+        return tune_kernels(ModelSpec.model_validate(model_spec), dtype)
 
     # -- health and faults -------------------------------------------------------------------
     def ping(self) -> dict[str, Any]:

@@ -85,8 +85,11 @@ class StageGroup:
         )
 
     # -- actors -------------------------------------------------------------------------------
-    def ensure(self, devices: Iterable[str], *, warm: bool = False) -> None:
-        """Start an actor for every device that has none (standbys: `warm` imports torch)."""
+    def ensure(
+        self, devices: Iterable[str], *, warm: tuple[dict[str, Any] | None, str] | None = None
+    ) -> None:
+        """Start an actor for every device that has none; with `warm` = (model spec, dtype),
+        each new one runs `StageWorker.warm` in the background (standbys: imports, kernels)."""
         new = [d for d in devices if d not in self.actors]
         for device in new:
             self.actors[device] = self.session.start_actor(device)
@@ -102,8 +105,8 @@ class StageGroup:
             ) from e
         for device, info in zip(new, infos, strict=True):
             self.actors[device].info = info
-            if warm:
-                self.actors[device].call("warm")
+            if warm is not None:
+                self.actors[device].call("warm", *warm)
 
     def check_faults(self, faults: Sequence[ScheduledFault]) -> None:
         """A node crash needs the device on its own Ray node (not the driver's)."""

@@ -189,3 +189,54 @@ def test_smollm2_split_decode_with_padded_kernel_equals_unsplit(
         stages = [KvStage.build(spec, a, b) for a, b in itertools.pairwise(cuts)]
         assert _pipeline_generate(stages, prompt, 24, Sampling()) == reference, cuts
     assert (1, 1, 576) in padded_calls
+
+
+@pytest.mark.parametrize("name", ["llama-tiny", "gpt2-tiny", "vit-tiny", "bert-tiny"])
+def test_tune_kernels_measures_every_shape_a_stage_builds(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a waiting standby measures (no weights loaded) covers any stage of the model."""
+    from edgesplit.models import tune_kernels
+
+    monkeypatch.setattr(one_row, "_MEASURED", {})
+    spec = model_spec_from_name(name)
+    assert tune_kernels(spec) > 0
+    tuned = dict(one_row._MEASURED)
+    monkeypatch.setattr(one_row, "measure", None)  # any further measurement would fail
+    n = len(unit_names(spec))
+    for start, end in [(0, 1), (1, n - 1), (n - 1, n), (0, n)]:
+        build_stage(spec, start, end)
+    assert tuned == one_row._MEASURED
+
+
+def test_a_warm_standby_measures_the_runs_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`StageWorker.warm(model_spec)` measures the run's model's shapes before any stage of it
+    is built (vit-tiny: some of its shapes are not in the tiny GPT-2 and Llama warm runs)."""
+    from edgesplit.runtime.stage import StageWorker
+
+    spec = model_spec_from_name("vit-tiny")
+    stage = build_stage(spec, 0, len(unit_names(spec)))
+    shapes = {tuple(m.weight.shape) for m in stage.modules() if isinstance(m, nn.Linear)}
+    worker = StageWorker("standby", "127.0.0.1")
+    monkeypatch.setattr(one_row, "_MEASURED", {})
+    assert worker.warm() == 0  # no model: imports and the tiny decode steps only
+    own = shapes - {shape for shape, _ in one_row._MEASURED}
+    assert own, "vit-tiny should have shapes the tiny decode warm-up does not"
+    monkeypatch.setattr(one_row, "_MEASURED", {})
+    assert worker.warm(spec.model_dump()) > 0
+    assert {(s, b) for s in own for b in one_row.ROW_BUCKETS} <= set(one_row._MEASURED)
+
+
+def test_warm_measures_nothing_for_other_dtypes_or_a_forced_kernel(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from edgesplit.models import tune_kernels
+
+    monkeypatch.setattr(one_row, "_MEASURED", {})
+    monkeypatch.setattr(one_row, "measure", None)
+    spec = model_spec_from_name("llama-tiny")
+    assert tune_kernels(spec, "bfloat16") == 0
+    assert tune_kernels(spec, "int8") == 0
+    monkeypatch.setenv(KERNEL_ENV, "plain")
+    assert tune_kernels(spec) == 0
+    assert one_row._MEASURED == {}
