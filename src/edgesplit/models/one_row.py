@@ -35,9 +35,9 @@ import logging
 import os
 import statistics
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 import torch
 from torch import nn
@@ -52,6 +52,7 @@ __all__ = [
     "SETTINGS",
     "Choice",
     "OneRowLinear",
+    "adopt",
     "choose",
     "kernel_for",
     "linear",
@@ -215,6 +216,20 @@ def choose(shape: tuple[int, int], rows: int, weight: torch.Tensor | None = None
 def measured() -> list[Choice]:
     """Every (shape, bucket) measured in this process so far, in measuring order."""
     return list(_MEASURED.values())
+
+
+def adopt(choices: Iterable[Mapping[str, Any]]) -> int:
+    """Take choices an earlier process measured on this same device (`Choice` fields as plain
+    data, e.g. a restarted stage's: see `StageSpec.kernels`) for (shape, bucket)s not measured
+    here yet; returns how many were new."""
+    new = 0
+    for data in choices:
+        choice = Choice(**{**data, "shape": tuple(data["shape"])})
+        key = (choice.shape, _bucket(choice.rows))
+        if key not in _MEASURED and choice.kernel in ("plain", "padded"):
+            _MEASURED[key] = choice
+            new += 1
+    return new
 
 
 def tune(weights: Mapping[tuple[int, int], torch.Tensor | None]) -> list[Choice]:

@@ -26,11 +26,13 @@ driver treats the stage as failed and replaces it.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
 import queue
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -92,6 +94,8 @@ class StageSpec(FrozenModel):
     num_threads: int = 1
     dtype: StageDtype = "float32"  # real: weights of the stage's units (models.precision)
     link_encoding: LinkEncoding = "float32"  # what this stage sends on (core.link_codec)
+    # real: few-row kernel choices an earlier process measured on this device (models.one_row)
+    kernels: tuple[dict[str, Any], ...] = ()
 
     @property
     def run_key(self) -> bytes:
@@ -296,11 +300,12 @@ class StageWorker:
         """
         import torch
 
-        from edgesplit.models import ModelSpec, build_stage
+        from edgesplit.models import ModelSpec, build_stage, one_row
         from edgesplit.models.kv_stage import KvStage
         from edgesplit.models.width import WidthShard
 
         torch.set_num_threads(spec.num_threads)
+        one_row.adopt(spec.kernels)  # a restarted stage does not measure its kernels again
         if spec.executor == "shard":
             if self._shard_payload is None:
                 raise ValueError(f"no width units were loaded on '{self.device}'")
@@ -380,6 +385,15 @@ class StageWorker:
         if model_spec is None:
             return 0
         return tune_kernels(ModelSpec.model_validate(model_spec), dtype)
+
+    def kernels(self) -> list[dict[str, Any]]:
+        """The few-row kernel choices measured in this process (`models.one_row`), as plain
+        data for `StageSpec.kernels` of a later stage on this device; none without torch."""
+        if "edgesplit.models.one_row" not in sys.modules:
+            return []
+        from edgesplit.models import one_row
+
+        return [dataclasses.asdict(choice) for choice in one_row.measured()]
 
     # -- health and faults -------------------------------------------------------------------
     def ping(self) -> dict[str, Any]:

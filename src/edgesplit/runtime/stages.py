@@ -69,6 +69,9 @@ class StageGroup:
             config.hang_timeout_s, config.batch_deadline_s, config.stream_loss_grace_s
         )
         self.failures = FailureLog()
+        # Few-row kernel choices each device's stage measured (models.one_row): a stage built
+        # there again (a restart in a new process) takes them instead of measuring again.
+        self.kernels: dict[str, tuple[dict[str, Any], ...]] = {}
         self._on_result = on_result
         self._pings: dict[str, Any] = {}
         self._pinged_s: dict[str, float] = {}
@@ -158,6 +161,10 @@ class StageGroup:
         """
         self.stop_source()
         self.ensure(s.device for s in specs)
+        if self.config.compute == "real":
+            specs = [
+                s.model_copy(update={"kernels": self.kernels.get(s.device, ())}) for s in specs
+            ]
         refs = [self.actors[s.device].call("configure", s.model_dump()) for s in specs]
         try:
             addresses = [tuple(a) for a in self.session.get(refs, self.config.startup_timeout_s)]
@@ -181,6 +188,10 @@ class StageGroup:
             for s, target in zip(specs, downstream, strict=True)
         ]
         self.session.get(starts, self.config.startup_timeout_s)
+        if self.config.compute == "real":
+            choices = [self.actors[s.device].call("kernels") for s in specs]
+            for spec, found in zip(specs, self.session.get(choices, 10.0), strict=True):
+                self.kernels[spec.device] = tuple(found)
         for device, shaper in source_shapers.items():
             host, port = self.addresses[device]
             conn = connect((host, port), self.config.startup_timeout_s, key=self.run_key)

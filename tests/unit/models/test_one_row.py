@@ -240,3 +240,51 @@ def test_warm_measures_nothing_for_other_dtypes_or_a_forced_kernel(
     monkeypatch.setenv(KERNEL_ENV, "plain")
     assert tune_kernels(spec) == 0
     assert one_row._MEASURED == {}
+
+
+def test_a_restarted_stage_takes_the_kernels_its_device_measured(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`StageWorker.kernels()` of one process, passed as `StageSpec.kernels` to a stage built
+    in another (a restart on the same device), is adopted: nothing is measured again."""
+    from edgesplit.runtime.stage import StageSpec, StageWorker
+
+    spec = model_spec_from_name("llama-tiny")
+    n = len(unit_names(spec))
+    monkeypatch.setattr(one_row, "_MEASURED", {})
+    first = StageWorker("d", "127.0.0.1")
+    stage = StageSpec(
+        index=0,
+        device="d",
+        start=0,
+        end=n,
+        epoch=0,
+        executor="decode",
+        compute="real",
+        run_key_hex="0" * 64,
+        model_spec=spec.model_dump(),
+        num_units=n,
+    )
+    first.configure(stage.model_dump())
+    choices = first.kernels()
+    assert len(choices) == len(one_row._MEASURED) > 0
+    monkeypatch.setattr(one_row, "_MEASURED", {})  # a new process on the same device
+    monkeypatch.setattr(one_row, "measure", None)  # measuring would fail
+    again = StageWorker("d", "127.0.0.1")
+    again.configure(stage.model_copy(update={"epoch": 1, "kernels": tuple(choices)}).model_dump())
+    assert again.kernels() == choices
+    again.halt()
+    first.halt()
+
+
+def test_adopt_keeps_what_this_process_measured(monkeypatch: pytest.MonkeyPatch) -> None:
+    shape = (4, 8)
+    mine = one_row.Choice(shape, 1, 1.0, 2.0, 2.0, "plain")
+    monkeypatch.setattr(one_row, "_MEASURED", {(shape, 1): mine})
+    theirs = {"shape": [4, 8], "rows": 1, "plain_s": 2.0, "padded_s": 1.0, "ratio": 0.5}
+    assert one_row.adopt([{**theirs, "kernel": "padded"}]) == 0  # measured here: kept
+    assert one_row.choose(shape, 1) is mine
+    assert one_row.adopt([{**theirs, "rows": 3, "kernel": "padded"}]) == 1  # bucket 4
+    assert one_row.kernel_for(shape, 4) == "padded"
+    assert one_row.adopt([{**theirs, "rows": 8, "kernel": "bogus"}]) == 0
+    assert (shape, 8) not in one_row._MEASURED
