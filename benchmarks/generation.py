@@ -14,9 +14,13 @@ Sections (all by default; `--sections a,b` reruns some and keeps the others from
   unsplit model, with the host's one-row kernel (models/one_row.py) and with torch's plain one
   forced (the runtime's cost alone), and with --baseline REV vs REV's pipeline, interleaved
   round by round.
+- recovery (on demand): a hang of the middle stage (`--fault stop:b@2`) through the CLI,
+  SmolLM2-135M on 3 stages, with a warm standby and without (restart on the same device), each
+  run a fresh process; with --baseline REV, REV's CLI alternated run by run.
 
     .venv/bin/python benchmarks/generation.py [--sections correctness,failures,emulated]
     .venv/bin/python benchmarks/generation.py --sections decode_speed --rounds 6 --baseline 6c527b0
+    .venv/bin/python benchmarks/generation.py --sections recovery --rounds 3 --baseline bce48ba
 
 Writes benchmarks/results/generation.json and docs/generation_decode.png. One torch thread.
 """
@@ -604,14 +608,108 @@ def decode_speed(
     return result
 
 
+def _cli_recovery(tree: Path, model: str, standby: bool, report: Path) -> dict[str, Any]:
+    """One `edgesplit generate ... --fault stop:b@2` run with the code of `tree` (a fresh
+    process, embedded Ray): the failure record and the sequences' new ids."""
+    command = [
+        sys.executable,
+        "-c",
+        "import sys; from edgesplit.cli.main import main; sys.exit(main())",
+        "generate",
+        "--model",
+        model,
+        "--devices",
+        "a,b,c",
+        *(["--standby", "d"] if standby else []),
+        "--prompt",
+        "In the beginning",
+        "--prompt",
+        "And God said",
+        "--max-new-tokens",
+        "48",
+        "--fault",
+        "stop:b@2",
+        "--report",
+        str(report),
+    ]
+    env = {**os.environ, "PYTHONPATH": str(tree / "src")}
+    result = subprocess.run(
+        command, capture_output=True, text=True, timeout=600, check=False, env=env, cwd=ROOT
+    )
+    if result.returncode != 0 or not report.is_file():
+        raise RuntimeError(f"generate with {tree} failed: {result.stderr[-2000:]}")
+    data = json.loads(report.read_text())
+    (failure,) = data["failures"]
+    return {
+        "action": failure["action"],
+        "detected_after_s": failure["detected_after_s"],
+        "recovered_after_s": failure["recovered_after_s"],
+        "new_ids": [s["new_ids"] for s in data["sequences"]],
+    }
+
+
+def recovery(rounds: int = 3, baseline: str | None = None) -> dict[str, Any]:
+    """A hang of the middle stage (`--fault stop:b@2`) through the CLI, SmolLM2-135M on 3
+    stages, with a warm standby and without one (the stage restarts on its device); each run
+    a fresh process; with `baseline`, that revision's CLI alternated run by run."""
+    model = find_smollm2_checkpoint()
+    if model is None:
+        return {"skipped": "SmolLM2 checkpoint missing (make models)"}
+    trees: list[tuple[str, Path]] = [("this tree", ROOT)]
+    rows: dict[str, list[dict[str, Any]]] = {}
+    with contextlib.ExitStack() as stack, tempfile.TemporaryDirectory() as scratch:
+        if baseline:
+            trees.append((baseline, stack.enter_context(_worktree(baseline))))
+        for round_index in range(rounds):
+            for standby in (True, False):
+                for label, tree in trees:
+                    key = f"{label}: {'standby' if standby else 'restart'}"
+                    print(f"recovery round {round_index + 1}/{rounds}: {key}", flush=True)
+                    report = Path(scratch) / f"{round_index}-{len(rows.get(key, []))}.json"
+                    rows.setdefault(key, []).append(
+                        _cli_recovery(tree, str(model), standby, report)
+                    )
+    reference = rows["this tree: standby"][0]["new_ids"]
+    result: dict[str, Any] = {
+        "model": "smollm2-135m (float32)",
+        "fault": "stop:b@2 (SIGSTOP of the middle stage's process, 2 s into generation)",
+        "runs": {
+            k: [{x: v for x, v in r.items() if x != "new_ids"} for r in v] for k, v in rows.items()
+        },
+        "recovered_after_s_median": {
+            k: float(np.median([r["recovered_after_s"] for r in v])) for k, v in rows.items()
+        },
+        "same_output": all(r["new_ids"] == reference for v in rows.values() for r in v),
+        "load_average_1m": os.getloadavg()[0],
+    }
+    if baseline:
+        result["baseline"] = baseline
+        result["per_round_difference_s_median"] = {
+            how: float(
+                np.median(
+                    [
+                        a["recovered_after_s"] - b["recovered_after_s"]
+                        for a, b in zip(
+                            rows[f"this tree: {how}"], rows[f"{baseline}: {how}"], strict=True
+                        )
+                    ]
+                )
+            )
+            for how in ("standby", "restart")
+        }
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--sections", default="correctness,failures,emulated")
-    parser.add_argument("--rounds", type=int, default=3, help="decode_speed: interleaved rounds")
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="decode_speed, recovery: interleaved rounds"
+    )
     parser.add_argument(
         "--baseline",
         default=None,
-        help="decode_speed: also run the pipeline of this git revision (a temporary worktree), "
+        help="decode_speed, recovery: also run this git revision (a temporary worktree), "
         "e.g. 6c527b0, the commit before the one runtime",
     )
     args = parser.parse_args()
@@ -626,6 +724,7 @@ def main() -> None:
         "failures": failures,
         "emulated": emulated,
         "decode_speed": lambda: decode_speed(args.rounds, baseline=args.baseline),
+        "recovery": lambda: recovery(args.rounds, baseline=args.baseline),
     }
     results = dict(previous)
     for section in sections:
@@ -649,14 +748,19 @@ def main() -> None:
         "per run) interleaved round by round with the unsplit model decoding in this process, "
         "with the stage code (KvBatch, one row, the whole model) in this process and, with "
         "--baseline REV, with REV's pipeline (a temporary git worktree, its own API); medians "
-        "of the rounds and the median of per-round ratios to the baseline."
+        "of the rounds and the median of per-round ratios to the baseline. "
+        "recovery: `edgesplit generate --model SmolLM2 --devices a,b,c [--standby d] --prompt x2 "
+        "--max-new-tokens 48 --fault stop:b@2 --report`, each run a fresh process (embedded Ray); "
+        "recovered_after_s counts from the SIGSTOP to the first token after the replay; with "
+        "--baseline REV, REV's CLI (a temporary worktree) right after this tree's, run by run, "
+        "and the median of the per-round differences (this tree - REV)."
     )
     extra = f" --rounds {args.rounds}" + (f" --baseline {args.baseline}" if args.baseline else "")
+    on_demand = {"decode_speed", "recovery"}
     out = write_result(
         "generation",
         {"sections": results, "method": method},
-        f"{COMMAND} --sections {','.join(sections)}"
-        + (extra if "decode_speed" in sections else ""),
+        f"{COMMAND} --sections {','.join(sections)}" + (extra if on_demand & set(sections) else ""),
     )
     print(out)
 
