@@ -116,10 +116,16 @@ def content_hash(model: BaseModel) -> str:
 def write_json_file(model: BaseModel, path: Path) -> Path:
     """Write a model as stable JSON; creates parent folders. Returns the path."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(f"{path} is a directory; give a file name, e.g. {path / 'plan.json'}")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(stable_json(model.model_dump(mode="json")))
-    tmp.replace(path)  # atomic: a crash never leaves half a file
+    try:
+        tmp.write_text(stable_json(model.model_dump(mode="json")))
+        tmp.replace(path)  # atomic: a crash never leaves half a file
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # never leave the half-written .tmp behind
+        raise
     return path
 
 

@@ -154,3 +154,21 @@ def test_merge_profiles_unions_kinds() -> None:
     data["units"] = data["units"][:2]
     with pytest.raises(ProfileMissingError, match="cannot merge"):
         merge_profiles([first, ModelProfile.model_validate(data)])
+
+
+def test_write_to_a_directory_is_a_config_error_and_leaves_no_tmp(tmp_path: Path) -> None:
+    target = tmp_path / "out"
+    target.mkdir()
+    with pytest.raises(ConfigError, match=r"out is a directory; give a file name, e\.g\. .*plan"):
+        write_json_file(_profile(), target)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_failed_write_leaves_no_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(self: Path, target: Path) -> Path:
+        raise PermissionError(f"cannot replace {target}")
+
+    monkeypatch.setattr(Path, "replace", refuse)
+    with pytest.raises(PermissionError):
+        write_json_file(_profile(), tmp_path / "p.json")
+    assert list(tmp_path.iterdir()) == []
