@@ -24,7 +24,8 @@ app = typer.Typer(
         "over cluster.toml) -> `edgesplit simulate` / `edgesplit run` (or `edgesplit generate` "
         "for text generation). The capabilities beside it: `robust` (width split that survives "
         "failures), `offload` (camera -> edge server), `cosearch` (model x device search); "
-        "`cluster` joins real machines. New here? `edgesplit demo`."
+        "`cluster` joins real machines. New here? `edgesplit demo`.\n\n"
+        "Add `--debug` anywhere for tracebacks and DEBUG logs (EDGESPLIT_LOG=INFO sets the level)."
     ),
     no_args_is_help=True,
     pretty_exceptions_enable=False,
@@ -59,15 +60,29 @@ def _register() -> None:
     serve_cli.register(app)
 
 
+_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+
+
+def _log_level(debug: bool) -> str:
+    """EDGESPLIT_LOG in any case; an unknown name warns once and falls back to WARNING."""
+    raw = os.environ.get("EDGESPLIT_LOG", "").strip()
+    if not raw:
+        return "DEBUG" if debug else "WARNING"
+    if raw.upper() in _LEVELS:
+        return raw.upper()
+    print(
+        f"warning: EDGESPLIT_LOG={raw!r} is not a level ({', '.join(_LEVELS[:4])}); using WARNING",
+        file=sys.stderr,
+    )
+    return "WARNING"
+
+
 def main() -> None:
     """Entry point: run the app, map edgesplit errors to exit codes without tracebacks."""
     debug = "--debug" in sys.argv
     if debug:
         sys.argv.remove("--debug")
-    logging.basicConfig(
-        level=os.environ.get("EDGESPLIT_LOG", "DEBUG" if debug else "WARNING"),
-        format="%(levelname)s %(name)s: %(message)s",
-    )
+    logging.basicConfig(level=_log_level(debug), format="%(levelname)s %(name)s: %(message)s")
     # Ray reads its auth mode when first imported, and registering commands may import it:
     # every edgesplit cluster (embedded, testbed, boards) uses token auth.
     os.environ.setdefault("RAY_AUTH_MODE", "token")
