@@ -3,22 +3,25 @@
 Plans a width placement for a model over a cluster, evaluates a plan under device failures
 (masked evaluation, optionally on Ray with killed shard actors), runs a plan on shard stages
 like a pipeline plan (emulated or real, shaped links, `--fault`) and compares failure-aware
-fine-tuning with a control. Imports the robust façade (api_robust) and core types only.
+fine-tuning with a control. Imports the robust façade (api_robust) and core types only; the
+façade loads torch, so each command imports it when it runs (`--help` stays fast).
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.table import Table
 
-from edgesplit.api import robust as api_robust
 from edgesplit.cli.common import console
 from edgesplit.core.cluster import Cluster, load_cluster
 from edgesplit.core.schema import stable_json, write_json_file
+
+if TYPE_CHECKING:
+    from edgesplit.api import robust as api_robust  # torch + transformers: loaded per command
 
 __all__ = ["register"]
 
@@ -32,6 +35,8 @@ CLUSTER_HELP = "cluster.toml (the source device is the coordinator); or use --de
 
 
 def _cluster(cluster: Path | None, devices: int, probability: float) -> Cluster:
+    from edgesplit.api import robust as api_robust
+
     if cluster is not None:
         return load_cluster(cluster)
     return api_robust.synthetic_cluster(devices, probability=probability)
@@ -92,6 +97,8 @@ def plan_command(
     pareto: Annotated[Path | None, typer.Option(help="Write the Pareto set (JSON list).")] = None,
 ) -> None:
     """Measure importance, search placements, write the chosen plan (and the Pareto set)."""
+    from edgesplit.api import robust as api_robust
+
     the_cluster = _cluster(cluster, devices, probability)
     if problem is not None:
         the_problem = api_robust.load_robust_problem(problem)
@@ -133,6 +140,8 @@ def eval_command(
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Result JSON.")] = None,
 ) -> None:
     """Real masked evaluation of a plan at k = 0..N−1 failed devices; optionally distributed."""
+    from edgesplit.api import robust as api_robust
+
     the_plan = api_robust.load_robust_plan(plan)
     task = api_robust.load_task(model or the_plan.model, seed=seed)
     if problem is not None:
@@ -182,6 +191,8 @@ def finetune_command(
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Report JSON.")] = None,
 ) -> None:
     """Failure-aware fine-tuning ("failout") vs a control of equal steps; accuracy at k = 1."""
+    from edgesplit.api import robust as api_robust
+
     task = api_robust.load_task(model, seed=seed)
     with console.status("measuring importance"):
         problem = api_robust.build_problem(task, seed=seed)
@@ -237,6 +248,8 @@ def run_command(
 ) -> None:
     """Run a width plan on shard stages (Ray actors) like a pipeline plan: emulated or real,
     links shaped from cluster.toml, faults injected; failures, failovers and latency."""
+    from edgesplit.api import robust as api_robust
+
     if compute not in ("real", "emulated") or link_shaping not in ("full", "latency", "off"):
         raise typer.BadParameter("--compute real|emulated, --link-shaping full|latency|off")
     the_plan = api_robust.load_robust_plan(plan)
