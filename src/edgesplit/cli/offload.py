@@ -13,6 +13,8 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from edgesplit.errors import ConfigError
+
 __all__ = ["register"]
 
 console = Console()
@@ -40,13 +42,22 @@ def _load_image(
     from edgesplit.api.offload import load_fashion_mnist, upscale
 
     if path is not None:
-        from PIL import Image
+        from PIL import Image, UnidentifiedImageError
 
-        with Image.open(path) as image:
-            gray = image.convert("L").resize((size, size))
-            return np.asarray(gray, dtype=np.uint8), None
+        if not path.is_file():
+            raise ConfigError(f"image not found: {path} (cwd is {Path.cwd()})")
+        try:
+            with Image.open(path) as image:
+                gray = image.convert("L").resize((size, size))
+                return np.asarray(gray, dtype=np.uint8), None
+        except UnidentifiedImageError as e:
+            raise ConfigError(f"{path} is not an image Pillow can read (PNG, JPEG, ...)") from e
+        except OSError as e:  # unreadable or truncated
+            raise ConfigError(f"cannot read image {path}: {e}") from e
     images, labels = load_fashion_mnist("test")
     index = test_index or 0
+    if not 0 <= index < len(images):
+        raise ConfigError(f"--test-index must be 0..{len(images) - 1} (Fashion-MNIST test set)")
     return upscale(images[index : index + 1], size)[0], int(labels[index])
 
 

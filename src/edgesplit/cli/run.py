@@ -71,7 +71,7 @@ def register(app: typer.Typer) -> None:
         plan: Annotated[Path, typer.Option("--plan", help="plan.json from `edgesplit plan`.")],
         cluster: Annotated[Path, typer.Option("--cluster", "-c", help="cluster.toml")],
         profile: Annotated[str, typer.Option("--profile", "-p", help=PROFILE_HELP)],
-        requests: Annotated[int, typer.Option(help="Micro-batches to stream.")] = 64,
+        requests: Annotated[int, typer.Option(min=1, help="Micro-batches to stream.")] = 64,
         compute: Annotated[
             str,
             typer.Option(

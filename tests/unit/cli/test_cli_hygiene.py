@@ -51,3 +51,12 @@ def test_registering_the_commands_imports_no_torch() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
     )
     assert result.stdout.strip() == "[]", result.stdout
+
+
+def test_run_refuses_zero_requests() -> None:
+    result = runner.invoke(
+        app, ["run", "--plan", "p.json", "-c", "c.toml", "-p", "x.json", "--requests", "0"]
+    )
+    assert result.exit_code == 2, result.output
+    assert "--requests" in result.output
+    assert "greater than or equal to 1" in result.output
