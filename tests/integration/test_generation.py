@@ -17,9 +17,10 @@ from collections.abc import Iterator
 import pytest
 import torch
 
+from edgesplit.errors import ConfigError
 from edgesplit.models import build_model, model_spec_from_name, unit_names
 from edgesplit.models.kv_stage import Sampling, generate_unsplit
-from edgesplit.runtime.config import RuntimeConfig
+from edgesplit.runtime.config import RuntimeConfig, ScheduledFault
 from edgesplit.runtime.generation import (
     GenerationConfig,
     GenerationPipeline,
@@ -77,6 +78,18 @@ def test_split_generation_equals_unsplit(
     assert [s.new_ids for s in report.sequences] == references
     assert report.new_tokens == NEW_TOKENS * len(REQUESTS)
     assert not report.failures
+
+
+def test_a_fault_for_no_stage_is_refused_and_one_too_late_is_noted(
+    pipeline: GenerationPipeline, references: list[list[int]]
+) -> None:
+    with pytest.raises(ConfigError, match="fault for 'nope', which runs no stage"):
+        pipeline.generate(REQUESTS, faults=[ScheduledFault("nope", 0.5, "kill")])
+    late = ScheduledFault(pipeline.stages[0][0], 600.0, "kill")
+    report = pipeline.generate(REQUESTS, faults=[late])  # the pipeline is still usable
+    assert [s.new_ids for s in report.sequences] == references
+    assert not report.failures
+    assert f"kill:{late.device}@600 did not fire" in report.notes
 
 
 def test_kill_9_mid_generation_replays_and_matches(

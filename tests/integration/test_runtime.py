@@ -57,6 +57,7 @@ def test_emulated_run_is_ordered_and_meets_the_predicted_period(
         profile,
         config=LOCAL,
         requests=40,
+        faults=[ScheduledFault("d2", 900.0, "stop")],  # the run ends long before
         on_result=lambda rid, out: order.append(rid),
         progress=progress,
         timeline_path=tmp_path / "gantt.png",
@@ -65,6 +66,8 @@ def test_emulated_run_is_ordered_and_meets_the_predicted_period(
     assert order == list(range(40))
     assert report.requests.completed == 40
     assert (report.requests.lost, report.requests.duplicated) == (0, 0)
+    assert not report.failures
+    assert "stop:d2@900 did not fire" in report.notes
     ratio = report.measured.period_s / report.predicted.period_s
     assert 0.9 < ratio < 1.3, ratio  # benchmarks/runtime_efficiency.py reports the exact figure
     assert (tmp_path / "gantt.png").stat().st_size > 1000

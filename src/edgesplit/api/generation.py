@@ -31,13 +31,16 @@ from edgesplit.planners.generation import (
 )
 
 if TYPE_CHECKING:
+    from edgesplit.models import ModelSpec
     from edgesplit.runtime.config import RuntimeConfig, ScheduledFault
     from edgesplit.runtime.generation import GenerationReport
 
 __all__ = [
+    "DECODER_FAMILIES",
     "GenerationPlan",
     "GenerationProfile",
     "Tokenizer",
+    "context_length",
     "decode_stages",
     "even_stages",
     "generate",
@@ -51,6 +54,9 @@ __all__ = [
 ]
 
 
+DECODER_FAMILIES = ("gpt2", "llama")  # what generation (and text serving) can decode
+
+
 @dataclass(frozen=True)
 class Tokenizer:
     """Text <-> token ids for a model: its HF tokenizer, or UTF-8 bytes for byte-level models."""
@@ -61,13 +67,27 @@ class Tokenizer:
     vocab_size: int
 
 
-def tokenizer_for(model: str) -> Tokenizer:
-    """The tokenizer of a checkpoint directory (tokenizer.json), else bytes when vocab is 256."""
+def _decoder(model: str) -> ModelSpec:
+    """The spec of `model`, which must be a decoder (a ConfigError says what to do if not)."""
     from edgesplit.models import model_spec_from_name
+
+    spec = model_spec_from_name(model)
+    if spec.family not in DECODER_FAMILIES:
+        raise ConfigError(
+            f"'{model}' is a {spec.family} model, not a decoder; generation needs a GPT-2 or "
+            "Llama-family model (gpt2-tiny, llama-tiny, a checkpoint such as smollm2-135m); "
+            "run encoders and classifiers with `edgesplit run`"
+        )
+    return spec
+
+
+def tokenizer_for(model: str) -> Tokenizer:
+    """The tokenizer of a decoder's checkpoint directory (tokenizer.json), else bytes when its
+    vocabulary is 256."""
     from edgesplit.models.build import _config
     from edgesplit.models.textdata import decode_bytes, encode_bytes
 
-    spec = model_spec_from_name(model)
+    spec = _decoder(model)
     config = _config(spec)
     vocab = int(config.vocab_size)
     if spec.checkpoint and (Path(spec.checkpoint) / "tokenizer.json").is_file():
@@ -205,7 +225,7 @@ def generate(
     Returns:
         runtime.generation.GenerationReport: per sequence `new_ids` and their `text`.
     """
-    from edgesplit.models import model_spec_from_name, unit_names
+    from edgesplit.models import unit_names
     from edgesplit.runtime.config import RuntimeConfig
     from edgesplit.runtime.generation import (
         GenerationConfig,
@@ -213,7 +233,8 @@ def generate(
         GenerationRequest,
     )
 
-    spec = model_spec_from_name(model)
+    spec = _decoder(model)
+    _check_devices(stages, standby_devices, faults, cluster)
     needs_text = any(isinstance(p, str) for p in prompts)
     try:
         tokenizer: Tokenizer | None = tokenizer_for(model)
@@ -222,9 +243,18 @@ def generate(
             raise
         tokenizer = None
     eos = tokenizer.eos_token_id if (tokenizer is not None and stop_at_eos) else None
+    context = context_length(model)
     requests = []
-    for prompt in prompts:
+    for index, prompt in enumerate(prompts):
         ids = tokenizer.encode(prompt) if isinstance(prompt, str) and tokenizer else list(prompt)
+        if not ids:
+            raise ConfigError(f"prompt {index} is empty; give some text (or token ids)")
+        if len(ids) + max_new_tokens > context:
+            raise ConfigError(
+                f"prompt {index} is {len(ids)} tokens and max_new_tokens is {max_new_tokens}: "
+                f"{len(ids) + max_new_tokens} tokens exceed the model's context of {context}; "
+                "shorten the prompt or lower --max-new-tokens"
+            )
         requests.append(
             GenerationRequest(
                 prompt_ids=list(ids),
@@ -235,6 +265,7 @@ def generate(
                 stop_token_id=eos,
             )
         )
+    longest = max((len(r.prompt_ids) for r in requests), default=0) + max_new_tokens
     replanner = None
     if profile is not None and cluster is not None:
         whole = cluster
@@ -246,6 +277,7 @@ def generate(
             return stages_of(plan_generation(profile, reduced, objective=objective).plan)
 
     config = GenerationConfig(
+        max_context=min(context, max(2048, longest)),
         max_concurrent=max_concurrent,
         micro_batches=micro_batches,
         runtime=(runtime or RuntimeConfig(compute="real")).model_copy(
@@ -267,6 +299,42 @@ def generate(
     decode = tokenizer.decode
     sequences = [s.model_copy(update={"text": decode(s.new_ids)}) for s in report.sequences]
     return report.model_copy(update={"sequences": sequences})
+
+
+def context_length(model: str) -> int:
+    """Positions the model can attend over (prompt + new tokens), from its config."""
+    from edgesplit.models import model_spec_from_name
+    from edgesplit.models.build import _config
+
+    config = _config(model_spec_from_name(model))
+    for name in ("n_positions", "max_position_embeddings"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and value > 0:
+            return value
+    return 2048
+
+
+def _check_devices(
+    stages: Sequence[tuple[str, int, int]],
+    standby_devices: Sequence[str],
+    faults: Sequence[ScheduledFault],
+    cluster: Cluster | None,
+) -> None:
+    """Stage, standby and fault devices agree with each other and with the cluster, if any."""
+    from edgesplit.runtime.config import check_fault_devices
+
+    devices = [d for d, _, _ in stages]
+    for name in standby_devices:
+        if name in devices:
+            raise ConfigError(f"standby device '{name}' already runs a stage; stages: {devices}")
+    check_fault_devices(faults, devices, standby_devices)
+    if cluster is not None:
+        missing = [d for d in [*devices, *standby_devices] if d not in cluster.device_names]
+        if missing:
+            raise ConfigError(
+                f"stages or standbys on {missing}, which the cluster does not have (devices: "
+                f"{list(cluster.device_names)}); re-plan for this cluster or use its names"
+            )
 
 
 def decode_stages(model: str, devices: Sequence[str]) -> list[tuple[str, int, int]]:

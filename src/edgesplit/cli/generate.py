@@ -7,7 +7,6 @@ Heavy modules (torch, transformers) load inside the commands.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -21,7 +20,7 @@ from edgesplit.cli.groups import DefaultCommandGroup
 from edgesplit.cli.serve import serve_command
 from edgesplit.core.cluster import Cluster, load_cluster
 from edgesplit.core.schema import read_json_file, write_json_file
-from edgesplit.errors import ConfigError
+from edgesplit.errors import ConfigError, DeviceUnavailableError
 
 __all__ = ["register"]
 
@@ -62,8 +61,17 @@ def register(app: typer.Typer) -> None:
     @group.command("run")
     def generate(
         prompt: Annotated[list[str], typer.Option("--prompt", help="Prompt text (repeatable).")],
-        plan: Annotated[Path | None, typer.Option(help="Plan (generate-plan or plan).")] = None,
-        cluster: Annotated[Path | None, typer.Option("--cluster", "-c")] = None,
+        plan: Annotated[
+            Path | None, typer.Option(help="Plan file (from `generate plan` or `plan`).")
+        ] = None,
+        cluster: Annotated[
+            Path | None,
+            typer.Option(
+                "--cluster",
+                "-c",
+                help="cluster.toml: links shaped as it says, devices checked against it.",
+            ),
+        ] = None,
         model: Annotated[str | None, typer.Option(help=MODEL_HELP)] = None,
         stages: Annotated[str | None, typer.Option(help="DEVICE:START-END,... (no plan)")] = None,
         devices: Annotated[
@@ -73,11 +81,19 @@ def register(app: typer.Typer) -> None:
                 "token (no plan; e.g. a,b,c).",
             ),
         ] = None,
-        max_new_tokens: Annotated[int, typer.Option(min=1)] = 32,
-        temperature: Annotated[float, typer.Option(min=0.0)] = 0.0,
-        top_k: Annotated[int, typer.Option(min=0)] = 0,
-        seed: int = 0,
-        max_concurrent: Annotated[int, typer.Option(min=1)] = 4,
+        max_new_tokens: Annotated[
+            int, typer.Option(min=1, help="New tokens per prompt (prompt + these <= context).")
+        ] = 32,
+        temperature: Annotated[
+            float, typer.Option(min=0.0, help="0 = greedy; > 0 samples (seeded).")
+        ] = 0.0,
+        top_k: Annotated[
+            int, typer.Option(min=0, help="Sample among the k likeliest (0 = all).")
+        ] = 0,
+        seed: Annotated[int, typer.Option(help="Sampling seed (same seed, same tokens).")] = 0,
+        max_concurrent: Annotated[
+            int, typer.Option(min=1, help="Sequences decoding at once (batched per step).")
+        ] = 4,
         standby: Annotated[list[str] | None, typer.Option(help="Standby device.")] = None,
         fault: Annotated[list[str] | None, typer.Option(help=FAULT_HELP)] = None,
         kill: Annotated[
@@ -86,12 +102,15 @@ def register(app: typer.Typer) -> None:
         report: Annotated[Path | None, typer.Option(help="Write the JSON report.")] = None,
         dtype: Annotated[
             str,
-            typer.Option(
-                "--dtype", help="Every stage's weights: float32, bfloat16 or int8 (issue 17)."
-            ),
+            typer.Option("--dtype", help="Every stage's weights: float32, bfloat16 or int8."),
         ] = "float32",
     ) -> None:
-        """Generate continuations on a KV-cached pipeline; tokens stream as they come."""
+        """Generate continuations on a KV-cached pipeline; tokens stream as they come.
+
+        Example: `edgesplit generate --model checkpoints/smollm2-135m --devices a,b,c --prompt
+        "The capital of France is" --fault stop:b@2 --report r.json` (a hang of b's stage 2 s in;
+        the report's new_ids equal a run without the fault). Exit code 4 if a sequence failed.
+        """
         model_name, placed, micro_batches = _stages_and_model(plan, model, stages, devices)
         faults = [api.parse_fault(f) for f in fault or []] + [api.parse_kill(k) for k in kill or []]
         loaded_cluster: Cluster | None = load_cluster(cluster) if cluster else None
@@ -102,14 +121,14 @@ def register(app: typer.Typer) -> None:
         def on_token(sequence_id: int, token: int) -> None:
             if len(prompt) != 1:
                 return
+            if not streamed:  # the prompt, once the pipeline is up and its first token came
+                console.print(prompt[0], end="", style="bold", soft_wrap=True)
             ids = streamed.setdefault(sequence_id, [])
             ids.append(token)
             text = tokenizer.decode(ids)
             console.print(text[len(shown.get(sequence_id, "")) :], end="", soft_wrap=True)
             shown[sequence_id] = text
 
-        if len(prompt) == 1:
-            console.print(prompt[0], end="", style="bold", soft_wrap=True)
         result = gen.generate(
             model_name,
             placed,
@@ -148,7 +167,13 @@ def register(app: typer.Typer) -> None:
             )
         console.print(table)
         if report is not None:
-            report.write_text(json.dumps(result.model_dump(), indent=2, sort_keys=True))
+            write_json_file(result, report)
+        failed = [s for s in result.sequences if s.finished == "error"]
+        if failed:
+            raise DeviceUnavailableError(
+                f"{len(failed)} of {len(result.sequences)} sequence(s) failed, e.g. "
+                f"{failed[0].sequence_id}: {failed[0].error}"
+            )
 
     @group.command("profile")
     @app.command("generate-profile", hidden=True)  # the old spelling, kept for one release
@@ -187,7 +212,7 @@ def register(app: typer.Typer) -> None:
     @group.command("plan")
     @app.command("generate-plan", hidden=True)  # the old spelling, kept for one release
     def generate_plan(
-        profile: Annotated[Path, typer.Option(help="From generate-profile.")],
+        profile: Annotated[Path, typer.Option(help="From `generate profile`.")],
         cluster: Annotated[Path, typer.Option("--cluster", "-c")],
         output: Annotated[Path, typer.Option("--output", "-o")],
         objective: Annotated[str, typer.Option(help="tokens_per_s | time_per_token")] = (

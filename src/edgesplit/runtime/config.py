@@ -6,8 +6,9 @@ Every duration carries its unit in the name. Fault injection is a separate argum
 
 from __future__ import annotations
 
+import logging
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
@@ -23,9 +24,13 @@ __all__ = [
     "LinkShaping",
     "RuntimeConfig",
     "ScheduledFault",
+    "check_fault_devices",
     "parse_fault",
     "parse_kill",
+    "unfired_note",
 ]
+
+logger = logging.getLogger(__name__)
 
 ComputeMode = Literal["real", "emulated"]
 # full: bandwidth and latency of cluster.toml emulated by the sender; latency: only the latency
@@ -137,3 +142,27 @@ def parse_fault(text: str) -> ScheduledFault:
         )
     kind: FaultAction = match["kind"]  # type: ignore[assignment]  # checked just above
     return ScheduledFault(device=match["device"], at_s=float(match["seconds"]), action=kind)
+
+
+def check_fault_devices(
+    faults: Sequence[ScheduledFault], stage_devices: Sequence[str], standbys: Sequence[str] = ()
+) -> None:
+    """Every fault names a device that runs a stage or stands by (else it would silently never
+    fire: a drill that exercised nothing); a ConfigError names the first that does not."""
+    for fault in faults:
+        if fault.device not in stage_devices and fault.device not in standbys:
+            extra = f", standbys: {list(standbys)}" if standbys else ""
+            raise ConfigError(
+                f"fault for '{fault.device}', which runs no stage; stage devices: "
+                f"{list(stage_devices)}{extra}"
+            )
+
+
+def unfired_note(faults: Sequence[ScheduledFault], ended_s: float) -> str:
+    """The report note (also logged) for faults the run ended before: nothing was injected."""
+    if not faults:
+        return ""
+    names = ", ".join(f"{f.kind}:{f.device}@{f.at_s:g}" for f in faults)
+    note = f"fault(s) {names} did not fire: the run ended first (at {ended_s:.2f} s)"
+    logger.warning(note)
+    return note

@@ -45,7 +45,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, NamedTuple
+from typing import Any, ClassVar, Literal, NamedTuple
 
 import numpy as np
 from pydantic import Field, ValidationError
@@ -53,10 +53,16 @@ from pydantic import Field, ValidationError
 from edgesplit.core.cluster import Cluster
 from edgesplit.core.plan import StagePlacement, check_chain
 from edgesplit.core.precision import StageDtype
-from edgesplit.core.schema import FrozenModel
+from edgesplit.core.schema import FrozenModel, VersionedFile
 from edgesplit.errors import ConfigError, DeviceUnavailableError
 from edgesplit.runtime.cluster import RaySession
-from edgesplit.runtime.config import FaultAction, RuntimeConfig, ScheduledFault
+from edgesplit.runtime.config import (
+    FaultAction,
+    RuntimeConfig,
+    ScheduledFault,
+    check_fault_devices,
+    unfired_note,
+)
 from edgesplit.runtime.emulation import LinkShaper
 from edgesplit.runtime.failover import Suspicion
 from edgesplit.runtime.report import Action, FailureRecord, RunHealth
@@ -130,7 +136,15 @@ class SequenceResult(FrozenModel):
 FinishCallback = Callable[[SequenceResult], None]
 
 
-class GenerationReport(FrozenModel):
+class GenerationReport(VersionedFile):
+    """A generation run's report (`kind: edgesplit.generation_report`); `failures` as in every
+    workload's report (`FailureRecord`)."""
+
+    KIND: ClassVar[str] = "edgesplit.generation_report"
+    SCHEMA_VERSION: ClassVar[int] = 1
+
+    kind: Literal["edgesplit.generation_report"] = "edgesplit.generation_report"
+    schema_version: Literal[1] = 1
     sequences: list[SequenceResult]
     elapsed_s: float
     new_tokens: int
@@ -138,6 +152,7 @@ class GenerationReport(FrozenModel):
     time_per_token_s: float  # mean over sequences
     failures: list[FailureRecord] = Field(default_factory=list)
     stages: list[dict[str, Any]] = Field(default_factory=list)
+    notes: str = ""  # e.g. faults that never fired (the run ended first)
 
 
 @dataclass(frozen=True)
@@ -523,6 +538,8 @@ class GenerationPipeline:
         per_token = [r.time_per_token_s for r in results if len(r.new_ids) > 1]
         group = self.group
         records = group.failures.records(start_s, self._token_times, detected_since_s=start_s)
+        notes = unfired_note(self._faults, elapsed_s)
+        self._faults = []
         return GenerationReport(
             sequences=results,
             elapsed_s=elapsed_s,
@@ -531,12 +548,14 @@ class GenerationPipeline:
             time_per_token_s=float(np.mean(per_token)) if per_token else 0.0,
             failures=records,
             stages=[{"device": d, "start": s, "end": e} for d, s, e in self.stages],
+            notes=notes,
         )
 
     # -- the driving loop --------------------------------------------------------------------------
     def _begin(self, faults: Sequence[ScheduledFault], now_s: float | None = None) -> None:
         if self._driving:
             raise ConfigError("the generation pipeline is already being driven by another call")
+        check_fault_devices(faults, [d for d, _, _ in self.stages], self._spare)
         self._driving = True
         if self._broken:
             raise DeviceUnavailableError(self._broken)

@@ -30,7 +30,12 @@ from edgesplit.core.plan import Plan, StagePlacement
 from edgesplit.core.profile import ModelProfile
 from edgesplit.errors import ConfigError, DeviceUnavailableError, EdgesplitError
 from edgesplit.runtime.cluster import RaySession
-from edgesplit.runtime.config import RuntimeConfig, ScheduledFault
+from edgesplit.runtime.config import (
+    RuntimeConfig,
+    ScheduledFault,
+    check_fault_devices,
+    unfired_note,
+)
 from edgesplit.runtime.emulation import LinkShaper
 from edgesplit.runtime.failover import FailureLog, Suspicion, choose_replays, standby_stages
 from edgesplit.runtime.metrics import RunMetrics
@@ -161,6 +166,7 @@ class _Driver:
     group: StageGroup | None = None
     failure_log: FailureLog = field(default_factory=FailureLog)
     stages: tuple[StagePlacement, ...] = ()
+    unfired: str = ""  # faults the run ended before (a report note)
 
     def __post_init__(self) -> None:
         self.faults = sorted(self.faults, key=lambda f: f.at_s)
@@ -353,6 +359,7 @@ class _Driver:
                 self.progress(done, self.num_requests, self._recent_throughput(now))
             self.aborted.wait(_TICK_S)
         self.aborted.set()
+        self.unfired = unfired_note(pending_faults, now - self.t0_s)
         if self.progress is not None:
             self.progress(len(self.ledger.done_s), self.num_requests, self._recent_throughput(now))
 
@@ -488,12 +495,7 @@ def _check_inputs(
         cluster.device(name)
         if name in plan.devices:
             raise ConfigError(f"standby device '{name}' already runs a stage of the plan")
-    for fault in faults:
-        if fault.device not in plan.devices and fault.device not in config.standby_devices:
-            raise ConfigError(
-                f"fault for '{fault.device}', which runs no stage; plan devices: "
-                f"{list(plan.devices)}"
-            )
+    check_fault_devices(faults, plan.devices, config.standby_devices)
 
 
 def run_plan(
@@ -625,6 +627,8 @@ def _build_report(
 ) -> RunReport:
     ledger = driver.ledger
     notes = f"run ended early: {type(error).__name__}: {error}" if error is not None else ""
+    if driver.unfired:
+        notes += f"{'; ' if notes else ''}{driver.unfired}"
     if ledger.errors:
         first = min(ledger.errors)
         notes += (
