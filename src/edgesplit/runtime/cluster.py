@@ -14,6 +14,7 @@ import logging
 import os
 import secrets
 import shutil
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator, Sequence
@@ -141,6 +142,7 @@ class RaySession:
         if not ray.is_initialized():
             if config.ray_address:
                 os.environ.setdefault("RAY_AUTH_MODE", "token")
+                _check_reachable(config.ray_address)
                 ray.init(address=config.ray_address, log_to_driver=False)
             else:
                 # Embedded cluster: Ray turns token auth on by default for a local ray.init();
@@ -241,11 +243,33 @@ class RaySession:
             ray.shutdown()
 
 
+def _check_reachable(address: str, timeout_s: float = 3.0) -> None:
+    """Fail in seconds, not in Ray's minutes-long retry loop, when nothing listens at `address`.
+
+    `address` is what the user typed (HOST:PORT or ray://HOST:PORT); "auto", "local" and
+    anything without a port are left to Ray.
+    """
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not port.isdigit() or address in ("auto", "local"):
+        return
+    host = host.strip("[]") or "127.0.0.1"
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise DeviceUnavailableError(
+            f"no Ray cluster at {address}: cannot connect to {host}:{port} "
+            f"({e.strerror or type(e).__name__}); start one with `edgesplit cluster up --head` "
+            "on the head and pass its HEAD_IP:PORT"
+        ) from e
+
+
 def ray_status(address: str | None) -> dict[str, Any]:
     """Nodes and the device resources they carry, for `edgesplit cluster status`."""
     started = False
     if not ray.is_initialized():
         os.environ.setdefault("RAY_AUTH_MODE", "token")
+        if address is not None:
+            _check_reachable(address)
         try:
             ray.init(address=address or "auto", log_to_driver=False)
         except (ConnectionError, RuntimeError, RayError) as e:
