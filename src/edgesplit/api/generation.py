@@ -47,6 +47,7 @@ __all__ = [
     "load_generation_plan",
     "measure_generation_profile",
     "micro_batches_of",
+    "num_units",
     "plan_generation",
     "prepare_generation_profile",
     "stages_of",
@@ -362,11 +363,16 @@ def decode_stages(model: str, devices: Sequence[str]) -> list[tuple[str, int, in
     return [(d, bounds[i], bounds[i + 1]) for i, d in enumerate(devices)]
 
 
-def even_stages(model: str, devices: Sequence[str]) -> list[tuple[str, int, int]]:
-    """Units split as evenly as possible over `devices` in order (no profile needed)."""
+def num_units(model: str) -> int:
+    """How many units (embed, blocks, head) `model` is cut into."""
     from edgesplit.models import model_spec_from_name, unit_names
 
-    n = len(unit_names(model_spec_from_name(model)))
+    return len(unit_names(model_spec_from_name(model)))
+
+
+def even_stages(model: str, devices: Sequence[str]) -> list[tuple[str, int, int]]:
+    """Units split as evenly as possible over `devices` in order (no profile needed)."""
+    n = num_units(model)
     if not 1 <= len(devices) <= n:
         raise ConfigError(f"need between 1 and {n} devices for '{model}', got {len(devices)}")
     cuts = [round(i * n / len(devices)) for i in range(len(devices) + 1)]

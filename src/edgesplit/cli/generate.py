@@ -37,12 +37,22 @@ def _stages_and_model(
     """(model, stages, micro-batches: the plan's, else 0 = one per stage)."""
     if plan is not None:
         loaded = gen.load_generation_plan(plan)
-        return model or loaded.model, gen.stages_of(loaded), gen.micro_batches_of(loaded)
+        name = model or loaded.model
+        units = gen.num_units(name)
+        if loaded.stages[-1].end != units:
+            raise ConfigError(
+                f"{plan} is a plan for {loaded.model} ({loaded.stages[-1].end} units) but "
+                f"{name} has {units}; re-plan for this model or drop --model"
+            )
+        return name, gen.stages_of(loaded), gen.micro_batches_of(loaded)
     if model is None:
         raise ConfigError("give --plan, or --model with --stages or --devices")
     if stages:
         return model, parse_stages(stages), 0
     names = [d.strip() for d in (devices or "local").split(",") if d.strip()]
+    repeated = sorted({d for d in names if names.count(d) > 1})
+    if repeated:
+        raise ConfigError(f"--devices lists {repeated} more than once; name each device once")
     return model, gen.decode_stages(model, names), 0
 
 

@@ -107,3 +107,18 @@ def test_the_cli_exits_4_when_a_sequence_failed(
     written = GenerationReport.model_validate_json(report.read_text())
     assert written.kind == "edgesplit.generation_report"
     assert written.sequences[0].error.endswith("poisoned")
+
+
+def test_the_cli_names_repeated_devices_and_a_plan_for_another_model(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Any
+) -> None:
+    from types import SimpleNamespace
+
+    from edgesplit.cli.generate import _stages_and_model
+
+    with pytest.raises(ConfigError, match=r"--devices lists \['a'\] more than once"):
+        _stages_and_model(None, "gpt2-tiny", None, "a,b,a")
+    vit_plan = SimpleNamespace(model="vit-tiny", stages=[SimpleNamespace(end=4)])
+    monkeypatch.setattr(gen, "load_generation_plan", lambda path: vit_plan)
+    with pytest.raises(ConfigError, match=r"plan for vit-tiny \(4 units\) but llama-tiny has 10"):
+        _stages_and_model(tmp_path / "plan.json", "llama-tiny", None, None)
