@@ -14,7 +14,9 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
+import socket
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -39,7 +41,7 @@ from edgesplit.core.cluster import Cluster
 from edgesplit.core.plan import Plan
 from edgesplit.core.precision import StageDtype
 from edgesplit.core.profile import ModelProfile
-from edgesplit.errors import ConfigError, DeviceUnavailableError
+from edgesplit.errors import ConfigError, DeviceUnavailableError, EdgesplitError
 from edgesplit.serving import ServerConfig, TextCodec, make_app
 from edgesplit.serving.app import ServingApp
 from edgesplit.serving.engine import Arrays
@@ -58,6 +60,7 @@ __all__ = [
     "predict_inputs",
     "read_inputs",
     "serve",
+    "served_names",
     "text_codec",
 ]
 
@@ -76,12 +79,27 @@ class ServeOptions:
     faults: tuple[ScheduledFault, ...] = ()
     standby_devices: tuple[str, ...] = ()
     batch_size: int = 8  # encoder micro-batch when the profile is measured here
-    served_name: str | None = None  # the model's id in the API (default: as given)
+    served_name: str | None = None  # the model's id in the API (default: `served_names`)
     dtype: StageDtype | None = None  # every stage's weights (serve --dtype); None: the plan's
     micro_batches: int = 0  # decode frames in flight (0: one per stage; a generation plan's count)
 
 
 # -- the app -------------------------------------------------------------------------------------
+def served_names(model: str, served_name: str | None = None) -> tuple[str, frozenset[str]]:
+    """The model's id in the API and the other ids a request may name for it.
+
+    `served_name` (serve --served-model-name) wins alone; a checkpoint directory is served as
+    its basename (`smollm2-135m`), its path as given and resolved accepted too; a preset by name.
+    """
+    if served_name:
+        return served_name, frozenset()
+    path = Path(model).expanduser()
+    if not path.is_dir():
+        return model, frozenset()
+    name = path.resolve().name
+    return name, frozenset({model, str(path), str(path.resolve())} - {name})
+
+
 @contextlib.contextmanager
 def open_app(
     model: str,
@@ -99,14 +117,15 @@ def open_app(
     on `plan` + `cluster` (or an even split over `devices`, profiled here).
     """
     options = options or ServeOptions()
+    name, aliases = served_names(model, options.served_name)
     config = ServerConfig(
         token=options.token,
         max_body_bytes=options.max_body_bytes,
         queue_size=options.queue_size,
         max_batch_wait_s=options.max_batch_wait_ms / 1000.0,
+        model_aliases=aliases,
     )
     kind = model_kind(model)
-    name = options.served_name or model
     if kind == "text":
         with _decoder(model, devices, stages, cluster, options) as (codec, engine):
             yield make_app(config, text=(replace(codec, name=name), engine))
@@ -192,21 +211,52 @@ def serve(
     options: ServeOptions | None = None,
     on_ready: Callable[[str], None] | None = None,
 ) -> None:
-    """Serve `model` over HTTP until interrupted (blocking)."""
+    """Serve `model` over HTTP until interrupted (blocking).
+
+    The port is bound first, so that a busy port fails at once (before Ray and the model load);
+    uvicorn then serves on that socket. `on_ready` gets the URL once the model is up.
+    """
     import uvicorn
 
-    with open_app(
-        model,
-        devices=devices,
-        stages=stages,
-        plan=plan,
-        cluster=cluster,
-        profile=profile,
-        options=options,
-    ) as app:
-        if on_ready is not None:
-            on_ready(f"http://{host}:{port}")
-        uvicorn.run(app, host=host, port=port, log_level="warning")
+    sock = _bind(host, port)
+    try:
+        with open_app(
+            model,
+            devices=devices,
+            stages=stages,
+            plan=plan,
+            cluster=cluster,
+            profile=profile,
+            options=options,
+        ) as app:
+            server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+            if on_ready is not None:
+                bound = sock.getsockname()[1]
+                on_ready(f"http://{f'[{host}]' if ':' in host else host}:{bound}")
+            server.run(sockets=[sock])
+            if not server.started:  # uvicorn.run exits 3 here; it logged why
+                raise EdgesplitError(f"the HTTP server on {host}:{port} did not start (see above)")
+    finally:
+        sock.close()
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to host:port (uvicorn listens on it); ConfigError when that fails."""
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        if e.errno == errno.EADDRINUSE:
+            raise ConfigError(
+                f"{host}:{port} is already in use (another server?); pick another --port"
+            ) from e
+        raise ConfigError(
+            f"cannot listen on {host}:{port}: {e.strerror or e}; check --host and --port"
+        ) from e
+    sock.set_inheritable(True)
+    return sock
 
 
 # -- run --inputs ----------------------------------------------------------------------------------

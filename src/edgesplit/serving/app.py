@@ -55,6 +55,8 @@ class ServerConfig:
     default_max_tokens: int = 256  # chat completions without max_tokens (completions: 16)
     tokenizer_threads: int = 2
     disconnect_poll_s: float = 0.1
+    # Other ids a request may name for the served model (`serve --model DIR`: the path as given).
+    model_aliases: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -270,7 +272,7 @@ def _routes(app: FastAPI, server: _Server) -> None:
 
     @app.post("/v1/completions", response_model=None)
     async def completions(body: CompletionRequest, request: Request) -> Json | Response:
-        codec, _ = _need(server.text, "text completions", body.model)
+        codec, _ = _need(server.text, "text completions", body.model, server.config.model_aliases)
         prompt = body.prompt
         if isinstance(prompt, list) and prompt and isinstance(prompt[0], str):
             prompt = str(prompt[0])
@@ -282,7 +284,7 @@ def _routes(app: FastAPI, server: _Server) -> None:
 
     @app.post("/v1/chat/completions", response_model=None)
     async def chat(body: ChatCompletionRequest, request: Request) -> Json | Response:
-        codec, _ = _need(server.text, "chat completions", body.model)
+        codec, _ = _need(server.text, "chat completions", body.model, server.config.model_aliases)
         if codec.chat_template is None:
             raise ApiError(400, f"model '{codec.name}' has no chat template; use /v1/completions")
         messages: list[ChatMessageDict] = [
@@ -293,7 +295,7 @@ def _routes(app: FastAPI, server: _Server) -> None:
 
     @app.post("/v1/embeddings", response_model=None)
     async def embeddings(body: EmbeddingRequest, request: Request) -> Json:
-        codec, _ = _need(server.embeddings, "embeddings", body.model)
+        codec, _ = _need(server.embeddings, "embeddings", body.model, server.config.model_aliases)
         batcher = server.embed_batcher
         assert batcher is not None
         raw = body.input
@@ -350,7 +352,7 @@ def _routes(app: FastAPI, server: _Server) -> None:
         file: Annotated[UploadFile, File(description="a PNG or JPEG image")],
         top_k: Annotated[int, Query(ge=1, le=100)] = 5,
     ) -> Json:
-        codec, _ = _need(server.classify, "image classification", None)
+        codec, _ = _need(server.classify, "image classification", None, frozenset())
         batcher = server.image_batcher
         assert batcher is not None
         data = await file.read()
@@ -380,11 +382,13 @@ def _routes(app: FastAPI, server: _Server) -> None:
         }
 
 
-def _need(pair: tuple[T, Any] | None, what: str, model: str | None) -> tuple[T, Any]:
+def _need(
+    pair: tuple[T, Any] | None, what: str, model: str | None, aliases: frozenset[str]
+) -> tuple[T, Any]:
     if pair is None:
         raise ApiError(404, f"this server does not serve {what}", code="model_not_found")
     name = getattr(pair[0], "name", "")
-    if model is not None and model != name:
+    if model is not None and model != name and model not in aliases:
         raise ApiError(
             404,
             f"model '{model[:64]}' is not served here; {what} use '{name}'",
