@@ -71,7 +71,11 @@ def serve_command(
         ),
     ] = None,
     served_model_name: Annotated[
-        str | None, typer.Option(help="The model's id in the API (default: --model).")
+        str | None,
+        typer.Option(
+            help="The model's id in the API (default: the preset, or the checkpoint "
+            "directory's name; its path is accepted too)."
+        ),
     ] = None,
     standby: Annotated[
         list[str] | None,
