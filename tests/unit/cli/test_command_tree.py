@@ -72,13 +72,15 @@ def test_old_spellings_still_work(runner_app, old: str, new: list[str]) -> None:
 
 
 def test_registering_commands_loads_no_extra() -> None:
-    """`edgesplit --help` works on a board without the serve extra, and without starting Ray."""
+    """`edgesplit --help` works on a board without the serve extra, without starting Ray, and
+    stays fast: no command module loads torch or transformers up front."""
     import subprocess
     import sys
 
     probe = (
         "import sys; from edgesplit.cli import main; main._register(); "
-        "print(sorted(m for m in ('fastapi', 'uvicorn', 'ray', 'matplotlib') if m in sys.modules))"
+        "print(sorted(m for m in ('fastapi', 'uvicorn', 'ray', 'matplotlib', 'torch', "
+        "'transformers') if m in sys.modules))"
     )
     done = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, check=True
