@@ -32,6 +32,23 @@ app = typer.Typer(
 )
 
 
+def _version(value: bool) -> None:
+    if value:
+        from edgesplit import __version__
+
+        typer.echo(f"edgesplit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Split transformer inference across heterogeneous edge devices."""
+
+
 def _register() -> None:
     # One line per command module; each module exposes `app` (a group) or `register(app)`.
     from edgesplit.cli import cluster as cluster_cli

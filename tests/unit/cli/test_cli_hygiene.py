@@ -48,3 +48,11 @@ def test_run_refuses_zero_requests() -> None:
     assert result.exit_code == 2, result.output
     assert "--requests" in result.output
     assert "greater than or equal to 1" in result.output
+
+
+def test_version_flag() -> None:
+    from edgesplit import __version__
+
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0, result.output
+    assert result.output.strip() == f"edgesplit {__version__}"
