@@ -134,13 +134,14 @@ def read_json_file(model: type[ModelT], path: Path) -> ModelT:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"file not found: {path}; check the path (cwd is {Path.cwd()})")
+    kind = getattr(model, "KIND", "")
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as e:
+        expected = f"; expected a JSON file of kind {kind}" if kind else ""
         raise ConfigError(
-            f"{path}: not valid JSON at line {e.lineno} col {e.colno}: {e.msg}"
+            f"{path}: not valid JSON at line {e.lineno} col {e.colno}: {e.msg}{expected}"
         ) from e
-    kind = getattr(model, "KIND", "")
     if kind and isinstance(data, dict):
         if data.get("kind") != kind:
             raise ConfigError(

@@ -172,3 +172,12 @@ def test_failed_write_leaves_no_tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     with pytest.raises(PermissionError):
         write_json_file(_profile(), tmp_path / "p.json")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_file_that_is_not_json_names_the_kind_expected(tmp_path: Path) -> None:
+    path = tmp_path / "cluster.toml"
+    path.write_text('source = "cam"\n')
+    with pytest.raises(
+        ConfigError, match="not valid JSON .* expected a JSON file of kind edgesplit.plan"
+    ):
+        read_json_file(Plan, path)
