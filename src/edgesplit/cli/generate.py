@@ -117,9 +117,10 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Generate continuations on a KV-cached pipeline; tokens stream as they come.
 
-        Example: `edgesplit generate --model checkpoints/smollm2-135m --devices a,b,c --prompt
-        "The capital of France is" --fault stop:b@2 --report r.json` (a hang of b's stage 2 s in;
-        the report's new_ids equal a run without the fault). Exit code 4 if a sequence failed.
+        Example (b's stage hangs 2 s in; new_ids equal a run without the fault):
+          edgesplit generate --model checkpoints/smollm2-135m --devices a,b,c \\
+            --prompt "The capital of France is" --fault stop:b@2 --report r.json
+        Exit code 4 if a sequence failed.
         """
         model_name, placed, micro_batches = _stages_and_model(plan, model, stages, devices)
         faults = [api.parse_fault(f) for f in fault or []] + [api.parse_kill(k) for k in kill or []]

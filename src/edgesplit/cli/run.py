@@ -143,7 +143,13 @@ def register(app: typer.Typer) -> None:
             ),
         ] = None,
     ) -> None:
-        """Run a plan: stages as Ray actors, micro-batches streaming, failover on failure."""
+        """Run a plan: stages as Ray actors, micro-batches streaming, failover on failure.
+
+        Example (emulated devices, embedded Ray; pi0's stage hangs 3 s in):
+          edgesplit run --plan plan.json -c cluster.toml -p profile.json \\
+            --report run.json --fault stop:pi0@3
+        Writes the report and its Gantt plot (run.png beside it).
+        """
         if inputs is not None:  # real inputs through the plan (api.serving), predictions out
             from edgesplit.api import serving
 

@@ -89,7 +89,13 @@ def serve_command(
         ),
     ] = None,
 ) -> None:
-    """Serve a split model over HTTP (OpenAI-compatible routes, /health, /metrics)."""
+    """Serve a split model over HTTP (OpenAI-compatible routes, /health, /metrics).
+
+    Example:
+      edgesplit serve --model checkpoints/smollm2-135m --devices a,b \\
+        --token SECRET
+    then any OpenAI client: base_url http://127.0.0.1:8000/v1, model smollm2-135m.
+    """
     if queue_size < 1 or max_concurrent < 1 or batch_size < 1 or max_batch_wait_ms < 0:
         raise ConfigError(
             "--queue-size, --max-concurrent and --batch-size must be >= 1 and "

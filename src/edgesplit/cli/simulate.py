@@ -50,8 +50,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Simulate a plan under a stream of micro-batches (compute, links, queueing).
 
-        Example: `edgesplit simulate --plan plan.json -p vit-base.json -c cluster.toml --plot
-        gantt.png`: the measured period should equal the plan's predicted one (ratio 1.0).
+        Example (the simulated period should equal the plan's prediction: ratio 1.0):
+          edgesplit simulate --plan plan.json -p vit-base.json -c cluster.toml \\
+            --plot gantt.png
         """
         the_plan = api.load_plan(plan)
         loaded = load_profile_arg(profile, the_plan.batch_size)
