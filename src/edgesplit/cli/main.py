@@ -34,9 +34,9 @@ app = typer.Typer(
 
 def _version(value: bool) -> None:
     if value:
-        from edgesplit import __version__
+        from importlib.metadata import version  # the installed distribution's
 
-        typer.echo(f"edgesplit {__version__}")
+        typer.echo(f"edgesplit {version('edgesplit')}")
         raise typer.Exit()
 
 
