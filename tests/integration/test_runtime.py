@@ -218,6 +218,9 @@ def test_plan_profile_and_cluster_mismatches_fail_before_anything_starts() -> No
         run_plan(
             plan, cluster, profile, config=LOCAL, requests=1, faults=[ScheduledFault("d3", 1.0)]
         )
+    overlap = RuntimeConfig(placement="local", standby_devices=("d1",))
+    with pytest.raises(ConfigError, match="standby device 'd1' already runs a stage"):
+        run_plan(plan, cluster, profile, config=overlap, requests=1)
 
 
 def test_device_without_a_ray_node_is_a_clear_error(ray_cluster: object) -> None:

@@ -322,13 +322,10 @@ def _check_devices(
     cluster: Cluster | None,
 ) -> None:
     """Stage, standby and fault devices agree with each other and with the cluster, if any."""
-    from edgesplit.runtime.config import check_fault_devices
+    from edgesplit.runtime.config import check_run_devices
 
     devices = [d for d, _, _ in stages]
-    for name in standby_devices:
-        if name in devices:
-            raise ConfigError(f"standby device '{name}' already runs a stage; stages: {devices}")
-    check_fault_devices(faults, devices, standby_devices)
+    check_run_devices(devices, standby_devices, faults)
     if cluster is not None:
         missing = [d for d in [*devices, *standby_devices] if d not in cluster.device_names]
         if missing:

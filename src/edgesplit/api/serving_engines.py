@@ -199,27 +199,16 @@ class PipelineDecodeEngine:
         live.sink.finish(reason, detail)
 
 
-def _context_length(spec: ModelSpec) -> int:
-    from edgesplit.models.build import _config
-
-    config = _config(spec)
-    for name in ("n_positions", "max_position_embeddings"):
-        value = getattr(config, name, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return 2048
-
-
 def text_codec(model: str, max_context: int = 4096) -> TextCodec:
     """Tokenizer side of a decoder: its HF tokenizer (and chat template), else UTF-8 bytes.
 
     Byte-level test models have no chat template; they get a plain "role: content" one.
     """
-    from edgesplit.api.generation import tokenizer_for
+    from edgesplit.api.generation import context_length, tokenizer_for
     from edgesplit.models import model_spec_from_name
 
     spec = model_spec_from_name(model)
-    context = min(_context_length(spec), max_context)
+    context = min(context_length(model), max_context)
     base = tokenizer_for(model)
     stop = frozenset({base.eos_token_id}) if base.eos_token_id is not None else frozenset()
     chat: Callable[[list[dict[str, str]]], list[int]]

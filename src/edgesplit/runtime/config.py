@@ -24,7 +24,7 @@ __all__ = [
     "LinkShaping",
     "RuntimeConfig",
     "ScheduledFault",
-    "check_fault_devices",
+    "check_run_devices",
     "parse_fault",
     "parse_kill",
     "unfired_note",
@@ -144,11 +144,20 @@ def parse_fault(text: str) -> ScheduledFault:
     return ScheduledFault(device=match["device"], at_s=float(match["seconds"]), action=kind)
 
 
-def check_fault_devices(
-    faults: Sequence[ScheduledFault], stage_devices: Sequence[str], standbys: Sequence[str] = ()
+def check_run_devices(
+    stage_devices: Sequence[str],
+    standbys: Sequence[str] = (),
+    faults: Sequence[ScheduledFault] = (),
 ) -> None:
-    """Every fault names a device that runs a stage or stands by (else it would silently never
-    fire: a drill that exercised nothing); a ConfigError names the first that does not."""
+    """No standby already runs a stage, and every fault names a device that runs a stage or
+    stands by (else it would silently never fire: a drill that exercised nothing); a
+    ConfigError names the first device that breaks this."""
+    for name in standbys:
+        if name in stage_devices:
+            raise ConfigError(
+                f"standby device '{name}' already runs a stage; stage devices: "
+                f"{list(stage_devices)}"
+            )
     for fault in faults:
         if fault.device not in stage_devices and fault.device not in standbys:
             extra = f", standbys: {list(standbys)}" if standbys else ""

@@ -60,7 +60,7 @@ from edgesplit.runtime.config import (
     FaultAction,
     RuntimeConfig,
     ScheduledFault,
-    check_fault_devices,
+    check_run_devices,
     unfired_note,
 )
 from edgesplit.runtime.emulation import LinkShaper
@@ -234,6 +234,9 @@ class GenerationPipeline:
         if not stages:
             raise ConfigError("a generation pipeline needs at least one stage")
         self.model_spec = model_spec
+        # as plain data for the stage actors (None: emulated stages need no model)
+        dump = getattr(model_spec, "model_dump", None)
+        self._spec_data: dict[str, Any] | None = dump() if dump is not None else None
         self.config = config or GenerationConfig()
         self.runtime = self.config.runtime
         self.stages: list[StageAssignment] = list(stages)
@@ -298,9 +301,9 @@ class GenerationPipeline:
         self._group.ensure(d for d, _, _ in self.stages)
         # Standby devices get a warm actor now (imports done, kernels measured, no weights): a
         # failover then costs a stage build and a replay, not a process start.
-        spec = self.model_spec.model_dump() if hasattr(self.model_spec, "model_dump") else None
         real = self.runtime.compute == "real"
-        self._group.ensure(self._spare, warm=(spec, self.config.dtype) if real else None)
+        warm = (self._spec_data, self.config.dtype) if real else None
+        self._group.ensure(self._spare, warm=warm)
         self._configure_epoch()
 
     def close(self) -> None:
@@ -336,7 +339,6 @@ class GenerationPipeline:
         c = self.cluster
         link = None if c is None else self.runtime.shaped(c, device, nxt or c.source)
         timing = self.emulation(device, start, end) if self.emulation else StageTiming(0, 0)
-        spec = self.model_spec.model_dump() if hasattr(self.model_spec, "model_dump") else None
         per_token = 4 * self.hidden_size if self.hidden_size else _MAX_HIDDEN_BYTES_PER_TOKEN
         # A frame holds a prefill of up to max_context tokens or one decode row per sequence.
         tokens = max(self.config.max_context, self.config.max_concurrent)
@@ -359,7 +361,7 @@ class GenerationPipeline:
             decode_batch_scale=timing.batch_scale,
             link=link,
             max_in_flight=self._in_flight,
-            model_spec=spec,
+            model_spec=self._spec_data,
             num_threads=1,
             dtype=self.config.dtype,
         )
@@ -555,7 +557,7 @@ class GenerationPipeline:
     def _begin(self, faults: Sequence[ScheduledFault], now_s: float | None = None) -> None:
         if self._driving:
             raise ConfigError("the generation pipeline is already being driven by another call")
-        check_fault_devices(faults, [d for d, _, _ in self.stages], self._spare)
+        check_run_devices([d for d, _, _ in self.stages], self._spare, faults)
         self._driving = True
         if self._broken:
             raise DeviceUnavailableError(self._broken)

@@ -33,7 +33,7 @@ from edgesplit.runtime.cluster import RaySession
 from edgesplit.runtime.config import (
     RuntimeConfig,
     ScheduledFault,
-    check_fault_devices,
+    check_run_devices,
     unfired_note,
 )
 from edgesplit.runtime.emulation import LinkShaper
@@ -493,9 +493,7 @@ def _check_inputs(
     CostModel(profile, cluster)  # a kind without times (e.g. not prepared): ProfileMissingError
     for name in config.standby_devices:
         cluster.device(name)
-        if name in plan.devices:
-            raise ConfigError(f"standby device '{name}' already runs a stage of the plan")
-    check_fault_devices(faults, plan.devices, config.standby_devices)
+    check_run_devices(plan.devices, config.standby_devices, faults)
 
 
 def run_plan(
