@@ -18,6 +18,7 @@ from edgesplit.api import generation as gen
 from edgesplit.cli.common import console, parse_stages, plan_table
 from edgesplit.cli.groups import DefaultCommandGroup
 from edgesplit.cli.serve import serve_command
+from edgesplit.cli.stream import TokenStream
 from edgesplit.core.cluster import Cluster, load_cluster
 from edgesplit.core.schema import read_json_file, write_json_file
 from edgesplit.errors import ConfigError, DeviceUnavailableError
@@ -128,35 +129,36 @@ def register(app: typer.Typer) -> None:
         tokenizer = gen.tokenizer_for(model_name)
         streamed: dict[int, list[int]] = {}
         shown: dict[int, str] = {}
+        stream = TokenStream(console)
 
         def on_token(sequence_id: int, token: int) -> None:
             if len(prompt) != 1:
                 return
             if not streamed:  # the prompt, once the pipeline is up and its first token came
-                console.print(prompt[0], end="", style="bold", soft_wrap=True)
+                stream.write(prompt[0], style="bold")
             ids = streamed.setdefault(sequence_id, [])
             ids.append(token)
             text = tokenizer.decode(ids)
-            console.print(text[len(shown.get(sequence_id, "")) :], end="", soft_wrap=True)
+            stream.write(text[len(shown.get(sequence_id, "")) :])
             shown[sequence_id] = text
 
-        result = gen.generate(
-            model_name,
-            placed,
-            list(prompt),
-            max_new_tokens,
-            cluster=loaded_cluster,
-            temperature=temperature,
-            top_k=top_k,
-            seed=seed,
-            max_concurrent=max_concurrent,
-            micro_batches=micro_batches,
-            standby_devices=standby or [],
-            on_token=on_token,
-            faults=faults,
-            dtype=api.precision.parse_dtype(dtype),
-        )
-        console.print()
+        with stream.open():
+            result = gen.generate(
+                model_name,
+                placed,
+                list(prompt),
+                max_new_tokens,
+                cluster=loaded_cluster,
+                temperature=temperature,
+                top_k=top_k,
+                seed=seed,
+                max_concurrent=max_concurrent,
+                micro_batches=micro_batches,
+                standby_devices=standby or [],
+                on_token=on_token,
+                faults=faults,
+                dtype=api.precision.parse_dtype(dtype),
+            )
         if len(prompt) != 1:
             for sequence in result.sequences:
                 console.print(

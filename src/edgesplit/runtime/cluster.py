@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -43,6 +44,10 @@ __all__ = [
 logger = logging.getLogger(__name__)
 # Resource names Ray reserves; a device named like this cannot be matched by resource.
 _RESERVED = {"CPU", "GPU", "memory", "object_store_memory", "TPU"}
+# Stage processes this driver killed or faulted on purpose: Ray's "A worker died … OOM killer"
+# notice about them is noise in a drill (our failover log already says what happened).
+_EXPECTED_EXITS: set[int] = set()
+_WORKER_PID = re.compile(r"Worker PID: (\d+)")
 
 
 class ActorDiedError(Exception):
@@ -128,6 +133,40 @@ def _loopback_only(host: str) -> Iterator[None]:
             os.environ[name] = saved_env
 
 
+def _route_ray_notices() -> None:
+    """Send Ray's driver-side notices to our log (stderr), minus deaths we caused on purpose.
+
+    Ray's error listener prints raylet notices to stdout, into a token stream or a table; it
+    looks `print_to_stdstream` up in `ray._private.worker` at each call, so wrapping that name
+    reroutes them (a Ray without it keeps its own printing).
+    """
+    from ray._private import worker as ray_worker
+
+    printer = getattr(ray_worker, "print_to_stdstream", None)
+    if printer is None or getattr(printer, "edgesplit_routed", False):
+        return
+
+    def routed(data: dict[str, Any], ignore_prefix: bool) -> None:
+        if data.get("pid") != "raylet":
+            printer(data, ignore_prefix)
+            return
+        for line in data.get("lines", []):
+            pid = _WORKER_PID.search(line)
+            if pid and int(pid.group(1)) in _EXPECTED_EXITS:
+                logger.debug("ray notice on a stage ended on purpose: %s", line)
+            else:
+                logger.warning("ray: %s", line)
+
+    routed.edgesplit_routed = True  # type: ignore[attr-defined]
+    ray_worker.print_to_stdstream = routed
+
+
+def expect_exit(info: dict[str, Any]) -> None:
+    """The stage process `info` describes is about to end on purpose (a fault, a replacement)."""
+    if "pid" in info:
+        _EXPECTED_EXITS.add(int(info["pid"]))
+
+
 @dataclass
 class RaySession:
     """Ray for one run: started here (and shut down at the end) or already running."""
@@ -159,6 +198,7 @@ class RaySession:
                         _system_config=health_check_config(config),
                     )
             started_here = True
+        _route_ray_notices()
         resources = ray.cluster_resources()
         if config.placement == "local":
             use_resources = False
@@ -233,6 +273,7 @@ class RaySession:
             return False, e
 
     def kill(self, actor: StageActor) -> None:
+        expect_exit(actor.info)
         try:
             ray.kill(actor.handle, no_restart=True)
         except (RayError, ValueError) as e:

@@ -18,7 +18,7 @@ from typing import Any
 
 from edgesplit.errors import ConfigError, DeviceUnavailableError
 from edgesplit.runtime.channel import Inbound, Sender
-from edgesplit.runtime.cluster import ActorDiedError, RaySession, StageActor
+from edgesplit.runtime.cluster import ActorDiedError, RaySession, StageActor, expect_exit
 from edgesplit.runtime.config import RuntimeConfig, ScheduledFault
 from edgesplit.runtime.emulation import LinkShaper
 from edgesplit.runtime.failover import FailureDetector, FailureLog, Suspicion
@@ -305,6 +305,7 @@ class StageGroup:
             return
         logger.info("injecting %s on %s at %.2f s", fault.kind, fault.device, fault.at_s)
         self.failures.injected(fault.device, fault.kind, time.time())
+        expect_exit(actor.info)
         if callable(fault.action):
             fault.action(dict(actor.info))
             return
