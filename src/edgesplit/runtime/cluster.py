@@ -48,6 +48,8 @@ _RESERVED = {"CPU", "GPU", "memory", "object_store_memory", "TPU"}
 # notice about them is noise in a drill (our failover log already says what happened).
 _EXPECTED_EXITS: set[int] = set()
 _WORKER_PID = re.compile(r"Worker PID: (\d+)")
+# Warns, when RAY_AUTH_MODE is unset, that the embedded cluster uses token auth (it should).
+_RAY_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
 
 
 class ActorDiedError(Exception):
@@ -102,6 +104,18 @@ class StageActor:
     def call(self, method: str, *args: Any) -> Any:
         """Start `method(*args)` on the actor; returns a reference for `RaySession.get`."""
         return getattr(self.handle, method).remote(*args)
+
+
+@contextlib.contextmanager
+def _quiet(name: str) -> Iterator[None]:
+    """Silence logger `name` below ERROR for the block (Ray's advice we have already followed)."""
+    quieted = logging.getLogger(name)
+    saved = quieted.level
+    quieted.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        quieted.setLevel(saved)
 
 
 @contextlib.contextmanager
@@ -188,7 +202,7 @@ class RaySession:
                 # give it a per-process token so that it never writes one under $HOME.
                 if "RAY_AUTH_TOKEN" not in os.environ and "RAY_AUTH_TOKEN_PATH" not in os.environ:
                     os.environ["RAY_AUTH_TOKEN"] = secrets.token_hex(16)
-                with _loopback_only(config.host):
+                with _loopback_only(config.host), _quiet(_RAY_AUTH_LOGGER):
                     ray.init(
                         address="local",  # never attach to a cluster another process left
                         num_cpus=max(1, min(4, os.cpu_count() or 1)),
