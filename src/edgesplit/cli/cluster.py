@@ -17,6 +17,11 @@ from edgesplit.cli.common import console
 
 __all__ = ["register"]
 
+DOWN_WARNING = (
+    "warning: `ray stop` stops every Ray on this machine, including other edgesplit runs' "
+    "embedded clusters"
+)
+
 
 def register(app: typer.Typer) -> None:
     group = typer.Typer(
@@ -71,11 +76,28 @@ def register(app: typer.Typer) -> None:
             console.print(f"{node.ip:<16} {state:<6} devices: {devices}")
 
     @group.command("down")
-    def down() -> None:
-        """Stop the Ray processes on this machine (`ray stop`)."""
+    def down(
+        dry_run: Annotated[
+            bool, typer.Option(help="Print the ray command and stop nothing.")
+        ] = False,
+    ) -> None:
+        """Stop the Ray processes on this machine (`ray stop`).
+
+        Careful: `ray stop` stops EVERY Ray on this machine, not only the node `cluster up`
+        started: other edgesplit runs here (their embedded Ray clusters), tests and anyone
+        else's Ray die with it.
+
+        Example (see what would run, stop nothing):
+          edgesplit cluster down --dry-run
+        """
         from edgesplit.api import cluster as api  # Ray loads only when a command runs
 
-        completed = api.run_ray_command(api.cluster_down_command())
+        command = api.cluster_down_command()
+        typer.secho(DOWN_WARNING, err=True, fg=typer.colors.YELLOW)
+        console.print(shlex.join(command))
+        if dry_run:
+            return
+        completed = api.run_ray_command(command)
         console.print(completed.stdout or completed.stderr)
 
     @group.command("survey")

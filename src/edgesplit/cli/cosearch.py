@@ -1,7 +1,8 @@
 """`edgesplit cosearch profile|fit|search|refine`: device-aware co-search (EdgeTran).
 
-Each subcommand reads the previous one's file and writes its own; `search` also draws one Pareto
-panel per device and `refine` writes a markdown report page next to its result.
+Each subcommand reads the previous one's file and writes its own (under out/cosearch/ by
+default); `search` also draws one Pareto panel per device and `refine` writes a markdown report
+page next to its result. Goes through `edgesplit.api.cosearch`, imported when a command runs.
 """
 
 from __future__ import annotations
@@ -11,7 +12,14 @@ from pathlib import Path
 from typing import Annotated, Any, cast
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
 
 from edgesplit.cli.common import console
@@ -52,6 +60,9 @@ DEFAULT_DIR = Path("out/cosearch")
 PROTRAN_DEFAULT = PROTRAN_DIR  # the bundled ProTran measurements (BSD-3-Clause)
 
 
+SEED_HELP = "Seed of the sampling and training (same seed, same result)."
+
+
 def _progress() -> Progress:
     return Progress(
         TextColumn("{task.description}"),
@@ -66,7 +77,11 @@ def register(app: typer.Typer) -> None:
     group = typer.Typer(
         name="cosearch",
         help="Device-aware co-search: profile configs, fit per-device predictors, search "
-        "config x device for accuracy/latency/energy/power, grow-and-prune the winner.",
+        "config x device for accuracy/latency/energy/power, grow-and-prune the winner. Each "
+        "step reads the previous step's file; all of them live in out/cosearch/ by default.\n\n"
+        "  edgesplit cosearch fit            # per-device predictors, bundled ProTran data\n"
+        "  edgesplit cosearch search --task digits --budget 32\n"
+        "  edgesplit cosearch refine --device rpi-cpu",
         no_args_is_help=True,
     )
     app.add_typer(group)
@@ -93,9 +108,14 @@ def register(app: typer.Typer) -> None:
                 "biases no config in particular. Prints each round's slowdown.",
             ),
         ] = 1,
-        seed: int = 0,
+        seed: Annotated[int, typer.Option(help="Seed of the sampled configs.")] = 0,
     ) -> None:
-        """Measure wall and 1-thread CPU time, peak memory and FLOPs of sampled configs here."""
+        """Measure wall and 1-thread CPU time, peak memory and FLOPs of sampled configs here.
+
+        Example (a quick look: 3 small configs, each measured in 2 rounds):
+          edgesplit cosearch profile --count 3 --rounds 2 --seq-len 32
+        Appends to out/cosearch/host_profile.jsonl (-o), which `cosearch fit` reads.
+        """
         from edgesplit.api import cosearch as flow
 
         flow.single_thread()
@@ -145,30 +165,55 @@ def register(app: typer.Typer) -> None:
             Path, typer.Option("--output", "-o", help="Predictor recipe JSON.")
         ] = DEFAULT_DIR / "predictors.json",
         protran: Annotated[
-            Path | None, typer.Option(help="ProTran results folder.")
+            Path | None,
+            typer.Option(
+                help="Folder of ProTran results_*.json measurements.",
+                show_default="the bundled set",
+            ),
         ] = PROTRAN_DEFAULT,
         host_results: Annotated[
-            Path | None, typer.Option(help="`cosearch profile` output.")
+            Path | None,
+            typer.Option(
+                help="`cosearch profile` output (default: out/cosearch/host_profile.jsonl "
+                "if it exists)."
+            ),
         ] = None,
         method: Annotated[
             PredictorChoice,
             typer.Option(help="auto (nested choice per device, default) or a fixed method."),
         ] = PredictorChoice.auto,
-        folds: Annotated[int, typer.Option(min=2)] = 5,
+        folds: Annotated[int, typer.Option(min=2, help="Cross-validation folds.")] = 5,
     ) -> None:
-        """Cross-validate per-device predictors (MAPE, Spearman) and write the recipe."""
+        """Cross-validate per-device predictors (MAPE, Spearman) and write the recipe.
+
+        Example (the bundled ProTran data, plus this host's profile if there is one; about
+        2 minutes on one core, the bar counts the device x target fits):
+          edgesplit cosearch fit
+        Writes out/cosearch/predictors.json (-o), which `cosearch search` and `refine` read.
+        """
         if host_results is None and (DEFAULT_DIR / "host_profile.jsonl").is_file():
             host_results = DEFAULT_DIR / "host_profile.jsonl"
         from edgesplit.api import cosearch as flow
 
         flow.single_thread()
-        recipe = flow.cosearch_fit(
-            output,
-            protran_dir=protran,
-            host_results=host_results,
-            method=cast(Any, method.value),
-            num_folds=folds,
-        )
+        with _progress() as progress:
+            bars: list[TaskID] = []  # one bar, added once the data is read (errors come first)
+
+            def on_progress(done: int, total: int, label: str) -> None:
+                if not bars:
+                    bars.append(progress.add_task("fitting", total=total))
+                progress.update(
+                    bars[0], completed=done, total=total, description=f"fitting {label}".strip()
+                )
+
+            recipe = flow.cosearch_fit(
+                output,
+                protran_dir=protran,
+                host_results=host_results,
+                method=cast(Any, method.value),
+                num_folds=folds,
+                on_progress=on_progress,
+            )
         table = Table(title=f"{folds}-fold cross-validation ({method.value}) -> {output}")
         for column in ("device", "n", "latency MAPE", "Spearman", "energy MAPE", "peak power MAPE"):
             table.add_column(column, justify="left" if column == "device" else "right")
@@ -193,30 +238,45 @@ def register(app: typer.Typer) -> None:
         output: Annotated[
             Path, typer.Option("--output", "-o", help="Search result JSON.")
         ] = DEFAULT_DIR / "search.json",
-        task: Annotated[str, typer.Option(help="digits, wordnet-pos or docstrings.")] = "digits",
+        task: Annotated[
+            str, typer.Option(help="Accuracy task: digits, wordnet-pos or docstrings.")
+        ] = "digits",
         method: Annotated[
             MethodChoice, typer.Option(help="tpe, nsga2 or random.")
         ] = MethodChoice.tpe,
-        budget: Annotated[int, typer.Option(min=1, help="Evaluations.")] = 32,
+        budget: Annotated[
+            int, typer.Option(min=1, help="Trials (config x device), each trained once.")
+        ] = 32,
         device: Annotated[
             list[str] | None, typer.Option(help="Restrict to these devices (repeat).")
         ] = None,
         max_latency_s: Annotated[
-            float | None, typer.Option(help="Latency budget on the device.")
+            float | None, typer.Option(help="Latency budget on the device, seconds.")
         ] = None,
-        max_peak_power_w: Annotated[float | None, typer.Option(help="Peak power budget.")] = None,
+        max_peak_power_w: Annotated[
+            float | None, typer.Option(help="Peak power budget, watts.")
+        ] = None,
         memory_fraction: Annotated[
             float, typer.Option(help="Share of device memory a model may use.")
         ] = 0.8,
         width_divisor: Annotated[
             int, typer.Option(min=1, help="Train at 1/N width (1 = real width).")
         ] = 8,
-        epochs: Annotated[int, typer.Option(min=1)] = 3,
-        seed: int = 0,
+        epochs: Annotated[
+            int, typer.Option(min=1, help="Training epochs per trial's accuracy.")
+        ] = 3,
+        seed: Annotated[int, typer.Option(help=SEED_HELP)] = 0,
     ) -> None:
-        """Search config x device for accuracy, latency, energy, peak power; Pareto plots."""
+        """Search config x device for accuracy, latency, energy, peak power; Pareto plots.
+
+        Example (32 TPE trials on the digits task, every device the predictors know):
+          edgesplit cosearch search --task digits --method tpe --budget 32
+        Reads out/cosearch/predictors.json (-p); writes search.json (-o), search.png (one
+        Pareto panel per device) and accuracy_cache.json beside it.
+        """
         from edgesplit.api import cosearch as flow
 
+        flow.check_search_inputs(predictors, task=task, devices=device)  # before the bar
         flow.single_thread()
         with _progress() as progress:
             bar = progress.add_task(f"{method.value} search", total=budget)
@@ -267,8 +327,9 @@ def register(app: typer.Typer) -> None:
         search_result: Annotated[
             Path, typer.Option("--search", "-s", help="`cosearch search` output.")
         ] = DEFAULT_DIR / "search.json",
-        predictors: Annotated[Path, typer.Option("--predictors", "-p")] = DEFAULT_DIR
-        / "predictors.json",
+        predictors: Annotated[
+            Path, typer.Option("--predictors", "-p", help="`cosearch fit` output.")
+        ] = DEFAULT_DIR / "predictors.json",
         output: Annotated[
             Path, typer.Option("--output", "-o", help="Refine result JSON.")
         ] = DEFAULT_DIR / "refine.json",
@@ -278,11 +339,28 @@ def register(app: typer.Typer) -> None:
         prefer: Annotated[
             PreferChoice, typer.Option(help="accuracy, latency or balanced.")
         ] = PreferChoice.balanced,
-        steps: Annotated[int, typer.Option(min=1)] = 6,
-        max_accuracy_drop: Annotated[float, typer.Option(min=0.0)] = 0.01,
-        width_divisor: Annotated[int, typer.Option(min=1)] = 8,
+        steps: Annotated[
+            int, typer.Option(min=1, help="Most grow/prune steps (two rejections in a row stop).")
+        ] = 6,
+        max_accuracy_drop: Annotated[
+            float,
+            typer.Option(
+                min=0.0,
+                help="A prune is kept while accuracy stays within this of the start (0.01 = 1 "
+                "point).",
+            ),
+        ] = 0.01,
+        width_divisor: Annotated[
+            int, typer.Option(min=1, help="Train at 1/N width (1 = real width).")
+        ] = 8,
     ) -> None:
-        """Grow-and-prune the chosen front member; writes the result and a report page (.md)."""
+        """Grow-and-prune the chosen front member; writes the result and a report page (.md).
+
+        Example (the balanced front member on the Raspberry Pi's CPU):
+          edgesplit cosearch refine --device rpi-cpu
+        Reads out/cosearch/search.json (-s) and predictors.json (-p); writes refine.json (-o)
+        and the report page refine.md beside it.
+        """
         from edgesplit.api import cosearch as flow
 
         flow.single_thread()

@@ -57,6 +57,15 @@ def _stages_and_model(
     return model, gen.decode_stages(model, names), 0
 
 
+def _generation_title(result: gen.GenerationPlan) -> str:
+    """The plan table's title in generation terms: what was asked (sequences, objective)."""
+    g, plan = result.generation, result.plan
+    return (
+        f"{plan.model}: {g.num_sequences} sequence(s) at once, objective {g.objective} — "
+        f"planner '{plan.planner.name}' ({'optimal' if g.optimal else 'heuristic'})"
+    )
+
+
 def register(app: typer.Typer) -> None:
     group = typer.Typer(
         name="generate",
@@ -192,18 +201,37 @@ def register(app: typer.Typer) -> None:
     @app.command("generate-profile", hidden=True)  # the old spelling, kept for one release
     def generate_profile(
         model: Annotated[str, typer.Option(help=MODEL_HELP)],
-        output: Annotated[Path, typer.Option("--output", "-o")],
-        device_kind: str = "host",
-        prompt_length: Annotated[int, typer.Option(min=1)] = 32,
-        cache_length: Annotated[int, typer.Option(min=0)] = 128,
-        repeats: Annotated[int, typer.Option(min=1)] = 5,
+        output: Annotated[
+            Path, typer.Option("--output", "-o", help="Generation profile JSON to write.")
+        ],
+        device_kind: Annotated[
+            str,
+            typer.Option(
+                help="Kind the times are filed under: a cluster.toml device kind, or the "
+                "`relative_to` of its [[kinds]]."
+            ),
+        ] = "host",
+        prompt_length: Annotated[
+            int, typer.Option(min=1, help="Prompt tokens of the timed prefill.")
+        ] = 32,
+        cache_length: Annotated[
+            int, typer.Option(min=0, help="Tokens already in the KV cache at a timed decode step.")
+        ] = 128,
+        repeats: Annotated[
+            int, typer.Option(min=1, help="Timed repetitions per measurement (median).")
+        ] = 5,
         batch_sizes: Annotated[
             str,
             typer.Option(help="Decode batch sizes to time (comma-separated; '' = none)."),
         ] = "2,4,8,16",
     ) -> None:
         """Measure decode and prefill unit times here (a generation profile), and decode step
-        time vs batch size (the planner's batch dimension)."""
+        time vs batch size (the planner's batch dimension).
+
+        Example (a preset; any checkpoint directory works the same):
+          edgesplit generate profile --model llama-tiny -o gen.json
+        Writes only the -o file; `generate plan --profile` reads it.
+        """
         try:
             sizes = [int(b) for b in batch_sizes.split(",") if b.strip()]
         except ValueError as e:
@@ -226,8 +254,12 @@ def register(app: typer.Typer) -> None:
     @app.command("generate-plan", hidden=True)  # the old spelling, kept for one release
     def generate_plan(
         profile: Annotated[Path, typer.Option(help="From `generate profile`.")],
-        cluster: Annotated[Path, typer.Option("--cluster", "-c")],
-        output: Annotated[Path, typer.Option("--output", "-o")],
+        cluster: Annotated[
+            Path, typer.Option("--cluster", "-c", help="cluster.toml (see examples/cluster.toml).")
+        ],
+        output: Annotated[
+            Path, typer.Option("--output", "-o", help="Generation plan JSON to write.")
+        ],
         objective: Annotated[str, typer.Option(help="tokens_per_s | time_per_token")] = (
             "tokens_per_s"
         ),
@@ -240,10 +272,21 @@ def register(app: typer.Typer) -> None:
                 help="Sequences decoding at once (tokens_per_s plans for this concurrency).",
             ),
         ] = 1,
-        max_context: Annotated[int, typer.Option(min=1)] = 2048,
-        max_devices: Annotated[int | None, typer.Option(min=1)] = None,
+        max_context: Annotated[
+            int,
+            typer.Option(min=1, help="Tokens per sequence the KV cache must hold (memory check)."),
+        ] = 2048,
+        max_devices: Annotated[
+            int | None, typer.Option(min=1, help="Use at most this many devices (default: any).")
+        ] = None,
     ) -> None:
-        """Plan a generation pipeline (KV cache counted for max_context x sequences)."""
+        """Plan a generation pipeline (KV cache counted for max_context x sequences).
+
+        Example (the most tokens/s with 8 sequences decoding at once):
+          edgesplit generate plan --profile gen.json -c examples/cluster.toml \\
+            --concurrency 8 -o gplan.json
+        Writes only the -o file; `generate run --plan` and `serve --plan` read it.
+        """
         if objective not in ("tokens_per_s", "time_per_token"):
             raise ConfigError(
                 f"--objective must be tokens_per_s or time_per_token, not {objective}"
@@ -261,8 +304,8 @@ def register(app: typer.Typer) -> None:
             max_devices=max_devices,
         )
         write_json_file(result, output)
-        console.print(plan_table(result.plan))
         g = result.generation
+        console.print(plan_table(result.plan, title=_generation_title(result)))
         console.print(
             f"time per token {g.time_per_token_s * 1e3:.2f} ms · {g.tokens_per_s:.2f} tokens/s "
             f"with {g.num_sequences} sequence(s) in {g.micro_batches} micro-batch(es) of "

@@ -103,9 +103,9 @@ def register(app: typer.Typer) -> None:
                     "process, the default). One process runs one inference at a time; use "
                     "replicas when requests queue on it (p95 well above the compute time in "
                     "/metrics) AND the host has idle cores, about one replica per core. Serve "
-                    "adds ~13 ms of server CPU per request (measured: benchmarks/"
-                    "offload_serve.py), so it pays only for models slower than that. Starts an "
-                    "embedded local Ray (15-35 s, ~350 MB per replica)."
+                    "adds ~13 ms of server CPU per request (measured, see docs/offload.md), so "
+                    "it pays only for models slower than that. Starts an embedded local Ray "
+                    "(15-35 s, ~350 MB per replica)."
                 ),
             ),
         ] = 0,
@@ -117,9 +117,9 @@ def register(app: typer.Typer) -> None:
             typer.Option(
                 help=(
                     "Route by the x-session-id header (consistent hashing) so round 2 reaches "
-                    "the replica holding round 1; clients set it with "
-                    "serve_ray.SessionAffinityTransport. Without it round 2 may get 409 and "
-                    "the client resends everything as one round (correct, no reuse)."
+                    "the replica holding round 1; `offload send` sends that header with every "
+                    "round. Without it round 2 may get 409 and the client resends everything "
+                    "as one round (correct, no reuse)."
                 )
             ),
         ] = True,

@@ -169,8 +169,15 @@ def register(app: typer.Typer) -> None:
             console.print(f"plan written to [bold]{output}[/]")
 
     @group.command("show")
-    def show(path: Annotated[Path, typer.Argument(help="A plan JSON file.")]) -> None:
-        """Print a plan as a stage-by-device table."""
+    def show(
+        path: Annotated[Path, typer.Argument(help="A plan JSON file (`edgesplit plan -o`).")],
+    ) -> None:
+        """Print a plan as a stage-by-device table.
+
+        Example (the plan `edgesplit plan ... -o plan.json` wrote):
+          edgesplit plan show plan.json
+        Reads the plan only; writes nothing.
+        """
         console.print(plan_table(api.load_plan(path)))
 
     @group.command("compare")
@@ -180,7 +187,13 @@ def register(app: typer.Typer) -> None:
         objective: ObjectiveOpt = "throughput",
         batch_size: Annotated[int, typer.Option(help="Micro-batch for pipeedge: profiles.")] = 8,
     ) -> None:
-        """Run every planner on one scenario and print them side by side."""
+        """Run every planner on one scenario and print them side by side.
+
+        Example (PipeEdge's board measurements over 8 + 8 boards):
+          edgesplit plan compare -p pipeedge:google/vit-large-patch16-224 \\
+            -c examples/pipeedge-8+8.toml
+        Prints the table; writes nothing.
+        """
         loaded = load_profile_arg(profile, batch_size)
         outcomes = api.compare(loaded, api.load_cluster(cluster), _objective(objective))
         console.print(comparison_table(outcomes))

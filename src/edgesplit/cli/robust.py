@@ -9,7 +9,9 @@ façade loads torch, so each command imports it when it runs (`--help` stays fas
 
 from __future__ import annotations
 
+import difflib
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -19,6 +21,7 @@ from rich.table import Table
 from edgesplit.cli.common import console
 from edgesplit.core.cluster import Cluster, load_cluster
 from edgesplit.core.schema import stable_json, write_json_file
+from edgesplit.errors import ConfigError
 
 if TYPE_CHECKING:
     from edgesplit.api import robust as api_robust  # torch + transformers: loaded per command
@@ -30,8 +33,32 @@ robust_app = typer.Typer(
     no_args_is_help=True,
 )
 
-MODEL_HELP = "Study model: vit-digits, vit-fashion, minilm, gpt2-kjv, smollm2."
+# The study tasks api.robust.load_task builds (models.robust_tasks.task_names; a test keeps the
+# two equal). Listed here so a misspelt name fails before torch loads.
+MODELS = ("vit-digits", "vit-fashion", "minilm", "gpt2-kjv", "smollm2")
+MODEL_HELP = f"Study model: {', '.join(MODELS)}."
 CLUSTER_HELP = "cluster.toml (the source device is the coordinator); or use --devices."
+SEED_HELP = "Seed of the calibration/evaluation subsets (same seed, same numbers)."
+
+
+def _check_model(name: str) -> str:
+    if name not in MODELS:
+        close = difflib.get_close_matches(name, MODELS, n=1)
+        hint = f"did you mean {close[0]!r}? " if close else ""
+        raise ConfigError(f"unknown study model {name!r}; {hint}choose one of {', '.join(MODELS)}")
+    return name
+
+
+def _check_devices(option: str, names: Sequence[str], plan_devices: Sequence[str]) -> None:
+    """Devices named on the command line must be the plan's (checked before any work)."""
+    for name in names:
+        if name not in plan_devices:
+            close = difflib.get_close_matches(name, plan_devices, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ConfigError(
+                f"{option} {name}: not a device of the plan; {hint}the plan's devices are "
+                f"{', '.join(plan_devices)}"
+            )
 
 
 def _cluster(cluster: Path | None, devices: int, probability: float) -> Cluster:
@@ -90,21 +117,30 @@ def plan_command(
     importance: Annotated[
         str, typer.Option(help="Unit importance: ablation (exact) or gradient (first-order).")
     ] = "ablation",
-    seed: int = 0,
+    seed: Annotated[int, typer.Option(help=SEED_HELP)] = 0,
     output: Annotated[Path, typer.Option("--output", "-o", help="Chosen plan JSON.")] = Path(
         "robust_plan.json"
     ),
     pareto: Annotated[Path | None, typer.Option(help="Write the Pareto set (JSON list).")] = None,
 ) -> None:
-    """Measure importance, search placements, write the chosen plan (and the Pareto set)."""
+    """Measure importance, search placements, write the chosen plan (and the Pareto set).
+
+    Example (4 synthetic devices dev0..dev3, each holding at most half a model copy):
+      edgesplit robust plan -m vit-digits --devices 4 --memory-copies 0.5 \\
+        -o robust.json --save-problem problem.json
+    Writes the plan (robust_plan.json unless -o), and the problem (--save-problem) that
+    `robust eval --problem` and later `robust plan --problem` reuse to skip the measurement.
+    """
+    if problem is None:
+        _check_model(model)
+        if importance not in ("ablation", "gradient"):
+            raise typer.BadParameter("--importance must be 'ablation' or 'gradient'")
     from edgesplit.api import robust as api_robust
 
     the_cluster = _cluster(cluster, devices, probability)
     if problem is not None:
         the_problem = api_robust.load_robust_problem(problem)
     else:
-        if importance not in ("ablation", "gradient"):
-            raise typer.BadParameter("--importance must be 'ablation' or 'gradient'")
         with console.status(f"measuring unit importance of {model} ({importance})"):
             the_problem = api_robust.build_problem(
                 api_robust.load_task(model, seed=seed),
@@ -136,14 +172,21 @@ def eval_command(
         str | None,
         typer.Option(help="Comma-separated devices: also run on Ray and kill these actors."),
     ] = None,
-    seed: int = 0,
+    seed: Annotated[int, typer.Option(help=SEED_HELP)] = 0,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Result JSON.")] = None,
 ) -> None:
-    """Real masked evaluation of a plan at k = 0..N−1 failed devices; optionally distributed."""
+    """Real masked evaluation of a plan at k = 0..N−1 failed devices; optionally distributed.
+
+    Example (the plan and problem of `robust plan`; then on Ray, dev1 and dev2 killed):
+      edgesplit robust eval robust.json --problem problem.json --kill dev1,dev2
+    Prints the table; writes nothing unless -o.
+    """
     from edgesplit.api import robust as api_robust
 
     the_plan = api_robust.load_robust_plan(plan)
-    task = api_robust.load_task(model or the_plan.model, seed=seed)
+    killed = [d.strip() for d in (kill or "").split(",") if d.strip()]
+    _check_devices("--kill", killed, the_plan.devices)
+    task = api_robust.load_task(_check_model(model or the_plan.model), seed=seed)
     if problem is not None:
         the_problem = api_robust.load_robust_problem(problem)
     else:
@@ -165,8 +208,8 @@ def eval_command(
     expected = ", ".join(f"p={p}: {v:.4f}" for p, v in measured.expected_metric.items())
     console.print(f"expected {task.metric_name}: {expected}")
     result: dict[str, object] = {"measured": measured.model_dump(mode="json")}
-    if kill:
-        check = api_robust.distributed_check(task, the_plan, [d.strip() for d in kill.split(",")])
+    if killed:
+        check = api_robust.distributed_check(task, the_plan, killed)
         console.print(
             f"Ray: killed {list(check.killed)}, detected {list(check.detected_failed)}, "
             f"{check.lost_units} units lost, {check.failovers} failovers; max |distributed − "
@@ -185,12 +228,25 @@ def finetune_command(
     devices: Annotated[int, typer.Option(min=2, help="Shard devices.")] = 4,
     steps: Annotated[int, typer.Option(min=2, help="Fine-tuning steps per arm.")] = 200,
     rounds: Annotated[int, typer.Option(min=1, help="Fine-tune/re-place rounds.")] = 2,
-    train_probability: Annotated[float, typer.Option(min=0.0, max=0.99)] = 0.25,
-    memory_copies: Annotated[float, typer.Option(min=0.01)] = 0.5,
-    seed: int = 0,
+    train_probability: Annotated[
+        float,
+        typer.Option(
+            min=0.0, max=0.99, help="Failout: each device fails with this probability per step."
+        ),
+    ] = 0.25,
+    memory_copies: Annotated[
+        float, typer.Option(min=0.01, help="Per-device memory cap, in model copies.")
+    ] = 0.5,
+    seed: Annotated[int, typer.Option(help=SEED_HELP)] = 0,
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Report JSON.")] = None,
 ) -> None:
-    """Failure-aware fine-tuning ("failout") vs a control of equal steps; accuracy at k = 1."""
+    """Failure-aware fine-tuning ("failout") vs a control of equal steps; accuracy at k = 1.
+
+    Example (200 steps per arm on the digits ViT, 4 synthetic devices):
+      edgesplit robust finetune -m vit-digits --steps 200 -o failout.json
+    Prints the table; writes the report only with -o.
+    """
+    _check_model(model)
     from edgesplit.api import robust as api_robust
 
     task = api_robust.load_task(model, seed=seed)
@@ -242,18 +298,30 @@ def run_command(
     link_shaping: Annotated[
         str, typer.Option(help="full, latency (bandwidth shaped by the kernel) or off.")
     ] = "full",
-    ray_address: Annotated[str | None, typer.Option(help="HEAD:PORT of a Ray cluster.")] = None,
-    seed: int = 0,
+    ray_address: Annotated[
+        str | None, typer.Option(help="HEAD:PORT of a Ray cluster (default: an embedded one).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help=SEED_HELP)] = 0,
     report: Annotated[Path | None, typer.Option(help="Write the run report JSON here.")] = None,
 ) -> None:
     """Run a width plan on shard stages (Ray actors) like a pipeline plan: emulated or real,
-    links shaped from cluster.toml, faults injected; failures, failovers and latency."""
+    links shaped from cluster.toml, faults injected; failures, failovers and latency.
+
+    Example (a plan over a described cluster; pi1 killed 1 s in):
+      edgesplit robust plan -m vit-digits -c examples/cluster.toml -o wplan.json
+      edgesplit robust run --plan wplan.json -c examples/cluster.toml \\
+        --fault kill:pi1@1 --report wrun.json
+    Writes the run report only with --report.
+    """
     from edgesplit.api import robust as api_robust
 
     if compute not in ("real", "emulated") or link_shaping not in ("full", "latency", "off"):
         raise typer.BadParameter("--compute real|emulated, --link-shaping full|latency|off")
     the_plan = api_robust.load_robust_plan(plan)
-    task = api_robust.load_task(model or the_plan.model, seed=seed)
+    the_cluster = load_cluster(cluster)
+    faults = [api_robust.parse_fault(f) for f in fault or []]
+    _check_devices("--fault", [f.device for f in faults], the_plan.devices)
+    task = api_robust.load_task(_check_model(model or the_plan.model), seed=seed)
     inputs = {k: v[:1] for k, v in task.evaluation[0][0].items()}  # one sample per request
     config = api_robust.RuntimeConfig(
         compute=compute,  # type: ignore[arg-type]  # checked above
@@ -263,12 +331,12 @@ def run_command(
     )
     result = api_robust.run_robust(
         the_plan,
-        load_cluster(cluster),
+        the_cluster,
         task.model,
         inputs,
         config=config,
         requests=requests,
-        faults=[api_robust.parse_fault(f) for f in fault or []],
+        faults=faults,
     )
     table = Table(
         title=f"{result.model} · {result.strategy} · {compute} on {len(result.devices)} devices"

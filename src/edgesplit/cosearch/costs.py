@@ -9,7 +9,7 @@ loading it refits, so no pickled estimator is ever stored). No torch.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -211,19 +211,26 @@ def cross_validate_devices(
     targets: tuple[Target, ...] = TARGETS,
     num_folds: int = 5,
     min_samples: int = 10,
+    on_progress: Callable[[int, int, str], None] | None = None,
 ) -> dict[str, dict[str, CrossValidation]]:
-    """k-fold errors per ProTran device and target (devices with < `min_samples` skipped)."""
+    """k-fold errors per ProTran device and target (devices with < `min_samples` skipped).
+
+    `on_progress(done, total, "device target")` is called before each (device, target) fit
+    and once more with done == total at the end.
+    """
     by_device: dict[str, list[Measurement]] = defaultdict(list)
     for m in protran:
         by_device[m.device].append(m)
+    fitted = [d for d in sorted(by_device) if len(by_device[d]) >= min_samples]
+    total = len(fitted) * len(targets)
     out: dict[str, dict[str, CrossValidation]] = {}
-    for device in sorted(by_device):
+    for device in fitted:
         rows = by_device[device]
-        if len(rows) < min_samples:
-            continue
         archs = [m.architecture for m in rows]
         out[device] = {}
         for target in targets:
+            if on_progress is not None:
+                on_progress(sum(len(v) for v in out.values()), total, f"{device} {target}")
             target_settings = settings
             if target == "peak_power_w":
                 target_settings = (settings or PredictorSettings()).model_copy(
@@ -231,6 +238,8 @@ def cross_validate_devices(
                 )
             y = np.array([getattr(m, target) for m in rows])
             out[device][target] = cross_validate(archs, y, target_settings, num_folds=num_folds)
+    if on_progress is not None:
+        on_progress(total, total, "")
     return out
 
 

@@ -71,31 +71,52 @@ def fit_predictors(
     host_results: Path | None,
     settings: PredictorSettings | None = None,
     num_folds: int = 5,
+    on_progress: Callable[[int, int, str], None] | None = None,
 ) -> PredictorRecipe:
-    """Cross-validate predictors per device and write the recipe file (`cosearch fit`)."""
+    """Cross-validate predictors per device and write the recipe file (`cosearch fit`).
+
+    Both data sources are read before any fit. `on_progress(done, total, "device target")` is
+    called before each (device, target) cross-validation and with done == total at the end.
+    """
     settings = settings or PredictorSettings()
+    measurements = load_protran(protran_dir) if protran_dir is not None else []
+    host = load_host_results(host_results) if host_results is not None else []
+    host_fits = 1 if len(host) >= 2 * num_folds else 0
+    protran_fits = 0  # known once cross_validate_devices reports
+
+    def progress(done: int, total: int, label: str) -> None:
+        nonlocal protran_fits
+        protran_fits = total
+        if on_progress is not None and done < total:
+            on_progress(done, total + host_fits, label)
+
     cv = {}
     devices: list[str] = []
     if protran_dir is not None:
-        measurements = load_protran(protran_dir)
         cv = cross_validate_devices(
-            measurements, settings.model_copy(update={"num_members": 1}), num_folds=num_folds
+            measurements,
+            settings.model_copy(update={"num_members": 1}),
+            num_folds=num_folds,
+            on_progress=progress,
         )
         devices += sorted({m.device for m in measurements})
-    if host_results is not None:
-        host = load_host_results(host_results)
-        if len(host) >= 2 * num_folds:
-            y = np.array([m.cpu_s for m in host])
-            cv[HOST_DEVICE] = {
-                "latency_s": cross_validate(
-                    [m.architecture() for m in host],
-                    y,
-                    settings.model_copy(update={"num_members": 1}),
-                    num_folds=num_folds,
-                )
-            }
-        if host:
-            devices.append(HOST_DEVICE)
+    total = protran_fits + host_fits
+    if host_fits:
+        if on_progress is not None:
+            on_progress(protran_fits, total, f"{HOST_DEVICE} latency_s")
+        y = np.array([m.cpu_s for m in host])
+        cv[HOST_DEVICE] = {
+            "latency_s": cross_validate(
+                [m.architecture() for m in host],
+                y,
+                settings.model_copy(update={"num_members": 1}),
+                num_folds=num_folds,
+            )
+        }
+    if host:
+        devices.append(HOST_DEVICE)
+    if on_progress is not None:
+        on_progress(total, total, "")
     if not devices:
         raise ConfigError("nothing to fit: give --protran and/or --host-results with measurements")
     recipe = PredictorRecipe(
@@ -283,14 +304,19 @@ def cosearch_fit(
     host_results: Path | None = None,
     method: Method = "auto",
     num_folds: int = 5,
+    on_progress: Callable[[int, int, str], None] | None = None,
 ) -> PredictorRecipe:
-    """`cosearch fit`: cross-validate per-device predictors, write the recipe."""
+    """`cosearch fit`: cross-validate per-device predictors, write the recipe.
+
+    `on_progress(done, total, "device target")`: see `fit_predictors`.
+    """
     return fit_predictors(
         output,
         protran_dir=protran_dir,
         host_results=host_results,
         settings=PredictorSettings(method=method),
         num_folds=num_folds,
+        on_progress=on_progress,
     )
 
 
