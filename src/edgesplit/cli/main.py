@@ -103,6 +103,9 @@ def main() -> None:
     # Ray reads its auth mode when first imported, and registering commands may import it:
     # every edgesplit cluster (embedded, testbed, boards) uses token auth.
     os.environ.setdefault("RAY_AUTH_MODE", "token")
+    # Weights load from local checkpoints in about a second: transformers' "Loading weights"
+    # bar would only break up our tables (read when transformers is imported, later).
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     _register()
     try:
         # Standalone mode: typer/click print usage errors themselves and exit with code 2.
