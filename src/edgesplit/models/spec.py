@@ -6,6 +6,7 @@ in plans and over Ray as plain data).
 
 from __future__ import annotations
 
+import difflib
 import json
 from pathlib import Path
 from typing import Any, Literal
@@ -200,9 +201,18 @@ def model_spec_from_name(name: str, seed: int = 0) -> ModelSpec:
     if path.is_dir():
         return _checkpoint_spec(path)
     if name not in PRESETS:
+        if path.exists():  # a file, not a checkpoint directory
+            raise ConfigError(f"model '{name}' is a file; give a checkpoint directory or a preset")
+        if "/" in name or name.startswith("."):
+            raise ConfigError(
+                f"no checkpoint directory {path.resolve()}; `make models` builds the ones under "
+                f"checkpoints/, or give a preset ({', '.join(sorted(PRESETS))})"
+            )
+        close = difflib.get_close_matches(name, list(PRESETS), n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
         raise ConfigError(
-            f"unknown model '{name}'; use a preset ({', '.join(sorted(PRESETS))}) or a local "
-            "checkpoint directory"
+            f"unknown model '{name}'; {hint}use a preset ({', '.join(sorted(PRESETS))}) or a "
+            "local checkpoint directory"
         )
     return ModelSpec(family=PRESETS[name][0], preset=name, seed=seed)
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -173,3 +175,17 @@ def test_block_paths_of_pinned_transformers(name: str, path: str) -> None:
     assert names[-1] == "head"
     assert len(names) == 2 * len(module) + 2
     assert names[1:3] == ["block0.attn", "block0.mlp"]
+
+
+def test_unknown_model_messages_say_what_to_do(tmp_path: Path) -> None:
+    from edgesplit.models.spec import model_spec_from_name
+
+    with pytest.raises(ConfigError, match="did you mean 'gpt2-tiny'"):
+        model_spec_from_name("gpt2-tinyy")
+    with pytest.raises(
+        ConfigError, match=re.escape(f"no checkpoint directory {tmp_path / 'nope'};")
+    ):
+        model_spec_from_name(str(tmp_path / "nope"))
+    (tmp_path / "weights.bin").write_bytes(b"")
+    with pytest.raises(ConfigError, match="is a file; give a checkpoint directory"):
+        model_spec_from_name(str(tmp_path / "weights.bin"))
