@@ -2,22 +2,42 @@
 
 Owns `DeviceSpec`, `LinkSpec`, `Cluster` and link lookup with defaults and per-pair overrides.
 Units are SI and in the field names (MB = 1e6 bytes, Mbps = 1e6 bit/s). No torch, no ray.
+Errors speak the file's words: one line per problem, each entry named as written
+(`device 'pi0' (2nd [[devices]])`), with the nearest valid key, device or kind.
 """
 
 from __future__ import annotations
 
+import difflib
 import tomllib
+from collections.abc import Sequence
 from functools import cached_property
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import Field, SerializerFunctionWrapHandler, model_serializer, model_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    model_serializer,
+    model_validator,
+)
+from pydantic_core import ErrorDetails
 
-from edgesplit.core.schema import FrozenModel, content_hash, validate_as
-from edgesplit.errors import ConfigError
+from edgesplit.core.schema import FrozenModel, content_hash
+from edgesplit.errors import ConfigError, ProfileMissingError
 from edgesplit.units import mb_to_bytes, mbps_to_bytes_per_s, ms_to_s
 
-__all__ = ["Cluster", "DerivedKind", "DeviceSpec", "LinkDefaults", "LinkSpec", "load_cluster"]
+__all__ = [
+    "Cluster",
+    "DerivedKind",
+    "DeviceSpec",
+    "LinkDefaults",
+    "LinkSpec",
+    "format_cluster_errors",
+    "load_cluster",
+]
 
 PositiveFloat = Annotated[float, Field(gt=0)]
 
@@ -95,22 +115,88 @@ class Cluster(FrozenModel):
 
     @model_validator(mode="after")
     def _check_names(self) -> Cluster:
+        # Every problem at once, one per line (load_cluster shows each as its own problem).
         names = [d.name for d in self.devices]
-        duplicates = sorted({n for n in names if names.count(n) > 1})
-        if duplicates:
-            raise ValueError(f"device names must be unique; repeated: {duplicates}")
-        if self.source not in names:
-            raise ValueError(
-                f"source '{self.source}' is not a device; devices are {names}. "
-                "Add it under [[devices]] or set source to one of them"
+        problems = []
+        for name in sorted({n for n in names if names.count(n) > 1}):
+            where = _ordinals([i for i, n in enumerate(names) if n == name])
+            problems.append(
+                f"device name '{name}' is used by the {where} [[devices]]; names must be unique"
             )
-        for link in self.links:
-            for end in (link.a, link.b):
+        if self.source not in names:
+            problems.append(
+                f"source '{self.source}' is not a device{_did_you_mean(self.source, names)} "
+                f"The devices are {_quoted(names)}; add it under [[devices]] or set source to "
+                "one of them"
+            )
+        for i, link in enumerate(self.links):
+            where = f"link {link.a}-{link.b} ({_ordinal(i)} [[links]])"
+            for end in dict.fromkeys((link.a, link.b)):
                 if end not in names:
-                    raise ValueError(f"link {link.a}-{link.b} names unknown device '{end}'")
+                    problems.append(
+                        f"{where} names unknown device '{end}'{_did_you_mean(end, names)} "
+                        f"The devices are {_quoted(names)}"
+                    )
             if link.a == link.b:
-                raise ValueError(f"link {link.a}-{link.b} joins a device to itself")
+                problems.append(f"{where} joins a device to itself; a and b must differ")
+        if problems:
+            raise ValueError("\n".join(problems))
         return self
+
+    def check_kinds(self, profile_kinds: Sequence[str], model: str) -> None:
+        """Check that every device kind has times once the [[kinds]] table is derived from a
+        profile of `model` measured on `profile_kinds`, the way `api.prepare_profile` derives
+        it (`relative_to = "host"`: the profile's only kind, unless one is named "host").
+
+        Raises ProfileMissingError naming each [[kinds]] or [[devices]] entry at fault, with
+        the nearest known kind; call it before deriving, so no derived kind is taken for measured.
+        """
+        measured = list(profile_kinds)
+        known = list(measured)
+        ambiguous: list[int] = []
+        problems: list[str] = []
+        for i, kind in enumerate(self.kinds):
+            rel = kind.relative_to
+            if rel == "host" and len(measured) != 1 and "host" not in known:
+                ambiguous.append(i)
+            elif rel != "host" and rel not in known:
+                later = [k.name for k in self.kinds[i + 1 :]]
+                host = ["host"] if len(measured) == 1 and "host" not in known else []
+                fix = (
+                    f"; '{rel}' is defined further down: move it above"
+                    if rel in later
+                    else f"{_did_you_mean(rel, known + host)} Known kinds: {_quoted(known + host)}"
+                )
+                problems.append(
+                    f"kind '{kind.name}' ({_ordinal(i)} [[kinds]]): relative_to = '{rel}' "
+                    f"is not a kind of profile '{model}'{fix}"
+                )
+            known.append(kind.name)  # even when broken: its devices are not at fault
+        if ambiguous:
+            entries = ", ".join(f"'{self.kinds[i].name}'" for i in ambiguous)
+            plural = "kinds" if len(ambiguous) > 1 else "kind"
+            problems.insert(
+                0,
+                f"{plural} {entries} ({_ordinals(ambiguous)} [[kinds]]): relative_to = 'host' "
+                f"is ambiguous: profile '{model}' was measured on {len(measured)} kinds "
+                f"{_quoted(measured)}; set relative_to to one of them",
+            )
+        derived = [k.name for k in self.kinds]
+        for kind_name in dict.fromkeys(d.kind for d in self.devices):
+            if kind_name in known:
+                continue
+            at = [i for i, d in enumerate(self.devices) if d.kind == kind_name]
+            who = ", ".join(f"'{self.devices[i].name}'" for i in at)
+            from_table = f"; from [[kinds]]: {_quoted(derived)}" if derived else ""
+            problems.append(
+                f"device{'s' if len(at) > 1 else ''} {who} ({_ordinals(at)} [[devices]]): "
+                f"kind '{kind_name}' has no times in profile '{model}'"
+                f"{_did_you_mean(kind_name, known)} Known kinds: measured "
+                f"{_quoted(measured)}{from_table}. Profile the model on that kind "
+                "(edgesplit profile) or add it under [[kinds]] with relative_to and slowdown"
+            )
+        if problems:
+            raise ProfileMissingError(_problems(f"cluster kinds vs profile '{model}'", problems))
 
     @cached_property
     def device_names(self) -> tuple[str, ...]:
@@ -173,10 +259,163 @@ class Cluster(FrozenModel):
 def load_cluster(path: Path | str) -> Cluster:
     """Read a `cluster.toml` (see docs/architecture.md §3.2) into a validated `Cluster`."""
     path = Path(path)
+    if path.is_dir():
+        raise ConfigError(
+            f"{path} is a directory; give the cluster file, e.g. {path / 'cluster.toml'}"
+        )
     if not path.is_file():
-        raise ConfigError(f"cluster file not found: {path}; see examples/cluster.toml")
+        raise ConfigError(
+            f"cluster file not found: {path}; check the path (cwd is {Path.cwd()}) or start "
+            "from examples/cluster.toml"
+        )
     try:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: invalid TOML: {e}") from e
-    return validate_as(Cluster, data, str(path))
+    try:
+        return Cluster.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(_problems(str(path), format_cluster_errors(e, data))) from e
+
+
+# ---- error messages in the file's own words --------------------------------------------------
+
+# The tables of a cluster.toml and the model of each entry (for key suggestions).
+_TABLES: dict[str, type[BaseModel]] = {
+    "defaults": LinkDefaults,
+    "devices": DeviceSpec,
+    "kinds": DerivedKind,
+    "links": LinkSpec,
+}
+_ARRAY_TABLES = ("devices", "kinds", "links")
+
+
+def format_cluster_errors(error: ValidationError, data: Any) -> list[str]:
+    """One line per problem of a cluster.toml: entries named as the user wrote them
+    (`device 'pi0' (2nd [[devices]])`), a missing key explained by a misspelt one dropped,
+    no pydantic prefixes and no dumps of whole tables."""
+    items = error.errors()
+    # (table loc, key) pairs that an unknown key's suggestion already explains.
+    explained: set[tuple[tuple[int | str, ...], str]] = set()
+    lines: list[str] = []
+    for item in items:
+        if item["type"] == "extra_forbidden":
+            loc = tuple(item["loc"])
+            close = difflib.get_close_matches(str(loc[-1]), _keys_at(loc[:-1]), n=1)
+            if close:
+                explained.add((loc[:-1], close[0]))
+    # Tables with a bad entry (pydantic then also finds `devices` too short: not a problem).
+    with_bad_entries = {tuple(item["loc"][:1]) for item in items if len(item["loc"]) > 1}
+    for item in items:
+        loc = tuple(item["loc"])
+        if item["type"] == "missing" and loc and (loc[:-1], str(loc[-1])) in explained:
+            continue
+        if item["type"] == "too_short" and loc in with_bad_entries:
+            continue
+        lines.extend(_format_item(item, data))
+    return lines
+
+
+def _format_item(item: ErrorDetails, data: Any) -> list[str]:
+    loc = tuple(item["loc"])
+    kind = item["type"]
+    message = item["msg"]
+    for prefix in ("Value error, ", "Assertion failed, "):
+        message = message.removeprefix(prefix)
+    table, key = _split_loc(loc)
+    where = _where(table, data)
+    lead = f"{where}: " if where else ""
+    if kind == "extra_forbidden":
+        valid = _keys_at(table)
+        close = difflib.get_close_matches(key, valid, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else f" (valid keys: {', '.join(valid)})"
+        return [f"{lead}unknown key '{key}'{hint}"]
+    if kind in ("missing", "too_short") and not table and key in _ARRAY_TABLES:
+        return [f"no [[{key}]] table; add at least one"]
+    if kind == "missing":
+        return [f"{lead}missing key '{key}'"]
+    if not key:  # a whole entry or the whole file: a validator's own sentence(s)
+        return [f"{lead}{line}" for line in message.split("\n")]
+    value = item.get("input")
+    if not table and key in _ARRAY_TABLES and isinstance(value, dict):
+        return [f"[{key}] is a single table; write each entry as its own [[{key}]] table"]
+    if not table and key == "defaults" and isinstance(value, list):
+        return ["[[defaults]] is a list of tables; write one [defaults] table"]
+    text = (
+        f"{key} {message.removeprefix('Input ')}"
+        if message.startswith("Input ")
+        else f"{key}: {message}"
+    )
+    if not isinstance(value, dict | list | tuple):  # a scalar the user typed: worth showing
+        shown = repr(value)
+        text += f" (got {shown[:57] + '...' if len(shown) > 60 else shown})"
+    return [f"{lead}{text}"]
+
+
+def _split_loc(loc: tuple[int | str, ...]) -> tuple[tuple[int | str, ...], str]:
+    """(the table or entry the error is in, the key within it) - key "" for a whole entry."""
+    if not loc:
+        return (), ""
+    if loc[0] in _ARRAY_TABLES and len(loc) >= 2 and isinstance(loc[1], int):
+        return loc[:2], ".".join(str(p) for p in loc[2:])
+    if loc[0] == "defaults" and len(loc) >= 2:
+        return loc[:1], ".".join(str(p) for p in loc[1:])
+    return (), ".".join(str(p) for p in loc)
+
+
+def _where(table: tuple[int | str, ...], data: Any) -> str:
+    """`device 'pi0' (2nd [[devices]])`, `[defaults]`, or "" for the top level."""
+    if not table:
+        return ""
+    if table == ("defaults",):
+        return "[defaults]"
+    section, index = str(table[0]), int(table[1])
+    entries = data.get(section) if isinstance(data, dict) else None
+    entry = entries[index] if isinstance(entries, list) and index < len(entries) else None
+    place = f"{_ordinal(index)} [[{section}]]"
+    if isinstance(entry, dict):
+        if (
+            section == "links"
+            and isinstance(entry.get("a"), str)
+            and isinstance(entry.get("b"), str)
+        ):
+            return f"link {entry['a']}-{entry['b']} ({place})"
+        name = entry.get("name")
+        if section != "links" and isinstance(name, str) and name:
+            return f"{section[:-1]} '{name}' ({place})"
+    return place
+
+
+def _keys_at(table: tuple[int | str, ...]) -> list[str]:
+    model = _TABLES.get(str(table[0])) if table else Cluster
+    return sorted(model.model_fields) if model is not None else []
+
+
+def _ordinal(index: int) -> str:
+    """0 -> "1st", 1 -> "2nd", 10 -> "11th": the count a reader of the file uses."""
+    n = index + 1
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"
+
+
+def _ordinals(indexes: Sequence[int]) -> str:
+    """[1] -> "2nd", [1, 4] -> "2nd and 5th", [0, 1, 2] -> "1st to 3rd"."""
+    words = [_ordinal(i) for i in indexes]
+    if len(words) > 2 and list(indexes) == list(range(indexes[0], indexes[-1] + 1)):
+        return f"{words[0]} to {words[-1]}"
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + f" and {words[-1]}"
+
+
+def _quoted(names: Sequence[str]) -> str:
+    return ", ".join(f"'{n}'" for n in names) or "(none)"
+
+
+def _did_you_mean(word: str, choices: Sequence[str]) -> str:
+    """ "; did you mean 'x'?" for the nearest choice, else "." (ends the sentence either way)."""
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f"; did you mean '{close[0]}'?" if close else "."
+
+
+def _problems(source: str, lines: Sequence[str]) -> str:
+    count = f"{len(lines)} problem{'s' if len(lines) != 1 else ''}"
+    return "\n".join([f"{source}: {count}", *(f"  {line}" for line in lines)])

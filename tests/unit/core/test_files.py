@@ -47,7 +47,7 @@ def test_unknown_key_names_key_and_suggests(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as error:
         load_cluster(path)
     message = str(error.value)
-    assert "devices.0.memroy_mb" in message
+    assert "device 'a' (1st [[devices]]): unknown key 'memroy_mb'" in message
     assert "did you mean 'memory_mb'" in message
 
 
