@@ -6,7 +6,9 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.console import Group
 from rich.table import Table
+from rich.text import Text
 
 from edgesplit import api
 from edgesplit.cli.common import console
@@ -16,19 +18,19 @@ from edgesplit.sim import SimConfig, SimResult
 __all__ = ["register", "sim_table"]
 
 
-def sim_table(result: SimResult) -> Table:
-    table = Table(
-        title=(
-            f"simulated: period {result.period_s:.4f} s vs predicted "
-            f"{result.predicted_period_s:.4f} s (ratio {result.period_ratio:.4f}) · latency p50 "
-            f"{result.latency_s.p50:.3f} s p99 {result.latency_s.p99:.3f} s"
-        )
+def sim_table(result: SimResult) -> Group:
+    """The headline figures (never squeezed to the table's width), then the table."""
+    headline = (
+        f"simulated: period {result.period_s:.4f} s vs predicted "
+        f"{result.predicted_period_s:.4f} s (ratio {result.period_ratio:.4f})\n"
+        f"latency p50 {result.latency_s.p50:.3f} s, p99 {result.latency_s.p99:.3f} s"
     )
+    table = Table(title="per micro-batch: service time, utilization")
     for column in ("resource", "kind", "service s", "busy"):
         table.add_column(column, justify="left" if column in ("resource", "kind") else "right")
     for r in result.resources:
         table.add_row(r.name, r.kind, f"{r.service_s:.4f}", f"{r.busy_fraction:.0%}")
-    return table
+    return Group(Text(headline), table)
 
 
 def register(app: typer.Typer) -> None:

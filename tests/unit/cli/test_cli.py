@@ -63,6 +63,8 @@ def test_plan_show_compare_simulate(tmp_path: Path) -> None:
     )
     assert simulated.returncode == 0, simulated.stderr
     assert png.stat().st_size > 10_000
+    # the headline is whole lines, not squeezed into the table's title
+    assert "(ratio 1.0000)\nlatency p50" in simulated.stdout
 
 
 @pytest.mark.parametrize(
