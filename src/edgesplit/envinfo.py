@@ -29,8 +29,16 @@ def _cpu_model() -> str:
     return platform.processor() or "unknown"
 
 
+def _source_checkout() -> Path | None:
+    """The git checkout this package runs from (an editable install), if it is one."""
+    root = Path(__file__).resolve().parent.parent.parent  # <root>/src/edgesplit/envinfo.py
+    return root if (root / ".git").exists() else None
+
+
 def git_sha(cwd: Path | None = None) -> str:
-    """Short commit of the checkout at `cwd` (+ "-dirty" with uncommitted tracked changes)."""
+    """Short commit of the checkout at `cwd` (default: the one this package runs from, else the
+    working directory's) + "-dirty" with uncommitted tracked changes."""
+    cwd = cwd or _source_checkout()
     try:
         sha = subprocess.run(
             ["git", "rev-parse", "--short", "HEAD"],

@@ -114,7 +114,12 @@ def profile(
 
 
 def prepare_profile(profile: ModelProfile, cluster: Cluster) -> ModelProfile:
-    """Add the cluster's derived kinds ([[kinds]] in cluster.toml) to the profile."""
+    """Add the cluster's derived kinds ([[kinds]] in cluster.toml) to the profile.
+
+    Raises:
+        ProfileMissingError: a device's kind has no times (named by its cluster.toml entry).
+    """
+    cluster.check_kinds(profile.device_kinds, profile.model)
     measured = profile.device_kinds  # "host" means the kind measured here, not a derived one
     for kind in cluster.kinds:
         relative_to = kind.relative_to
