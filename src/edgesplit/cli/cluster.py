@@ -50,7 +50,13 @@ def register(app: typer.Typer) -> None:
         ] = None,
         dry_run: Annotated[bool, typer.Option(help="Print the ray command only.")] = False,
     ) -> None:
-        """Start this machine's Ray node (token auth, tuned health checks, device resources)."""
+        """Start this machine's Ray node (token auth, tuned health checks, device resources).
+
+        Example (the head stands for cam0; then on each device, its own name):
+          edgesplit cluster up --head --device cam0
+          edgesplit cluster up --address HEAD_IP:6379 --device pi0
+        Prints the ray command first; --dry-run runs nothing.
+        """
         from edgesplit.api import cluster as api  # Ray loads only when a command runs
 
         command = api.cluster_up_command(
@@ -67,7 +73,12 @@ def register(app: typer.Typer) -> None:
 
     @group.command("status")
     def status(address: Annotated[str | None, typer.Option(help="HEAD_IP:PORT")] = None) -> None:
-        """Nodes, their IPs and the devices they carry."""
+        """Nodes, their IPs and the devices they carry.
+
+        Example (from any machine that reaches the head):
+          edgesplit cluster status --address HEAD_IP:6379
+        Prints one line per node; writes nothing.
+        """
         from edgesplit.api import cluster as api  # Ray loads only when a command runs
 
         for node in api.cluster_status(address):
@@ -132,7 +143,13 @@ def register(app: typer.Typer) -> None:
         ] = False,
     ) -> None:
         """Profile MODEL on every device in place and measure every link; write cluster.toml
-        and profile.json for `edgesplit plan` (the same on real boards and on a testbed)."""
+        and profile.json for `edgesplit plan` (the same on real boards and on a testbed).
+
+        Example (ViT-Base on every device of the cluster whose head is HEAD_IP):
+          edgesplit cluster survey --address HEAD_IP:6379 -m vit-base -o survey
+        Writes survey/cluster.toml and survey/profile.json (+ generation_profile.json with
+        --generation), then prints the `edgesplit plan` command that reads them.
+        """
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
         from edgesplit.api import testbed as api_testbed

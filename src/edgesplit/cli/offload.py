@@ -127,6 +127,10 @@ def register(app: typer.Typer) -> None:
         """Run the edge server (FastAPI + uvicorn): /v1/infer, /v1/info, /health, /metrics, /.
 
         --ray-replicas N: the same app as a Ray Serve app of N replicas (docs/offload.md).
+
+        Example (the bundled model on port 8470, clients need the token):
+          edgesplit offload serve --port 8470 --token s3cret
+        Serves until Ctrl-C; writes no files.
         """
         from edgesplit.api.offload import ServerConfig, serve_offload, serve_offload_ray
 
@@ -180,7 +184,12 @@ def register(app: typer.Typer) -> None:
         ] = None,
         weights: WeightsOpt = None,
     ) -> None:
-        """Classify one image through the server (fixed settings, or adaptive with --slo-ms)."""
+        """Classify one image through the server (fixed settings, or adaptive with --slo-ms).
+
+        Example (Fashion-MNIST test image 3, settings chosen to answer within 250 ms):
+          edgesplit offload send --test-index 3 --slo-ms 250
+        Needs a running `offload serve` (--url; its --token if set); prints the rounds only.
+        """
         from edgesplit.api.offload import (
             CODEC_NAMES,
             CodecName,
@@ -279,7 +288,12 @@ def register(app: typer.Typer) -> None:
         weights: WeightsOpt = None,
         seed: Annotated[int, typer.Option(help="Trace seed.")] = 0,
     ) -> None:
-        """Send Fashion-MNIST test frames over an emulated link; report SLO attainment."""
+        """Send Fashion-MNIST test frames over an emulated link; report SLO attainment.
+
+        Example (an LTE-like uplink trace at 100 kbit/s mean, a 250 ms SLO per frame):
+          edgesplit offload bench --trace lte --mean-kbps 100 --slo-ms 250
+        Needs a running `offload serve` (--url; its --token if set); prints the table only.
+        """
         from edgesplit.api.offload import (
             LinkEmulator,
             OffloadClient,

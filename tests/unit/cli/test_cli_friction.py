@@ -48,7 +48,13 @@ COMMANDS = [
     ("generate", "profile"),
     ("plan", "show"),
     ("plan", "compare"),
+    ("cluster", "up"),
+    ("cluster", "status"),
     ("cluster", "down"),
+    ("cluster", "survey"),
+    ("offload", "serve"),
+    ("offload", "send"),
+    ("offload", "bench"),
 ]
 
 
