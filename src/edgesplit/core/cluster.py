@@ -9,6 +9,7 @@ Errors speak the file's words: one line per problem, each entry named as written
 from __future__ import annotations
 
 import difflib
+import functools
 import tomllib
 from collections.abc import Sequence
 from functools import cached_property
@@ -16,16 +17,14 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from pydantic import (
-    BaseModel,
     Field,
     SerializerFunctionWrapHandler,
-    ValidationError,
     model_serializer,
     model_validator,
 )
 from pydantic_core import ErrorDetails
 
-from edgesplit.core.schema import FrozenModel, content_hash
+from edgesplit.core.schema import FrozenModel, content_hash, format_problems, validate_as
 from edgesplit.errors import ConfigError, ProfileMissingError
 from edgesplit.units import mb_to_bytes, mbps_to_bytes_per_s, ms_to_s
 
@@ -35,7 +34,6 @@ __all__ = [
     "DeviceSpec",
     "LinkDefaults",
     "LinkSpec",
-    "format_cluster_errors",
     "load_cluster",
 ]
 
@@ -196,7 +194,9 @@ class Cluster(FrozenModel):
                 "(edgesplit profile) or add it under [[kinds]] with relative_to and slowdown"
             )
         if problems:
-            raise ProfileMissingError(_problems(f"cluster kinds vs profile '{model}'", problems))
+            raise ProfileMissingError(
+                format_problems(f"cluster kinds vs profile '{model}'", problems)
+            )
 
     @cached_property
     def device_names(self) -> tuple[str, ...]:
@@ -272,95 +272,32 @@ def load_cluster(path: Path | str) -> Cluster:
         data = tomllib.loads(path.read_text())
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{path}: invalid TOML: {e}") from e
-    try:
-        return Cluster.model_validate(data)
-    except ValidationError as e:
-        raise ConfigError(_problems(str(path), format_cluster_errors(e, data))) from e
+    return validate_as(
+        Cluster,
+        data,
+        str(path),
+        where=functools.partial(_where, data=data),
+        special=_toml_shape,
+    )
 
 
-# ---- error messages in the file's own words --------------------------------------------------
+# ---- error messages in the file's own words (core.schema.format_validation_error's hooks) ------
 
-# The tables of a cluster.toml and the model of each entry (for key suggestions).
-_TABLES: dict[str, type[BaseModel]] = {
-    "defaults": LinkDefaults,
-    "devices": DeviceSpec,
-    "kinds": DerivedKind,
-    "links": LinkSpec,
-}
 _ARRAY_TABLES = ("devices", "kinds", "links")
 
 
-def format_cluster_errors(error: ValidationError, data: Any) -> list[str]:
-    """One line per problem of a cluster.toml: entries named as the user wrote them
-    (`device 'pi0' (2nd [[devices]])`), a missing key explained by a misspelt one dropped,
-    no pydantic prefixes and no dumps of whole tables."""
-    items = error.errors()
-    # (table loc, key) pairs that an unknown key's suggestion already explains.
-    explained: set[tuple[tuple[int | str, ...], str]] = set()
-    lines: list[str] = []
-    for item in items:
-        if item["type"] == "extra_forbidden":
-            loc = tuple(item["loc"])
-            close = difflib.get_close_matches(str(loc[-1]), _keys_at(loc[:-1]), n=1)
-            if close:
-                explained.add((loc[:-1], close[0]))
-    # Tables with a bad entry (pydantic then also finds `devices` too short: not a problem).
-    with_bad_entries = {tuple(item["loc"][:1]) for item in items if len(item["loc"]) > 1}
-    for item in items:
-        loc = tuple(item["loc"])
-        if item["type"] == "missing" and loc and (loc[:-1], str(loc[-1])) in explained:
-            continue
-        if item["type"] == "too_short" and loc in with_bad_entries:
-            continue
-        lines.extend(_format_item(item, data))
-    return lines
-
-
-def _format_item(item: ErrorDetails, data: Any) -> list[str]:
-    loc = tuple(item["loc"])
-    kind = item["type"]
-    message = item["msg"]
-    for prefix in ("Value error, ", "Assertion failed, "):
-        message = message.removeprefix(prefix)
-    table, key = _split_loc(loc)
-    where = _where(table, data)
-    lead = f"{where}: " if where else ""
-    if kind == "extra_forbidden":
-        valid = _keys_at(table)
-        close = difflib.get_close_matches(key, valid, n=1)
-        hint = f"; did you mean '{close[0]}'?" if close else f" (valid keys: {', '.join(valid)})"
-        return [f"{lead}unknown key '{key}'{hint}"]
-    if kind in ("missing", "too_short") and not table and key in _ARRAY_TABLES:
-        return [f"no [[{key}]] table; add at least one"]
-    if kind == "missing":
-        return [f"{lead}missing key '{key}'"]
-    if not key:  # a whole entry or the whole file: a validator's own sentence(s)
-        return [f"{lead}{line}" for line in message.split("\n")]
-    value = item.get("input")
-    if not table and key in _ARRAY_TABLES and isinstance(value, dict):
-        return [f"[{key}] is a single table; write each entry as its own [[{key}]] table"]
-    if not table and key == "defaults" and isinstance(value, list):
-        return ["[[defaults]] is a list of tables; write one [defaults] table"]
-    text = (
-        f"{key} {message.removeprefix('Input ')}"
-        if message.startswith("Input ")
-        else f"{key}: {message}"
-    )
-    if not isinstance(value, dict | list | tuple):  # a scalar the user typed: worth showing
-        shown = repr(value)
-        text += f" (got {shown[:57] + '...' if len(shown) > 60 else shown})"
-    return [f"{lead}{text}"]
-
-
-def _split_loc(loc: tuple[int | str, ...]) -> tuple[tuple[int | str, ...], str]:
-    """(the table or entry the error is in, the key within it) - key "" for a whole entry."""
-    if not loc:
-        return (), ""
-    if loc[0] in _ARRAY_TABLES and len(loc) >= 2 and isinstance(loc[1], int):
-        return loc[:2], ".".join(str(p) for p in loc[2:])
-    if loc[0] == "defaults" and len(loc) >= 2:
-        return loc[:1], ".".join(str(p) for p in loc[1:])
-    return (), ".".join(str(p) for p in loc)
+def _toml_shape(item: ErrorDetails) -> str | None:
+    """A top-level table missing or written in the wrong TOML form."""
+    loc, value = tuple(item["loc"]), item.get("input")
+    if len(loc) != 1:
+        return None
+    if loc[0] in _ARRAY_TABLES and item["type"] in ("missing", "too_short"):
+        return f"no [[{loc[0]}]] table; add at least one"
+    if loc[0] in _ARRAY_TABLES and isinstance(value, dict):
+        return f"[{loc[0]}] is a single table; write each entry as its own [[{loc[0]}]] table"
+    if loc[0] == "defaults" and isinstance(value, list):
+        return "[[defaults]] is a list of tables; write one [defaults] table"
+    return None
 
 
 def _where(table: tuple[int | str, ...], data: Any) -> str:
@@ -369,7 +306,9 @@ def _where(table: tuple[int | str, ...], data: Any) -> str:
         return ""
     if table == ("defaults",):
         return "[defaults]"
-    section, index = str(table[0]), int(table[1])
+    if len(table) < 2 or not isinstance(table[1], int):
+        return ".".join(str(p) for p in table)
+    section, index = str(table[0]), table[1]
     entries = data.get(section) if isinstance(data, dict) else None
     entry = entries[index] if isinstance(entries, list) and index < len(entries) else None
     place = f"{_ordinal(index)} [[{section}]]"
@@ -384,11 +323,6 @@ def _where(table: tuple[int | str, ...], data: Any) -> str:
         if section != "links" and isinstance(name, str) and name:
             return f"{section[:-1]} '{name}' ({place})"
     return place
-
-
-def _keys_at(table: tuple[int | str, ...]) -> list[str]:
-    model = _TABLES.get(str(table[0])) if table else Cluster
-    return sorted(model.model_fields) if model is not None else []
 
 
 def _ordinal(index: int) -> str:
@@ -414,8 +348,3 @@ def _did_you_mean(word: str, choices: Sequence[str]) -> str:
     """ "; did you mean 'x'?" for the nearest choice, else "." (ends the sentence either way)."""
     close = difflib.get_close_matches(word, list(choices), n=1)
     return f"; did you mean '{close[0]}'?" if close else "."
-
-
-def _problems(source: str, lines: Sequence[str]) -> str:
-    count = f"{len(lines)} problem{'s' if len(lines) != 1 else ''}"
-    return "\n".join([f"{source}: {count}", *(f"  {line}" for line in lines)])

@@ -10,10 +10,12 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic_core import ErrorDetails
 
 from edgesplit.errors import ConfigError
 
@@ -21,8 +23,10 @@ __all__ = [
     "FrozenModel",
     "VersionedFile",
     "content_hash",
+    "format_problems",
     "format_validation_error",
     "read_json_file",
+    "validate_as",
     "write_json_file",
 ]
 
@@ -72,34 +76,98 @@ def _first_model_in(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
-def format_validation_error(error: ValidationError, model: type[BaseModel], source: str) -> str:
-    """Turn a pydantic error into one readable message per problem, with key suggestions."""
-    lines = [f"{source}: {error.error_count()} problem(s)"]
-    for item in error.errors():
-        loc = tuple(item["loc"])
-        where = ".".join(str(p) for p in loc) or "<root>"
+Loc = tuple[int | str, ...]
+# How a file kind names a table or entry in its messages (`device 'pi0' (2nd [[devices]])`);
+# the default is the dotted path (`stages.1`), "" for the top level.
+WhereFn = Callable[[Loc], str]
+# A message in the file's own syntax for an error it knows better (e.g. a TOML table shape).
+SpecialFn = Callable[[ErrorDetails], str | None]
+
+
+def format_validation_error(
+    error: ValidationError,
+    model: type[BaseModel],
+    source: str,
+    *,
+    where: WhereFn | None = None,
+    special: SpecialFn | None = None,
+) -> str:
+    """One readable line per problem: the table or entry it is in, unknown keys with the
+    nearest valid one, a missing key that a misspelt one explains dropped, a list's "too short"
+    dropped while its entries have their own errors, validators' sentences without pydantic's
+    prefixes, and a got-value only for a scalar the user typed (never a dump of a table)."""
+    items = error.errors()
+    explained: set[tuple[Loc, str]] = set()  # (table, key) an unknown key's suggestion explains
+    for item in items:
         if item["type"] == "extra_forbidden":
-            key = str(loc[-1])
-            valid = _valid_keys(model, loc)
-            close = difflib.get_close_matches(key, valid, n=1)
-            hint = f"; did you mean '{close[0]}'?" if close else ""
-            allowed = f" (valid keys: {', '.join(sorted(valid))})" if valid else ""
-            lines.append(f"  unknown key '{where}'{hint}{allowed}")
-        else:
-            value = item.get("input")
-            shown = repr(value)
-            if len(shown) > 80:
-                shown = shown[:77] + "..."
-            lines.append(f"  {where}: {item['msg']} (got {shown})")
-    return "\n".join(lines)
+            loc = tuple(item["loc"])
+            close = difflib.get_close_matches(str(loc[-1]), _valid_keys(model, loc), n=1)
+            if close:
+                explained.add((loc[:-1], close[0]))
+    locs = [tuple(item["loc"]) for item in items]
+    lines: list[str] = []
+    for item in items:
+        loc = tuple(item["loc"])
+        if item["type"] == "missing" and loc and (loc[:-1], str(loc[-1])) in explained:
+            continue
+        if item["type"] == "too_short" and any(o[: len(loc)] == loc != o for o in locs):
+            continue
+        text = special(item) if special is not None else None
+        lines.extend([text] if text else _problem(item, model, where or _dotted))
+    return format_problems(source, lines)
 
 
-def validate_as(model: type[ModelT], data: Any, source: str) -> ModelT:
+def format_problems(source: str, lines: Sequence[str]) -> str:
+    """`source: N problems` and one indented line per problem."""
+    count = f"{len(lines)} problem{'s' if len(lines) != 1 else ''}"
+    return "\n".join([f"{source}: {count}", *(f"  {line}" for line in lines)])
+
+
+def _problem(item: ErrorDetails, model: type[BaseModel], where: WhereFn) -> list[str]:
+    loc = tuple(item["loc"])
+    message = item["msg"]
+    for prefix in ("Value error, ", "Assertion failed, "):
+        message = message.removeprefix(prefix)
+    # (the table or entry the error is in, the key within it: "" for a whole entry or file)
+    table, key = (loc, "") if not loc or isinstance(loc[-1], int) else (loc[:-1], str(loc[-1]))
+    place = where(table)
+    lead = f"{place}: " if place else ""
+    if item["type"] == "extra_forbidden":
+        valid = sorted(_valid_keys(model, loc))
+        close = difflib.get_close_matches(key, valid, n=1)
+        hint = f"; did you mean '{close[0]}'?" if close else f" (valid keys: {', '.join(valid)})"
+        return [f"{lead}unknown key '{key}'{hint}"]
+    if item["type"] == "missing":
+        return [f"{lead}missing key '{key}'"]
+    if not key:  # a validator of a whole entry or file: its own sentence(s)
+        return [f"{lead}{line}" for line in message.split("\n")]
+    text = f"{key} {message[6:]}" if message.startswith("Input ") else f"{key}: {message}"
+    value = item.get("input")
+    if not isinstance(value, dict | list | tuple):  # a scalar the user typed: worth showing
+        shown = repr(value)
+        text += f" (got {shown[:57] + '...' if len(shown) > 60 else shown})"
+    return [f"{lead}{text}"]
+
+
+def _dotted(table: Loc) -> str:
+    """`units[0]`, `predicted.stages[2]`: the JSON path of a table."""
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in table).lstrip(".")
+
+
+def validate_as(
+    model: type[ModelT],
+    data: Any,
+    source: str,
+    *,
+    where: WhereFn | None = None,
+    special: SpecialFn | None = None,
+) -> ModelT:
     """`model.model_validate(data)` with a ConfigError that names keys and values."""
     try:
         return model.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(format_validation_error(e, model, source)) from e
+        message = format_validation_error(e, model, source, where=where, special=special)
+        raise ConfigError(message) from e
 
 
 def stable_json(data: Any) -> str:
