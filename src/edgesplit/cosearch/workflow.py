@@ -6,6 +6,7 @@ previous step, so any step can be re-run alone. Imports every cosearch module (t
 
 from __future__ import annotations
 
+import difflib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
@@ -177,6 +178,13 @@ def choose_trial(
     """Pick one front member: best accuracy, lowest latency, or the best accuracy-per-log-latency
     knee ("balanced": highest accuracy among front members within 1 point of the best accuracy,
     then the fastest)."""
+    on_front = sorted({t.device for t in front})
+    if device is not None and front and device not in on_front:
+        close = difflib.get_close_matches(device, on_front, n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise ConfigError(
+            f"no front member on device '{device}'; {hint}the front has {', '.join(on_front)}"
+        )
     front = [t for t in front if device is None or t.device == device]
     if not front:
         raise ConfigError(

@@ -17,6 +17,7 @@ from edgesplit.cosearch.search import Constraints, co_search, objective_points
 from edgesplit.cosearch.space import SearchSpace
 from edgesplit.cosearch.tasks import load_task
 from edgesplit.cosearch.workflow import choose_trial
+from edgesplit.errors import ConfigError
 
 pytestmark = pytest.mark.slow  # real (tiny) trainings: ~1 min on a loaded 2-core box
 
@@ -69,6 +70,16 @@ def test_constraints_mark_infeasible(costs: DeviceCostModel, cache: AccuracyCach
     assert result.pareto == ()
     assert result.hypervolume == 0.0
     assert all("latency" in t.violations[0] for t in result.trials)
+
+
+def test_choose_trial_names_the_devices_on_the_front(
+    costs: DeviceCostModel, cache: AccuracyCache
+) -> None:
+    front = co_search(SPACE, costs, cache, method="random", budget=4, seed=2).pareto_trials()
+    device = front[0].device
+    assert choose_trial(front, device=device).device == device
+    with pytest.raises(ConfigError, match=f"did you mean '{device}'"):
+        choose_trial(front, device=device + "x")
 
 
 def test_grow_and_prune_accepts_by_accuracy_and_cost(
