@@ -89,7 +89,8 @@ def test_profile_round_trip_and_kind_checks(tmp_path: Path) -> None:
     data["schema_version"] = 1
     data["units"][0]["tiem_s"] = {}
     path.write_text(json.dumps(data))
-    with pytest.raises(ConfigError, match=r"units\[0\]: unknown key .tiem_s.; did you mean .time_s."):
+    expected = r"units\[0\]: unknown key .tiem_s.; did you mean .time_s."
+    with pytest.raises(ConfigError, match=expected):
         read_json_file(ModelProfile, path)
 
 
