@@ -54,6 +54,7 @@ __all__ = [
     "PipelineDecodeEngine",
     "Prediction",
     "ServeOptions",
+    "bind_listener",
     "encoder_parts",
     "model_kind",
     "open_app",
@@ -218,7 +219,7 @@ def serve(
     """
     import uvicorn
 
-    sock = _bind(host, port)
+    sock = bind_listener(host, port)
     try:
         with open_app(
             model,
@@ -240,10 +241,14 @@ def serve(
         sock.close()
 
 
-def _bind(host: str, port: int) -> socket.socket:
-    """A TCP socket bound to host:port (uvicorn listens on it); ConfigError when that fails."""
+def bind_listener(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to host:port, for uvicorn's `server.run(sockets=[...])`: an HTTP
+    front end binds before it loads anything, so a busy port is a ConfigError at once."""
     sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+    if not 0 <= port <= 65535:
+        sock.close()
+        raise ConfigError(f"--port must be 0..65535 (0 = any free port), got {port}")
     try:
         sock.bind((host, port))
     except OSError as e:
