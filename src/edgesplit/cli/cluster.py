@@ -44,7 +44,7 @@ def register(app: typer.Typer) -> None:
                 "--device", help="Device name(s) this machine stands for (cluster.toml names)."
             ),
         ] = None,
-        port: Annotated[int, typer.Option(help="Head port.")] = 6379,
+        port: Annotated[int, typer.Option(min=1, max=65535, help="Head port.")] = 6379,
         node_ip: Annotated[
             str | None, typer.Option(help="This machine's IP as the others reach it.")
         ] = None,
@@ -62,13 +62,21 @@ def register(app: typer.Typer) -> None:
         command = api.cluster_up_command(
             head=head, address=address, devices=device or [], port=port, node_ip=node_ip
         )
-        console.print("RAY_AUTH_MODE=token " + shlex.join(command))
+        if not device:
+            typer.secho(
+                "warning: this node carries no device (--device NAME): it can drive runs, but "
+                "plans cannot place stages on it",
+                err=True,
+                fg=typer.colors.YELLOW,
+            )
+        # One unwrapped line (copied into a shell or a script as it is), Ray's text as it is.
+        typer.echo("RAY_AUTH_MODE=token " + shlex.join(command))
         if dry_run:
             return
         completed = api.run_ray_command(command)
-        console.print(completed.stdout or "")
+        typer.echo(completed.stdout or "", nl=False)
         if completed.returncode != 0:
-            console.print(completed.stderr, style="red")
+            typer.secho(completed.stderr, err=True, fg=typer.colors.RED)
             raise typer.Exit(4)
 
     @group.command("status")
@@ -105,11 +113,11 @@ def register(app: typer.Typer) -> None:
 
         command = api.cluster_down_command()
         typer.secho(DOWN_WARNING, err=True, fg=typer.colors.YELLOW)
-        console.print(shlex.join(command))
+        typer.echo(shlex.join(command))
         if dry_run:
             return
         completed = api.run_ray_command(command)
-        console.print(completed.stdout or completed.stderr)
+        typer.echo(completed.stdout or completed.stderr, nl=False)
 
     @group.command("survey")
     def survey(
@@ -142,8 +150,9 @@ def register(app: typer.Typer) -> None:
             ),
         ] = False,
     ) -> None:
-        """Profile MODEL on every device in place and measure every link; write cluster.toml
-        and profile.json for `edgesplit plan` (the same on real boards and on a testbed).
+        """Profile MODEL on every device and measure every link; write cluster.toml + profile.json.
+
+        The files are what `edgesplit plan` reads; the same on real boards and on a testbed.
 
         Example (ViT-Base on every device of the cluster whose head is HEAD_IP):
           edgesplit cluster survey --address HEAD_IP:6379 -m vit-base -o survey

@@ -194,9 +194,7 @@ class RaySession:
         started_here = False
         if not ray.is_initialized():
             if config.ray_address:
-                os.environ.setdefault("RAY_AUTH_MODE", "token")
-                _check_reachable(config.ray_address)
-                ray.init(address=config.ray_address, log_to_driver=False)
+                join_cluster(config.ray_address)
             else:
                 # Embedded cluster: Ray turns token auth on by default for a local ray.init();
                 # give it a per-process token so that it never writes one under $HOME.
@@ -298,18 +296,28 @@ class RaySession:
             ray.shutdown()
 
 
-def _check_reachable(address: str, timeout_s: float = 3.0) -> None:
-    """Fail in seconds, not in Ray's minutes-long retry loop, when nothing listens at `address`.
-
-    `address` is what the user typed (HOST:PORT or ray://HOST:PORT); "auto", "local" and
-    anything without a port are left to Ray.
-    """
+def check_address(address: str) -> tuple[str, int] | None:
+    """A head's address as typed (HOST:PORT or ray://HOST:PORT) -> (host, port); None for
+    "auto" and "local" (Ray finds the cluster). ConfigError for anything else."""
+    if address in ("auto", "local"):
+        return None
     host, sep, port = address.removeprefix("ray://").rpartition(":")
-    if not sep or not port.isdigit() or address in ("auto", "local"):
+    if not sep or not host.strip("[]") or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(
+            f"a Ray head's address is HEAD_IP:PORT (e.g. 192.168.1.10:6379), got {address!r}"
+        )
+    return host.strip("[]"), int(port)
+
+
+def _check_reachable(address: str, timeout_s: float = 3.0) -> None:
+    """Fail in seconds, not in Ray's minutes-long retry loop, when nothing listens at `address`
+    (what the user typed; see `check_address`)."""
+    found = check_address(address)
+    if found is None:
         return
-    host = host.strip("[]") or "127.0.0.1"
+    host, port = found
     try:
-        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+        socket.create_connection((host, port), timeout=timeout_s).close()
     except OSError as e:
         raise DeviceUnavailableError(
             f"no Ray cluster at {address}: cannot connect to {host}:{port} "
@@ -318,20 +326,34 @@ def _check_reachable(address: str, timeout_s: float = 3.0) -> None:
         ) from e
 
 
+def join_cluster(address: str) -> None:
+    """`ray.init` against a running cluster (token auth), with edgesplit's errors: a malformed
+    address, nothing listening, a head that wants a token this process lacks."""
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    _check_reachable(address)
+    try:
+        ray.init(address=address, log_to_driver=False)
+    except (ConnectionError, RuntimeError, ValueError, RayError) as e:
+        text = str(e)
+        where = "this machine (auto)" if address == "auto" else address
+        if "no authentication token" in text.lower():
+            raise DeviceUnavailableError(
+                f"the Ray head at {where} wants its token and this process has none: "
+                "export RAY_AUTH_MODE=token RAY_AUTH_TOKEN=$(cat shared-secret) (the token "
+                "`cluster up` used; README, 'Running on several machines') and try again"
+            ) from e
+        detail = text.strip().splitlines()[0].rstrip(".") if text.strip() else type(e).__name__
+        raise DeviceUnavailableError(
+            f"no Ray cluster at {where}: {detail}; start one with `edgesplit cluster up "
+            "--head` or pass --address HEAD_IP:PORT"
+        ) from e
+
+
 def ray_status(address: str | None) -> dict[str, Any]:
     """Nodes and the device resources they carry, for `edgesplit cluster status`."""
     started = False
     if not ray.is_initialized():
-        os.environ.setdefault("RAY_AUTH_MODE", "token")
-        if address is not None:
-            _check_reachable(address)
-        try:
-            ray.init(address=address or "auto", log_to_driver=False)
-        except (ConnectionError, RuntimeError, RayError) as e:
-            raise DeviceUnavailableError(
-                f"no Ray cluster at {address or 'auto (this machine)'}: {e}; start one with "
-                "`edgesplit cluster up --head` or pass --address HEAD_IP:PORT"
-            ) from e
+        join_cluster(address or "auto")
         started = True
     try:
         nodes = []
@@ -392,6 +414,14 @@ def cluster_up_command(
         raise ConfigError(
             "a device node needs --address HEAD_IP:PORT of the head (ray start --head)"
         )
+    if head and address:
+        raise ConfigError(
+            f"--head starts a new cluster and --address {address} joins one; give one of them"
+        )
+    if address:
+        check_address(address)
+    if not 0 < port < 65536:
+        raise ConfigError(f"--port must be 1..65535, got {port}")
     command = [ray_binary(), "start", "--num-cpus", str(num_cpus), "--disable-usage-stats"]
     if devices:
         command += ["--resources", json.dumps({d: 1 for d in devices})]
