@@ -17,6 +17,7 @@ import contextlib
 import io
 import socket
 import threading
+import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -100,7 +101,9 @@ def test_openai_client_against_the_pipeline(
     text_server: tuple[str, ServingApp], reference: Callable[[str, int], str]
 ) -> None:
     client = _client(text_server[0])
+    asked_s = int(time.time())
     done = client.completions.create(model=TEXT_MODEL, prompt="Hello", max_tokens=12, temperature=0)
+    assert done.created >= asked_s  # when this answer was made, not when the server started
     assert done.choices[0].text == reference("Hello", 12)
     assert done.usage is not None
     assert done.usage.completion_tokens == 12

@@ -40,6 +40,7 @@ __all__ = [
     "GenerationPlan",
     "GenerationProfile",
     "Tokenizer",
+    "check_plan_model",
     "context_length",
     "decode_stages",
     "even_stages",
@@ -365,6 +366,17 @@ def num_units(model: str) -> int:
     from edgesplit.models import model_spec_from_name, unit_names
 
     return len(unit_names(model_spec_from_name(model)))
+
+
+def check_plan_model(plan: Plan, model: str, source: str) -> None:
+    """ConfigError when `model` is not cut into the units `plan` (read from `source`) covers:
+    a plan made for another model, handed over with --model."""
+    units = num_units(model)
+    if plan.stages[-1].end != units:
+        raise ConfigError(
+            f"{source} is a plan for {plan.model} ({plan.stages[-1].end} units) but {model} has "
+            f"{units}; re-plan for this model or drop --model"
+        )
 
 
 def even_stages(model: str, devices: Sequence[str]) -> list[tuple[str, int, int]]:

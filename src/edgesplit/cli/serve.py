@@ -46,10 +46,16 @@ def serve_command(
         Path | None, typer.Option(help="Encoders with --plan: its profile (else measured).")
     ] = None,
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    port: Annotated[
+        int, typer.Option(min=0, max=65535, help="Port to listen on (0: any free one).")
+    ] = 8000,
     token: Annotated[
         str | None,
-        typer.Option(help="Bearer token required on every route but /health."),
+        typer.Option(
+            envvar="EDGESPLIT_SERVE_TOKEN",
+            help="Bearer token required on every route but /health (the environment variable "
+            "keeps it out of `ps` and shell history).",
+        ),
     ] = None,
     max_batch_wait_ms: Annotated[
         float, typer.Option(help="How long an encoder request waits for a fuller batch.")
@@ -127,6 +133,8 @@ def serve_command(
         from edgesplit.api import generation
 
         loaded_plan = generation.load_generation_plan(plan)
+        if model is not None and serving.model_kind(model) == "text":
+            generation.check_plan_model(loaded_plan, model, str(plan))
         model = model or loaded_plan.model
         if loaded_cluster is None:
             raise ConfigError("--plan needs its cluster (-c cluster.toml)")
@@ -140,8 +148,22 @@ def serve_command(
         loaded_plan = None
     loaded_profile = api.load_profile(profile) if profile is not None else None
 
+    if host not in ("127.0.0.1", "localhost", "::1") and not token:
+        typer.secho(
+            f"warning: listening on {host} with no --token: anyone who reaches this port can "
+            "use the model; set --token or EDGESPLIT_SERVE_TOKEN",
+            err=True,
+            fg=typer.colors.YELLOW,
+        )
+    served_as, _aliases = serving.served_names(model, served_model_name)
+
     def ready(url: str) -> None:
-        console.print(f"serving {model} on {url} (/v1, /health, /metrics)")
+        where = "" if served_as == model else f" (from {model})"
+        console.print(
+            f"serving model id {served_as}{where} on {url} (/v1, /health, /metrics)",
+            markup=False,
+            highlight=False,
+        )
 
     serving.serve(
         model,

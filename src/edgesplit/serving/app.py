@@ -29,7 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from edgesplit.serving.batcher import BatchFailedError, MicroBatcher, QueueFullError
 from edgesplit.serving.engine import Arrays, BatchEngine, DecodeEngine, DecodeRequest, EngineHealth
-from edgesplit.serving.http import ApiError, Guard, openai_error, sse
+from edgesplit.serving.http import ApiError, Guard, describe_request_errors, openai_error, sse
 from edgesplit.serving.metrics import ServingMetrics
 from edgesplit.serving.schemas import (
     ChatCompletionRequest,
@@ -197,17 +197,8 @@ def _routes(app: FastAPI, server: _Server) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_: Request, e: RequestValidationError) -> JSONResponse:
-        errors = e.errors()
-        first = errors[0] if errors else {}
-        where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
-        message = (
-            f"{where}: {first.get('msg', 'invalid request')}"
-            if where
-            else str(first.get("msg", "invalid request body"))
-        )
-        if len(errors) > 1:
-            message += f" (and {len(errors) - 1} more)"
-        return openai_error(400, message, param=where or None)
+        message, param = describe_request_errors(e.errors())
+        return openai_error(400, message, param=param)
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, e: StarletteHTTPException) -> JSONResponse:
@@ -493,7 +484,7 @@ async def _complete(
             generation.abort()  # frees the sequence now when it has not finished
             _observe(server, generation)
 
-    shape = _Shape(request_id, codec.name, chat, server.created_s)
+    shape = _Shape(request_id, codec.name, chat, int(time.time()))  # this answer's creation
     if body.stream:
         include_usage = bool(body.stream_options and body.stream_options.include_usage)
         # A client may leave before the first byte, when the stream body never starts: a

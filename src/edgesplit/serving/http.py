@@ -1,21 +1,31 @@
 """HTTP plumbing of the server: OpenAI error objects and the guard in front of every route.
 
 Owns `openai_error` (the `{"error": {message, type, param, code}}` body), `ApiError` (raised by
-handlers, rendered as that body) and `Guard` (pure ASGI middleware: bearer-token check on every
-route but the open ones, compared in constant time; the request body read fully and bounded
-before any handler sees it, 413 past the bound). No torch, no runtime.
+handlers, rendered as that body), `describe_request_errors` (a body's validation errors in the
+client's terms: fields, not pydantic's union branches) and `Guard` (pure ASGI middleware:
+bearer-token check on every route but the open ones, compared in constant time; the request
+body read fully and bounded before any handler sees it, 413 past the bound). No torch, no
+runtime.
 """
 
 from __future__ import annotations
 
+import difflib
 import hmac
 import json
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
 from typing import Any
 
 from starlette.responses import JSONResponse
 
-__all__ = ["ApiError", "Guard", "openai_error"]
+from edgesplit.serving.schemas import (
+    ChatCompletionRequest,
+    ChatMessage,
+    CompletionRequest,
+    EmbeddingRequest,
+)
+
+__all__ = ["ApiError", "Guard", "describe_request_errors", "openai_error"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -54,6 +64,68 @@ def openai_error(
     kind = _TYPES.get(status, "server_error" if status >= 500 else "invalid_request_error")
     body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
     return JSONResponse(body, status_code=status)
+
+
+_KNOWN_FIELDS = sorted(
+    {
+        name
+        for model in (CompletionRequest, ChatCompletionRequest, EmbeddingRequest, ChatMessage)
+        for name in model.model_fields
+    }
+)
+# What a field that takes several shapes accepts, said once instead of one error per shape.
+_FORMS = {
+    "prompt": "a string or a list of token ids, one prompt per request",
+    "input": "a string, a list of strings, a list of token ids or a list of such lists",
+    "stop": "a string or a list of up to 4 strings",
+}
+
+
+def describe_request_errors(errors: Sequence[Mapping[str, Any]]) -> tuple[str, str | None]:
+    """(message, param) for a request body that failed validation: one line per field, union
+    branches folded into what the field accepts, malformed JSON and non-objects said plainly."""
+    fields: dict[str, list[Mapping[str, Any]]] = {}
+    for error in errors:
+        loc = [p for p in error.get("loc", ()) if p != "body"]
+        if error.get("type") == "json_invalid":
+            where = f" at character {loc[0]}" if loc else ""
+            detail = (error.get("ctx") or {}).get("error", "")
+            return f"the request body is not valid JSON{where}: {detail}".rstrip(": "), None
+        # A union's branch appears in `loc` as a type tag ('list[constrained-int]'): cut there.
+        cut = next((i for i, p in enumerate(loc) if isinstance(p, str) and "[" in p), len(loc))
+        path = ".".join(str(p) for p in loc[:cut])
+        fields.setdefault(path, []).append({**error, "branch": cut < len(loc)})
+    lines = [_field_problem(path, found) for path, found in fields.items()]
+    message = lines[0] + (
+        f" (and {len(lines) - 1} more: {'; '.join(lines[1:])})" if lines[1:] else ""
+    )
+    return message, next(iter(fields)) or None
+
+
+def _field_problem(path: str, errors: list[Mapping[str, Any]]) -> str:
+    if not path:
+        return "the request body must be a JSON object"
+    first, key = errors[0], path.split(".")[-1]
+    if len(errors) > 1 and all(e["branch"] for e in errors):
+        accepted = _FORMS.get(key, "one of the accepted forms")
+        lengths = [e for e in errors if e.get("type") == "too_long"]
+        got = ""
+        if lengths:
+            count = (lengths[0].get("ctx") or {}).get("actual_length", "?")
+            got = f" (got a list of {count}; send one request each)" if path == "prompt" else ""
+        return f"{path} must be {accepted}{got}"
+    if first.get("type") == "missing":
+        return f"missing field '{path}'"
+    if first.get("type") == "extra_forbidden":
+        close = difflib.get_close_matches(key, _KNOWN_FIELDS, n=1)
+        return f"unknown field '{path}'" + (f"; did you mean '{close[0]}'?" if close else "")
+    message = str(first.get("msg", "is invalid")).removeprefix("Value error, ")
+    text = f"{path} {message[6:]}" if message.startswith("Input ") else f"{path}: {message}"
+    value = first.get("input")
+    if not isinstance(value, dict | list | tuple):
+        shown = repr(value)
+        text += f" (got {shown[:57] + '...' if len(shown) > 60 else shown})"
+    return text
 
 
 class Guard:
