@@ -117,7 +117,8 @@ def test_robust_run_cli_emulated_on_a_described_cluster_with_a_fault(
     )
     cluster = load_cluster(cluster_toml)
     plan, _, _ = api_robust.robust_plan(
-        api_robust.drill_problem(task.model, tokens_per_request=5),
+        # named as a study model the CLI knows; load_task below hands it the tiny task
+        api_robust.drill_problem(task.model, tokens_per_request=5, name="vit-digits"),
         cluster,
         memory_copies=1.0,
         strategies=[StrategySpec(name="uniform", replication=2)],
