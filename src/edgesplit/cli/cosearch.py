@@ -63,6 +63,13 @@ PROTRAN_DEFAULT = PROTRAN_DIR  # the bundled ProTran measurements (BSD-3-Clause)
 SEED_HELP = "Seed of the sampling and training (same seed, same result)."
 
 
+def _positive(value: float | None) -> float | None:
+    """Option callback: a budget must be > 0 (typer's min= cannot exclude the bound)."""
+    if value is not None and not value > 0:
+        raise typer.BadParameter(f"must be > 0, got {value:g}")
+    return value
+
+
 def _progress() -> Progress:
     return Progress(
         TextColumn("{task.description}"),
@@ -251,13 +258,19 @@ def register(app: typer.Typer) -> None:
             list[str] | None, typer.Option(help="Restrict to these devices (repeat).")
         ] = None,
         max_latency_s: Annotated[
-            float | None, typer.Option(help="Latency budget on the device, seconds.")
+            float | None,
+            typer.Option(callback=_positive, help="Latency budget on the device, seconds."),
         ] = None,
         max_peak_power_w: Annotated[
-            float | None, typer.Option(help="Peak power budget, watts.")
+            float | None, typer.Option(callback=_positive, help="Peak power budget, watts.")
         ] = None,
         memory_fraction: Annotated[
-            float, typer.Option(help="Share of device memory a model may use.")
+            float,
+            typer.Option(
+                max=1.0,
+                callback=_positive,
+                help="Share of device memory a model may use, in (0, 1].",
+            ),
         ] = 0.8,
         width_divisor: Annotated[
             int, typer.Option(min=1, help="Train at 1/N width (1 = real width).")
@@ -272,7 +285,9 @@ def register(app: typer.Typer) -> None:
         Example (32 TPE trials on the digits task, every device the predictors know):
           edgesplit cosearch search --task digits --method tpe --budget 32
         Reads out/cosearch/predictors.json (-p); writes search.json (-o), search.png (one
-        Pareto panel per device) and accuracy_cache.json beside it.
+        Pareto panel per device) and accuracy_cache.json beside it. Each trial is a distinct
+        (config, device); one the predictors rule out by the constraints is not trained, and
+        when none could meet them the search stops before training (exit code 3).
         """
         from edgesplit.api import cosearch as flow
 
@@ -320,6 +335,28 @@ def register(app: typer.Typer) -> None:
                 f"{t.memory_bytes / 1e6:.0f}",
             )
         console.print(table)
+        untrained = sum(not t.trained for t in result.trials)
+        notes = []
+        if untrained:
+            notes.append(f"{untrained} trial(s) ruled out by the predictors were not trained")
+        if result.repeats:
+            notes.append(
+                f"the sampler proposed {result.repeats} repeat(s) of an evaluated (config, "
+                "device); answered from the earlier trial, not counted"
+            )
+        if len(result.trials) < result.budget:
+            notes.append(f"every one of the {len(result.trials)} (config, device) pairs was tried")
+        for note in notes:
+            console.print(note, markup=False, highlight=False)
+        if not result.pareto:
+            violated = sorted({v.split(" ")[0] for t in result.trials for v in t.violations})
+            console.print(
+                f"no trial met the constraints ({', '.join(violated)}); some config can by the "
+                "predictors, but the search did not find one: raise --budget or relax them",
+                style="yellow",
+                markup=False,
+                highlight=False,
+            )
         console.print(f"wrote {output} and {plot}")
 
     @group.command("refine")
@@ -390,4 +427,11 @@ def register(app: typer.Typer) -> None:
                 s.reason,
             )
         console.print(table)
+        if result.still_improving:
+            console.print(
+                f"stopped at --steps {steps} while the last step was still kept; more steps may "
+                f"prune further (e.g. --steps {2 * steps})",
+                markup=False,
+                highlight=False,
+            )
         console.print(f"wrote {output} and report {report}")

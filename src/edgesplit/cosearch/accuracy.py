@@ -188,17 +188,21 @@ class AccuracyCache:
     def __len__(self) -> int:
         return len(self._records)
 
+    def cached(self, config: EncoderConfig) -> AccuracyRecord | None:
+        """The cached record, or None (never trains)."""
+        config = config.normalized()
+        cached = self._records.get(self._key(config))
+        if cached is None or cached.config == config:
+            return cached
+        return cached.model_copy(update={"config": config, "config_key": config.key()})
+
     def get(self, config: EncoderConfig) -> AccuracyRecord:
         """The cached record, training the proxy first on a miss."""
         config = config.normalized()
         key = self._key(config)
-        if key in self._records:
-            cached = self._records[key]
-            return (
-                cached
-                if cached.config == config
-                else cached.model_copy(update={"config": config, "config_key": config.key()})
-            )
+        hit = self.cached(config)
+        if hit is not None:
+            return hit
         trained = proxy_config(config, self.settings.width_divisor).model_copy(
             update={"attention": "sdpa"}
         )

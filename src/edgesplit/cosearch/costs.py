@@ -203,6 +203,38 @@ class DeviceCostModel:
         self._cache[key] = cost
         return cost
 
+    def predict_batch(
+        self, configs: Sequence[EncoderConfig], device: str, targets: Sequence[str]
+    ) -> dict[str, np.ndarray]:
+        """`targets` (any of `TARGETS` and "memory_bytes") of many configs on one device, one
+        predictor call per target (not cached; the same values `predict` gives one by one)."""
+        if device not in self.devices:
+            raise ConfigError(
+                f"unknown device {device!r}; fitted devices: {', '.join(self.devices)}"
+            )
+        archs = [self.architecture(c, device) for c in configs]
+        out: dict[str, np.ndarray] = {}
+        if "memory_bytes" in targets:
+            batch = self.devices[device].batch_size
+            out["memory_bytes"] = np.array(
+                [_memory_bytes(c, a, batch) for c, a in zip(configs, archs, strict=True)]
+            )
+        host = device == HOST_DEVICE
+        if "latency_s" in targets or (host and "energy_j" in targets):
+            out["latency_s"] = np.asarray(self.predictors[(device, "latency_s")].predict(archs)[0])
+        for target in ("energy_j", "peak_power_w"):
+            if target not in targets:
+                continue
+            if host:
+                out[target] = (
+                    out["latency_s"] * self.host_core_power_w
+                    if target == "energy_j"
+                    else np.full(len(configs), self.host_core_power_w)
+                )
+            else:
+                out[target] = np.asarray(self.predictors[(device, target)].predict(archs)[0])
+        return out
+
 
 def cross_validate_devices(
     protran: list[Measurement],

@@ -82,6 +82,14 @@ class RefineResult(VersionedFile):
     start: RefineStep
     final: RefineStep
     steps: tuple[RefineStep, ...]
+    # Why it stopped: "steps" (num_steps reached), "rejections" (two in a row), "nothing to
+    # prune"; "" in files written before this was recorded.
+    stopped: str = ""
+
+    @property
+    def still_improving(self) -> bool:
+        """Stopped by the step limit right after a kept edit: more steps may prune further."""
+        return self.stopped == "steps" and self.steps[-1].accepted and len(self.steps) > 1
 
 
 def importances(
@@ -193,6 +201,7 @@ def grow_and_prune(
     reference, current = accuracy, start
     history = [start]
     rejections = 0
+    stopped = "steps"
     prune_actions: list[Action] = ["prune-ffn", "prune-heads"]
     for index in range(1, settings.num_steps + 1):
         action = prune_actions[(index - 1) % 2]
@@ -201,6 +210,7 @@ def grow_and_prune(
             action = prune_actions[index % 2]
             candidate = _propose(action, model, task, settings, generator)
         if candidate is None:
+            stopped = "nothing to prune"
             break
         acc = train_encoder(candidate, task, finetune, epochs=settings.finetune_epochs)
         proposal = step(index, action, candidate, acc, False, "")
@@ -236,6 +246,7 @@ def grow_and_prune(
             rejections += 1
         history.append(grown_step)
         if rejections >= 2:
+            stopped = "rejections"
             break
     log.info("grow-and-prune: %s -> %s", start.config.describe(), current.config.describe())
     return RefineResult(
@@ -245,4 +256,5 @@ def grow_and_prune(
         start=start,
         final=current,
         steps=tuple(history),
+        stopped=stopped,
     )

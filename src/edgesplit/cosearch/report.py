@@ -56,6 +56,12 @@ def write_report(search_path: Path, refine_path: Path | None, out_path: Path) ->
                 f"| {s.index} | {s.action} | {s.config.describe()} | {s.accuracy:.3f} | "
                 f"{s.latency_s:.4g} | {'yes' if s.accepted else 'no'} | {s.reason} |"
             )
+        if refine.still_improving:
+            lines += [
+                "",
+                f"Stopped at the step limit ({refine.settings.num_steps}) right after a kept "
+                "edit: more steps (`--steps`) may prune further.",
+            ]
     lines += [
         "",
         "Latency, energy and peak power are predictions (ProTran-trained per-device predictors; "

@@ -7,6 +7,15 @@ config) and minimise predicted latency, energy and peak power on the chosen devi
 memory and latency constraints. Imports optuna and cosearch modules; torch only through the
 accuracy cache.
 
+[Note: what a trial costs] Before any training, `check_feasible` asks the predictors about every
+(config, device) of the space: when none meets the constraints the search fails at once
+(`PlanInfeasibleError`, naming the best predicted value of the violated constraint). During the
+search a trial the predictors call infeasible is not trained (its accuracy is 0 and `trained` is
+false unless the accuracy cache already had it), and a (config, device) the sampler proposes again
+is answered from the earlier trial, told to the sampler without costing budget or training, and
+never listed twice (`SearchResult.repeats` counts them; optuna's samplers do not avoid repeats,
+TPE least of all once it narrows).
+
 [Note: objective space] Devices differ by 10^4 in latency, so the hypervolume is computed on
 (1 - accuracy, log10 latency_s, log10 energy_j, log10 peak_power_w) against a reference that
 depends only on the device set and the space (`reference_point`), never on the trials; methods
@@ -23,18 +32,21 @@ from typing import ClassVar, Literal
 
 import numpy as np
 import optuna
+from pydantic import Field
 
 from edgesplit.core.schema import FrozenModel, VersionedFile
 from edgesplit.cosearch.accuracy import AccuracyCache
-from edgesplit.cosearch.costs import DeviceCostModel
+from edgesplit.cosearch.costs import DeviceCost, DeviceCostModel
 from edgesplit.cosearch.pareto import hypervolume, pareto_mask
 from edgesplit.cosearch.space import EncoderConfig, SearchSpace
+from edgesplit.errors import PlanInfeasibleError
 
 __all__ = [
     "Constraints",
     "SearchMethod",
     "SearchResult",
     "Trial",
+    "check_feasible",
     "co_search",
     "objective_points",
     "reference_point",
@@ -47,9 +59,9 @@ SearchMethod = Literal["tpe", "nsga2", "random"]
 class Constraints(FrozenModel):
     """Feasibility: the model fits the device's memory; optional latency and power budgets."""
 
-    max_latency_s: float | None = None
-    max_peak_power_w: float | None = None
-    memory_fraction: float = 0.8  # of the device memory a model may use
+    max_latency_s: float | None = Field(default=None, gt=0)
+    max_peak_power_w: float | None = Field(default=None, gt=0)
+    memory_fraction: float = Field(default=0.8, gt=0, le=1)  # of the device memory a model may use
 
 
 class Trial(FrozenModel):
@@ -65,6 +77,7 @@ class Trial(FrozenModel):
     memory_bytes: float
     feasible: bool
     violations: tuple[str, ...] = ()
+    trained: bool = True  # False: infeasible by prediction, not trained (accuracy 0)
 
 
 class SearchResult(VersionedFile):
@@ -86,10 +99,20 @@ class SearchResult(VersionedFile):
     reference: tuple[float, ...]
     hypervolume: float
     num_trainings: int  # cache misses during this search
+    repeats: int = 0  # proposals of an already evaluated (config, device), answered for free
 
     def pareto_trials(self) -> list[Trial]:
+        """The front, each (config, device) once (files written before repeats were skipped
+        could list one twice)."""
         chosen = set(self.pareto)
-        return [t for t in self.trials if t.number in chosen]
+        seen: set[tuple[str, str]] = set()
+        out = []
+        for t in self.trials:
+            key = (t.config.key(), t.device)
+            if t.number in chosen and key not in seen:
+                seen.add(key)
+                out.append(t)
+        return out
 
 
 def objective_points(trials: list[Trial]) -> np.ndarray:
@@ -130,6 +153,9 @@ def reference_point(space: SearchSpace, costs: DeviceCostModel, devices: list[st
     return np.concatenate([[1.0], worst + 0.1 * np.abs(worst) + 0.1])
 
 
+_PARAMS = ("hidden_size", "num_heads", "num_layers", "ffn_size", "attention")
+
+
 def _suggest(
     trial: optuna.Trial, space: SearchSpace, devices: list[str]
 ) -> tuple[EncoderConfig, str]:
@@ -148,6 +174,100 @@ def _suggest(
     )
     device = trial.suggest_categorical("device", devices)
     return config, device
+
+
+def _violations(
+    cost: DeviceCost, capacity_bytes: float, constraints: Constraints
+) -> tuple[list[str], float]:
+    """The constraints `cost` breaks (one line each) and the summed relative excess (0: none)."""
+    violations = []
+    excess = max(0.0, cost.memory_bytes / capacity_bytes - 1.0)
+    if excess > 0:
+        violations.append(
+            f"memory {cost.memory_bytes / 1e6:.0f} MB > {capacity_bytes / 1e6:.0f} MB"
+        )
+    if constraints.max_latency_s is not None and cost.latency_s > constraints.max_latency_s:
+        violations.append(f"latency {cost.latency_s:.3g} s > {constraints.max_latency_s} s")
+        excess += cost.latency_s / constraints.max_latency_s - 1.0
+    power_budget = constraints.max_peak_power_w
+    if power_budget is not None and cost.peak_power_w > power_budget:
+        violations.append(f"peak power {cost.peak_power_w:.3g} W > {power_budget} W")
+        excess += cost.peak_power_w / power_budget - 1.0
+    return violations, excess
+
+
+def check_feasible(
+    space: SearchSpace, costs: DeviceCostModel, devices: list[str], constraints: Constraints
+) -> None:
+    """Fail before any training when no (config, device) of the space meets `constraints` by
+    the predictors (the search proposes only the space's homogeneous configs).
+
+    Raises:
+        PlanInfeasibleError: nothing meets the constraints; the message names the violated
+            constraint and the best predicted value for it, with its device and config.
+    """
+    configs = space.homogeneous_configs()
+    targets = ["memory_bytes"]
+    if constraints.max_latency_s is not None:
+        targets.append("latency_s")
+    if constraints.max_peak_power_w is not None:
+        targets.append("peak_power_w")
+    # (device, config index) -> value per target; ok per constraint
+    rows: list[tuple[str, int, dict[str, float]]] = []
+    for device in devices:
+        predicted = costs.predict_batch(configs, device, targets)
+        capacity = costs.devices[device].memory_bytes * constraints.memory_fraction
+        for index in range(len(configs)):
+            values = {t: float(predicted[t][index]) for t in targets}
+            values["memory_share"] = values["memory_bytes"] / capacity
+            rows.append((device, index, values))
+    limits = {"memory_share": 1.0}
+    if constraints.max_latency_s is not None:
+        limits["latency_s"] = constraints.max_latency_s
+    if constraints.max_peak_power_w is not None:
+        limits["peak_power_w"] = constraints.max_peak_power_w
+
+    def meets(values: dict[str, float], skip: str = "") -> bool:
+        return all(values[k] <= v for k, v in limits.items() if k != skip)
+
+    if any(meets(values) for _, _, values in rows):
+        return
+    flag = {
+        "memory_share": f"--memory-fraction {constraints.memory_fraction:g}",
+        "latency_s": f"--max-latency-s {constraints.max_latency_s:g}"
+        if constraints.max_latency_s is not None
+        else "",
+        "peak_power_w": f"--max-peak-power-w {constraints.max_peak_power_w:g}"
+        if constraints.max_peak_power_w is not None
+        else "",
+    }
+
+    def best(key: str, among: list[tuple[str, int, dict[str, float]]]) -> str:
+        device, index, values = min(among, key=lambda r: r[2][key])
+        where = f"({device}, {configs[index].describe()})"
+        if key == "latency_s":
+            return f"the fastest predicted is {values[key]:.2g} s {where}"
+        if key == "peak_power_w":
+            return f"the lowest predicted peak power is {values[key]:.3g} W {where}"
+        return (
+            f"the smallest needs {values['memory_bytes'] / 1e6:.0f} MB, "
+            f"{values[key] * constraints.memory_fraction:.2g} of the device's memory {where}"
+        )
+
+    alone = [k for k in limits if not any(values[k] <= limits[k] for _, _, values in rows)]
+    if alone:
+        lines = [f"no config meets {flag[k]} on any device; {best(k, rows)}" for k in alone]
+    else:  # each constraint can be met, but not all of them together
+        lines = [f"no config meets {', '.join(flag[k] for k in limits)} together on any device"] + [
+            f"within the other budgets {best(k, [r for r in rows if meets(r[2], skip=k)])}"
+            for k in limits
+            if any(meets(r[2], skip=k) for r in rows)
+        ]
+    raise PlanInfeasibleError(
+        "; ".join(lines)
+        + f" (predicted over {len(configs)} configs x {len(devices)} device(s)); relax the "
+        "constraint or search other devices"
+    )
 
 
 def _sampler(method: SearchMethod, seed: int, budget: int) -> optuna.samplers.BaseSampler:
@@ -181,52 +301,61 @@ def co_search(
     """
     devices = devices or costs.device_names
     constraints = constraints or Constraints()
+    check_feasible(space, costs, devices, constraints)
     trials: list[Trial] = []
     trained_before = accuracy.num_trained
+    # (config key, device) -> (trial, objective values, summed violation)
+    seen: dict[tuple[str, str], tuple[Trial, tuple[float, ...], float]] = {}
+    distinct = space.size() * len(devices)
+    rng = np.random.default_rng(seed)
+    repeats = in_a_row = 0
 
-    def objective(trial: optuna.Trial) -> tuple[float, float, float, float]:
-        config, device = _suggest(trial, space, devices)
+    def evaluate(config: EncoderConfig, device: str) -> tuple[Trial, tuple[float, ...], float]:
         cost = costs.predict(config, device)
-        violations = []
         capacity = costs.devices[device].memory_bytes * constraints.memory_fraction
-        excess = [max(0.0, cost.memory_bytes / capacity - 1.0)]
-        if excess[0] > 0:
-            violations.append(f"memory {cost.memory_bytes / 1e6:.0f} MB > {capacity / 1e6:.0f} MB")
-        if constraints.max_latency_s is not None and cost.latency_s > constraints.max_latency_s:
-            violations.append(f"latency {cost.latency_s:.3g} s > {constraints.max_latency_s} s")
-            excess.append(cost.latency_s / constraints.max_latency_s - 1.0)
-        if (
-            constraints.max_peak_power_w is not None
-            and cost.peak_power_w > constraints.max_peak_power_w
-        ):
-            violations.append(
-                f"peak power {cost.peak_power_w:.3g} W > {constraints.max_peak_power_w} W"
-            )
-            excess.append(cost.peak_power_w / constraints.max_peak_power_w - 1.0)
-        # optuna >= 5: samplers read constraints set on the trial (<= 0 means feasible).
-        trial.set_constraint("violation", float(sum(excess)))
-        record = accuracy.get(config)
+        violations, excess = _violations(cost, capacity, constraints)
+        # Infeasible by prediction: no training unless the cache already has the accuracy.
+        record = accuracy.get(config) if not violations else accuracy.cached(config)
         result = Trial(
-            number=trial.number,
+            number=len(trials),
             config=config,
             device=device,
-            accuracy=record.accuracy,
+            accuracy=record.accuracy if record is not None else 0.0,
             latency_s=cost.latency_s,
             energy_j=cost.energy_j,
             peak_power_w=cost.peak_power_w,
             memory_bytes=cost.memory_bytes,
             feasible=not violations,
             violations=tuple(violations),
+            trained=record is not None,
         )
-        trials.append(result)
-        if on_trial is not None:
-            on_trial(result)
         point = objective_points([result])[0]
-        return (float(point[0]), float(point[1]), float(point[2]), float(point[3]))
+        return result, tuple(float(v) for v in point), excess
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(directions=["minimize"] * 4, sampler=_sampler(method, seed, budget))
-    study.optimize(objective, n_trials=budget)
+    while len(trials) < min(budget, distinct):
+        if in_a_row >= 8:  # the sampler keeps repeating itself: give it an unseen point
+            study.enqueue_trial(_unseen(space, devices, seen, rng))
+            in_a_row = 0
+        trial = study.ask()
+        config, device = _suggest(trial, space, devices)
+        key = (config.key(), device)
+        earlier = seen.get(key)
+        if earlier is None:
+            result, values, excess = evaluate(config, device)
+            seen[key] = (result, values, excess)
+            trials.append(result)
+            in_a_row = 0
+            if on_trial is not None:
+                on_trial(result)
+        else:  # a repeat: the sampler learns the known outcome; no budget, no training
+            _, values, excess = earlier
+            repeats += 1
+            in_a_row += 1
+        # optuna >= 5: samplers read constraints set on the trial (<= 0 means feasible).
+        trial.set_constraint("violation", excess)
+        study.tell(trial, list(values))
     ref = reference if reference is not None else reference_point(space, costs, devices)
     feasible = [t for t in trials if t.feasible]
     points = objective_points(feasible)
@@ -247,4 +376,22 @@ def co_search(
         reference=tuple(float(r) for r in ref),
         hypervolume=hypervolume(points, ref) if feasible else 0.0,
         num_trainings=accuracy.num_trained - trained_before,
+        repeats=repeats,
     )
+
+
+def _unseen(
+    space: SearchSpace,
+    devices: list[str],
+    seen: dict[tuple[str, str], tuple[Trial, tuple[float, ...], float]],
+    rng: np.random.Generator,
+) -> dict[str, object]:
+    """Optuna parameters of a uniformly drawn (config, device) not evaluated yet."""
+    pool = [
+        (config, device)
+        for config in space.homogeneous_configs()
+        for device in devices
+        if (config.key(), device) not in seen
+    ]
+    config, device = pool[int(rng.integers(len(pool)))]
+    return {**{name: getattr(config, name) for name in _PARAMS}, "device": device}

@@ -146,15 +146,29 @@ class EncoderConfig(FrozenModel):
         )
 
     def describe(self) -> str:
-        """Short human label, e.g. `text L6 H256 A4 F1024 sdpa` (+ `het` if per-layer)."""
-        label = (
-            f"{self.modality} L{self.num_layers} H{self.hidden_size} A{self.num_heads} "
-            f"F{self.ffn_size} {self.attention}"
+        """Short human label, e.g. `text L6 H256 A4 F1024 sdpa`.
+
+        Per-layer counts that agree across the layers are shown in place: `A6/12` is 6 heads per
+        layer of the 12 that fix the head width (hidden / 12; pruned from 12), `F216` 216 FFN
+        neurons per layer. Counts that differ by layer follow as `heads=[...]` / `ffn=[...]`.
+        """
+        heads, ffn = self.layer_heads(), self.layer_ffn()
+        uniform_heads, uniform_ffn = len(set(heads)) == 1, len(set(ffn)) == 1
+        label_heads = (
+            f"A{self.num_heads}"
+            if uniform_heads and heads[0] == self.num_heads
+            else f"A{heads[0]}/{self.num_heads}"
+            if uniform_heads
+            else f"A{self.num_heads}"
         )
-        if self.heads_per_layer is not None:
-            label += f" heads={list(self.heads_per_layer)}"
-        if self.ffn_per_layer is not None:
-            label += f" ffn={list(self.ffn_per_layer)}"
+        label = (
+            f"{self.modality} L{self.num_layers} H{self.hidden_size} {label_heads} "
+            f"F{ffn[0] if uniform_ffn else self.ffn_size} {self.attention}"
+        )
+        if not uniform_heads:
+            label += f" heads={list(heads)}"
+        if not uniform_ffn:
+            label += f" ffn={list(ffn)}"
         return label
 
 
@@ -186,6 +200,24 @@ class SearchSpace(FrozenModel):
         """Number of homogeneous configurations in the space."""
         per_hidden = sum(len(self.heads_for(h)) for h in self.hidden_size)
         return len(self.num_layers) * per_hidden * len(self.ffn_size) * len(self.attention)
+
+    def homogeneous_configs(self) -> list[EncoderConfig]:
+        """Every homogeneous configuration of the space (`size()` of them), in a fixed order."""
+        return [
+            EncoderConfig(
+                modality=self.modality,
+                num_layers=layers,
+                hidden_size=hidden,
+                num_heads=heads,
+                ffn_size=ffn,
+                attention=attention,
+            )
+            for layers in self.num_layers
+            for hidden in self.hidden_size
+            for heads in self.heads_for(hidden)
+            for ffn in self.ffn_size
+            for attention in self.attention
+        ]
 
     def sample(self, rng: np.random.Generator) -> EncoderConfig:
         """One configuration drawn uniformly per dimension."""

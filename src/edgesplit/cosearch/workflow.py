@@ -183,7 +183,9 @@ def choose_trial(
         close = difflib.get_close_matches(device, on_front, n=1)
         hint = f"did you mean '{close[0]}'? " if close else ""
         raise ConfigError(
-            f"no front member on device '{device}'; {hint}the front has {', '.join(on_front)}"
+            f"no front member on device '{device}'; {hint}the front has {', '.join(on_front)}; "
+            f"to refine for {device}, search it first: `edgesplit cosearch search --device "
+            f"{device}` (then refine with the same -o/-s file)"
         )
     front = [t for t in front if device is None or t.device == device]
     if not front:
@@ -209,7 +211,22 @@ def refine_model(
     settings: RefineSettings | None = None,
     train_settings: TrainSettings | None = None,
 ) -> RefineResult:
-    """Grow-and-prune the chosen front member and write the result (`cosearch refine`)."""
+    """Grow-and-prune the chosen front member and write the result (`cosearch refine`).
+
+    Raises:
+        ConfigError: a missing search or predictors file (the message says which command
+            writes it), no front member on `device`.
+    """
+    if not Path(search_path).is_file():
+        raise ConfigError(
+            f"search result not found: {search_path} (cwd is {Path.cwd()}); write it with "
+            f"`edgesplit cosearch search -o {search_path}`"
+        )
+    if not Path(recipe_path).is_file():
+        raise ConfigError(
+            f"predictors file not found: {recipe_path} (cwd is {Path.cwd()}); write it with "
+            f"`edgesplit cosearch fit -o {recipe_path}`"
+        )
     result = read_json_file(SearchResult, search_path)
     chosen = choose_trial(result.pareto_trials(), device=device, prefer=prefer)
     settings = settings or RefineSettings(device=chosen.device)

@@ -17,7 +17,7 @@ from edgesplit.cosearch.search import Constraints, co_search, objective_points
 from edgesplit.cosearch.space import SearchSpace
 from edgesplit.cosearch.tasks import load_task
 from edgesplit.cosearch.workflow import choose_trial
-from edgesplit.errors import ConfigError
+from edgesplit.errors import ConfigError, PlanInfeasibleError
 
 pytestmark = pytest.mark.slow  # real (tiny) trainings: ~1 min on a loaded 2-core box
 
@@ -64,12 +64,25 @@ def test_tiny_search(costs: DeviceCostModel, cache: AccuracyCache, method: str) 
 
 
 def test_constraints_mark_infeasible(costs: DeviceCostModel, cache: AccuracyCache) -> None:
-    tight = Constraints(max_latency_s=1e-9)
-    result = co_search(SPACE, costs, cache, method="random", budget=4, seed=1, constraints=tight)
-    assert not any(t.feasible for t in result.trials)
-    assert result.pareto == ()
-    assert result.hypervolume == 0.0
-    assert all("latency" in t.violations[0] for t in result.trials)
+    # A latency only the smallest configs meet: the rest are marked and not trained.
+    smallest = min(costs.predict(c, "rpi-cpu").latency_s for c in SPACE.homogeneous_configs())
+    tight = Constraints(max_latency_s=smallest * 1.0001)
+    result = co_search(
+        SPACE,
+        costs,
+        cache,
+        method="random",
+        budget=4,
+        seed=1,
+        constraints=tight,
+        devices=["rpi-cpu"],
+    )
+    infeasible = [t for t in result.trials if not t.feasible]
+    assert infeasible
+    assert all("latency" in t.violations[0] for t in infeasible)
+    assert set(result.pareto) <= {t.number for t in result.trials if t.feasible}
+    with pytest.raises(PlanInfeasibleError, match="no config meets --max-latency-s"):
+        co_search(SPACE, costs, cache, budget=4, constraints=Constraints(max_latency_s=1e-9))
 
 
 def test_choose_trial_names_the_devices_on_the_front(
@@ -101,6 +114,9 @@ def test_grow_and_prune_accepts_by_accuracy_and_cost(
     assert accepted[0].action.startswith("prune")
     assert refined.final.latency_s < refined.start.latency_s
     assert refined.final.config.num_layers == chosen.config.num_layers
+    # One step, and it was kept: the step limit stopped it while it still improved.
+    assert refined.stopped == "steps"
+    assert refined.still_improving
 
 
 def test_report_page(tmp_path: Path, costs: DeviceCostModel, cache: AccuracyCache) -> None:
