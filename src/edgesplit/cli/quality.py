@@ -55,14 +55,22 @@ def register(app: typer.Typer) -> None:
         ] = "float16,int8-tensor,int8-token",
         boundary: Annotated[
             list[int] | None,
-            typer.Option(help="Cut after units [0, B) (repeat; default: 3 block boundaries)."),
+            typer.Option(
+                help="Cut after units [0, B), B in 1..units-1 (repeat; default: 3 block "
+                "boundaries)."
+            ),
         ] = None,
         samples: Annotated[
             int | None,
             typer.Option(min=1, help="Windows / sentences / images (default per task)."),
         ] = None,
         checkpoint: Annotated[
-            Path | None, typer.Option(help="SmolLM2 checkpoint directory (default: found).")
+            Path | None,
+            typer.Option(
+                help="SmolLM2 checkpoint directory (default: the first of "
+                "$EDGESPLIT_HOME/models/smollm2-135m, ./checkpoints/smollm2-135m and the source "
+                "tree's checkpoints/smollm2-135m, where `make models` writes it).",
+            ),
         ] = None,
     ) -> None:
         """Measure quality per stage dtype and per link encoding on real weights and data.

@@ -17,14 +17,16 @@ from pathlib import Path
 from typing import Any
 
 from edgesplit.errors import ConfigError
-from edgesplit.models.spec import CHECKPOINT_META
+from edgesplit.models.spec import CHECKPOINT_META, model_spec_from_name
 
 __all__ = [
     "SMOLLM2_NAME",
+    "check_smollm2_checkpoint",
     "convert_smollm2",
     "find_smollm2_checkpoint",
     "gguf_path",
     "smollm2_available",
+    "smollm2_search_dirs",
 ]
 
 logger = logging.getLogger(__name__)
@@ -49,13 +51,29 @@ def smollm2_available() -> bool:
     return gguf_path() is not None
 
 
+def _source_tree_dir() -> Path | None:
+    """`<repo>/checkpoints/smollm2-135m` when edgesplit runs from a source checkout (where
+    `make models` writes it), so the checkpoint is found from any working directory."""
+    root = Path(__file__).resolve().parents[3]
+    return root / "checkpoints" / SMOLLM2_NAME if (root / "pyproject.toml").is_file() else None
+
+
 def _default_dirs() -> list[Path]:
     dirs = []
     home = os.environ.get("EDGESPLIT_HOME")
     if home:
         dirs.append(Path(home) / "models" / SMOLLM2_NAME)
     dirs.append(Path("checkpoints") / SMOLLM2_NAME)
+    tree = _source_tree_dir()
+    if tree is not None and tree.resolve() != dirs[-1].resolve():
+        dirs.append(tree)
     return dirs
+
+
+def smollm2_search_dirs() -> list[Path]:
+    """Where `find_smollm2_checkpoint` looks, in order: `$EDGESPLIT_HOME/models/smollm2-135m`,
+    `./checkpoints/smollm2-135m`, the source tree's `checkpoints/smollm2-135m`."""
+    return _default_dirs()
 
 
 def _complete(directory: Path) -> bool:
@@ -63,11 +81,42 @@ def _complete(directory: Path) -> bool:
 
 
 def find_smollm2_checkpoint(extra: list[Path] | None = None) -> Path | None:
-    """A converted checkpoint directory, if one exists (EDGESPLIT_HOME, then ./checkpoints)."""
+    """A converted checkpoint directory, if one exists (`extra`, then `smollm2_search_dirs()`)."""
     for directory in [*(extra or []), *_default_dirs()]:
         if _complete(directory):
             return directory
     return None
+
+
+def check_smollm2_checkpoint(directory: Path) -> Path:
+    """`directory` if it is a complete Llama-family checkpoint with a tokenizer (SmolLM2's).
+
+    Raises:
+        ConfigError: missing, a file, incomplete, another family or no tokenizer; the message
+            says what to give instead.
+    """
+
+    want = (
+        "give the SmolLM2 checkpoint directory (config.json + model.safetensors + tokenizer; "
+        "`make models` writes checkpoints/smollm2-135m)"
+    )
+    if not directory.exists():
+        raise ConfigError(f"{directory} does not exist; {want}")
+    if not directory.is_dir():
+        raise ConfigError(f"{directory} is a file, not a checkpoint directory; {want}")
+    if not _complete(directory):
+        lacks = [f for f in ("config.json", "model.safetensors") if not (directory / f).is_file()]
+        raise ConfigError(
+            f"{directory} is not a checkpoint directory (no {', '.join(lacks)}); {want}"
+        )
+    family = model_spec_from_name(str(directory)).family
+    if family != "llama":
+        raise ConfigError(
+            f"{directory} is a {family} checkpoint, not a SmolLM2 (Llama) one; {want}"
+        )
+    if not (directory / "tokenizer.json").is_file():
+        raise ConfigError(f"{directory} has no tokenizer.json; {want}")
+    return directory
 
 
 def convert_smollm2(directory: Path | str | None = None, dtype: str = "float16") -> Path:

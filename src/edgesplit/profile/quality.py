@@ -87,20 +87,35 @@ class QualityTask:
 def _smollm2_task(checkpoint: Path | None, num_samples: int, seq_len: int) -> QualityTask:
     from transformers import AutoTokenizer
 
-    from edgesplit.models.smollm2 import find_smollm2_checkpoint
+    from edgesplit.models.smollm2 import (
+        check_smollm2_checkpoint,
+        find_smollm2_checkpoint,
+        smollm2_search_dirs,
+    )
     from edgesplit.models.textdata import kjv_available, kjv_text, split_text
 
-    directory = checkpoint or find_smollm2_checkpoint()
-    if directory is None:
-        raise ConfigError(
-            "SmolLM2 checkpoint not found; build it with `make models` (checkpoints/smollm2-135m)"
-        )
+    if checkpoint is not None:
+        directory = check_smollm2_checkpoint(Path(checkpoint))
+    else:
+        found = find_smollm2_checkpoint()
+        if found is None:
+            searched = ", ".join(str(d.resolve()) for d in smollm2_search_dirs())
+            raise ConfigError(
+                f"SmolLM2 checkpoint not found (looked in {searched}); build it with `make "
+                "models` in the edgesplit repository, or pass --checkpoint DIR"
+            )
+        directory = check_smollm2_checkpoint(found)
     if not kjv_available():
         raise ConfigError("KJV text not found: install Debian bible-kjv-text (`make data`)")
     _, held_out = split_text(kjv_text())  # the last 5 %
     tokenizer = AutoTokenizer.from_pretrained(str(directory))
     ids = tokenizer(held_out, return_tensors="pt")["input_ids"][0]
     num_windows = min(num_samples, len(ids) // seq_len)
+    if num_windows == 0:
+        raise ConfigError(
+            f"{directory}'s tokenizer makes {len(ids)} tokens of the held-out text, less than "
+            f"one window of {seq_len}; is it SmolLM2's checkpoint?"
+        )
     batches = tuple(
         {"input_ids": ids[i * seq_len : (i + 1) * seq_len].unsqueeze(0)} for i in range(num_windows)
     )
@@ -277,7 +292,9 @@ def measure_quality(
     cuts = tuple(boundaries) if boundaries is not None else default_boundaries(spec, end)
     for cut in cuts:
         if not 0 < cut < end:
-            raise ConfigError(f"link boundary {cut} is not inside units [0, {end}) of {task.name}")
+            raise ConfigError(
+                f"--boundary must be 1..{end - 1} for {task.name} (a cut after unit B-1); got {cut}"
+            )
 
     def say(message: str) -> None:
         logger.info("[quality %s] %s", task.name, message)
