@@ -13,6 +13,7 @@ from edgesplit import api
 from edgesplit.cli.common import console
 from edgesplit.core.precision import StageDtype
 from edgesplit.core.profile import ModelProfile
+from edgesplit.errors import ConfigError
 
 __all__ = ["profile_with_progress", "register"]
 
@@ -53,6 +54,30 @@ def profile_with_progress(
         )
 
 
+def _check_distinct_kinds(paths: list[Path], profiles: list[ModelProfile]) -> None:
+    """Each device kind in one input only: a merge keeps one set of times per kind, so a kind
+    in two files would silently lose the first file's times.
+
+    Raises:
+        ConfigError: a file given twice, or a kind in two files (the message says how to fix).
+    """
+    owner: dict[str, Path] = {}
+    for index, (path, profile) in enumerate(zip(paths, profiles, strict=True)):
+        if any(Path(path).resolve() == Path(p).resolve() for p in paths[:index]):
+            raise ConfigError(f"{path} is given twice; give each board kind's profile once")
+        kinds = sorted({kind for unit in profile.units for kind in unit.time_s})
+        for kind in kinds:
+            if kind in owner:
+                raise ConfigError(
+                    f"device kind '{kind}' is in both {owner[kind]} and {path}; a merge keeps "
+                    f"one set of times per kind, so {owner[kind]}'s would be dropped. Different "
+                    "boards: re-profile each with `edgesplit profile --device-kind NAME` (one "
+                    "name per board kind, e.g. rpi4, jetson-nano); the same board kind: give "
+                    "only one of the files"
+                )
+            owner[kind] = path
+
+
 def register(app: typer.Typer) -> None:
     @app.command("profile-merge")
     def merge(
@@ -61,11 +86,24 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Merge profiles measured on different device kinds into one (all kinds' times).
 
+        Profile each board kind with `edgesplit profile --device-kind NAME`, copy the files
+        to one machine, merge them; cluster.toml's device kinds are then those names (the
+        multi-board recipe: docs/models.md, "Several board kinds"). PipeEdge's published
+        profiles are read by `plan -p pipeedge:MODEL` directly, not merged.
+
         Example: edgesplit profile-merge pi4.json jetson.json -o vit-base.json
         """
         from edgesplit.core.profile import merge_profiles
 
-        merged = merge_profiles([api.load_profile(path) for path in inputs])
+        for path in inputs:
+            if str(path).startswith("pipeedge:"):
+                raise ConfigError(
+                    f"profile-merge reads profile files; PipeEdge's published profiles are "
+                    f"used directly: `edgesplit plan -p {path} ...`"
+                )
+        profiles = [api.load_profile(path) for path in inputs]
+        _check_distinct_kinds(inputs, profiles)
+        merged = merge_profiles(profiles)
         api.save(merged, output)
         console.print(f"{merged.model}: kinds {list(merged.device_kinds)} → [bold]{output}[/]")
 
