@@ -1,25 +1,31 @@
 """`edgesplit offload serve|send|bench`: the adaptive-offloading edge server and device client.
 
-Prints with rich; all work happens in edgesplit.offload, reached through `edgesplit.api.offload`.
+Prints with rich (cli.common's console); all work happens in edgesplit.offload, reached
+through `edgesplit.api.offload`. Every option is checked before anything connects, binds
+or loads (rc 2 with the flag, the value and the range).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, cast, get_args
+from typing import TYPE_CHECKING, Annotated, TypeVar, cast, get_args
 
 import numpy as np
 import typer
-from rich.console import Console
 from rich.table import Table
 
+from edgesplit.cli.common import console
 from edgesplit.errors import ConfigError
+
+if TYPE_CHECKING:
+    from edgesplit.api.offload import LiveRun
 
 __all__ = ["register"]
 
-console = Console()
-
-UrlOpt = Annotated[str, typer.Option("--url", help="Edge server base URL.")]
+UrlOpt = Annotated[
+    str, typer.Option("--url", help="Edge server base URL (http:// is added if missing).")
+]
 TokenOpt = Annotated[
     str | None,
     typer.Option("--token", envvar="EDGESPLIT_OFFLOAD_TOKEN", help="Bearer token, if required."),
@@ -34,6 +40,39 @@ def _choice(value: str, allowed: tuple[str, ...], flag: str) -> str:
     if value not in allowed:
         raise typer.BadParameter(f"{flag} must be one of {', '.join(allowed)}, not {value!r}")
     return value
+
+
+Num = TypeVar("Num", int, float)
+
+
+def _bounds(
+    low: float, high: float | None = None, *, above: bool = False, unit: str = ""
+) -> Callable[[Num | None], Num | None]:
+    """An option callback: `low <= value` (`low < value` with `above`) and `value <= high`.
+
+    Its message names the value and the range ("must be 1..100, got 500"); typer's own `min=`
+    names neither the value nor, for floats, an open bound.
+    """
+    units = f" {unit}" if unit else ""
+
+    def check(value: Num | None) -> Num | None:
+        if value is None:
+            return value
+        fits = (value > low if above else value >= low) and (high is None or value <= high)
+        if not fits:  # NaN fails too
+            if above:
+                wanted = f"greater than {low:g}{units}"
+            elif high is None:
+                wanted = f"at least {low:g}{units}"
+            else:
+                wanted = f"{low:g}..{high:g}{units}"
+            raise typer.BadParameter(f"must be {wanted}, got {value:g}")
+        return value
+
+    return check
+
+
+REUSE_MODES = ("incremental", "recompute")
 
 
 def _load_image(
@@ -68,8 +107,8 @@ def register(app: typer.Typer) -> None:
             "server reconstructs them with a masked autoencoder and classifies.\n\n"
             "  edgesplit offload serve --port 8470 --token s3cret\n"
             "  edgesplit offload serve --ray-replicas 2   # Ray Serve, see serve --help\n"
-            "  edgesplit offload send --test-index 3 --slo-ms 250\n"
-            "  edgesplit offload bench --trace lte --mean-kbps 100 --slo-ms 250"
+            "  edgesplit offload send --test-index 3 --token s3cret --slo-ms 250\n"
+            "  edgesplit offload bench --token s3cret --trace lte --mean-kbps 100 --slo-ms 250"
         ),
         no_args_is_help=True,
     )
@@ -77,29 +116,44 @@ def register(app: typer.Typer) -> None:
     @group.command("serve")
     def serve_cmd(
         host: Annotated[str, typer.Option(help="Bind address.")] = "127.0.0.1",
-        port: Annotated[int, typer.Option(help="TCP port.")] = 8470,
+        port: Annotated[
+            int, typer.Option(callback=_bounds(0, 65535), help="TCP port, 0..65535 (0: any free).")
+        ] = 8470,
         token: TokenOpt = None,
         weights: WeightsOpt = None,
-        max_body_bytes: Annotated[int, typer.Option(help="Request body limit.")] = 256 * 1024,
+        max_body_bytes: Annotated[
+            int, typer.Option(callback=_bounds(1), help="Request body limit, bytes.")
+        ] = 262_144,
         max_connections: Annotated[
-            int, typer.Option(min=1, help="Open connections admitted (the next gets a 503).")
+            int,
+            typer.Option(
+                callback=_bounds(1), help="Open connections admitted (the next gets a 503)."
+            ),
         ] = 64,
         header_timeout_s: Annotated[
-            float, typer.Option(help="A request's headers must arrive within this many s.")
+            float,
+            typer.Option(
+                callback=_bounds(0, above=True, unit="s"),
+                help="A request's headers must arrive within this many s.",
+            ),
         ] = 10.0,
         body_timeout_s: Annotated[
-            float, typer.Option(help="A request's body must arrive within this many s.")
+            float,
+            typer.Option(
+                callback=_bounds(0, above=True, unit="s"),
+                help="A request's body must arrive within this many s.",
+            ),
         ] = 30.0,
         reuse: Annotated[
-            str, typer.Option(help="Round-2 reuse: incremental or recompute.")
+            str, typer.Option(help="Round-2 reuse: incremental|recompute.")
         ] = "incremental",
         tiny: Annotated[bool, typer.Option(help="Random tiny model (smoke tests).")] = False,
         ray_replicas: Annotated[
             int,
             typer.Option(
-                min=0,
+                callback=_bounds(0, 64),
                 help=(
-                    "Serve with Ray Serve, N replicas behind one port (0: one uvicorn "
+                    "Serve with Ray Serve, N replicas (0..64) behind one port (0: one uvicorn "
                     "process, the default). One process runs one inference at a time; use "
                     "replicas when requests queue on it (p95 well above the compute time in "
                     "/metrics) AND the host has idle cores, about one replica per core. Serve "
@@ -110,7 +164,8 @@ def register(app: typer.Typer) -> None:
             ),
         ] = 0,
         ray_cpus: Annotated[
-            float, typer.Option(min=0.01, help="Ray CPUs reserved per replica.")
+            float,
+            typer.Option(callback=_bounds(0, above=True), help="Ray CPUs reserved per replica."),
         ] = 1.0,
         ray_affinity: Annotated[
             bool,
@@ -132,25 +187,31 @@ def register(app: typer.Typer) -> None:
           edgesplit offload serve --port 8470 --token s3cret
         Serves until Ctrl-C; writes no files.
         """
-        from edgesplit.api.offload import ServerConfig, serve_offload, serve_offload_ray
-
-        config = ServerConfig(
-            host=host,
-            port=port,
-            token=token,
-            max_body_bytes=max_body_bytes,
-            max_connections=max_connections,
-            header_timeout_s=header_timeout_s,
-            body_timeout_s=body_timeout_s,
-            reuse=reuse,  # type: ignore[arg-type]
+        from edgesplit.api.offload import (
+            check_serve_offload,
+            serve_offload,
+            serve_offload_ray,
+            server_config,
         )
+
+        options = {
+            "host": host,
+            "port": port,
+            "token": token,
+            "max_body_bytes": max_body_bytes,
+            "max_connections": max_connections,
+            "header_timeout_s": header_timeout_s,
+            "body_timeout_s": body_timeout_s,
+            "reuse": _choice(reuse, REUSE_MODES, "--reuse"),
+        }
+        config = server_config(options)
         auth = "bearer token" if token else "none"
+        # The "server on" line comes only once the port is bound and the model loaded (Ray:
+        # once the replicas answer); a busy port or bad --weights fails before it, rc 2.
         if ray_replicas > 0:
-            console.print(
-                f"edgesplit offload server on http://{host}:{port} (Ray Serve, {ray_replicas} "
-                f"replica(s), affinity {'on' if ray_affinity else 'off'}, auth: {auth}); "
-                "starting Ray ..."
-            )
+            affinity = "on" if ray_affinity else "off"
+            check_serve_offload(config, weights, tiny=tiny)
+            console.print(f"starting Ray Serve, {ray_replicas} replica(s) (15-35 s) ...")
             serve_offload_ray(
                 config,
                 replicas=ray_replicas,
@@ -158,10 +219,18 @@ def register(app: typer.Typer) -> None:
                 affinity=ray_affinity,
                 weights_dir=weights,
                 tiny=tiny,
+                on_ready=lambda url: console.print(
+                    f"edgesplit offload server on {url} (Ray Serve, {ray_replicas} replica(s), "
+                    f"affinity {affinity}, auth: {auth})"
+                ),
             )
             return
-        console.print(f"edgesplit offload server on http://{host}:{port} (auth: {auth})")
-        serve_offload(config, weights, tiny=tiny)
+        serve_offload(
+            config,
+            weights,
+            tiny=tiny,
+            on_ready=lambda url: console.print(f"edgesplit offload server on {url} (auth: {auth})"),
+        )
 
     @group.command("send")
     def send_cmd(
@@ -170,24 +239,37 @@ def register(app: typer.Typer) -> None:
             typer.Argument(help="Image file (any Pillow format); default: a test image."),
         ] = None,
         test_index: Annotated[
-            int | None, typer.Option(help="Fashion-MNIST test image index instead of a file.")
+            int | None,
+            typer.Option(
+                callback=_bounds(0), help="Fashion-MNIST test image index instead of a file."
+            ),
         ] = None,
         url: UrlOpt = "http://127.0.0.1:8470",
         token: TokenOpt = None,
-        k: Annotated[int, typer.Option(help="Patches in round 1 (fixed mode).")] = 16,
+        k: Annotated[
+            int, typer.Option(callback=_bounds(1), help="Patches in round 1 (fixed mode).")
+        ] = 16,
         codec: Annotated[str, typer.Option(help="raw|zlib|png|jpeg|jpeg_shared|webp")] = "webp",
-        quality: Annotated[int | None, typer.Option(help="jpeg/webp quality.")] = 50,
+        quality: Annotated[
+            int | None, typer.Option(callback=_bounds(1, 100), help="jpeg/webp quality, 1..100.")
+        ] = 50,
         sampling: Annotated[str, typer.Option(help="random|grid|server")] = "server",
-        extra_k: Annotated[int, typer.Option(help="Round-2 patches (fixed mode).")] = 0,
+        extra_k: Annotated[
+            int, typer.Option(callback=_bounds(0), help="Round-2 patches (fixed mode).")
+        ] = 0,
         slo_ms: Annotated[
-            float | None, typer.Option(help="Latency SLO: choose adaptively from the tables.")
+            float | None,
+            typer.Option(
+                callback=_bounds(0, above=True, unit="ms"),
+                help="Latency SLO: choose adaptively from the tables.",
+            ),
         ] = None,
         weights: WeightsOpt = None,
     ) -> None:
         """Classify one image through the server (fixed settings, or adaptive with --slo-ms).
 
         Example (Fashion-MNIST test image 3, settings chosen to answer within 250 ms):
-          edgesplit offload send --test-index 3 --slo-ms 250
+          edgesplit offload send --test-index 3 --token s3cret --slo-ms 250
         Needs a running `offload serve` (--url; its --token if set); prints the rounds only.
         """
         from edgesplit.api.offload import (
@@ -195,6 +277,7 @@ def register(app: typer.Typer) -> None:
             CodecName,
             OffloadClient,
             SamplingName,
+            check_url,
             load_tables,
             sample_indices,
         )
@@ -202,7 +285,7 @@ def register(app: typer.Typer) -> None:
         codec_name = cast(CodecName, _choice(codec, CODEC_NAMES, "--codec"))
         sampling_name = cast(SamplingName, _choice(sampling, get_args(SamplingName), "--sampling"))
 
-        with OffloadClient(url, token=token) as client:
+        with OffloadClient(check_url(url), token=token) as client:
             info = client.info()
             pixels, label = _load_image(image, test_index, info.image_size)
             table = Table(title="edgesplit offload send")
@@ -225,7 +308,23 @@ def register(app: typer.Typer) -> None:
                     f"{answer.confidence:.3f}",
                 )
                 console.print(f"policy chose {result.option_name}")
+                late_ms = 1000 * result.latency_s - slo_ms
+                if late_ms > 0:
+                    slo_line = f"SLO {slo_ms:g} ms missed by {late_ms:.1f} ms"
+                else:
+                    slo_line = f"SLO {slo_ms:g} ms met ({-late_ms:.1f} ms to spare)"
             else:
+                slo_line = None
+                if k > info.num_patches:
+                    console.print(
+                        f"note: --k {k} capped to {info.num_patches}, the server's patches per "
+                        "image (all of them)"
+                    )
+                left = info.num_patches - min(k, info.num_patches)
+                if extra_k > left:
+                    console.print(
+                        f"note: --extra-k {extra_k} capped to {left}, the patches round 1 leaves"
+                    )
                 order = np.asarray(info.patch_order)
                 indices = sample_indices(
                     sampling_name,
@@ -250,7 +349,7 @@ def register(app: typer.Typer) -> None:
                     answer.class_name,
                     f"{answer.confidence:.3f}",
                 )
-                if extra_k:
+                if extra_k and answer.requested_indices:
                     answer, stats = client.send_round(
                         pixels,
                         answer.requested_indices,
@@ -270,6 +369,8 @@ def register(app: typer.Typer) -> None:
                         f"{answer.confidence:.3f}",
                     )
             console.print(table)
+            if slo_line is not None:
+                console.print(slo_line)
             if label is not None:
                 from edgesplit.api.offload import CLASS_NAMES
 
@@ -280,70 +381,125 @@ def register(app: typer.Typer) -> None:
         url: UrlOpt = "http://127.0.0.1:8470",
         token: TokenOpt = None,
         trace: Annotated[str, typer.Option(help="steady|step|random_walk|wifi|lte")] = "lte",
-        mean_kbps: Annotated[float, typer.Option(help="Mean uplink rate, kbit/s.")] = 100.0,
-        one_way_ms: Annotated[float, typer.Option(help="One-way latency, ms.")] = 20.0,
-        slo_ms: Annotated[float, typer.Option(help="Latency SLO per frame, ms.")] = 250.0,
-        frames: Annotated[int, typer.Option(help="Frames to send.")] = 40,
-        period_ms: Annotated[float, typer.Option(help="A frame every this many ms.")] = 500.0,
+        mean_kbps: Annotated[
+            float,
+            typer.Option(
+                callback=_bounds(0, above=True, unit="kbit/s"), help="Mean uplink rate, kbit/s."
+            ),
+        ] = 100.0,
+        one_way_ms: Annotated[
+            float, typer.Option(callback=_bounds(0, unit="ms"), help="One-way latency, ms.")
+        ] = 20.0,
+        slo_ms: Annotated[
+            float,
+            typer.Option(
+                callback=_bounds(0, above=True, unit="ms"), help="Latency SLO per frame, ms."
+            ),
+        ] = 250.0,
+        frames: Annotated[
+            int,
+            typer.Option(callback=_bounds(1), help="Frames to send (Fashion-MNIST test images)."),
+        ] = 40,
+        period_ms: Annotated[
+            float,
+            typer.Option(
+                callback=_bounds(0, above=True, unit="ms"), help="A frame every this many ms."
+            ),
+        ] = 500.0,
         weights: WeightsOpt = None,
         seed: Annotated[int, typer.Option(help="Trace seed.")] = 0,
     ) -> None:
         """Send Fashion-MNIST test frames over an emulated link; report SLO attainment.
 
         Example (an LTE-like uplink trace at 100 kbit/s mean, a 250 ms SLO per frame):
-          edgesplit offload bench --trace lte --mean-kbps 100 --slo-ms 250
-        Needs a running `offload serve` (--url; its --token if set); prints the table only.
+          edgesplit offload bench --token s3cret --trace lte --mean-kbps 100 --slo-ms 250
+        Needs a running `offload serve` (--url; its --token if set); prints the table only
+        (Ctrl-C: the table of the frames done so far).
         """
         from edgesplit.api.offload import (
+            TRACE_NAMES,
+            FrameRecord,
             LinkEmulator,
+            LiveRun,
             OffloadClient,
             TokenBucket,
-            classify_frames,
+            TraceName,
+            check_url,
+            iter_frames,
             load_fashion_mnist,
             load_tables,
             make_trace,
             upscale,
         )
 
+        trace_name = cast(TraceName, _choice(trace, TRACE_NAMES, "--trace"))
+        base_url = check_url(url)
         options = load_tables(weights).options
+        images, labels = load_fashion_mnist("test")
+        if frames > len(images):
+            raise ConfigError(f"--frames must be 1..{len(images)} (the Fashion-MNIST test set)")
+        x, y = upscale(images[:frames]), labels[:frames]
         rate = mean_kbps * 1000 / 8
         link = LinkEmulator(
-            TokenBucket(make_trace(trace, rate, seed=seed), burst_bytes=300),  # type: ignore[arg-type]
+            TokenBucket(make_trace(trace_name, rate, seed=seed), burst_bytes=300),
             one_way_ms / 1000,
         )
-        images, labels = load_fashion_mnist("test")
-        x, y = upscale(images[:frames]), labels[:frames]
-        with OffloadClient(
-            url,
-            token=token,
-            link=link,
-            rtt_s=2 * one_way_ms / 1000,
-            initial_bandwidth_bytes_per_s=rate / 2,
-        ) as client:
-            client.info()
-            run = classify_frames(
-                client, x, y, options, slo_s=slo_ms / 1000, period_s=period_ms / 1000
-            )
-        table = Table(title=f"offload bench: {trace} {mean_kbps:g} kbit/s, SLO {slo_ms:g} ms")
-        for column in (
-            "frames",
-            "SLO met",
-            "accuracy",
-            "p50 ms",
-            "p95 ms",
-            "p99 ms",
-            "bytes/frame",
-            "round 2",
-        ):
-            table.add_column(column)
-        table.add_row(
-            str(frames),
-            f"{100 * run.slo_attainment(slo_ms / 1000):.1f} %",
-            f"{100 * run.correct.mean():.1f} %",
-            *(f"{1000 * run.latency_percentile_s(q):.0f}" for q in (50, 95, 99)),
-            f"{run.body_bytes.mean():.0f}",
-            f"{100 * (run.rounds == 2).mean():.0f} %",
-        )
-        console.print(table)
+        done: list[FrameRecord] = []
+        interrupted = False
+        try:
+            with OffloadClient(
+                base_url,
+                token=token,
+                link=link,
+                rtt_s=2 * one_way_ms / 1000,
+                initial_bandwidth_bytes_per_s=rate / 2,
+            ) as client:
+                client.info()
+                for record in iter_frames(
+                    client, x, y, options, slo_s=slo_ms / 1000, period_s=period_ms / 1000
+                ):
+                    done.append(record)
+        except KeyboardInterrupt:
+            interrupted = True
+        title = f"offload bench: {trace} {mean_kbps:g} kbit/s, SLO {slo_ms:g} ms"
+        if done:
+            _print_bench(LiveRun.from_frames(done), title, slo_ms)
+        if interrupted:
+            console.print(f"interrupted after {len(done)} of {frames} frames")
+            raise typer.Exit(130)
 
     app.add_typer(group, name="offload")
+
+
+def _print_bench(run: LiveRun, title: str, slo_ms: float) -> None:
+    """The bench table and one line on the frames that missed the SLO (as `send` says it)."""
+    table = Table(title=title)
+    for column in (
+        "frames",
+        "SLO met",
+        "accuracy",
+        "p50 ms",
+        "p95 ms",
+        "p99 ms",
+        "bytes/frame",
+        "round 2",
+    ):
+        table.add_column(column)
+    table.add_row(
+        str(run.num_frames),
+        f"{100 * run.slo_attainment(slo_ms / 1000):.1f} %",
+        f"{100 * run.correct.mean():.1f} %",
+        *(f"{1000 * run.latency_percentile_s(q):.0f}" for q in (50, 95, 99)),
+        f"{run.body_bytes.mean():.0f}",
+        f"{100 * (run.rounds == 2).mean():.0f} %",
+    )
+    console.print(table)
+    late_ms = 1000 * run.latency_s - slo_ms
+    missed = int((late_ms > 0).sum())
+    if missed:
+        console.print(
+            f"SLO {slo_ms:g} ms missed on {missed} of {run.num_frames} frame(s), "
+            f"by up to {late_ms.max():.1f} ms"
+        )
+    else:
+        console.print(f"SLO {slo_ms:g} ms met on all {run.num_frames} frame(s)")

@@ -22,7 +22,7 @@ import numpy as np
 from pydantic import Field
 
 from edgesplit.core.schema import FrozenModel
-from edgesplit.errors import ProtocolVersionError, RetryableError, TransportError
+from edgesplit.errors import ConfigError, ProtocolVersionError, RetryableError, TransportError
 from edgesplit.offload.codec import CodecName, encode_patches, encode_segments
 from edgesplit.offload.emulation import TokenBucket
 from edgesplit.offload.patches import SamplingName, patchify, sample_indices
@@ -47,9 +47,41 @@ from edgesplit.offload.protocol import (
 )
 from edgesplit.offload.tcp_progress import DeliveryPacer, SocketTracker
 
-__all__ = ["ClassifyResult", "LinkEmulator", "OffloadClient", "RetryConfig", "RoundStats"]
+__all__ = [
+    "ClassifyResult",
+    "LinkEmulator",
+    "OffloadClient",
+    "RetryConfig",
+    "RoundStats",
+    "check_url",
+]
 
 log = logging.getLogger(__name__)
+
+
+def check_url(url: str) -> str:
+    """The server's base URL, checked before anything is sent; `http://` added when no scheme.
+
+    `127.0.0.1:8470` becomes `http://127.0.0.1:8470` (as curl reads it).
+
+    Raises:
+        ConfigError: not an http(s) URL with a host and a port in 1..65535.
+    """
+    text = url.strip()
+    if "://" not in text:
+        text = f"http://{text}"
+    example = "e.g. http://127.0.0.1:8470"
+    try:
+        parsed = httpx.URL(text)
+    except httpx.InvalidURL as e:
+        raise ConfigError(f"--url {url!r} is not a URL ({e}); {example}") from e
+    if parsed.scheme not in ("http", "https"):
+        raise ConfigError(f"--url {url!r} must start with http:// or https://; {example}")
+    if not parsed.host:
+        raise ConfigError(f"--url {url!r} names no host; {example}")
+    if parsed.port is not None and not 1 <= parsed.port <= 65535:
+        raise ConfigError(f"--url {url!r}: port {parsed.port} is not in 1..65535; {example}")
+    return text
 
 
 class RetryConfig(FrozenModel):
@@ -126,13 +158,18 @@ class OffloadClient:
         transport: httpx.BaseTransport | None = None,
         delivery_pacing: bool = True,
     ) -> None:
-        """delivery_pacing: on a real link (no emulator), a progressive round 1 decides each
+        """base_url: the server, checked by `check_url` (a ConfigError before any request).
+
+        delivery_pacing: on a real link (no emulator), a progressive round 1 decides each
         later segment on the bytes the peer has acknowledged (Linux SIOCOUTQ on the connection's
         socket, see send_progressive); False decides on the wall clock of the writes alone."""
         self.retry = retry or RetryConfig()
         headers = {"authorization": f"Bearer {token}"} if token else {}
         self._http = httpx.Client(
-            base_url=base_url, headers=headers, timeout=self.retry.timeout_s, transport=transport
+            base_url=check_url(base_url),
+            headers=headers,
+            timeout=self.retry.timeout_s,
+            transport=transport,
         )
         self._rng = rng or np.random.default_rng(0)
         self.link = link

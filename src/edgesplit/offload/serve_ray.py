@@ -28,7 +28,7 @@ import secrets
 import signal
 import struct
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -358,16 +358,20 @@ def serve_forever(
     *,
     tiny: bool = False,
     stop: threading.Event | None = None,
+    on_ready: Callable[[str], None] | None = None,
 ) -> None:
     """Run until Ctrl-C, SIGTERM or `stop`; the CLI's `offload serve --ray-replicas N`.
 
-    Serve and the embedded Ray are shut down on the way out (no stray Ray processes).
+    `on_ready` gets the base URL once the replicas answer /health. Serve and the embedded Ray
+    are shut down on the way out (no stray Ray processes).
     """
     stop = stop or threading.Event()
     with (
         contextlib.suppress(KeyboardInterrupt),
-        running(config, server_config, weights_dir, tiny=tiny),
+        running(config, server_config, weights_dir, tiny=tiny) as url,
     ):
+        if on_ready is not None:
+            on_ready(url)
         previous = None
         if threading.current_thread() is threading.main_thread():
             # After ray.init, which installs a crash handler that would dump a stack on SIGTERM.

@@ -15,6 +15,7 @@ import argparse
 import hmac
 import html
 import logging
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -53,6 +54,7 @@ from edgesplit.offload.sessions import SessionConflictError, SessionStore, body_
 __all__ = [
     "DEFAULT_WEIGHTS_DIR",
     "ServerConfig",
+    "check_weights",
     "create_app",
     "load_pipeline",
     "serve",
@@ -94,6 +96,32 @@ class _HttpError(Exception):
         self.status, self.code, self.detail = status, code, detail
 
 
+def check_weights(weights_dir: Path | None = None) -> Path:
+    """The checkpoint directory (default: bundled), once it holds the server's checkpoints.
+
+    Cheap (no torch): callers check before they bind a port or start Ray.
+
+    Raises:
+        ConfigError: the checkpoints are missing (run `make models`).
+    """
+    from edgesplit.errors import ConfigError
+
+    directory = weights_dir or DEFAULT_WEIGHTS_DIR
+    advice = "run `make models` (scripts/train_offload_models.py) or pass --weights DIR"
+    if not directory.is_dir():
+        raise ConfigError(f"no offloading checkpoints: {directory} is not a directory; {advice}")
+    missing = [
+        name
+        for name in ("mae.safetensors", "classifier.safetensors", "meta.json")
+        if not (directory / name).is_file()
+    ]
+    if missing:
+        raise ConfigError(
+            f"no offloading checkpoints in {directory} ({', '.join(missing)} missing); {advice}"
+        )
+    return directory
+
+
 def load_pipeline(weights_dir: Path | None = None) -> tuple[OffloadPipeline, list[int]]:
     """The trained pipeline and its server patch order from `weights_dir` (default: bundled).
 
@@ -102,15 +130,9 @@ def load_pipeline(weights_dir: Path | None = None) -> tuple[OffloadPipeline, lis
     """
     import json
 
-    from edgesplit.errors import ConfigError
     from edgesplit.offload.models import load_models
 
-    directory = weights_dir or DEFAULT_WEIGHTS_DIR
-    if not (directory / "mae.safetensors").exists():
-        raise ConfigError(
-            f"no offloading checkpoints in {directory}; run `make models` "
-            "(scripts/train_offload_models.py) or pass --weights DIR"
-        )
+    directory = check_weights(weights_dir)
     mae, classifier = load_models(directory)
     meta = json.loads((directory / "meta.json").read_text())
     return OffloadPipeline(mae, classifier), [int(i) for i in meta["server_patch_order"]]
@@ -454,9 +476,27 @@ class _JsonServerErrors:
             await self.on_error(e)(scope, receive, send)
 
 
-def serve(config: ServerConfig, weights_dir: Path | None = None, *, tiny: bool = False) -> None:
-    """Run the server with uvicorn until interrupted (blocking)."""
+def serve(
+    config: ServerConfig,
+    weights_dir: Path | None = None,
+    *,
+    tiny: bool = False,
+    sock: socket.socket | None = None,
+    on_ready: Callable[[str], None] | None = None,
+) -> None:
+    """Run the server with uvicorn until interrupted (blocking).
+
+    sock: a socket already bound to config.host:port (api.serving.bind_listener), so that a
+    busy port failed before anything loaded; None lets uvicorn bind. It is set listening at
+    once, so clients that connect after `on_ready(url)` wait in its backlog, never refused.
+
+    Raises:
+        ConfigError: the checkpoints are missing (before `on_ready`).
+        EdgesplitError: uvicorn did not start (it logged why).
+    """
     import torch
+
+    from edgesplit.errors import EdgesplitError
 
     torch.set_num_threads(1)
     if tiny:
@@ -464,7 +504,17 @@ def serve(config: ServerConfig, weights_dir: Path | None = None, *, tiny: bool =
     else:
         pipeline, order = load_pipeline(weights_dir)
     app = create_app(pipeline, config, patch_order=order)
-    uvicorn.Server(server_uvicorn_config(app, config)).run()
+    server = uvicorn.Server(server_uvicorn_config(app, config))
+    port = config.port
+    if sock is not None:
+        sock.listen(2048)  # uvicorn's default backlog; it listens again, harmlessly
+        port = sock.getsockname()[1]
+    if on_ready is not None:
+        host = f"[{config.host}]" if ":" in config.host else config.host
+        on_ready(f"http://{host}:{port}")
+    server.run(sockets=None if sock is None else [sock])
+    if not server.started:
+        raise EdgesplitError(f"the offload server on {config.host}:{port} did not start (above)")
 
 
 def server_uvicorn_config(app: FastAPI, config: ServerConfig) -> uvicorn.Config:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -153,14 +154,18 @@ def test_cli_routes_to_ray_serve_only_with_replicas(monkeypatch: pytest.MonkeyPa
     # the CLI reaches the server through the api (issue 14): patch the api's door
     monkeypatch.setattr("edgesplit.api.offload.serve_offload", fake_uvicorn)
     runner = CliRunner()
-    assert runner.invoke(_cli(), ["offload", "serve", "--tiny", "--port", "9"]).exit_code == 0
+    with socket.socket() as probe:  # a free port: the Ray path checks it can be bound first
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    assert runner.invoke(_cli(), ["offload", "serve", "--tiny", "--port", port]).exit_code == 0
     result = runner.invoke(
         _cli(),
-        ["offload", "serve", "--tiny", "--ray-replicas", "3", "--ray-cpus", "0.5", "--port", "9"],
+        ["offload", "serve", "--tiny", "--ray-replicas", "3", "--ray-cpus", "0.5", "--port", port],
     )
     assert result.exit_code == 0, result.output
     assert [kind for kind, _ in calls] == ["uvicorn", "ray"]
     config, server, kw = calls[1][1]
     assert (config.replicas, config.num_cpus, config.affinity) == (3, 0.5, True)
-    assert server.port == 9
-    assert kw == {"tiny": True}
+    assert server.port == int(port)
+    assert kw.pop("tiny") is True
+    assert set(kw) == {"on_ready"}  # the "server on" line waits for the replicas
