@@ -1,7 +1,8 @@
 """A heterogeneous cluster on one host, and the survey that writes `cluster.toml` + `profile.json`.
 
 - `start_testbed` / `describe_testbed` / `stop_testbed`: every device of a cluster file a Ray
-  node in its own network namespace, under a CPU quota, behind kernel-shaped links.
+  node in its own network namespace, under a CPU quota, behind kernel-shaped links;
+  `preview_testbed` says what `start_testbed` would create, creating nothing (no root needed).
 - `survey_cluster`: profile a model's units on every device of a running Ray cluster (a testbed
   or real boards) and measure every pair's link with the runtime's transport (testbed/survey.py).
 - `survey_generation_profile`: a decoder's decode/prefill unit times measured in place on every
@@ -23,18 +24,22 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from edgesplit.core.cluster import Cluster
+from edgesplit.core.cluster import Cluster, load_cluster
 from edgesplit.errors import ConfigError
-from edgesplit.testbed import TestbedState, TestbedStatus
+from edgesplit.testbed import TestbedLayout, TestbedState, TestbedStatus, plan_layout
 from edgesplit.testbed import down as _down
 from edgesplit.testbed import restart_node as _restart_node
 from edgesplit.testbed import status as _status
 from edgesplit.testbed import up as _up
+from edgesplit.testbed.cgroups import CFS_PERIOD_US, quota_us
 from edgesplit.testbed.latency import planning_cluster
-from edgesplit.testbed.state import DEFAULT_STATE_DIR
+from edgesplit.testbed.layout import check_name
+from edgesplit.testbed.state import DEFAULT_STATE_DIR, state_path
+from edgesplit.testbed.system import CPU_CGROUP_MOUNT, check_host
 
 if TYPE_CHECKING:
     from edgesplit.planners.generation import GenerationProfile
@@ -42,10 +47,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_STATE_DIR",
+    "TestbedLayout",
+    "TestbedPreview",
     "TestbedState",
     "TestbedStatus",
     "describe_testbed",
     "planning_cluster",
+    "preview_testbed",
     "restart_device",
     "running_testbed",
     "start_testbed",
@@ -74,6 +82,7 @@ def start_testbed(
         ConfigError: not root, a tool missing, a bad file, or the testbed already up.
         DeviceUnavailableError: a Ray node did not start or join in time.
     """
+    check_name(name)  # before the root check: a bad name is the first thing to fix
     return _up(
         cluster_file,
         name=name,
@@ -86,13 +95,83 @@ def start_testbed(
     )
 
 
+@dataclass(frozen=True, slots=True)
+class TestbedPreview:
+    """What `start_testbed` would create for a cluster file (`testbed up --dry-run`).
+
+    `layout` names every namespace, veth pair, address, cgroup and shaped link; the quotas are
+    cfs_quota_us per `cfs_period_us` (-1: no quota). `host_problem` is why this host cannot run
+    it now (not root, a tool or the cpu controller missing), `already_up` whether testbed
+    `layout.name` has a state file here.
+    """
+
+    cluster: Cluster
+    layout: TestbedLayout
+    cpu_shares: int
+    cfs_period_us: int
+    cgroup_mount: Path
+    state_file: Path
+    host_problem: str | None
+    already_up: bool
+
+    def quota_us(self, cpu_quota: float | None) -> int:
+        """A device's cfs_quota_us for `cpu_quota` cores (-1: unlimited)."""
+        return quota_us(cpu_quota, self.cfs_period_us)
+
+
+def preview_testbed(
+    cluster_file: Path,
+    *,
+    name: str = "tb",
+    subnet: str | None = None,
+    state_dir: Path = DEFAULT_STATE_DIR,
+    cpu_shares: int = 1024,
+    cfs_period_us: int = CFS_PERIOD_US,
+) -> TestbedPreview:
+    """The namespaces, bridge, subnet, cgroup quotas and shaped links `start_testbed` would
+    create, computed and checked (cluster file, name, subnet) without creating anything or
+    needing root; the host's readiness is read, not changed.
+
+    Raises:
+        ConfigError: a bad cluster file, name or subnet (as `start_testbed` would).
+    """
+    check_name(name)
+    cluster = load_cluster(cluster_file)
+    layout = plan_layout(cluster, name, subnet)
+    try:
+        check_host()
+        problem = None
+    except ConfigError as e:
+        problem = str(e)
+    return TestbedPreview(
+        cluster=cluster,
+        layout=layout,
+        cpu_shares=cpu_shares,
+        cfs_period_us=cfs_period_us,
+        cgroup_mount=CPU_CGROUP_MOUNT,
+        state_file=state_path(name, state_dir),
+        host_problem=problem,
+        already_up=state_path(name, state_dir).exists(),
+    )
+
+
 def describe_testbed(name: str = "tb", state_dir: Path = DEFAULT_STATE_DIR) -> TestbedStatus:
-    """The recorded testbed with live process counts. Raises ConfigError when none is up."""
+    """The recorded testbed with live process counts.
+
+    Raises:
+        ConfigError: a bad name, or no testbed of that name is up.
+    """
+    check_name(name)
     return _status(name, state_dir)
 
 
 def stop_testbed(name: str = "tb", state_dir: Path = DEFAULT_STATE_DIR) -> list[str]:
-    """Remove every trace of testbed `name` (also after a crash); returns what was removed."""
+    """Remove every trace of testbed `name` (also after a crash); returns what was removed.
+
+    Raises:
+        ConfigError: a bad name (checked before anything is looked at), or not root.
+    """
+    check_name(name)
     return _down(name, state_dir)
 
 

@@ -2,19 +2,59 @@
 
 from __future__ import annotations
 
-from rich.console import Console
+import os
+from typing import Protocol
+
+from rich.console import Console, ConsoleDimensions
 from rich.table import Table
 
 from edgesplit.core.plan import Plan
 from edgesplit.errors import ConfigError
 
-__all__ = ["console", "parse_stages", "plan_table"]
+__all__ = ["PIPE_WIDTH", "SolveReport", "console", "parse_stages", "plan_table"]
 
-console = Console()
+PIPE_WIDTH = 120  # columns when stdout is not a terminal and $COLUMNS is not set
 
 
-def plan_table(plan: Plan, title: str | None = None) -> Table:
-    """Stage-by-device table with the cost model's predictions."""
+class _Console(Console):
+    """A rich Console that does not squeeze tables to 80 columns in a pipe, `tee` or a CI log.
+
+    Rich falls back to 80 columns when no terminal size is found, cutting device names and
+    dtypes to `phon…`; off a terminal this takes at least `PIPE_WIDTH`. $COLUMNS, when set,
+    wins (as in rich), and a terminal keeps its own width.
+    """
+
+    @property
+    def size(self) -> ConsoleDimensions:
+        size = super().size
+        chosen = self._width is not None or os.environ.get("COLUMNS", "").isdigit()
+        if chosen or self.is_terminal:
+            return size
+        return ConsoleDimensions(max(PIPE_WIDTH, size.width), size.height)
+
+    @size.setter
+    def size(self, new_size: tuple[int, int]) -> None:
+        Console.size.fset(self, new_size)  # type: ignore[attr-defined]
+
+
+console: Console = _Console()
+
+
+class SolveReport(Protocol):
+    """What a planner reports during a long search (the planners' SolveProgress)."""
+
+    @property
+    def elapsed_s(self) -> float: ...
+    @property
+    def best(self) -> float: ...
+    @property
+    def bound(self) -> float: ...
+
+
+def plan_table(plan: Plan, title: str | None = None, caption: str | None = None) -> Table:
+    """Stage-by-device table with the cost model's predictions (`caption`: instead of the
+    pipeline figures, e.g. a generation plan's own)."""
+    override = caption
     predicted = plan.predicted
     optimality = "optimal" if predicted.optimal else "heuristic"
     if predicted.gap is not None and not predicted.optimal:
@@ -38,7 +78,7 @@ def plan_table(plan: Plan, title: str | None = None) -> Table:
             f"{plan.model} (batch {plan.batch_size}) — planner '{plan.planner.name}' "
             f"({optimality}), objective {plan.objective}"
         ),
-        caption=caption,
+        caption=caption if override is None else override,
     )
     columns = ["stage", "device", "units", "#"]
     columns += ["dtype", "link out"] if precision else []

@@ -7,15 +7,18 @@ Heavy modules (torch, transformers) load inside the commands.
 
 from __future__ import annotations
 
+import math
+import time
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from edgesplit import api
 from edgesplit.api import generation as gen
-from edgesplit.cli.common import console, parse_stages, plan_table
+from edgesplit.cli.common import SolveReport, console, parse_stages, plan_table
 from edgesplit.cli.groups import DefaultCommandGroup
 from edgesplit.cli.serve import serve_command
 from edgesplit.cli.stream import TokenStream
@@ -63,6 +66,86 @@ def _generation_title(result: gen.GenerationPlan) -> str:
     return (
         f"{plan.model}: {g.num_sequences} sequence(s) at once, objective {g.objective} — "
         f"planner '{plan.planner.name}' ({'optimal' if g.optimal else 'heuristic'})"
+    )
+
+
+def _batch_table(profile: gen.GenerationProfile, kind: str) -> Table:
+    """Whole-model decode step time vs sequences batched into it (what `generate profile`
+    measured; the planner's batch dimension), as `profile` prints its unit table."""
+    one_row, _, points = profile.stage_times(kind, 0, profile.decode.num_units)
+    table = Table(
+        title=f"{profile.model} decode on {kind} (KV cache {profile.cache_length} tokens)",
+        caption=None if points else "batch sizes not measured (--batch-sizes '')",
+    )
+    for column in ("batch", "step ms", "ms/token", "tokens/s", "x batch 1"):
+        table.add_column(column, justify="right")
+    for batch, ratio in [(1, 1.0), *points]:
+        step = one_row * ratio
+        table.add_row(
+            str(batch),
+            f"{step * 1e3:.1f}",
+            f"{step / batch * 1e3:.1f}",
+            f"{batch / step:.1f}" if step > 0 else "-",
+            f"{batch / ratio:.2f}" if ratio > 0 else "-",
+        )
+    return table
+
+
+class _SolveProgress:
+    """`plan_generation`'s progress: a "solving" line once a solve may take long (announced
+    before several solves, or at the first report of one that passed a second), then the best
+    plan so far every few seconds. Values are seconds per token (1 / tokens_per_s for the
+    tokens_per_s objective, one sequence's time per token for time_per_token)."""
+
+    EVERY_S = 5.0
+
+    def __init__(self, objective: str) -> None:
+        self.objective = objective
+        self.began = time.perf_counter()
+        self.announced = False
+        self.last = 0.0
+        self.best = math.inf
+
+    def announce(self, what: str = "") -> None:
+        if not self.announced:
+            detail = f", {what}" if what else ""
+            console.print(
+                f"[dim]solving (MILP{detail}; up to ~30 s, --time-limit caps each solve) …[/]"
+            )
+            self.announced = True
+
+    def __call__(self, report: SolveReport) -> None:
+        self.announce()
+        self.best = min(self.best, report.best)
+        now = time.perf_counter() - self.began
+        if now - self.last < self.EVERY_S or not math.isfinite(self.best):
+            return
+        self.last = now
+        if self.objective == "tokens_per_s":
+            figure = f"{1 / self.best:.2f} tokens/s" if self.best > 0 else "-"
+        else:
+            figure = f"{self.best * 1e3:.1f} ms/token"
+        console.print(f"[dim]{now:6.1f} s  best so far {figure}[/]")
+
+
+def _optimality(result: gen.GenerationPlan) -> str:
+    gap = result.plan.predicted.gap
+    if result.generation.optimal:
+        return "optimal"
+    return "best found" + ("" if gap is None else f", certified gap to the lower bound {gap:.1%}")
+
+
+def _headline(result: gen.GenerationPlan) -> str:
+    """What each sequence gets at the planned concurrency (with the one-sequence figure in
+    brackets: that is the round trip alone, not what S sequences see), then the total."""
+    g = result.generation
+    alone = g.time_per_token_s * 1e3
+    if g.num_sequences == 1:
+        return f"{alone:.1f} ms/token · {g.tokens_per_s:.2f} tokens/s (one sequence)"
+    each = (g.concurrent_time_per_token_s or g.num_sequences / g.tokens_per_s) * 1e3
+    return (
+        f"each sequence {each:.1f} ms/token ({alone:.1f} ms alone) · {g.tokens_per_s:.2f} "
+        f"tokens/s over {g.num_sequences} sequences"
     )
 
 
@@ -208,7 +291,8 @@ def register(app: typer.Typer) -> None:
             str,
             typer.Option(
                 help="Kind the times are filed under: a cluster.toml device kind, or the "
-                "`relative_to` of its [[kinds]]."
+                # escaped: help text is rich markup, which would eat "[kinds]" as a tag
+                f"`relative_to` of its {escape('[[kinds]]')} entries."
             ),
         ] = "host",
         prompt_length: Annotated[
@@ -225,8 +309,12 @@ def register(app: typer.Typer) -> None:
             typer.Option(help="Decode batch sizes to time (comma-separated; '' = none)."),
         ] = "2,4,8,16",
     ) -> None:
-        """Measure decode and prefill unit times here (a generation profile), and decode step
-        time vs batch size (the planner's batch dimension).
+        """Measure decode/prefill unit times here and decode step time vs batch size.
+
+        The file is a generation profile: each unit's decode (one token, KV cache of
+        --cache-length) and prefill (--prompt-length tokens) time, and how a decode step's time
+        grows with the sequences batched into it (the planner's batch dimension). Prints the
+        decode time vs batch size table.
 
         Example (a preset; any checkpoint directory works the same):
           edgesplit generate profile --model llama-tiny -o gen.json
@@ -247,8 +335,14 @@ def register(app: typer.Typer) -> None:
             batch_sizes=sizes,
         )
         write_json_file(profile, output)
-        total = sum(profile.decode.times_for(device_kind))
-        console.print(f"{model}: decode {total * 1e3:.1f} ms/token here -> {output}")
+        console.print(_batch_table(profile, device_kind))
+        prefill_s = sum(profile.prefill.times_for(device_kind))
+        kv_kb = sum(profile.kv_bytes_per_token) / 1e3
+        console.print(
+            f"prefill of {profile.prompt_length} tokens {prefill_s * 1e3:.1f} ms · KV cache "
+            f"{kv_kb:.1f} kB per token per sequence"
+        )
+        console.print(f"generation profile written to [bold]{output}[/]")
 
     @group.command("plan")
     @app.command("generate-plan", hidden=True)  # the old spelling, kept for one release
@@ -279,6 +373,14 @@ def register(app: typer.Typer) -> None:
         max_devices: Annotated[
             int | None, typer.Option(min=1, help="Use at most this many devices (default: any).")
         ] = None,
+        time_limit: Annotated[
+            float | None,
+            typer.Option(
+                "--time-limit",
+                help="Seconds to search at most, per exact solve; the best plan found is kept "
+                "with its certified gap to a lower bound (default: until optimal).",
+            ),
+        ] = None,
     ) -> None:
         """Plan a generation pipeline (KV cache counted for max_context x sequences).
 
@@ -291,10 +393,15 @@ def register(app: typer.Typer) -> None:
             raise ConfigError(
                 f"--objective must be tokens_per_s or time_per_token, not {objective}"
             )
+        if time_limit is not None and time_limit <= 0:
+            raise ConfigError(f"--time-limit must be positive seconds, not {time_limit:g}")
         loaded_cluster = load_cluster(cluster)
         loaded = gen.prepare_generation_profile(
             read_json_file(gen.GenerationProfile, profile), loaded_cluster
         )
+        progress = _SolveProgress(objective)
+        if objective == "tokens_per_s" and num_sequences > 1 and loaded.decode_batch:
+            progress.announce("one exact solve per micro-batch size")  # several: can take long
         result = gen.plan_generation(
             loaded,
             loaded_cluster,
@@ -302,17 +409,27 @@ def register(app: typer.Typer) -> None:
             num_sequences=num_sequences,
             max_context=max_context,
             max_devices=max_devices,
+            time_limit_s=time_limit,
+            progress=progress,
         )
         write_json_file(result, output)
         g = result.generation
-        console.print(plan_table(result.plan, title=_generation_title(result)))
         console.print(
-            f"time per token {g.time_per_token_s * 1e3:.2f} ms · {g.tokens_per_s:.2f} tokens/s "
-            f"with {g.num_sequences} sequence(s) in {g.micro_batches} micro-batch(es) of "
-            f"{g.batch_rows} (batch scaling: {g.batch_scaling}) · "
-            f"bottleneck {g.bottleneck_s * 1e3:.2f} ms · "
-            f"{'optimal' if g.optimal else 'heuristic'} -> {output}"
+            plan_table(
+                result.plan,
+                title=_generation_title(result),
+                caption=f"bottleneck {g.bottleneck_s * 1e3:.2f} ms per decode step of "
+                f"{g.batch_rows} row(s) · prefill "
+                f"{g.prefill_s:.3f} s · planned in {result.plan.planner.elapsed_s:.1f} s",
+            )
         )
+        console.print(_headline(result))
+        console.print(
+            f"{g.num_sequences} sequence(s) in {g.micro_batches} micro-batch(es) of "
+            f"{g.batch_rows} (batch scaling: {g.batch_scaling}) · "
+            f"{_optimality(result)}"
+        )
+        console.print(f"generation plan written to [bold]{output}[/]")
 
     # `generate serve` and the old `generate-serve` are the one `edgesplit serve` command.
     group.command("serve")(serve_command)

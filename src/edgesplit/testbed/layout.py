@@ -21,6 +21,7 @@ __all__ = [
     "LinkClass",
     "NodeLayout",
     "TestbedLayout",
+    "check_name",
     "default_subnet",
     "plan_layout",
 ]
@@ -77,6 +78,11 @@ class TestbedLayout:
     def namespace_prefix(self) -> str:
         return f"es-{self.name}-"
 
+    @property
+    def ray_temp_dir(self) -> str:
+        """Ray's session directory of the testbed's nodes (`down` removes it)."""
+        return f"/tmp/es-{self.name}"
+
     def node(self, device: str) -> NodeLayout:
         for node in self.nodes:
             if node.device == device:
@@ -87,6 +93,15 @@ class TestbedLayout:
 
     def classes_from(self, src: str) -> tuple[LinkClass, ...]:
         return tuple(c for c in self.classes if c.src == src)
+
+
+def check_name(name: str) -> None:
+    """Raise ConfigError unless `name` is a testbed name (1-5 lower-case letters or digits)."""
+    if not _NAME.match(name):
+        raise ConfigError(
+            f"testbed name {name!r} must be 1-5 lower-case letters or digits (it prefixes "
+            "interface names, which Linux caps at 15 characters)"
+        )
 
 
 def default_subnet(name: str) -> str:
@@ -107,11 +122,7 @@ def plan_layout(cluster: Cluster, name: str = "tb", subnet: str | None = None) -
     Raises:
         ConfigError: a bad name or subnet, or more devices than the subnet holds.
     """
-    if not _NAME.match(name):
-        raise ConfigError(
-            f"testbed name {name!r} must be 1-5 lower-case letters or digits (it prefixes "
-            "interface names, which Linux caps at 15 characters)"
-        )
+    check_name(name)
     try:
         network = ipaddress.ip_network(subnet or default_subnet(name))
     except ValueError as e:

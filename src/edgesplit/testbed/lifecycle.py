@@ -166,7 +166,7 @@ def _state(
         bridge=layout.bridge,
         head_ip=layout.head_ip,
         port=port,
-        temp_dir=f"/tmp/es-{layout.name}",
+        temp_dir=layout.ray_temp_dir,
         token_path=str(token_file),
         latency_mode="runtime-sender-delay",
         devices=tuple(
