@@ -66,6 +66,7 @@ __all__ = [
 ]
 
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+_GRACEFUL_SHUTDOWN_S = 3.0
 
 
 @dataclass(frozen=True)
@@ -141,6 +142,9 @@ def open_app(
     )
     if options.dtype is not None:
         plan = with_stage_dtype(plan, options.dtype, profile, cluster)
+    from edgesplit.runtime.config import check_run_devices
+
+    check_run_devices([s.device for s in plan.stages], options.standby_devices, options.faults)
     batch_engine = PipelineBatchEngine(
         plan,
         cluster,
@@ -170,11 +174,13 @@ def _decoder(
     options: ServeOptions,
 ) -> Iterator[tuple[TextCodec, PipelineDecodeEngine]]:
     from edgesplit.models import model_spec_from_name, unit_names
-    from edgesplit.runtime.config import RuntimeConfig
+    from edgesplit.runtime.config import RuntimeConfig, check_run_devices
     from edgesplit.runtime.generation import GenerationConfig, GenerationPipeline
 
-    spec = model_spec_from_name(model)
     chosen = list(stages) if stages is not None else decode_stages(model, devices)
+    # A drill on a device that runs nothing would never fire: refused before anything loads.
+    check_run_devices([d for d, _, _ in chosen], options.standby_devices, options.faults)
+    spec = model_spec_from_name(model)
     codec = text_codec(model)
     runtime = RuntimeConfig(compute="real", standby_devices=options.standby_devices)
     pipeline = GenerationPipeline(
@@ -230,7 +236,16 @@ def serve(
             profile=profile,
             options=options,
         ) as app:
-            server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, log_level="warning"))
+            config = uvicorn.Config(
+                app,
+                host=host,
+                port=port,
+                log_level="warning",
+                # Ctrl-C ends open streams after this long (they are aborted: their sequences'
+                # caches freed), instead of waiting for thousands of tokens.
+                timeout_graceful_shutdown=_GRACEFUL_SHUTDOWN_S,
+            )
+            server = uvicorn.Server(config)
             if on_ready is not None:
                 bound = sock.getsockname()[1]
                 on_ready(f"http://{f'[{host}]' if ':' in host else host}:{bound}")
