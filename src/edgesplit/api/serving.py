@@ -66,7 +66,7 @@ __all__ = [
 ]
 
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-_GRACEFUL_SHUTDOWN_S = 3.0
+_GRACEFUL_SHUTDOWN_S = 3  # seconds (uvicorn takes an int)
 
 
 @dataclass(frozen=True)
