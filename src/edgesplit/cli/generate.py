@@ -69,6 +69,12 @@ def _generation_title(result: gen.GenerationPlan) -> str:
     )
 
 
+def _ms(seconds: float) -> str:
+    """Milliseconds with 3 significant figures or more (a tiny model's 0.14 ms is not 0.1)."""
+    ms = seconds * 1e3
+    return f"{ms:.1f}" if ms >= 10 else f"{ms:.2f}" if ms >= 1 else f"{ms:.3f}"
+
+
 def _batch_table(profile: gen.GenerationProfile, kind: str) -> Table:
     """Whole-model decode step time vs sequences batched into it (what `generate profile`
     measured; the planner's batch dimension), as `profile` prints its unit table."""
@@ -83,8 +89,8 @@ def _batch_table(profile: gen.GenerationProfile, kind: str) -> Table:
         step = one_row * ratio
         table.add_row(
             str(batch),
-            f"{step * 1e3:.1f}",
-            f"{step / batch * 1e3:.1f}",
+            _ms(step),
+            _ms(step / batch),
             f"{batch / step:.1f}" if step > 0 else "-",
             f"{batch / ratio:.2f}" if ratio > 0 else "-",
         )

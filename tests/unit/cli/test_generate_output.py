@@ -177,3 +177,9 @@ def test_plan_time_limit_reaches_the_planner(plan_files: list[str], tmp_path: Pa
     zero = runner.invoke(app, [*argv[:-3], "--time-limit", "0", "-o", str(out)])
     assert isinstance(zero.exception, ConfigError), zero.output
     assert "--time-limit must be positive" in str(zero.exception)
+
+
+def test_small_times_keep_their_digits() -> None:
+    from edgesplit.cli.generate import _ms
+
+    assert [_ms(s) for s in (0.0801, 0.0013, 0.000137)] == ["80.1", "1.30", "0.137"]
