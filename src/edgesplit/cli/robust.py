@@ -304,8 +304,9 @@ def run_command(
     seed: Annotated[int, typer.Option(help=SEED_HELP)] = 0,
     report: Annotated[Path | None, typer.Option(help="Write the run report JSON here.")] = None,
 ) -> None:
-    """Run a width plan on shard stages (Ray actors) like a pipeline plan: emulated or real,
-    links shaped from cluster.toml, faults injected; failures, failovers and latency.
+    """Run a width plan on shard stages like a pipeline plan: failures, failovers, latency.
+
+    Emulated or real compute, links shaped from cluster.toml, faults injected.
 
     Example (a plan over a described cluster; pi1 killed 1 s in):
       edgesplit robust plan -m vit-digits -c examples/cluster.toml -o wplan.json
