@@ -182,10 +182,15 @@ def choose_trial(
     if device is not None and front and device not in on_front:
         close = difflib.get_close_matches(device, on_front, n=1)
         hint = f"did you mean '{close[0]}'? " if close else ""
+        search = (
+            ""  # a typo: the did-you-mean is the advice
+            if close
+            else f"; to refine for {device}, search it first: `edgesplit cosearch search "
+            f"--device {device}` (then refine with the same -o/-s file)"
+        )
         raise ConfigError(
-            f"no front member on device '{device}'; {hint}the front has {', '.join(on_front)}; "
-            f"to refine for {device}, search it first: `edgesplit cosearch search --device "
-            f"{device}` (then refine with the same -o/-s file)"
+            f"no front member on device '{device}'; {hint}the front has {', '.join(on_front)}"
+            + search
         )
     front = [t for t in front if device is None or t.device == device]
     if not front:

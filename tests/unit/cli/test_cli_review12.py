@@ -78,6 +78,10 @@ def test_refine_on_a_device_not_on_the_front_suggests_searching_it() -> None:
         choose_trial([_trial("a100-gpu")], device="rpi-cpu")
     assert "the front has a100-gpu" in str(raised.value)
     assert "`edgesplit cosearch search --device rpi-cpu`" in str(raised.value)
+    with pytest.raises(ConfigError) as typo:  # a typo gets the did-you-mean, not a search
+        choose_trial([_trial("a100-gpu")], device="a100-gpuu")
+    assert "did you mean 'a100-gpu'?" in str(typo.value)
+    assert "cosearch search" not in str(typo.value)
 
 
 def test_config_label_shows_pruned_heads_and_ffn_when_the_layers_agree() -> None:
