@@ -42,12 +42,7 @@ def _stages_and_model(
     if plan is not None:
         loaded = gen.load_generation_plan(plan)
         name = model or loaded.model
-        units = gen.num_units(name)
-        if loaded.stages[-1].end != units:
-            raise ConfigError(
-                f"{plan} is a plan for {loaded.model} ({loaded.stages[-1].end} units) but "
-                f"{name} has {units}; re-plan for this model or drop --model"
-            )
+        gen.check_plan_model(loaded, name, str(plan))
         return name, gen.stages_of(loaded), gen.micro_batches_of(loaded)
     if model is None:
         raise ConfigError("give --plan, or --model with --stages or --devices")
