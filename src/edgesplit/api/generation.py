@@ -13,6 +13,7 @@ Example:
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,6 +56,8 @@ __all__ = [
     "tokenizer_for",
 ]
 
+
+logger = logging.getLogger(__name__)
 
 DECODER_FAMILIES = ("gpt2", "llama")  # what generation (and text serving) can decode
 
@@ -104,6 +107,13 @@ def tokenizer_for(model: str) -> Tokenizer:
         )
     if vocab < 256:
         raise ConfigError(f"model '{model}' has {vocab} tokens and no tokenizer; pass token ids")
+    if vocab > 256:
+        logger.warning(
+            "%s: random weights and no tokenizer (a preset, not a checkpoint): text in and out "
+            "is bytes and the output is noise; give a checkpoint directory (`make models` "
+            "builds checkpoints/smollm2-135m)",
+            model,
+        )
     return Tokenizer(encode=encode_bytes, decode=decode_bytes, eos_token_id=None, vocab_size=vocab)
 
 

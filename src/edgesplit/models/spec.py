@@ -196,7 +196,11 @@ def default_seq_len(spec: ModelSpec) -> int:
 
 
 def model_spec_from_name(name: str, seed: int = 0) -> ModelSpec:
-    """A preset name ("vit-base") or a checkpoint directory written by `save_checkpoint`."""
+    """A preset name ("vit-base") or a checkpoint directory written by `save_checkpoint`.
+
+    Presets have random weights (what profiling needs), except `smollm2-135m`: when its
+    converted checkpoint exists (`make models`), the name means those weights and tokenizer.
+    """
     path = Path(name)
     if path.is_dir():
         return _checkpoint_spec(path)
@@ -214,6 +218,12 @@ def model_spec_from_name(name: str, seed: int = 0) -> ModelSpec:
             f"unknown model '{name}'; {hint}use a preset ({', '.join(sorted(PRESETS))}) or a "
             "local checkpoint directory"
         )
+    if name == "smollm2-135m":  # the real model's weights once `make models` built them
+        from edgesplit.models.smollm2 import find_smollm2_checkpoint
+
+        built = find_smollm2_checkpoint()
+        if built is not None:
+            return _checkpoint_spec(built)
     return ModelSpec(family=PRESETS[name][0], preset=name, seed=seed)
 
 
