@@ -279,7 +279,7 @@ def _routes(app: FastAPI, server: _Server) -> None:
         if codec.chat_template is None:
             raise ApiError(400, f"model '{codec.name}' has no chat template; use /v1/completions")
         messages: list[ChatMessageDict] = [
-            {"role": m.role, "content": m.content} for m in body.messages
+            {"role": m.role, "content": m.text()} for m in body.messages
         ]
         ids = await server.off_loop(codec.chat_template, messages)
         return await _complete(server, body, ids, request, chat=True)

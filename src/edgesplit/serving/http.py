@@ -78,6 +78,7 @@ _FORMS = {
     "prompt": "a string or a list of token ids, one prompt per request",
     "input": "a string, a list of strings, a list of token ids or a list of such lists",
     "stop": "a string or a list of up to 4 strings",
+    "content": 'a string or a list of text parts ({"type": "text", "text": ...})',
 }
 
 
