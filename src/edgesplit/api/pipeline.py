@@ -15,6 +15,8 @@ Example:
 
 from __future__ import annotations
 
+import functools
+import logging
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 
@@ -56,6 +58,8 @@ __all__ = [
     "save",
     "simulate",
 ]
+
+logger = logging.getLogger(__name__)
 
 
 def load_profile(path: Path | str) -> ModelProfile:
@@ -116,10 +120,15 @@ def profile(
 def prepare_profile(profile: ModelProfile, cluster: Cluster) -> ModelProfile:
     """Add the cluster's derived kinds ([[kinds]] in cluster.toml) to the profile.
 
+    A note about how `relative_to = "host"` was bound (`Cluster.check_kinds`) is logged once
+    per process as a warning (the command line shows it).
+
     Raises:
-        ProfileMissingError: a device's kind has no times (named by its cluster.toml entry).
+        ProfileMissingError: a device's kind has no times (named by its cluster.toml entry),
+            or a [[kinds]] entry would replace a measured kind.
     """
-    cluster.check_kinds(profile.device_kinds, profile.model)
+    for note in cluster.check_kinds(profile.device_kinds, profile.model):
+        _note_once(note)
     measured = profile.device_kinds  # "host" means the kind measured here, not a derived one
     for kind in cluster.kinds:
         relative_to = kind.relative_to
@@ -127,6 +136,13 @@ def prepare_profile(profile: ModelProfile, cluster: Cluster) -> ModelProfile:
             relative_to = measured[0]
         profile = profile.with_derived_kind(kind.name, relative_to, kind.slowdown)
     return profile
+
+
+@functools.cache
+def _note_once(note: str) -> None:
+    # Once per process: a generation profile prepares its decode and prefill parts, `run
+    # --dtype` prepares again to re-predict; the user needs to read it once.
+    logger.warning("%s", note)
 
 
 def plan(

@@ -141,20 +141,36 @@ class Cluster(FrozenModel):
             raise ValueError("\n".join(problems))
         return self
 
-    def check_kinds(self, profile_kinds: Sequence[str], model: str) -> None:
+    def check_kinds(self, profile_kinds: Sequence[str], model: str) -> tuple[str, ...]:
         """Check that every device kind has times once the [[kinds]] table is derived from a
         profile of `model` measured on `profile_kinds`, the way `api.prepare_profile` derives
         it (`relative_to = "host"`: the profile's only kind, unless one is named "host").
 
         Raises ProfileMissingError naming each [[kinds]] or [[devices]] entry at fault, with
         the nearest known kind; call it before deriving, so no derived kind is taken for measured.
+        A [[kinds]] entry named like a measured kind is refused: deriving it would replace the
+        measurement (a board's profile with examples/cluster.toml: rpi4 = "host" x 6 = 6 x rpi4).
+
+        Returns notes for the user (the caller shows them): `relative_to = "host"` bound to a
+        measured kind that is not this host's (neither "host" nor "host-<cpu>-<n>c", the names
+        `edgesplit profile` gives a host without --device-kind), e.g. a profile made on a board.
         """
         measured = list(profile_kinds)
         known = list(measured)
         ambiguous: list[int] = []
         problems: list[str] = []
+        host_kind = measured[0] if len(measured) == 1 and "host" not in measured else None
         for i, kind in enumerate(self.kinds):
             rel = kind.relative_to
+            if kind.name in measured:
+                source = f"{rel} x {kind.slowdown:g}"
+                if rel == "host" and host_kind is not None:
+                    source += f", where host = the profile's kind '{host_kind}'"
+                problems.append(
+                    f"kind '{kind.name}' ({_ordinal(i)} [[kinds]]) is measured in profile "
+                    f"'{model}' and derived in [[kinds]] ({source}); remove the [[kinds]] entry "
+                    "to use the measurement, or give the derived kind another name"
+                )
             if rel == "host" and len(measured) != 1 and "host" not in known:
                 ambiguous.append(i)
             elif rel != "host" and rel not in known:
@@ -197,6 +213,13 @@ class Cluster(FrozenModel):
             raise ProfileMissingError(
                 format_problems(f"cluster kinds vs profile '{model}'", problems)
             )
+        bound = [k.name for k in self.kinds if k.relative_to == "host"]
+        if host_kind is None or not bound or host_kind.startswith("host-"):
+            return ()
+        return (
+            f"relative_to 'host' = the profile's kind '{host_kind}' (profile '{model}'): "
+            f"[[kinds]] {_quoted(bound)} are the {host_kind} times x their slowdown",
+        )
 
     @cached_property
     def device_names(self) -> tuple[str, ...]:
