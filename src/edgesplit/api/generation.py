@@ -49,6 +49,7 @@ __all__ = [
     "load_generation_plan",
     "measure_generation_profile",
     "micro_batches_of",
+    "num_sequences_of",
     "num_units",
     "plan_generation",
     "prepare_generation_profile",
@@ -191,6 +192,12 @@ def prepare_generation_profile(profile: GenerationProfile, cluster: Cluster) -> 
 def micro_batches_of(plan: Plan) -> int:
     """The decode micro-batch count a generation plan was planned for (0: one per stage)."""
     return int(plan.planner.options.get("micro_batches", 0))
+
+
+def num_sequences_of(plan: Plan) -> int | None:
+    """The sequences a generation plan was planned to decode at once (None: a plain plan)."""
+    value = plan.planner.options.get("num_sequences")
+    return int(value) if isinstance(value, int | float) and value >= 1 else None
 
 
 def stages_of(plan: Plan) -> list[tuple[str, int, int]]:

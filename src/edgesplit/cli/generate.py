@@ -55,6 +55,17 @@ def _stages_and_model(
     return model, gen.decode_stages(model, names), 0
 
 
+def _max_concurrent(given: int | None, plan: Path | None) -> tuple[int, str]:
+    """(sequences decoding at once, where that number comes from): --max-concurrent, else the
+    generation plan's `num_sequences` (what it was planned for), else 4."""
+    if given is not None:
+        return given, "--max-concurrent"
+    planned = None if plan is None else gen.num_sequences_of(gen.load_generation_plan(plan))
+    if planned is not None:
+        return planned, "the plan's"
+    return 4, "default"
+
+
 def _generation_title(result: gen.GenerationPlan) -> str:
     """The plan table's title in generation terms: what was asked (sequences, objective)."""
     g, plan = result.generation, result.plan
@@ -196,8 +207,13 @@ def register(app: typer.Typer) -> None:
         ] = 0,
         seed: Annotated[int, typer.Option(help="Sampling seed (same seed, same tokens).")] = 0,
         max_concurrent: Annotated[
-            int, typer.Option(min=1, help="Sequences decoding at once (batched per step).")
-        ] = 4,
+            int | None,
+            typer.Option(
+                min=1,
+                help="Sequences decoding at once (batched per step; default: the --plan's "
+                "sequences when it is a generation plan, else 4).",
+            ),
+        ] = None,
         standby: Annotated[list[str] | None, typer.Option(help="Standby device.")] = None,
         fault: Annotated[list[str] | None, typer.Option(help=FAULT_HELP)] = None,
         kill: Annotated[
@@ -217,6 +233,7 @@ def register(app: typer.Typer) -> None:
         Exit code 4 if a sequence failed.
         """
         model_name, placed, micro_batches = _stages_and_model(plan, model, stages, devices)
+        concurrent, concurrent_from = _max_concurrent(max_concurrent, plan)
         faults = [api.parse_fault(f) for f in fault or []] + [api.parse_kill(k) for k in kill or []]
         loaded_cluster: Cluster | None = load_cluster(cluster) if cluster else None
         tokenizer = gen.tokenizer_for(model_name)
@@ -245,7 +262,7 @@ def register(app: typer.Typer) -> None:
                 temperature=temperature,
                 top_k=top_k,
                 seed=seed,
-                max_concurrent=max_concurrent,
+                max_concurrent=concurrent,
                 micro_batches=micro_batches,
                 standby_devices=standby or [],
                 on_token=on_token,
@@ -261,6 +278,7 @@ def register(app: typer.Typer) -> None:
         table.add_column("figure")
         table.add_column("value", justify="right")
         table.add_row("new tokens", str(result.new_tokens))
+        table.add_row("sequences at once (at most)", f"{concurrent} ({concurrent_from})")
         table.add_row("tokens/s (all sequences)", f"{result.tokens_per_s:.2f}")
         table.add_row("time per token (per sequence)", f"{result.time_per_token_s * 1e3:.1f} ms")
         for failure in result.failures:
