@@ -51,6 +51,7 @@ __all__ = [
     "TestbedPreview",
     "TestbedState",
     "TestbedStatus",
+    "check_survey",
     "describe_testbed",
     "planning_cluster",
     "preview_testbed",
@@ -200,6 +201,37 @@ def survey_options(
     )
 
 
+def _token_auth(token_file: Path | None) -> None:
+    # Ray reads its auth mode once, when first imported: set it before.
+    if "ray" in sys.modules and os.environ.get("RAY_AUTH_MODE") != "token":
+        raise ConfigError(
+            "Ray was imported before token auth was set; run with RAY_AUTH_MODE=token in the "
+            "environment (`export RAY_AUTH_MODE=token`, as `edgesplit testbed up` prints)"
+        )
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    if token_file is not None:
+        os.environ["RAY_AUTH_TOKEN_PATH"] = str(token_file)
+
+
+def check_survey(address: str, model: str, token_file: Path | None = None) -> None:
+    """The checks a survey's inputs fail in seconds, for a caller to run before it shows any
+    progress: `model` names a preset or checkpoint, `address` is HEAD_IP:PORT and something
+    listens there.
+
+    Raises:
+        ConfigError: an unknown model (with the nearest name) or a malformed address.
+        DeviceUnavailableError: nothing listens at `address`.
+    """
+    from edgesplit.models import model_spec_from_name
+
+    model_spec_from_name(model)
+    _token_auth(token_file)
+    # The same check `join_cluster` makes before Ray's minutes-long retry loop.
+    from edgesplit.runtime.cluster import _check_reachable
+
+    _check_reachable(address)
+
+
 def survey_cluster(
     address: str,
     model: str,
@@ -221,15 +253,7 @@ def survey_cluster(
         ConfigError: an unknown model or source device.
         DeviceUnavailableError: no device nodes, or a probe failed or timed out.
     """
-    # Ray reads its auth mode once, when first imported: set it before.
-    if "ray" in sys.modules and os.environ.get("RAY_AUTH_MODE") != "token":
-        raise ConfigError(
-            "Ray was imported before token auth was set; run with RAY_AUTH_MODE=token in the "
-            "environment (`export RAY_AUTH_MODE=token`, as `edgesplit testbed up` prints)"
-        )
-    os.environ.setdefault("RAY_AUTH_MODE", "token")
-    if token_file is not None:
-        os.environ["RAY_AUTH_TOKEN_PATH"] = str(token_file)
+    _token_auth(token_file)
     from edgesplit.models import model_spec_from_name
     from edgesplit.testbed.survey import survey, write_survey
 

@@ -164,21 +164,31 @@ def register(app: typer.Typer) -> None:
         from edgesplit.api import testbed as api_testbed
 
         token = token_file or api_testbed.token_file_for(address)
+        # Errors first: a misspelt model or a dead address before any bar is drawn.
+        api_testbed.check_survey(address, model, token_file=token)
         with Progress(
             TextColumn("[bold]{task.description}"),
             BarColumn(),
-            TextColumn("{task.completed}/{task.total}"),
+            TextColumn("{task.fields[count]}"),
             TextColumn("{task.fields[detail]}"),
             TimeElapsedColumn(),
             console=console,
         ) as bar:
             tasks = {
-                "profile": bar.add_task("profiling units", total=None, detail="starting…"),
-                "links": bar.add_task("measuring links", total=None, detail=""),
+                "profile": bar.add_task(
+                    "profiling units", total=None, count="", detail="starting…"
+                ),
+                "links": bar.add_task("measuring links", total=None, count="", detail=""),
             }
 
             def progress(phase: str, done: int, total: int, detail: str) -> None:
-                bar.update(tasks[phase], completed=done, total=total, detail=detail)
+                bar.update(
+                    tasks[phase],
+                    completed=done,
+                    total=total,
+                    count=f"{done}/{total}",
+                    detail=detail,
+                )
 
             result, cluster_path, profile_path = api_testbed.survey_cluster(
                 address,
