@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from edgesplit.api import testbed as api_testbed
@@ -63,9 +64,10 @@ def _print_preview(preview: api_testbed.TestbedPreview) -> None:
         f"  quotas per {period_ms:g} ms CFS period, set once every node has joined (cfs_quota_us)"
     )
     table = Table(title=f"{len(layout.nodes)} device node(s), one Ray node each")
-    columns = ("device", "namespace", "veth", "ip", "cgroup", "cpu quota", "mem MB")
+    columns = ("device", "namespace", "veth", "ip", "cgroup", "cpu quota", "memory MB declared")
     for column in columns:
-        table.add_column(column, justify="right" if column in ("cpu quota", "mem MB") else "left")
+        numeric = column in ("cpu quota", "memory MB declared")
+        table.add_column(column, justify="right" if numeric else "left")
     for node in layout.nodes:
         quota = "none"
         if node.cpu_quota is not None:
@@ -80,6 +82,24 @@ def _print_preview(preview: api_testbed.TestbedPreview) -> None:
             f"{node.memory_mb:g}",
         )
     console.print(table)
+    unlimited = [n.device for n in layout.nodes if n.cpu_quota is None]
+    if len(unlimited) == len(layout.nodes):
+        console.print(
+            "[yellow]  no device sets cpu_quota: every node runs at this host's full speed, so "
+            f"the nodes are not heterogeneous (kinds and {escape('[[kinds]]')} slowdowns are not "
+            "emulated; set cpu_quota per device, as examples/testbed.toml does)[/]",
+            highlight=False,
+        )
+    elif unlimited:
+        console.print(
+            f"  no cpu_quota on {', '.join(unlimited)}: they run at this host's full speed",
+            highlight=False,
+        )
+    console.print(
+        "  memory is not enforced (no memory cgroup): each node declares its memory_mb "
+        "(EDGESPLIT_DEVICE_MEMORY_MB) so `cluster survey` records it and plans fit within it",
+        highlight=False,
+    )
     links = Table(title=f"{len(layout.classes)} shaped direction(s) (htb on each sender)")
     for column in ("from", "to", "to ip", "Mbit/s", "latency ms (runtime)"):
         links.add_column(column, justify="left" if column in ("from", "to", "to ip") else "right")
@@ -120,7 +140,11 @@ def register(app: typer.Typer) -> None:
         cluster: Annotated[Path, typer.Argument(help="cluster.toml (devices may set cpu_quota).")],
         name: NameOpt = "tb",
         subnet: Annotated[
-            str | None, typer.Option(help="Private /24 for the testbed (default: from the name).")
+            str | None,
+            typer.Option(
+                help="Private IPv4 /24 (or smaller) for the testbed, e.g. 10.213.40.0/24 "
+                "(default: a /24 under 10.213.0.0/16 picked from the name).",
+            ),
         ] = None,
         timeout: Annotated[float, typer.Option(help="Seconds for the nodes to join.")] = 300.0,
         cpu_shares: Annotated[

@@ -120,7 +120,8 @@ def plan_layout(cluster: Cluster, name: str = "tb", subnet: str | None = None) -
     itself, which is the driver's own device.
 
     Raises:
-        ConfigError: a bad name or subnet, or more devices than the subnet holds.
+        ConfigError: a bad name or subnet (not a private IPv4 /24 or smaller), or more devices
+            than the subnet holds.
     """
     check_name(name)
     try:
@@ -129,6 +130,13 @@ def plan_layout(cluster: Cluster, name: str = "tb", subnet: str | None = None) -
         raise ConfigError(f"subnet {subnet!r} is not an IPv4 network like 10.213.40.0/24") from e
     if not isinstance(network, ipaddress.IPv4Network) or not network.is_private:
         raise ConfigError(f"subnet {network} must be a private IPv4 network (10/8, 192.168/16)")
+    if network.prefixlen < 24:
+        # A /24 holds the head and the most devices a testbed takes; a wider route on the
+        # bridge would capture more of the host's own networks than the testbed needs.
+        raise ConfigError(
+            f"subnet {network} is wider than a /24; give a private /24 (or smaller), e.g. "
+            f"{network.network_address}/24"
+        )
     hosts = list(network.hosts())
     num_devices = len(cluster.devices)
     if num_devices > min(_MAX_DEVICES, len(hosts) - 1):
