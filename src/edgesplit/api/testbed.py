@@ -227,9 +227,9 @@ def check_survey(address: str, model: str, token_file: Path | None = None) -> No
     model_spec_from_name(model)
     _token_auth(token_file)
     # The same check `join_cluster` makes before Ray's minutes-long retry loop.
-    from edgesplit.runtime.cluster import _check_reachable
+    from edgesplit.runtime.cluster import check_reachable
 
-    _check_reachable(address)
+    check_reachable(address)
 
 
 def survey_cluster(

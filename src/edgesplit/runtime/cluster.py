@@ -35,10 +35,17 @@ __all__ = [
     "EmulatedCluster",
     "RaySession",
     "StageActor",
+    "check_address",
+    "check_reachable",
     "cluster_down_command",
     "cluster_up_command",
+    "expect_exit",
     "health_check_config",
+    "join_cluster",
+    "ray_binary",
     "ray_status",
+    "remote_class",
+    "run_ray_command",
 ]
 
 logger = logging.getLogger(__name__)
@@ -309,7 +316,7 @@ def check_address(address: str) -> tuple[str, int] | None:
     return host.strip("[]"), int(port)
 
 
-def _check_reachable(address: str, timeout_s: float = 3.0) -> None:
+def check_reachable(address: str, timeout_s: float = 3.0) -> None:
     """Fail in seconds, not in Ray's minutes-long retry loop, when nothing listens at `address`
     (what the user typed; see `check_address`)."""
     found = check_address(address)
@@ -330,7 +337,7 @@ def join_cluster(address: str) -> None:
     """`ray.init` against a running cluster (token auth), with edgesplit's errors: a malformed
     address, nothing listening, a head that wants a token this process lacks."""
     os.environ.setdefault("RAY_AUTH_MODE", "token")
-    _check_reachable(address)
+    check_reachable(address)
     try:
         ray.init(address=address, log_to_driver=False)
     except (ConnectionError, RuntimeError, ValueError, RayError) as e:

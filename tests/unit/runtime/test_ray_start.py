@@ -97,7 +97,7 @@ def test_a_head_that_wants_a_token_is_named_with_what_to_export(
         raise ConnectionError(f"{ray_words}. Ensure that the token ...")
 
     monkeypatch.setattr(cluster_module.ray, "init", refuse)
-    monkeypatch.setattr(cluster_module, "_check_reachable", lambda address: None)
+    monkeypatch.setattr(cluster_module, "check_reachable", lambda address: None)
     with pytest.raises(DeviceUnavailableError, match="wants its token .*RAY_AUTH_TOKEN") as e:
         join_cluster("10.0.0.1:6379")
     assert "no Ray cluster" not in str(e.value)

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from edgesplit.errors import DeviceUnavailableError
-from edgesplit.runtime.cluster import _check_reachable
+from edgesplit.runtime.cluster import check_reachable
 
 
 def _closed_port() -> int:
@@ -24,7 +24,7 @@ def _closed_port() -> int:
 def test_closed_port_is_device_unavailable() -> None:
     address = f"127.0.0.1:{_closed_port()}"
     with pytest.raises(DeviceUnavailableError, match=r"cluster up --head") as info:
-        _check_reachable(address)
+        check_reachable(address)
     assert f"no Ray cluster at {address}" in str(info.value)
 
 
@@ -32,9 +32,9 @@ def test_listening_port_and_auto_pass() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         s.listen(1)
-        _check_reachable(f"127.0.0.1:{s.getsockname()[1]}")
-        _check_reachable(f"ray://127.0.0.1:{s.getsockname()[1]}")
-    _check_reachable("auto")
+        check_reachable(f"127.0.0.1:{s.getsockname()[1]}")
+        check_reachable(f"ray://127.0.0.1:{s.getsockname()[1]}")
+    check_reachable("auto")
 
 
 def test_cluster_status_fails_fast_on_a_wrong_address() -> None:
