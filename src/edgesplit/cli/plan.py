@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Protocol
+from typing import Annotated
 
 import typer
 from rich.table import Table
 
 from edgesplit import api
-from edgesplit.cli.common import console, plan_table
+from edgesplit.cli.common import SolveReport, console, plan_table
 from edgesplit.core.plan import Objective
 from edgesplit.core.profile import ModelProfile
 
@@ -43,20 +43,7 @@ def _objective(value: str) -> Objective:
     return value  # type: ignore[return-value]  # narrowed by the check above
 
 
-class _Progress(Protocol):
-    """What a planner reports during a long search (planners' SolveProgress)."""
-
-    @property
-    def elapsed_s(self) -> float: ...
-    @property
-    def best(self) -> float: ...
-    @property
-    def bound(self) -> float: ...
-    @property
-    def gap(self) -> float: ...
-
-
-def _print_progress(report: _Progress) -> None:
+def _print_progress(report: SolveReport) -> None:
     gap = f"{report.gap:.2%}" if report.gap != float("inf") else "-"
     console.print(
         f"[dim]{report.elapsed_s:6.1f} s  best {report.best:.4g}  bound {report.bound:.4g}  "
