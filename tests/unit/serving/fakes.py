@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -168,3 +170,40 @@ def image_codec() -> ImageCodec:
 
 def pixel_logits(inputs: Mapping[str, np.ndarray]) -> Arrays:
     return {"logits": inputs["pixel_values"].astype(np.float32)}
+
+
+@dataclass
+class ServeThread:
+    """`api.serving.serve` on a thread with `app` instead of a model: `ready` gets its URL,
+    `servers` the uvicorn server (set `should_exit` on it, as Ctrl-C does)."""
+
+    thread: threading.Thread
+    ready: list[str]
+    servers: list[Any]
+
+
+def serve_in_thread(monkeypatch: Any, app: Any) -> ServeThread:
+    """Start `serving.serve("fake-lm", port=0)` with `open_app` yielding `app` (monkeypatched)."""
+    import uvicorn
+
+    from edgesplit.api import serving
+
+    servers: list[Any] = []
+
+    class Recording(uvicorn.Server):
+        def __init__(self, config: uvicorn.Config) -> None:
+            super().__init__(config)
+            servers.append(self)
+
+    @contextlib.contextmanager
+    def fake_app(*args: Any, **kwargs: Any) -> Iterator[Any]:
+        yield app
+
+    monkeypatch.setattr(serving, "open_app", fake_app)
+    monkeypatch.setattr(uvicorn, "Server", Recording)
+    ready: list[str] = []
+    thread = threading.Thread(
+        target=serving.serve, args=("fake-lm",), kwargs={"port": 0, "on_ready": ready.append}
+    )
+    thread.start()
+    return ServeThread(thread, ready, servers)

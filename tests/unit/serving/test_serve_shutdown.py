@@ -6,19 +6,17 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
 from edgesplit.api import serving
 from edgesplit.errors import ConfigError
 from edgesplit.runtime import generation
 from edgesplit.runtime.config import ScheduledFault
 from edgesplit.serving import ServerConfig, make_app
-from tests.unit.serving.fakes import FakeDecodeEngine, byte_codec
+from tests.unit.serving.fakes import FakeDecodeEngine, byte_codec, serve_in_thread
 
 
 def test_a_fault_on_a_device_without_a_stage_is_refused_before_loading(
@@ -42,24 +40,8 @@ def test_stopping_the_server_ends_an_open_stream_within_seconds(
 ) -> None:
     engine = FakeDecodeEngine(gate=threading.Event())  # never released: a stream without end
     app = make_app(ServerConfig(), text=(byte_codec(), engine))
-    servers: list[uvicorn.Server] = []
-
-    class Recording(uvicorn.Server):
-        def __init__(self, config: uvicorn.Config) -> None:
-            super().__init__(config)
-            servers.append(self)
-
-    @contextlib.contextmanager
-    def fake_app(*args: Any, **kwargs: Any) -> Iterator[Any]:
-        yield app
-
-    monkeypatch.setattr(serving, "open_app", fake_app)
-    monkeypatch.setattr(uvicorn, "Server", Recording)
-    ready: list[str] = []
-    thread = threading.Thread(
-        target=serving.serve, args=("fake-lm",), kwargs={"port": 0, "on_ready": ready.append}
-    )
-    thread.start()
+    started = serve_in_thread(monkeypatch, app)
+    thread, ready, servers = started.thread, started.ready, started.servers
     deadline = time.monotonic() + 30
     while not (ready and servers and servers[0].started) and time.monotonic() < deadline:
         thread.join(0.05)

@@ -8,7 +8,6 @@ import os
 import socket
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -16,13 +15,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 from starlette.testclient import TestClient
 
 from edgesplit.api import serving
 from edgesplit.errors import ConfigError
 from edgesplit.serving import ServerConfig, make_app
-from tests.unit.serving.fakes import FakeDecodeEngine, byte_codec
+from tests.unit.serving.fakes import FakeDecodeEngine, byte_codec, serve_in_thread
 
 
 @contextlib.contextmanager
@@ -64,24 +62,8 @@ def test_serve_cli_on_a_busy_port_is_a_config_error() -> None:
 
 def test_serve_listens_on_the_socket_it_bound(monkeypatch: pytest.MonkeyPatch) -> None:
     app = make_app(ServerConfig(), text=(byte_codec(), FakeDecodeEngine()))
-    servers: list[uvicorn.Server] = []
-
-    class Recording(uvicorn.Server):
-        def __init__(self, config: uvicorn.Config) -> None:
-            super().__init__(config)
-            servers.append(self)
-
-    @contextlib.contextmanager
-    def fake_app(*args: Any, **kwargs: Any) -> Iterator[Any]:
-        yield app
-
-    monkeypatch.setattr(serving, "open_app", fake_app)
-    monkeypatch.setattr(uvicorn, "Server", Recording)
-    ready: list[str] = []
-    thread = threading.Thread(
-        target=serving.serve, args=("fake-lm",), kwargs={"port": 0, "on_ready": ready.append}
-    )
-    thread.start()
+    started = serve_in_thread(monkeypatch, app)
+    thread, ready, servers = started.thread, started.ready, started.servers
     try:
         deadline = time.monotonic() + 30
         body = b""
