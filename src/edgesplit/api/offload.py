@@ -128,15 +128,19 @@ def serve_offload_ray(
     affinity: bool = True,
     weights_dir: Path | None = None,
     tiny: bool = False,
+    on_start: Callable[[], None] | None = None,
     on_ready: Callable[[str], None] | None = None,
 ) -> None:
     """The same app as a Ray Serve application of `replicas` replicas, until interrupted.
 
-    `check_serve_offload` runs before Ray starts; `on_ready(url)` once the replicas answer.
+    `check_serve_offload` runs first; then `on_start()`, as Ray starts (15-35 s), and
+    `on_ready(url)` once the replicas answer.
     """
     from edgesplit.offload.serve_ray import RayServeConfig, serve_forever
 
     layout = {"replicas": replicas, "num_cpus": num_cpus, "affinity": affinity}
     config = validate_as(RayServeConfig, layout, "offload serve", special=_as_flag)
     check_serve_offload(server_config, weights_dir, tiny=tiny)
+    if on_start is not None:
+        on_start()
     serve_forever(config, server_config, weights_dir, tiny=tiny, on_ready=on_ready)

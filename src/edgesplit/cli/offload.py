@@ -187,12 +187,7 @@ def register(app: typer.Typer) -> None:
           edgesplit offload serve --port 8470 --token s3cret
         Serves until Ctrl-C; writes no files.
         """
-        from edgesplit.api.offload import (
-            check_serve_offload,
-            serve_offload,
-            serve_offload_ray,
-            server_config,
-        )
+        from edgesplit.api.offload import serve_offload, serve_offload_ray, server_config
 
         options = {
             "host": host,
@@ -210,8 +205,6 @@ def register(app: typer.Typer) -> None:
         # once the replicas answer); a busy port or bad --weights fails before it, rc 2.
         if ray_replicas > 0:
             affinity = "on" if ray_affinity else "off"
-            check_serve_offload(config, weights, tiny=tiny)
-            console.print(f"starting Ray Serve, {ray_replicas} replica(s) (15-35 s) ...")
             serve_offload_ray(
                 config,
                 replicas=ray_replicas,
@@ -219,6 +212,9 @@ def register(app: typer.Typer) -> None:
                 affinity=ray_affinity,
                 weights_dir=weights,
                 tiny=tiny,
+                on_start=lambda: console.print(
+                    f"starting Ray Serve, {ray_replicas} replica(s) (15-35 s) ..."
+                ),
                 on_ready=lambda url: console.print(
                     f"edgesplit offload server on {url} (Ray Serve, {ray_replicas} replica(s), "
                     f"affinity {affinity}, auth: {auth})"
