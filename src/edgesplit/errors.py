@@ -6,6 +6,9 @@ Every error a user can see derives from `EdgesplitError`; messages follow the re
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
 __all__ = [
     "ConfigError",
     "DeviceUnavailableError",
@@ -15,7 +18,15 @@ __all__ = [
     "ProtocolVersionError",
     "RetryableError",
     "TransportError",
+    "did_you_mean",
 ]
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """ "did you mean 'x'? " for the nearest of `choices`, or "" when none is close: the hint an
+    error message puts before its list of valid names."""
+    close = difflib.get_close_matches(word, list(choices), n=1)
+    return f"did you mean '{close[0]}'? " if close else ""
 
 
 class EdgesplitError(Exception):

@@ -6,7 +6,6 @@ in `edgesplit.cosearch.workflow`. Torch runs on one thread here, as the predicto
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from edgesplit.cosearch.workflow import (
     cosearch_search,
     round_drift,
 )
-from edgesplit.errors import ConfigError
+from edgesplit.errors import ConfigError, did_you_mean
 
 __all__ = [
     "TASKS",
@@ -46,8 +45,7 @@ def single_thread() -> None:
 def _unknown(
     what: str, name: str, choices: Sequence[str], among: str = "choose one of"
 ) -> ConfigError:
-    close = difflib.get_close_matches(name, choices, n=1)
-    hint = f"did you mean {close[0]!r}? " if close else ""
+    hint = did_you_mean(name, choices)
     return ConfigError(f"unknown {what} {name!r}; {hint}{among} {', '.join(choices)}")
 
 

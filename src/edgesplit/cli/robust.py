@@ -9,7 +9,6 @@ façade loads torch, so each command imports it when it runs (`--help` stays fas
 
 from __future__ import annotations
 
-import difflib
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,7 +20,7 @@ from rich.table import Table
 from edgesplit.cli.common import console
 from edgesplit.core.cluster import Cluster, load_cluster
 from edgesplit.core.schema import stable_json, write_json_file
-from edgesplit.errors import ConfigError
+from edgesplit.errors import ConfigError, did_you_mean
 
 if TYPE_CHECKING:
     from edgesplit.api import robust as api_robust  # torch + transformers: loaded per command
@@ -43,8 +42,7 @@ SEED_HELP = "Seed of the calibration/evaluation subsets (same seed, same numbers
 
 def _check_model(name: str) -> str:
     if name not in MODELS:
-        close = difflib.get_close_matches(name, MODELS, n=1)
-        hint = f"did you mean {close[0]!r}? " if close else ""
+        hint = did_you_mean(name, MODELS)
         raise ConfigError(f"unknown study model {name!r}; {hint}choose one of {', '.join(MODELS)}")
     return name
 
@@ -53,8 +51,7 @@ def _check_devices(option: str, names: Sequence[str], plan_devices: Sequence[str
     """Devices named on the command line must be the plan's (checked before any work)."""
     for name in names:
         if name not in plan_devices:
-            close = difflib.get_close_matches(name, plan_devices, n=1)
-            hint = f"did you mean {close[0]!r}? " if close else ""
+            hint = did_you_mean(name, plan_devices)
             raise ConfigError(
                 f"{option} {name}: not a device of the plan; {hint}the plan's devices are "
                 f"{', '.join(plan_devices)}"

@@ -6,7 +6,6 @@ previous step, so any step can be re-run alone. Imports every cosearch module (t
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
@@ -30,7 +29,7 @@ from edgesplit.cosearch.refine import RefineResult, RefineSettings, grow_and_pru
 from edgesplit.cosearch.search import Constraints, SearchMethod, SearchResult, Trial, co_search
 from edgesplit.cosearch.space import Modality, SearchSpace
 from edgesplit.cosearch.tasks import load_task
-from edgesplit.errors import ConfigError
+from edgesplit.errors import ConfigError, did_you_mean
 
 __all__ = [
     "choose_trial",
@@ -180,11 +179,10 @@ def choose_trial(
     then the fastest)."""
     on_front = sorted({t.device for t in front})
     if device is not None and front and device not in on_front:
-        close = difflib.get_close_matches(device, on_front, n=1)
-        hint = f"did you mean '{close[0]}'? " if close else ""
+        hint = did_you_mean(device, on_front)
         search = (
             ""  # a typo: the did-you-mean is the advice
-            if close
+            if hint
             else f"; to refine for {device}, search it first: `edgesplit cosearch search "
             f"--device {device}` (then refine with the same -o/-s file)"
         )

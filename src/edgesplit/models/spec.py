@@ -6,7 +6,6 @@ in plans and over Ray as plain data).
 
 from __future__ import annotations
 
-import difflib
 import json
 from pathlib import Path
 from typing import Any, Literal
@@ -14,7 +13,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from edgesplit.core.schema import FrozenModel
-from edgesplit.errors import ConfigError
+from edgesplit.errors import ConfigError, did_you_mean
 
 __all__ = [
     "PRESETS",
@@ -212,8 +211,7 @@ def model_spec_from_name(name: str, seed: int = 0) -> ModelSpec:
                 f"no checkpoint directory {path.resolve()}; `make models` builds the ones under "
                 f"checkpoints/, or give a preset ({', '.join(sorted(PRESETS))})"
             )
-        close = difflib.get_close_matches(name, list(PRESETS), n=1)
-        hint = f"did you mean '{close[0]}'? " if close else ""
+        hint = did_you_mean(name, PRESETS)
         raise ConfigError(
             f"unknown model '{name}'; {hint}use a preset ({', '.join(sorted(PRESETS))}) or a "
             "local checkpoint directory"
