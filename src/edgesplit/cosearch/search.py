@@ -304,8 +304,8 @@ def co_search(
     check_feasible(space, costs, devices, constraints)
     trials: list[Trial] = []
     trained_before = accuracy.num_trained
-    # (config key, device) -> (trial, objective values, summed violation)
-    seen: dict[tuple[str, str], tuple[Trial, tuple[float, ...], float]] = {}
+    # (config key, device) -> (objective values, summed violation): what a repeat is told
+    seen: dict[tuple[str, str], tuple[tuple[float, ...], float]] = {}
     distinct = space.size() * len(devices)
     rng = np.random.default_rng(seed)
     repeats = in_a_row = 0
@@ -344,13 +344,13 @@ def co_search(
         earlier = seen.get(key)
         if earlier is None:
             result, values, excess = evaluate(config, device)
-            seen[key] = (result, values, excess)
+            seen[key] = (values, excess)
             trials.append(result)
             in_a_row = 0
             if on_trial is not None:
                 on_trial(result)
         else:  # a repeat: the sampler learns the known outcome; no budget, no training
-            _, values, excess = earlier
+            values, excess = earlier
             repeats += 1
             in_a_row += 1
         # optuna >= 5: samplers read constraints set on the trial (<= 0 means feasible).
@@ -383,7 +383,7 @@ def co_search(
 def _unseen(
     space: SearchSpace,
     devices: list[str],
-    seen: dict[tuple[str, str], tuple[Trial, tuple[float, ...], float]],
+    seen: dict[tuple[str, str], tuple[tuple[float, ...], float]],
     rng: np.random.Generator,
 ) -> dict[str, object]:
     """Optuna parameters of a uniformly drawn (config, device) not evaluated yet."""
