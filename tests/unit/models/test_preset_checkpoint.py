@@ -27,7 +27,7 @@ def test_the_name_resolves_to_the_built_checkpoint(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     built = _built(tmp_path / "smollm2-135m")
-    monkeypatch.setattr(smollm2, "_default_dirs", lambda: [built])
+    monkeypatch.setattr(smollm2, "smollm2_search_dirs", lambda: [built])
     spec = model_spec_from_name("smollm2-135m")
     assert spec.checkpoint == str(built)
     assert spec.family == "llama"
@@ -36,7 +36,7 @@ def test_the_name_resolves_to_the_built_checkpoint(
 def test_without_a_build_the_name_is_the_random_preset_and_text_is_flagged(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
-    monkeypatch.setattr(smollm2, "_default_dirs", lambda: [tmp_path / "nothing"])
+    monkeypatch.setattr(smollm2, "smollm2_search_dirs", lambda: [tmp_path / "nothing"])
     spec = model_spec_from_name("smollm2-135m")
     assert spec.checkpoint is None
     assert spec.preset == "smollm2-135m"
