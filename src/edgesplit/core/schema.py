@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
@@ -23,6 +23,7 @@ __all__ = [
     "FrozenModel",
     "VersionedFile",
     "content_hash",
+    "describe_value",
     "format_problems",
     "format_validation_error",
     "read_json_file",
@@ -123,6 +124,21 @@ def format_problems(source: str, lines: Sequence[str]) -> str:
     return "\n".join([f"{source}: {count}", *(f"  {line}" for line in lines)])
 
 
+def describe_value(name: str, item: Mapping[str, Any]) -> str:
+    """One value's problem as a sentence about `name`: "port should be less than or equal to
+    65535 (got 70000)"; pydantic's prefixes dropped, the value shown when it is a scalar the
+    user typed (never a dump of a table)."""
+    message = str(item.get("msg", "is invalid"))
+    for prefix in ("Value error, ", "Assertion failed, "):
+        message = message.removeprefix(prefix)
+    text = f"{name} {message[6:]}" if message.startswith("Input ") else f"{name}: {message}"
+    value = item.get("input")
+    if not isinstance(value, dict | list | tuple):
+        shown = repr(value)
+        text += f" (got {shown[:57] + '...' if len(shown) > 60 else shown})"
+    return text
+
+
 def _problem(item: ErrorDetails, model: type[BaseModel], where: WhereFn) -> list[str]:
     loc = tuple(item["loc"])
     message = item["msg"]
@@ -141,12 +157,7 @@ def _problem(item: ErrorDetails, model: type[BaseModel], where: WhereFn) -> list
         return [f"{lead}missing key '{key}'"]
     if not key:  # a validator of a whole entry or file: its own sentence(s)
         return [f"{lead}{line}" for line in message.split("\n")]
-    text = f"{key} {message[6:]}" if message.startswith("Input ") else f"{key}: {message}"
-    value = item.get("input")
-    if not isinstance(value, dict | list | tuple):  # a scalar the user typed: worth showing
-        shown = repr(value)
-        text += f" (got {shown[:57] + '...' if len(shown) > 60 else shown})"
-    return [f"{lead}{text}"]
+    return [f"{lead}{describe_value(key, item)}"]
 
 
 def _dotted(table: Loc) -> str:

@@ -18,6 +18,7 @@ from typing import Any
 
 from starlette.responses import JSONResponse
 
+from edgesplit.core.schema import describe_value
 from edgesplit.serving.schemas import (
     ChatCompletionRequest,
     ChatMessage,
@@ -120,13 +121,7 @@ def _field_problem(path: str, errors: list[Mapping[str, Any]]) -> str:
     if first.get("type") == "extra_forbidden":
         close = difflib.get_close_matches(key, _KNOWN_FIELDS, n=1)
         return f"unknown field '{path}'" + (f"; did you mean '{close[0]}'?" if close else "")
-    message = str(first.get("msg", "is invalid")).removeprefix("Value error, ")
-    text = f"{path} {message[6:]}" if message.startswith("Input ") else f"{path}: {message}"
-    value = first.get("input")
-    if not isinstance(value, dict | list | tuple):
-        shown = repr(value)
-        text += f" (got {shown[:57] + '...' if len(shown) > 60 else shown})"
-    return text
+    return describe_value(path, first)
 
 
 class Guard:
